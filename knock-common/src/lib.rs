@@ -1,0 +1,347 @@
+//! Types shared by the XDP program and the `xknock` loader, and the knock
+//! state machine both of them (and the host unit tests) run.
+//!
+//! Every map type is `#[repr(C)]` with explicit padding so the kernel and
+//! userspace agree byte for byte; the `const _` assertions pin the sizes.
+#![no_std]
+
+pub mod machine;
+
+/// Rules per configuration: protected-port and knock-port roles are `u16` bitmasks.
+pub const MAX_RULES: usize = 16;
+/// Steps per knock sequence.
+pub const MAX_STEPS: usize = 16;
+/// VLAN tags (802.1Q / 802.1ad) the parser walks before giving up (fail closed).
+pub const MAX_VLAN_DEPTH: usize = 2;
+/// IPv6 extension headers the parser walks before giving up (fail closed).
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Names of the maps in the BPF object, looked up by the loader.
+pub mod map_names {
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const RULES: &str = "RULES";
+    pub const PORT_ROLES: &str = "PORT_ROLES";
+    pub const PROGRESS: &str = "PROGRESS";
+    pub const GRANTS: &str = "GRANTS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const DENIED_EVENT_BUDGET: &str = "DENIED_EVENT_BUDGET";
+    pub const ALLOW: &str = "ALLOW";
+    pub const DENY: &str = "DENY";
+}
+
+/// Name of the XDP program in the BPF object.
+pub const PROGRAM_NAME: &str = "xknock";
+
+/// One knock step or protected port: a protocol and a port (host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Knock {
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Knock>() == 4);
+
+impl Knock {
+    pub const fn tcp(port: u16) -> Self {
+        Self {
+            port,
+            proto: IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+    pub const fn udp(port: u16) -> Self {
+        Self {
+            port,
+            proto: IPPROTO_UDP,
+            _pad: 0,
+        }
+    }
+}
+
+/// Global settings: index 0 of the `SETTINGS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// How many entries of `RULES` are in use.
+    pub rules: u32,
+    /// Denied-attempt events each CPU may emit per second.
+    pub denied_events_per_sec: u32,
+    /// Entries in the `ALLOW` / `DENY` tries; zero skips the lookup.
+    pub allow_entries: u32,
+    pub deny_entries: u32,
+    /// An admitted TCP flow is forgotten after this long without a packet.
+    pub tcp_idle_ns: u64,
+    /// An admitted TCP flow that has seen a FIN is forgotten after this long.
+    pub tcp_closing_ns: u64,
+    /// An admitted UDP flow is forgotten after this long without a packet.
+    pub udp_idle_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+
+/// One rule as the kernel sees it; its protected ports live in `PORT_ROLES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleConfig {
+    pub sequence: [Knock; MAX_STEPS],
+    /// How many entries of `sequence` are in use (at least 1).
+    pub steps: u32,
+    pub _pad: u32,
+    pub sequence_timeout_ns: u64,
+    pub open_for_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<RuleConfig>() == 4 * MAX_STEPS + 24);
+
+/// What a (protocol, port) is to the rules: bit `r` set means rule `r`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRoles {
+    /// Rules with this port as one of their knock steps.
+    pub knock_rules: u16,
+    /// Rules protecting this port.
+    pub protect_rules: u16,
+}
+const _: () = assert!(core::mem::size_of::<PortRoles>() == 4);
+
+/// `PORT_ROLES` is an array indexed by protocol and port: TCP ports first, then UDP.
+pub const PORT_ROLES_ENTRIES: u32 = 2 * 65536;
+
+/// Index of a (protocol, port) in `PORT_ROLES`; `None` for other protocols.
+pub const fn port_roles_index(proto: u8, port: u16) -> Option<u32> {
+    match proto {
+        IPPROTO_TCP => Some(port as u32),
+        IPPROTO_UDP => Some(65536 + port as u32),
+        _ => None,
+    }
+}
+
+/// A source address: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+pub type Addr = [u8; 16];
+
+/// Maps an IPv4 address into the one key form.
+pub const fn ipv4_mapped(v4: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Key of `PROGRESS` and `GRANTS`: one source's state for one rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRule {
+    pub addr: Addr,
+    pub rule: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceRule>() == 20);
+
+/// Value of `PROGRESS`: how far a source has come through a rule's sequence.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// When the first step arrived (kernel monotonic clock, ns).
+    pub started_ns: u64,
+    /// Index of the step expected next; steps before it were accepted.
+    pub next_step: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Progress>() == 16);
+
+/// Value of `GRANTS`: until when (kernel monotonic clock, ns) the source may open
+/// new connections to the rule's protected ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub expires_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Grant>() == 8);
+
+/// Key of `FLOWS`: one admitted connection, as seen on ingress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub addr: Addr,
+    /// Network byte order, as on the wire.
+    pub src_port: [u8; 2],
+    /// Network byte order, as on the wire.
+    pub dst_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+
+impl FlowKey {
+    pub const fn src_port(&self) -> u16 {
+        u16::from_be_bytes(self.src_port)
+    }
+    pub const fn dst_port(&self) -> u16 {
+        u16::from_be_bytes(self.dst_port)
+    }
+}
+
+/// Value of `FLOWS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub last_seen_ns: u64,
+    /// The rule whose grant admitted the flow.
+    pub rule: u32,
+    /// Non-zero once a FIN was seen: the flow then idles out after `tcp_closing_ns`.
+    pub closing: u32,
+}
+const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+
+/// Per-CPU counters: one slot per verdict reason.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 or IPv6.
+    PassNotIp = 0,
+    /// IP, but neither TCP nor UDP (ICMP, ESP, ...).
+    PassOtherProtocol,
+    /// A non-first fragment: it cannot be reassembled without its first fragment.
+    PassLaterFragment,
+    /// TCP/UDP to a port that no rule uses.
+    PassUnprotected,
+    /// To a protected port, from a source with a live grant.
+    PassGranted,
+    /// To a protected port, part of a flow admitted earlier.
+    PassAdmittedFlow,
+    /// To a protected port, from an address on the allowlist.
+    PassAllowlisted,
+    /// A knock step that advanced a sequence (dropped like every knock).
+    DropKnockAdvanced,
+    /// A knock step that completed a sequence and created a grant.
+    DropKnockGranted,
+    /// A retransmitted copy of the step just accepted.
+    DropKnockDuplicate,
+    /// To a knock port, but no step for this source (dropped: knock ports look filtered).
+    DropKnockPort,
+    /// To a protected port from a source without a grant or admitted flow.
+    DropProtected,
+    /// A knock or protected-port packet from an address on the denylist.
+    DropDenied,
+    /// Headers truncated or unparsable: fails closed.
+    DropMalformed,
+    /// More VLAN tags than `MAX_VLAN_DEPTH`.
+    DropTooManyVlanTags,
+    /// More IPv6 extension headers than `MAX_IPV6_EXT_HEADERS`.
+    DropExtHeaderChainTooLong,
+}
+
+impl Reason {
+    pub const COUNT: u32 = Reason::DropExtHeaderChainTooLong as u32 + 1;
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassOtherProtocol,
+        Reason::PassLaterFragment,
+        Reason::PassUnprotected,
+        Reason::PassGranted,
+        Reason::PassAdmittedFlow,
+        Reason::PassAllowlisted,
+        Reason::DropKnockAdvanced,
+        Reason::DropKnockGranted,
+        Reason::DropKnockDuplicate,
+        Reason::DropKnockPort,
+        Reason::DropProtected,
+        Reason::DropDenied,
+        Reason::DropMalformed,
+        Reason::DropTooManyVlanTags,
+        Reason::DropExtHeaderChainTooLong,
+    ];
+
+    pub const fn passes(self) -> bool {
+        (self as u32) <= Reason::PassAllowlisted as u32
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassOtherProtocol => "pass_other_protocol",
+            Reason::PassLaterFragment => "pass_later_fragment",
+            Reason::PassUnprotected => "pass_unprotected",
+            Reason::PassGranted => "pass_granted",
+            Reason::PassAdmittedFlow => "pass_admitted_flow",
+            Reason::PassAllowlisted => "pass_allowlisted",
+            Reason::DropKnockAdvanced => "drop_knock_advanced",
+            Reason::DropKnockGranted => "drop_knock_granted",
+            Reason::DropKnockDuplicate => "drop_knock_duplicate",
+            Reason::DropKnockPort => "drop_knock_port",
+            Reason::DropProtected => "drop_protected",
+            Reason::DropDenied => "drop_denied",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropTooManyVlanTags => "drop_too_many_vlan_tags",
+            Reason::DropExtHeaderChainTooLong => "drop_ext_header_chain_too_long",
+        }
+    }
+}
+
+/// `Event::kind` values.
+pub mod event_kind {
+    /// A step was accepted; `step` is its 1-based number.
+    pub const PROGRESS: u8 = 1;
+    /// Progress was thrown away; `detail` is a `reset_cause`.
+    pub const RESET: u8 = 2;
+    /// The last step was accepted; `expires_ns` says until when.
+    pub const GRANT: u8 = 3;
+    /// A packet to a protected port was dropped (rate limited).
+    pub const DENIED: u8 = 4;
+}
+
+/// `Event::detail` values for `event_kind::RESET`.
+pub mod reset_cause {
+    /// Another TCP SYN or UDP datagram arrived mid-sequence.
+    pub const WRONG_PACKET: u8 = 1;
+    /// The sequence was not completed within the rule's timeout.
+    pub const TIMEOUT: u8 = 2;
+}
+
+/// One record on the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub addr: Addr,
+    /// Kernel monotonic clock (ns); for grants, when they expire.
+    pub expires_ns: u64,
+    pub kind: u8,
+    pub detail: u8,
+    /// The packet's protocol and destination port (host byte order).
+    pub proto: u8,
+    /// 1-based step number for progress events.
+    pub step: u8,
+    pub port: u16,
+    /// Rule index, or `u16::MAX` when not about one rule.
+    pub rule: u16,
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 32);
+
+/// Denied-event rate limit state, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub window_start_ns: u64,
+    pub used: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is `repr(C)`, `Copy`, made only of integers and byte
+    // arrays with explicit padding fields, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::Knock {}
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::RuleConfig {}
+    unsafe impl aya::Pod for super::PortRoles {}
+    unsafe impl aya::Pod for super::SourceRule {}
+    unsafe impl aya::Pod for super::Progress {}
+    unsafe impl aya::Pod for super::Grant {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::Event {}
+}

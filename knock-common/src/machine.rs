@@ -1,0 +1,374 @@
+//! The knock state machine: what one TCP SYN or UDP datagram does to one
+//! source's progress through one rule. Plain Rust, so the XDP program, the
+//! loader and the host unit tests all run the same code.
+
+use crate::{Knock, MAX_STEPS, Progress, RuleConfig, reset_cause};
+
+/// What the packet does to the stored progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The packet is no step for this source: afterwards it has no progress.
+    Idle,
+    /// A retransmitted or duplicated copy of the step just accepted: ignored.
+    Duplicate,
+    /// A step was accepted and more remain: store this progress.
+    Advanced(Progress),
+    /// The last step was accepted: drop the progress and grant.
+    Granted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Progress was thrown away before the packet was considered as a first
+    /// step; the value is a `reset_cause`.
+    pub reset: Option<u8>,
+    pub outcome: Outcome,
+}
+
+/// Runs one packet (`knock`, arriving at `now_ns`) through one rule for a
+/// source whose stored progress is `progress`.
+///
+/// The expected next step advances; a copy of the step just accepted is
+/// ignored; anything else resets, and a reset packet that is the first step
+/// starts a new attempt (so a client retrying after a failure is not
+/// punished twice). A sequence older than the rule's timeout resets too.
+#[inline(always)]
+pub fn on_packet(
+    rule: &RuleConfig,
+    progress: Option<&Progress>,
+    knock: Knock,
+    now_ns: u64,
+) -> Transition {
+    let steps = if (rule.steps as usize) < MAX_STEPS {
+        rule.steps as usize
+    } else {
+        MAX_STEPS
+    };
+    let mut reset = None;
+    if let Some(progress) = progress {
+        let next = progress.next_step as usize;
+        if now_ns.wrapping_sub(progress.started_ns) > rule.sequence_timeout_ns {
+            reset = Some(reset_cause::TIMEOUT);
+        } else if next < steps && step_at(&rule.sequence, next) == Some(knock) {
+            return Transition {
+                reset: None,
+                outcome: accept(steps, progress.started_ns, next),
+            };
+        } else if next > 0 && next <= steps && step_at(&rule.sequence, next - 1) == Some(knock) {
+            return Transition {
+                reset: None,
+                outcome: Outcome::Duplicate,
+            };
+        } else {
+            reset = Some(reset_cause::WRONG_PACKET);
+        }
+    }
+    let outcome = if steps > 0 && rule.sequence[0] == knock {
+        accept(steps, now_ns, 0)
+    } else {
+        Outcome::Idle
+    };
+    Transition { reset, outcome }
+}
+
+/// `sequence.get(index)`, with the index masked so the BPF verifier sees
+/// its bound on the very register used for the access.
+#[inline(always)]
+fn step_at(sequence: &[Knock; MAX_STEPS], index: usize) -> Option<Knock> {
+    const _: () = assert!(MAX_STEPS.is_power_of_two());
+    let masked = index & (MAX_STEPS - 1);
+    if masked != index {
+        return None;
+    }
+    Some(sequence[masked])
+}
+
+#[inline(always)]
+fn accept(steps: usize, started_ns: u64, accepted: usize) -> Outcome {
+    if accepted + 1 >= steps {
+        Outcome::Granted
+    } else {
+        Outcome::Advanced(Progress {
+            started_ns,
+            next_step: accepted as u32 + 1,
+            _pad: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn rule(sequence: &[Knock]) -> RuleConfig {
+        let mut rule = RuleConfig {
+            steps: sequence.len() as u32,
+            sequence_timeout_ns: 10 * SECOND,
+            open_for_ns: 60 * SECOND,
+            ..Default::default()
+        };
+        rule.sequence[..sequence.len()].copy_from_slice(sequence);
+        rule
+    }
+
+    fn article_rule() -> RuleConfig {
+        rule(&[Knock::tcp(3721), Knock::udp(4728), Knock::tcp(6742)])
+    }
+
+    /// Feeds packets (knock, time) through the machine like the XDP program
+    /// does, returning each transition and whether a grant resulted.
+    fn run(rule: &RuleConfig, packets: &[(Knock, u64)]) -> (Vec<Transition>, bool) {
+        let mut progress: Option<Progress> = None;
+        let mut granted = false;
+        let mut transitions = Vec::new();
+        for &(knock, now) in packets {
+            let t = on_packet(rule, progress.as_ref(), knock, now);
+            match t.outcome {
+                Outcome::Idle => progress = None,
+                Outcome::Duplicate => {}
+                Outcome::Advanced(p) => progress = Some(p),
+                Outcome::Granted => {
+                    progress = None;
+                    granted = true;
+                }
+            }
+            transitions.push(t);
+        }
+        (transitions, granted)
+    }
+
+    #[test]
+    fn right_sequence_grants() {
+        let r = article_rule();
+        let (t, granted) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::udp(4728), 1),
+                (Knock::tcp(6742), 2),
+            ],
+        );
+        assert!(granted);
+        assert_eq!(
+            t[0].outcome,
+            Outcome::Advanced(Progress {
+                started_ns: 0,
+                next_step: 1,
+                _pad: 0
+            })
+        );
+        assert_eq!(
+            t[1].outcome,
+            Outcome::Advanced(Progress {
+                started_ns: 0,
+                next_step: 2,
+                _pad: 0
+            })
+        );
+        assert_eq!(t[2].outcome, Outcome::Granted);
+        assert!(t.iter().all(|t| t.reset.is_none()));
+    }
+
+    #[test]
+    fn protocol_is_part_of_the_step() {
+        let r = article_rule();
+        let (_, granted) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::tcp(4728), 1),
+                (Knock::tcp(6742), 2),
+            ],
+        );
+        assert!(!granted);
+    }
+
+    #[test]
+    fn wrong_order_never_grants() {
+        let r = article_rule();
+        let (t, granted) = run(
+            &r,
+            &[
+                (Knock::udp(4728), 0),
+                (Knock::tcp(3721), 1),
+                (Knock::tcp(6742), 2),
+            ],
+        );
+        assert!(!granted);
+        assert_eq!(t[0].outcome, Outcome::Idle);
+        assert_eq!(t[2].reset, Some(reset_cause::WRONG_PACKET));
+    }
+
+    #[test]
+    fn duplicate_of_last_step_is_ignored() {
+        let r = article_rule();
+        let (t, granted) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::tcp(3721), 1),
+                (Knock::udp(4728), 2),
+                (Knock::udp(4728), 3),
+                (Knock::tcp(6742), 4),
+            ],
+        );
+        assert!(granted);
+        assert_eq!(t[1].outcome, Outcome::Duplicate);
+        assert_eq!(t[3].outcome, Outcome::Duplicate);
+    }
+
+    #[test]
+    fn copy_of_an_older_step_resets() {
+        let r = article_rule();
+        let (t, granted) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::udp(4728), 1),
+                (Knock::tcp(3721), 2),
+                (Knock::tcp(6742), 3),
+            ],
+        );
+        assert!(!granted);
+        // The stale first step resets but also starts a new attempt.
+        assert_eq!(t[2].reset, Some(reset_cause::WRONG_PACKET));
+        assert_eq!(
+            t[2].outcome,
+            Outcome::Advanced(Progress {
+                started_ns: 2,
+                next_step: 1,
+                _pad: 0
+            })
+        );
+        assert_eq!(t[3].reset, Some(reset_cause::WRONG_PACKET));
+    }
+
+    #[test]
+    fn other_packet_mid_sequence_resets() {
+        let r = article_rule();
+        let (t, granted) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::tcp(80), 1),
+                (Knock::udp(4728), 2),
+                (Knock::tcp(6742), 3),
+            ],
+        );
+        assert!(!granted);
+        assert_eq!(
+            t[1],
+            Transition {
+                reset: Some(reset_cause::WRONG_PACKET),
+                outcome: Outcome::Idle
+            }
+        );
+    }
+
+    #[test]
+    fn ascending_scan_cannot_complete() {
+        let r = article_rule();
+        let packets: Vec<_> = (1..=65535u16)
+            .map(|p| (Knock::tcp(p), u64::from(p)))
+            .collect();
+        let (_, granted) = run(&r, &packets);
+        assert!(!granted);
+    }
+
+    #[test]
+    fn retry_after_failure_succeeds_at_once() {
+        let r = article_rule();
+        let (_, granted) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::tcp(6742), 1),
+                (Knock::tcp(3721), 2),
+                (Knock::udp(4728), 3),
+                (Knock::tcp(6742), 4),
+            ],
+        );
+        assert!(granted);
+    }
+
+    #[test]
+    fn sequence_must_complete_within_timeout() {
+        let r = article_rule();
+        let late = 10 * SECOND + 1;
+        let (t, granted) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::udp(4728), SECOND),
+                (Knock::tcp(6742), late),
+            ],
+        );
+        assert!(!granted);
+        assert_eq!(
+            t[2],
+            Transition {
+                reset: Some(reset_cause::TIMEOUT),
+                outcome: Outcome::Idle
+            }
+        );
+
+        let (_, granted) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::udp(4728), SECOND),
+                (Knock::tcp(6742), 10 * SECOND),
+            ],
+        );
+        assert!(granted, "completing exactly at the timeout is in time");
+    }
+
+    #[test]
+    fn first_step_after_timeout_restarts() {
+        let r = article_rule();
+        let t = on_packet(
+            &r,
+            Some(&Progress {
+                started_ns: 0,
+                next_step: 2,
+                _pad: 0,
+            }),
+            Knock::tcp(3721),
+            20 * SECOND,
+        );
+        assert_eq!(t.reset, Some(reset_cause::TIMEOUT));
+        assert_eq!(
+            t.outcome,
+            Outcome::Advanced(Progress {
+                started_ns: 20 * SECOND,
+                next_step: 1,
+                _pad: 0
+            })
+        );
+    }
+
+    #[test]
+    fn single_step_rule_grants_at_once() {
+        let r = rule(&[Knock::udp(9)]);
+        assert_eq!(
+            on_packet(&r, None, Knock::udp(9), 0).outcome,
+            Outcome::Granted
+        );
+    }
+
+    #[test]
+    fn corrupt_progress_never_indexes_out_of_bounds() {
+        let r = article_rule();
+        for next_step in [3, 16, 17, u32::MAX] {
+            let p = Progress {
+                started_ns: 0,
+                next_step,
+                _pad: 0,
+            };
+            let t = on_packet(&r, Some(&p), Knock::tcp(6742), 1);
+            assert_eq!(t.reset, Some(reset_cause::WRONG_PACKET));
+        }
+    }
+}

@@ -1,0 +1,2 @@
+#![no_std]
+// Library target so knock-user can name this crate as a build dependency.

@@ -1,0 +1,359 @@
+//! The xknock XDP filter: knock sequences open protected ports per source.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    cty::c_void,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_loop},
+    macros::{map, xdp},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::XdpContext,
+};
+use knock_common::{
+    Addr, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
+    PORT_ROLES_ENTRIES, PortRoles, Progress, Reason, RuleConfig, Settings, SourceRule, event_kind,
+    machine::{self, Outcome},
+    port_roles_index,
+};
+use parse::{Packet, ParseError, Parsed, TCP_FIN, TCP_RST};
+
+// Sizes here are defaults; the loader sets the configured ones before loading.
+#[map]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+#[map]
+static RULES: Array<RuleConfig> = Array::with_max_entries(MAX_RULES as u32, 0);
+#[map]
+static PORT_ROLES: Array<PortRoles> = Array::with_max_entries(PORT_ROLES_ENTRIES, 0);
+#[map]
+static PROGRESS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static GRANTS: LruHashMap<SourceRule, Grant> = LruHashMap::with_max_entries(8192, 0);
+#[map]
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+#[map]
+static DENIED_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static ALLOW: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static DENY: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+#[xdp]
+pub fn xknock(ctx: XdpContext) -> u32 {
+    let reason = match try_xknock(&ctx) {
+        Ok(reason) => reason,
+        Err(error) => error.reason(),
+    };
+    if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
+        unsafe { *counter += 1 };
+    }
+    if reason.passes() {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
+
+/// The kernel's monotonic clock. The coarse variant (jiffy resolution) is
+/// plenty for second-scale timeouts and costs about half of bpf_ktime_get_ns.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments, allowed for XDP programs.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
+    let packet = match parse::parse(ctx)? {
+        Parsed::NotIp => return Ok(Reason::PassNotIp),
+        Parsed::OtherProtocol => return Ok(Reason::PassOtherProtocol),
+        Parsed::LaterFragment => return Ok(Reason::PassLaterFragment),
+        Parsed::Transport(packet) => packet,
+    };
+    let Some(settings) = SETTINGS.get(0) else {
+        return Ok(Reason::PassUnprotected);
+    };
+    let roles = port_roles_index(packet.proto, packet.dst_port())
+        .and_then(|index| PORT_ROLES.get(index))
+        .copied()
+        .unwrap_or_default();
+    if packet.opens_connection()
+        && let Some(reason) = run_knock_rules(settings, &packet)
+    {
+        return Ok(reason);
+    }
+    if roles.knock_rules != 0 {
+        return Ok(Reason::DropKnockPort);
+    }
+    if roles.protect_rules != 0 {
+        return Ok(guard_protected(settings, &packet, roles.protect_rules));
+    }
+    Ok(Reason::PassUnprotected)
+}
+
+/// What one knock-rule step reads and decides; shared with the `bpf_loop`
+/// callback through a pointer to the caller's stack.
+struct KnockScan {
+    src: Addr,
+    knock: Knock,
+    deny_entries: u32,
+    verdict: Option<Reason>,
+}
+
+/// Runs a SYN or UDP datagram through every rule's state machine for its
+/// source; returns the drop reason when it was a knock step for some rule.
+///
+/// The per-rule work runs under `bpf_loop`, so the verifier checks it once
+/// instead of once per rule and per combination of earlier outcomes.
+#[inline(always)]
+fn run_knock_rules(settings: &Settings, packet: &Packet) -> Option<Reason> {
+    let mut scan = KnockScan {
+        src: packet.src,
+        knock: Knock {
+            port: packet.dst_port(),
+            proto: packet.proto,
+            _pad: 0,
+        },
+        deny_entries: settings.deny_entries,
+        verdict: None,
+    };
+    let rules = settings.rules.min(MAX_RULES as u32);
+    // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
+    // expects, and `scan` outlives the call.
+    unsafe {
+        bpf_loop(
+            rules,
+            knock_rule as *mut c_void,
+            (&mut scan as *mut KnockScan).cast(),
+            0,
+        )
+    };
+    scan.verdict
+}
+
+/// One rule's step for `bpf_loop`: returns 0 to go on, 1 to stop.
+#[inline(never)]
+extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer run_knock_rules gave it.
+    let scan = unsafe { &mut *scan.cast::<KnockScan>() };
+    let rule_index = rule_index as u32;
+    let Some(rule) = RULES.get(rule_index) else {
+        return 1;
+    };
+    let key = SourceRule {
+        addr: scan.src,
+        rule: rule_index,
+    };
+    let knock = scan.knock;
+    let stored = PROGRESS.get_ptr_mut(&key);
+    // Only a first step may create progress: spoofed noise costs one lookup.
+    if stored.is_none() && rule.sequence[0] != knock {
+        return 0;
+    }
+    if listed(&DENY, scan.deny_entries, &scan.src) {
+        scan.verdict = Some(Reason::DropDenied);
+        return 1;
+    }
+    // SAFETY: a value pointer the map lookup just returned; LRU values stay
+    // valid for the rest of this program run.
+    let progress = stored.map(|p| unsafe { *p });
+    let now = now_ns();
+    let transition = machine::on_packet(rule, progress.as_ref(), knock, now);
+    if let Some(cause) = transition.reset {
+        emit(event_kind::RESET, cause, &scan.src, knock, rule_index, 0, 0);
+    }
+    let reason = match transition.outcome {
+        Outcome::Idle => {
+            if stored.is_some() {
+                let _ = PROGRESS.remove(&key);
+            }
+            return 0;
+        }
+        Outcome::Duplicate => Reason::DropKnockDuplicate,
+        Outcome::Advanced(next) => {
+            match stored {
+                // SAFETY: as above; the whole value is overwritten.
+                Some(slot) => unsafe { *slot = next },
+                None => {
+                    let _ = PROGRESS.insert(&key, &next, 0);
+                }
+            }
+            let step = next.next_step as u8;
+            emit(
+                event_kind::PROGRESS,
+                0,
+                &scan.src,
+                knock,
+                rule_index,
+                step,
+                0,
+            );
+            Reason::DropKnockAdvanced
+        }
+        Outcome::Granted => {
+            if stored.is_some() {
+                let _ = PROGRESS.remove(&key);
+            }
+            let expires_ns = now + rule.open_for_ns;
+            let _ = GRANTS.insert(&key, &Grant { expires_ns }, 0);
+            let step = rule.steps as u8;
+            emit(
+                event_kind::GRANT,
+                0,
+                &scan.src,
+                knock,
+                rule_index,
+                step,
+                expires_ns,
+            );
+            Reason::DropKnockGranted
+        }
+    };
+    if scan.verdict.is_none() || reason == Reason::DropKnockGranted {
+        scan.verdict = Some(reason);
+    }
+    0
+}
+
+/// Decides a packet to a protected port: admitted flows, allowlisted sources
+/// and live grants pass; everything else (SYNs, stray ACKs, UDP) is dropped.
+/// The denylist wins over the allowlist and over grants.
+#[inline(always)]
+fn guard_protected(settings: &Settings, packet: &Packet, protect_rules: u16) -> Reason {
+    let flow_key = FlowKey {
+        addr: packet.src,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        proto: packet.proto,
+        _pad: [0; 3],
+    };
+    let now = now_ns();
+    if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
+        // SAFETY: a value pointer the map lookup just returned.
+        let flow = unsafe { &mut *flow };
+        let idle_ns = if packet.proto == IPPROTO_UDP {
+            settings.udp_idle_ns
+        } else if flow.closing != 0 {
+            settings.tcp_closing_ns
+        } else {
+            settings.tcp_idle_ns
+        };
+        // A SYN on a closing flow is a new connection reusing the port: it
+        // needs a grant of its own.
+        let reopens = flow.closing != 0 && packet.opens_connection();
+        if now.wrapping_sub(flow.last_seen_ns) <= idle_ns && !reopens {
+            flow.last_seen_ns = now;
+            if packet.tcp_flags & TCP_RST != 0 {
+                let _ = FLOWS.remove(&flow_key);
+            } else if packet.tcp_flags & TCP_FIN != 0 {
+                flow.closing = 1;
+            }
+            return Reason::PassAdmittedFlow;
+        }
+        let _ = FLOWS.remove(&flow_key);
+    }
+    if listed(&DENY, settings.deny_entries, &packet.src) {
+        return Reason::DropDenied;
+    }
+    if listed(&ALLOW, settings.allow_entries, &packet.src) {
+        return Reason::PassAllowlisted;
+    }
+    for rule_index in 0..MAX_RULES as u32 {
+        if protect_rules & (1 << rule_index) == 0 {
+            continue;
+        }
+        let key = SourceRule {
+            addr: packet.src,
+            rule: rule_index,
+        };
+        // SAFETY: read-only copy out of a value the lookup just returned.
+        let live = unsafe { GRANTS.get(&key) }.is_some_and(|grant| now < grant.expires_ns);
+        if live {
+            if packet.opens_connection() {
+                let flow = Flow {
+                    last_seen_ns: now,
+                    rule: rule_index,
+                    closing: 0,
+                };
+                let _ = FLOWS.insert(&flow_key, &flow, 0);
+            }
+            return Reason::PassGranted;
+        }
+    }
+    emit_denied(settings, packet, now);
+    Reason::DropProtected
+}
+
+/// Whether `addr` falls in a prefix of an allow or deny trie.
+#[inline(always)]
+fn listed(list: &LpmTrie<Addr, u8>, entries: u32, addr: &Addr) -> bool {
+    entries != 0 && list.get(&Key::new(128, *addr)).is_some()
+}
+
+/// Denied attempts can come at flood rate: each CPU reports at most
+/// `denied_events_per_sec` of them per second.
+#[inline(always)]
+fn emit_denied(settings: &Settings, packet: &Packet, now: u64) {
+    let Some(budget) = DENIED_EVENT_BUDGET.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.window_start_ns) >= NANOS_PER_SEC {
+        budget.window_start_ns = now;
+        budget.used = 0;
+    }
+    if budget.used >= settings.denied_events_per_sec {
+        return;
+    }
+    budget.used += 1;
+    let target = Knock {
+        port: packet.dst_port(),
+        proto: packet.proto,
+        _pad: 0,
+    };
+    emit(
+        event_kind::DENIED,
+        0,
+        &packet.src,
+        target,
+        u32::from(u16::MAX),
+        0,
+        0,
+    );
+}
+
+#[inline(always)]
+fn emit(kind: u8, detail: u8, addr: &Addr, knock: Knock, rule: u32, step: u8, expires_ns: u64) {
+    let event = Event {
+        addr: *addr,
+        expires_ns,
+        kind,
+        detail,
+        proto: knock.proto,
+        step,
+        port: knock.port,
+        rule: rule as u16,
+    };
+    // A full ring buffer loses the event, never the verdict.
+    let _ = EVENTS.output(&event, 0);
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

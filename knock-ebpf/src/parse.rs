@@ -1,0 +1,221 @@
+//! Parsing a frame down to what the filter needs: source address, protocol,
+//! ports and TCP flags. Every read goes through `bytes_at`; every loop is
+//! bounded by a constant; anything that cannot be parsed to the ports of a
+//! TCP/UDP packet is an error, which the caller drops (fail closed).
+
+use aya_ebpf::programs::XdpContext;
+use knock_common::{
+    Addr, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, Reason, ipv4_mapped,
+};
+
+const ETH_HEADER_LEN: usize = 14;
+const VLAN_TAG_LEN: usize = 4;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPV4_HEADER_MIN_LEN: usize = 20;
+const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+const IPV6_HEADER_LEN: usize = 40;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MOBILITY: u8 = 135;
+const IPPROTO_HIP: u8 = 139;
+const IPPROTO_SHIM6: u8 = 140;
+
+const TCP_HEADER_MIN_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+
+/// Largest header offset the parser follows; keeps offsets provably bounded
+/// for the verifier (MTU-sized frames never come near it).
+const MAX_HEADER_OFFSET: usize = 4096;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP segment or UDP datagram, as far as the filter cares.
+pub struct Packet {
+    pub src: Addr,
+    pub proto: u8,
+    /// Network byte order.
+    pub src_port: [u8; 2],
+    /// Network byte order.
+    pub dst_port: [u8; 2],
+    /// Zero for UDP.
+    pub tcp_flags: u8,
+}
+
+impl Packet {
+    pub fn dst_port(&self) -> u16 {
+        u16::from_be_bytes(self.dst_port)
+    }
+
+    /// A TCP SYN without ACK, or any UDP datagram: what knocks and what opens
+    /// a new connection.
+    pub fn opens_connection(&self) -> bool {
+        self.proto == IPPROTO_UDP || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+}
+
+pub enum Parsed {
+    NotIp,
+    OtherProtocol,
+    LaterFragment,
+    Transport(Packet),
+}
+
+#[derive(Clone, Copy)]
+pub enum ParseError {
+    /// The frame ends before a header the filter needs.
+    Truncated,
+    /// An IP header with the wrong version or an impossible length.
+    BadIpHeader,
+    TooManyVlanTags,
+    ExtHeaderChainTooLong,
+}
+
+impl ParseError {
+    pub fn reason(self) -> Reason {
+        match self {
+            ParseError::Truncated | ParseError::BadIpHeader => Reason::DropMalformed,
+            ParseError::TooManyVlanTags => Reason::DropTooManyVlanTags,
+            ParseError::ExtHeaderChainTooLong => Reason::DropExtHeaderChainTooLong,
+        }
+    }
+}
+
+/// Copies `N` bytes at `offset` out of the packet, or fails if the frame is
+/// shorter.
+#[inline(always)]
+fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ParseError> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if offset > MAX_HEADER_OFFSET || start + offset + N > end {
+        return Err(ParseError::Truncated);
+    }
+    // SAFETY: the check above proves [start + offset, start + offset + N)
+    // lies inside the packet, and a byte array has alignment 1.
+    Ok(unsafe { *((start + offset) as *const [u8; N]) })
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, ParseError> {
+    let mut ethertype = u16::from_be_bytes(bytes_at::<2>(ctx, ETH_HEADER_LEN - 2)?);
+    let mut offset = ETH_HEADER_LEN;
+    for _ in 0..MAX_VLAN_DEPTH {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = u16::from_be_bytes(bytes_at::<2>(ctx, offset + 2)?);
+        offset += VLAN_TAG_LEN;
+    }
+    match ethertype {
+        ETH_P_IPV4 => parse_ipv4(ctx, offset),
+        ETH_P_IPV6 => parse_ipv6(ctx, offset),
+        ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::TooManyVlanTags),
+        _ => Ok(Parsed::NotIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
+    let header = bytes_at::<IPV4_HEADER_MIN_LEN>(ctx, offset)?;
+    let header_len = usize::from(header[0] & 0x0f) * 4;
+    if header[0] >> 4 != 4 || header_len < IPV4_HEADER_MIN_LEN {
+        return Err(ParseError::BadIpHeader);
+    }
+    if u16::from_be_bytes([header[6], header[7]]) & IPV4_FRAGMENT_OFFSET_MASK != 0 {
+        return Ok(Parsed::LaterFragment);
+    }
+    let src = ipv4_mapped([header[12], header[13], header[14], header[15]]);
+    parse_transport(ctx, offset + header_len, header[9], src)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
+    let header = bytes_at::<IPV6_HEADER_LEN>(ctx, offset)?;
+    if header[0] >> 4 != 6 {
+        return Err(ParseError::BadIpHeader);
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&header[8..24]);
+    let mut next_header = header[6];
+    let mut offset = offset + IPV6_HEADER_LEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next_header {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MOBILITY
+            | IPPROTO_HIP | IPPROTO_SHIM6 => {
+                let ext = bytes_at::<2>(ctx, offset)?;
+                next_header = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let ext = bytes_at::<2>(ctx, offset)?;
+                next_header = ext[0];
+                offset += (usize::from(ext[1]) + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let ext = bytes_at::<4>(ctx, offset)?;
+                if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                    return Ok(Parsed::LaterFragment);
+                }
+                next_header = ext[0];
+                offset += 8;
+            }
+            _ => return parse_transport(ctx, offset, next_header, src),
+        }
+    }
+    if is_ipv6_extension(next_header) {
+        return Err(ParseError::ExtHeaderChainTooLong);
+    }
+    parse_transport(ctx, offset, next_header, src)
+}
+
+#[inline(always)]
+fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(
+        next_header,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_FRAGMENT
+            | IPPROTO_AH
+            | IPPROTO_DSTOPTS
+            | IPPROTO_MOBILITY
+            | IPPROTO_HIP
+            | IPPROTO_SHIM6
+    )
+}
+
+#[inline(always)]
+fn parse_transport(
+    ctx: &XdpContext,
+    offset: usize,
+    proto: u8,
+    src: Addr,
+) -> Result<Parsed, ParseError> {
+    let (ports, tcp_flags) = match proto {
+        IPPROTO_TCP => {
+            let header = bytes_at::<TCP_HEADER_MIN_LEN>(ctx, offset)?;
+            ([header[0], header[1], header[2], header[3]], header[13])
+        }
+        IPPROTO_UDP => {
+            let header = bytes_at::<UDP_HEADER_LEN>(ctx, offset)?;
+            ([header[0], header[1], header[2], header[3]], 0)
+        }
+        _ => return Ok(Parsed::OtherProtocol),
+    };
+    Ok(Parsed::Transport(Packet {
+        src,
+        proto,
+        src_port: [ports[0], ports[1]],
+        dst_port: [ports[2], ports[3]],
+        tcp_flags,
+    }))
+}

@@ -1,0 +1,308 @@
+//! The XDP program in the kernel: loading it with the configured map sizes,
+//! filling its maps, attaching it, and reading its state back.
+
+use std::{collections::BTreeMap, ffi::CString, fmt, net::IpAddr, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use knock_common::{
+    Addr, Flow, FlowKey, Grant, PortRoles, Reason, RuleConfig, Settings, SourceRule, map_names,
+};
+
+use crate::config::KernelConfig;
+
+/// The XDP program, built by build.rs from knock-ebpf.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
+
+/// Why the filter could not be put in place. Whatever failed, nothing stays
+/// attached: dropping a half-built `Filter` detaches it.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// This binary was built where bpf-linker was missing, so it carries no program.
+    #[error(
+        "this xknock was built without its XDP program (bpf-linker was missing); rebuild after `cargo xtask setup`"
+    )]
+    NoProgram,
+    /// The kernel refused the BPF object or one of its maps.
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// The verifier rejected the program; its log is in the source error.
+    #[error("the kernel refused the XDP program: {0}")]
+    Program(#[source] ProgramError),
+    /// A map is missing from the object or could not be read or written.
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    /// The named interface does not exist in this network namespace.
+    #[error("no interface named `{0}` on this host")]
+    UnknownInterface(String),
+    /// The kernel would not attach the program in the requested mode.
+    #[error("cannot attach to `{iface}` in {mode} mode: {source}")]
+    Attach {
+        iface: String,
+        mode: AttachMode,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// How the program is attached: `native` runs in the driver, `generic` in
+/// the kernel's network stack (works everywhere, slower), `auto` tries native
+/// first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// Fails with `UnknownInterface` unless `iface` exists here.
+pub fn check_interface(iface: &str) -> Result<(), FilterError> {
+    let unknown = || FilterError::UnknownInterface(iface.to_owned());
+    let name = CString::new(iface).map_err(|_| unknown())?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        return Err(unknown());
+    }
+    Ok(())
+}
+
+/// A grant that the sweeper found expired and removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpiredGrant {
+    pub source: Addr,
+    pub rule: u32,
+}
+
+/// The loaded program and its maps.
+pub struct Filter {
+    ebpf: Ebpf,
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> FilterError {
+    move |source| FilterError::Map { name, source }
+}
+
+impl Filter {
+    /// Loads the program with `config`'s map sizes, fills every map, and has
+    /// the verifier check the program; nothing is attached yet.
+    pub fn load(config: &KernelConfig) -> Result<Filter, FilterError> {
+        if BPF_OBJECT.is_empty() {
+            return Err(FilterError::NoProgram);
+        }
+        let lpm_size = |entries: usize| u32::try_from(entries.max(1)).unwrap_or(u32::MAX);
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::PROGRESS, config.progress_entries)
+            .map_max_entries(map_names::GRANTS, config.grant_entries)
+            .map_max_entries(map_names::FLOWS, config.flow_entries)
+            .map_max_entries(map_names::ALLOW, lpm_size(config.allow.len()))
+            .map_max_entries(map_names::DENY, lpm_size(config.deny.len()))
+            .load(BPF_OBJECT)
+            .map_err(FilterError::Load)?;
+        let mut filter = Filter { ebpf };
+        filter.populate(config)?;
+        let program: &mut Xdp = filter
+            .ebpf
+            .program_mut(knock_common::PROGRAM_NAME)
+            .expect("the object defines the xknock program")
+            .try_into()
+            .map_err(FilterError::Program)?;
+        program.load().map_err(FilterError::Program)?;
+        Ok(filter)
+    }
+
+    fn populate(&mut self, config: &KernelConfig) -> Result<(), FilterError> {
+        let mut settings: Array<_, Settings> = self.map_mut(map_names::SETTINGS)?;
+        settings
+            .set(0, &config.settings, 0)
+            .map_err(map_error(map_names::SETTINGS))?;
+        let mut rules: Array<_, RuleConfig> = self.map_mut(map_names::RULES)?;
+        for (index, rule) in config.rules.iter().enumerate() {
+            rules
+                .set(index as u32, rule, 0)
+                .map_err(map_error(map_names::RULES))?;
+        }
+        let mut roles: Array<_, PortRoles> = self.map_mut(map_names::PORT_ROLES)?;
+        for (index, role) in &config.port_roles {
+            roles
+                .set(*index, role, 0)
+                .map_err(map_error(map_names::PORT_ROLES))?;
+        }
+        for (name, prefixes) in [
+            (map_names::ALLOW, &config.allow),
+            (map_names::DENY, &config.deny),
+        ] {
+            let mut trie: LpmTrie<_, Addr, u8> = self.map_mut(name)?;
+            for (prefix_len, addr) in prefixes {
+                trie.insert(&Key::new(*prefix_len, *addr), &1, 0)
+                    .map_err(map_error(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, FilterError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(FilterError::Map {
+            name,
+            source: MapError::InvalidName {
+                name: name.to_owned(),
+            },
+        })?;
+        T::try_from(map).map_err(map_error(name))
+    }
+
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, FilterError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(FilterError::Map {
+            name,
+            source: MapError::InvalidName {
+                name: name.to_owned(),
+            },
+        })?;
+        T::try_from(map).map_err(map_error(name))
+    }
+
+    /// Attaches to `iface`; returns the mode actually used (`auto` falls back
+    /// to generic where the driver has no native XDP).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, FilterError> {
+        check_interface(iface)?;
+        let name = CString::new(iface).map_err(|_| FilterError::UnknownInterface(iface.into()))?;
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(knock_common::PROGRAM_NAME)
+            .expect("the object defines the xknock program")
+            .try_into()
+            .map_err(FilterError::Program)?;
+        let try_mode = |program: &mut Xdp, mode: AttachMode| {
+            let xdp_mode = match mode {
+                AttachMode::Generic => XdpMode::Skb,
+                AttachMode::Native | AttachMode::Auto => XdpMode::Driver,
+            };
+            program
+                .attach(name.as_c_str(), xdp_mode)
+                .map(|_| mode)
+                .map_err(|source| FilterError::Attach {
+                    iface: iface.to_owned(),
+                    mode,
+                    source,
+                })
+        };
+        match mode {
+            AttachMode::Auto => try_mode(program, AttachMode::Native).or_else(|native_error| {
+                eprintln!("xknock: native XDP is not available on `{iface}` ({native_error}); using generic mode");
+                try_mode(program, AttachMode::Generic)
+            }),
+            mode => try_mode(program, mode),
+        }
+    }
+
+    /// The event ring buffer; the caller owns it from now on.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, FilterError> {
+        let map = self
+            .ebpf
+            .take_map(map_names::EVENTS)
+            .ok_or(FilterError::Map {
+                name: map_names::EVENTS,
+                source: MapError::InvalidName {
+                    name: map_names::EVENTS.to_owned(),
+                },
+            })?;
+        RingBuf::try_from(map).map_err(map_error(map_names::EVENTS))
+    }
+
+    /// Verdict counters summed over all CPUs, by reason.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, FilterError> {
+        let counters: PerCpuArray<_, u64> = self.map(map_names::COUNTERS)?;
+        Reason::ALL
+            .iter()
+            .map(|reason| {
+                let per_cpu = counters
+                    .get(&(*reason as u32), 0)
+                    .map_err(map_error(map_names::COUNTERS))?;
+                Ok((reason.name(), per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Removes grants that expired and flows idle past their timeout; returns
+    /// the expired grants so they can be reported.
+    pub fn sweep(&mut self, config: &KernelConfig) -> Result<Vec<ExpiredGrant>, FilterError> {
+        let now = monotonic_ns();
+        let mut grants: HashMap<_, SourceRule, Grant> = self.map_mut(map_names::GRANTS)?;
+        let expired: Vec<SourceRule> = grants
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, grant)| grant.expires_ns <= now)
+            .map(|(key, _)| key)
+            .collect();
+        for key in &expired {
+            // Gone already (evicted, or removed by a racing sweep) is fine.
+            let _ = grants.remove(key);
+        }
+        let mut flows: HashMap<_, FlowKey, Flow> = self.map_mut(map_names::FLOWS)?;
+        let idle: Vec<FlowKey> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, flow)| {
+                let timeout = match (key.proto, flow.closing) {
+                    (knock_common::IPPROTO_UDP, _) => config.settings.udp_idle_ns,
+                    (_, 0) => config.settings.tcp_idle_ns,
+                    _ => config.settings.tcp_closing_ns,
+                };
+                now.saturating_sub(flow.last_seen_ns) > timeout
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in &idle {
+            let _ = flows.remove(key);
+        }
+        Ok(expired
+            .into_iter()
+            .map(|key| ExpiredGrant {
+                source: key.addr,
+                rule: key.rule,
+            })
+            .collect())
+    }
+}
+
+/// The clock the XDP program reads (CLOCK_MONOTONIC), in ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_nanos() as u64
+}
+
+/// Shows a key address as IPv4 when it is IPv4-mapped.
+pub fn display_addr(addr: &Addr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
