@@ -3,7 +3,7 @@
 //!
 //! Every map type is `#[repr(C)]` with explicit padding so the kernel and
 //! userspace agree byte for byte; the `const _` assertions pin the sizes.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod machine;
 

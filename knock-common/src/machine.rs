@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn corrupt_progress_never_indexes_out_of_bounds() {
         let r = article_rule();
-        for next_step in [3, 16, 17, u32::MAX] {
+        for next_step in [16, 17, u32::MAX] {
             let p = Progress {
                 started_ns: 0,
                 next_step,
