@@ -1,1 +1,588 @@
+//! A lab of two hosts: network namespaces `server` and `client` joined by a
+//! veth pair, with IPv4 and IPv6 addresses. Everything it creates has a name
+//! unique to this process and is removed when the guard drops, also on panic.
+//!
+//! Traffic only ever goes between the two namespaces.
 
+use std::{
+    env,
+    fs::{self, File},
+    io::{BufRead, BufReader, ErrorKind},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const SERVER_V4: &str = "198.18.0.1";
+pub const CLIENT_V4: &str = "198.18.0.2";
+pub const SERVER_V6: &str = "fd18::1";
+pub const CLIENT_V6: &str = "fd18::2";
+
+/// Panics with a clear message unless the process can do what the lab needs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests create network namespaces and attach XDP programs: run them as root (cargo xtask test)"
+    );
+}
+
+/// Panics with a clear message unless `program` is on PATH.
+pub fn require_program(program: &str, package: &str) {
+    let found = env::var_os("PATH")
+        .map(|paths| env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{program}` is missing: install the Debian package {package} (cargo xtask setup does)"
+    );
+}
+
+/// Runs a command to completion, panicking with its output when it fails.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The xknock binary under test: $XKNOCK_BIN, else the one next to this
+/// test executable's target directory.
+pub fn xknock_bin() -> PathBuf {
+    if let Some(bin) = env::var_os("XKNOCK_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug/xknock
+    let bin = exe
+        .ancestors()
+        .find(|dir| dir.join("xknock").is_file())
+        .map(|dir| dir.join("xknock"));
+    bin.unwrap_or_else(|| {
+        panic!(
+            "no xknock binary near {}: build it first (cargo xtask test does)",
+            exe.display()
+        )
+    })
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call, fit for interface names
+/// (at most 15 bytes with a one-letter suffix).
+fn unique_name() -> String {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    format!("xk{:05x}{:02x}", std::process::id() & 0xfffff, id & 0xff)
+}
+
+/// One network namespace, named under /var/run/netns.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Netns {
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NS ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it
+    /// creates belong to the namespace for their whole life.
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: a valid namespace fd; this thread alone changes namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes still inside would keep the namespace alive.
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: plain signal delivery.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two hosts joined by a veth pair.
+pub struct Lab {
+    pub server: Netns,
+    pub client: Netns,
+    /// The server's end of the veth pair, where xknock attaches.
+    pub server_if: String,
+    pub client_if: String,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        require_root();
+        require_program("ip", "iproute2");
+        let base = unique_name();
+        let server = Netns::create(format!("{base}-srv"));
+        let client = Netns::create(format!("{base}-cli"));
+        let server_if = format!("{base}s");
+        let client_if = format!("{base}c");
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &server_if,
+                "netns",
+                &server.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &client_if,
+                "netns",
+                &client.name,
+            ],
+        );
+        for (ns, iface, v4, v6) in [
+            (&server, &server_if, SERVER_V4, SERVER_V6),
+            (&client, &client_if, CLIENT_V4, CLIENT_V6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", iface]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", iface, "nodad"]);
+            ns.ip(&["link", "set", iface, "up"]);
+        }
+        Lab {
+            server,
+            client,
+            server_if,
+            client_if,
+        }
+    }
+
+    /// Whether a TCP connection from the client to the server's `port` opens.
+    pub fn tcp_connect(&self, server: &str, port: u16) -> Reach {
+        let addr = SocketAddr::new(server.parse().expect("address"), port);
+        self.client.within(move || {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(1500)) {
+                Ok(_) => Reach::Open,
+                Err(e) if e.kind() == ErrorKind::TimedOut => Reach::Silent,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reach::Refused,
+                Err(e) => panic!("connect {addr}: {e}"),
+            }
+        })
+    }
+
+    /// Whether a UDP datagram from the client to the server's `port` is answered.
+    pub fn udp_exchange(&self, server: &str, port: u16) -> Reach {
+        let addr = SocketAddr::new(server.parse().expect("address"), port);
+        self.client.within(move || {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .expect("literal");
+            let socket = UdpSocket::bind(bind).expect("bind");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(1500)))
+                .expect("timeout");
+            socket.send_to(b"ping", addr).expect("send");
+            let mut buf = [0u8; 64];
+            match socket.recv_from(&mut buf) {
+                Ok(_) => Reach::Open,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    Reach::Silent
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reach::Refused,
+                Err(e) => panic!("udp {addr}: {e}"),
+            }
+        })
+    }
+
+    /// A TCP listener on the server (all addresses, IPv4 and IPv6) that
+    /// accepts until the lab goes away.
+    pub fn tcp_listener(&self, port: u16) {
+        let listener = self
+            .server
+            .within(move || std::net::TcpListener::bind(("::", port)).expect("bind listener"));
+        thread::spawn(move || for _ in listener.incoming() {});
+    }
+
+    /// A UDP echo service on the server.
+    pub fn udp_echo(&self, port: u16) {
+        let socket = self
+            .server
+            .within(move || UdpSocket::bind(("::", port)).expect("bind udp"));
+        thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+    }
+
+    /// The XDP mode attached to the server's interface: "xdp" (native),
+    /// "xdpgeneric", or None.
+    pub fn attached_xdp(&self) -> Option<String> {
+        let out = self
+            .server
+            .ip(&["-d", "link", "show", "dev", &self.server_if]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        ["xdpgeneric", "xdp"]
+            .into_iter()
+            .find(|mode| text.split_whitespace().any(|word| word == *mode))
+            .map(str::to_owned)
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Lab::new()
+    }
+}
+
+/// What a connection attempt met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    Open,
+    /// Nothing came back: dropped (what the filter must do).
+    Silent,
+    /// A RST or port unreachable came back.
+    Refused,
+}
+
+/// Lines a child process printed, shared with the thread reading them.
+#[derive(Clone, Default)]
+struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Lines {
+    fn follow(&self, stream: impl std::io::Read + Send + 'static, echo: Option<&'static str>) {
+        let lines = self.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if let Some(prefix) = echo {
+                    println!("{prefix}{line}");
+                }
+                let (list, changed) = &*lines.0;
+                list.lock().expect("lines").push(line);
+                changed.notify_all();
+            }
+        });
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.0.0.lock().expect("lines").clone()
+    }
+
+    /// Waits until a line satisfies `pred`; returns it, or None on timeout.
+    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (list, changed) = &*self.0;
+        let mut guard = list.lock().expect("lines");
+        loop {
+            if let Some(line) = guard.iter().find(|l| pred(l)) {
+                return Some(line.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            guard = changed.wait_timeout(guard, left).expect("lines").0;
+        }
+    }
+}
+
+/// `xknock run` inside the server namespace, with JSON events.
+pub struct Xknock {
+    child: Child,
+    events: Lines,
+    log: Lines,
+    _dir: tempfile::TempDir,
+}
+
+impl Xknock {
+    /// Starts xknock on the lab's server interface with `config` (TOML) and
+    /// waits until it has attached. `echo` prints its output as it comes.
+    pub fn start(lab: &Lab, config: &str, extra_args: &[&str], echo: bool) -> Xknock {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("xknock.toml");
+        fs::write(&path, config).expect("write config");
+        let mut child = lab
+            .server
+            .command(xknock_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .args(["--iface", &lab.server_if, "--events", "json"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xknock");
+        let events = Lines::default();
+        let log = Lines::default();
+        events.follow(
+            child.stdout.take().expect("stdout"),
+            echo.then_some("  event | "),
+        );
+        log.follow(
+            child.stderr.take().expect("stderr"),
+            echo.then_some("  xknock| "),
+        );
+        let xknock = Xknock {
+            child,
+            events,
+            log,
+            _dir: dir,
+        };
+        let attached = xknock.log.wait_for(Duration::from_secs(30), |l| {
+            l.contains("attached to") || l.contains("error")
+        });
+        assert!(
+            attached
+                .as_deref()
+                .is_some_and(|l| l.contains("attached to")),
+            "xknock did not attach: {:?}",
+            xknock.log.snapshot()
+        );
+        xknock
+    }
+
+    /// Waits for an event whose fields include every (key, value) in `fields`.
+    pub fn wait_event(&self, fields: &[(&str, &str)], timeout: Duration) -> Option<Value> {
+        let matches = |line: &str| {
+            serde_json::from_str::<Value>(line).is_ok_and(|event| {
+                fields.iter().all(|(key, value)| match &event[*key] {
+                    Value::String(s) => s == value,
+                    other => other.to_string() == *value,
+                })
+            })
+        };
+        self.events
+            .wait_for(timeout, matches)
+            .map(|line| serde_json::from_str(&line).expect("json"))
+    }
+
+    /// Like `wait_event`, panicking with every event seen when none matches.
+    pub fn expect_event(&self, fields: &[(&str, &str)]) -> Value {
+        self.wait_event(fields, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no event {fields:?}; events: {:#?}", self.events()))
+    }
+
+    /// Every event so far, parsed.
+    pub fn events(&self) -> Vec<Value> {
+        self.events
+            .snapshot()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// What xknock wrote to stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.snapshot()
+    }
+
+    /// Sends SIGINT and waits for xknock to exit; returns its status.
+    pub fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        // SAFETY: plain signal delivery to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // Let the readers drain the last lines.
+                let _ = self
+                    .log
+                    .wait_for(Duration::from_secs(2), |l| l.contains("verdicts:"));
+                return (status, self.log.snapshot());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xknock ignored SIGINT: {:?}",
+                self.log.snapshot()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Xknock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real OpenSSH server in the lab's server namespace, and a client key
+/// that it accepts for root.
+pub struct Sshd {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    pub fn start(lab: &Lab) -> Sshd {
+        require_program("sshd", "openssh-server");
+        require_program("ssh", "openssh-client");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |name: &str| dir.path().join(name);
+        for key in ["host_key", "client_key"] {
+            run(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-f",
+                    at(key).to_str().expect("utf-8"),
+                ],
+            );
+        }
+        fs::copy(at("client_key.pub"), at("authorized_keys")).expect("authorized_keys");
+        let config = format!(
+            "Port 22\nListenAddress 0.0.0.0\nListenAddress ::\nHostKey {}\nAuthorizedKeysFile {}\n\
+             PidFile {}\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+            at("host_key").display(),
+            at("authorized_keys").display(),
+            at("sshd.pid").display()
+        );
+        fs::write(at("sshd_config"), config).expect("sshd_config");
+        // sshd wants its privilege-separation directory.
+        fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let child = lab
+            .server
+            .command("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(at("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sshd");
+        let sshd = Sshd { child, dir };
+        // Ready once it listens (checked before any filter is attached).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lab.tcp_connect(SERVER_V4, 22) != Reach::Open {
+            assert!(Instant::now() < deadline, "sshd did not start listening");
+            thread::sleep(Duration::from_millis(100));
+        }
+        sshd
+    }
+
+    /// The ssh client command for running `remote` as root on `server`.
+    pub fn ssh(&self, lab: &Lab, server: &str, remote: &str) -> Command {
+        let mut command = lab.client.command("ssh");
+        command
+            .arg("-i")
+            .arg(self.key())
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=3",
+                "-o",
+                "ConnectionAttempts=1",
+            ])
+            .arg(format!("root@{server}"))
+            .arg(remote)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("client_key")
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `output` is ssh giving up because nothing answered (as opposed
+/// to a refusal, which would reveal the port).
+pub fn ssh_timed_out(output: &Output) -> bool {
+    !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("timed out")
+}
+
+/// A TOML rule for tests: the article's sequence protecting `protect`.
+pub fn article_config(open_for: &str, protect: &str) -> String {
+    format!(
+        "[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:3721\", \"udp:4728\", \"tcp:6742\"]\n\
+         sequence_timeout = \"5s\"\nopen_for = \"{open_for}\"\nprotect = [{protect}]\n"
+    )
+}
+
+/// Runs `xknock knock` from the client namespace.
+pub fn knock(lab: &Lab, args: &[&str]) -> Output {
+    let output = lab
+        .client
+        .command(xknock_bin())
+        .arg("knock")
+        .args(args)
+        .output()
+        .expect("run xknock knock");
+    assert!(
+        output.status.success(),
+        "xknock knock failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}

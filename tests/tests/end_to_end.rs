@@ -1,0 +1,237 @@
+//! xknock attached to a real veth in network namespaces, driven by real
+//! clients: OpenSSH, knockd's `knock`, and xknock's own `knock`.
+
+use std::{thread, time::Duration};
+
+use lab::{
+    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Sshd, Xknock, article_config, knock,
+    require_program, ssh_timed_out,
+};
+
+fn config_file(lab_dir: &tempfile::TempDir, text: &str) -> String {
+    let path = lab_dir.path().join("xknock.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.to_str().expect("utf-8").to_owned()
+}
+
+#[test]
+fn ssh_is_invisible_until_knock_and_again_after_open_for() {
+    let lab = Lab::new();
+    let sshd = Sshd::start(&lab);
+    let xknock = Xknock::start(&lab, &article_config("4s", "\"tcp:22\""), &[], false);
+
+    let before = sshd.ssh(&lab, SERVER_V4, "true").output().expect("ssh");
+    assert!(
+        ssh_timed_out(&before),
+        "ssh before knocking must time out, got {before:?}"
+    );
+    xknock.expect_event(&[
+        ("event", "denied"),
+        ("source", CLIENT_V4),
+        ("port", "tcp:22"),
+    ]);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(&dir, &article_config("4s", "\"tcp:22\""));
+    knock(&lab, &[SERVER_V4, "--config", &config, "--rule", "ssh"]);
+    for (step, port) in [(1, "tcp:3721"), (2, "udp:4728")] {
+        xknock.expect_event(&[
+            ("event", "progress"),
+            ("step", &step.to_string()),
+            ("port", port),
+        ]);
+    }
+    xknock.expect_event(&[("event", "grant"), ("rule", "ssh"), ("source", CLIENT_V4)]);
+
+    let after = sshd
+        .ssh(&lab, SERVER_V4, "echo knocked")
+        .output()
+        .expect("ssh");
+    assert!(after.status.success(), "ssh after knocking: {after:?}");
+    assert_eq!(String::from_utf8_lossy(&after.stdout).trim(), "knocked");
+
+    xknock
+        .wait_event(
+            &[("event", "expired"), ("source", CLIENT_V4)],
+            Duration::from_secs(8),
+        )
+        .unwrap_or_else(|| panic!("grant never expired: {:#?}", xknock.events()));
+    let expired = sshd.ssh(&lab, SERVER_V4, "true").output().expect("ssh");
+    assert!(
+        ssh_timed_out(&expired),
+        "ssh after open_for must time out, got {expired:?}"
+    );
+
+    let (status, log) = xknock.stop();
+    assert!(status.success(), "xknock exit: {status:?} {log:?}");
+    assert!(log.iter().any(|l| l.contains("detached")), "{log:?}");
+    assert_eq!(lab.attached_xdp(), None, "SIGINT must detach the program");
+}
+
+#[test]
+fn ssh_session_opened_during_grant_outlives_it() {
+    let lab = Lab::new();
+    let sshd = Sshd::start(&lab);
+    let xknock = Xknock::start(&lab, &article_config("2s", "\"tcp:22\""), &[], false);
+    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    xknock.expect_event(&[("event", "grant")]);
+    // The session prints, outlives the grant, then prints again.
+    let session = sshd
+        .ssh(&lab, SERVER_V4, "echo start; sleep 5; echo end")
+        .output()
+        .expect("ssh");
+    assert!(
+        xknock.events().iter().any(|e| e["event"] == "expired"),
+        "grant should have expired mid-session"
+    );
+    assert!(
+        session.status.success(),
+        "session cut at expiry: {session:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&session.stdout), "start\nend\n");
+}
+
+#[test]
+fn wrong_order_does_not_open() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
+    knock(&lab, &[SERVER_V4, "tcp:3721", "tcp:6742", "udp:4728"]);
+    xknock.expect_event(&[("event", "reset"), ("reason", "wrong_packet")]);
+    knock(&lab, &[SERVER_V4, "udp:4728", "tcp:3721", "tcp:6742"]);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert!(
+        !xknock.events().iter().any(|e| e["event"] == "grant"),
+        "{:#?}",
+        xknock.events()
+    );
+}
+
+#[test]
+fn sequence_slower_than_its_timeout_does_not_open() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = article_config("30s", "\"tcp:22\"")
+        .replace("sequence_timeout = \"5s\"", "sequence_timeout = \"1s\"");
+    let xknock = Xknock::start(&lab, &config, &[], false);
+    knock(
+        &lab,
+        &[
+            "--delay", "700ms", SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742",
+        ],
+    );
+    xknock.expect_event(&[("event", "reset"), ("reason", "timeout")]);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert!(!xknock.events().iter().any(|e| e["event"] == "grant"));
+    // The same knock in time opens.
+    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    xknock.expect_event(&[("event", "grant")]);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
+}
+
+#[test]
+fn ipv6_knock_opens_for_the_ipv6_source_only() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
+    knock(
+        &lab,
+        &[
+            &format!("[{SERVER_V6}]"),
+            "tcp:3721",
+            "udp:4728",
+            "tcp:6742",
+        ],
+    );
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
+    // The grant belongs to the IPv6 address, not to the host.
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+}
+
+#[test]
+fn udp_protected_port_opens_after_knock() {
+    let lab = Lab::new();
+    lab.udp_echo(51820);
+    let xknock = Xknock::start(&lab, &article_config("30s", "\"udp:51820\""), &[], false);
+    assert_eq!(lab.udp_exchange(SERVER_V4, 51820), Reach::Silent);
+    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    xknock.expect_event(&[("event", "grant")]);
+    assert_eq!(lab.udp_exchange(SERVER_V4, 51820), Reach::Open);
+}
+
+#[test]
+fn knockd_knock_client_opens_the_door() {
+    require_program("knock", "knockd");
+    let lab = Lab::new();
+    let sshd = Sshd::start(&lab);
+    let xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
+    let out = lab
+        .client
+        .command("knock")
+        .args(["-d", "20", SERVER_V4, "3721", "4728:udp", "6742"])
+        .output()
+        .expect("knock");
+    assert!(out.status.success(), "knockd's knock failed: {out:?}");
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    let ssh = sshd.ssh(&lab, SERVER_V4, "true").output().expect("ssh");
+    assert!(ssh.status.success(), "ssh after knockd's knock: {ssh:?}");
+}
+
+#[test]
+fn knock_ports_and_protected_ports_look_filtered_other_ports_untouched() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    lab.tcp_listener(8080);
+    let _xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
+    assert_eq!(
+        lab.tcp_connect(SERVER_V4, 8080),
+        Reach::Open,
+        "unprotected port must be untouched"
+    );
+    assert_eq!(
+        lab.tcp_connect(SERVER_V4, 8081),
+        Reach::Refused,
+        "closed unprotected port still answers RST"
+    );
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(
+        lab.tcp_connect(SERVER_V4, 6742),
+        Reach::Silent,
+        "a knock port must look filtered"
+    );
+}
+
+#[test]
+fn generic_mode_attaches_as_xdpgeneric() {
+    let lab = Lab::new();
+    let xknock = Xknock::start(
+        &lab,
+        &article_config("30s", "\"tcp:22\""),
+        &["--mode", "generic"],
+        false,
+    );
+    assert_eq!(lab.attached_xdp().as_deref(), Some("xdpgeneric"));
+    assert!(
+        xknock.log().iter().any(|l| l.contains("generic mode")),
+        "{:?}",
+        xknock.log()
+    );
+    let (status, _) = xknock.stop();
+    assert!(status.success());
+    assert_eq!(lab.attached_xdp(), None);
+}
+
+#[test]
+fn native_mode_attaches_as_native_xdp() {
+    let lab = Lab::new();
+    let _xknock = Xknock::start(
+        &lab,
+        &article_config("30s", "\"tcp:22\""),
+        &["--mode", "native"],
+        false,
+    );
+    assert_eq!(lab.attached_xdp().as_deref(), Some("xdp"));
+}
