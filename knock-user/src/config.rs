@@ -25,8 +25,8 @@ const MAX_MAP_ENTRIES: u32 = 1 << 24;
 pub enum ConfigError {
     /// Not TOML, an unknown key, or a value of the wrong form; the message
     /// carries the line, the column and the key.
-    #[error("{0}")]
-    Syntax(#[source] toml::de::Error),
+    #[error(transparent)]
+    Syntax(toml::de::Error),
     /// Well-formed, but breaks a rule of the configuration.
     #[error("line {line}: {key}: {problem}")]
     Invalid {
@@ -507,5 +507,273 @@ impl TryFrom<&Config> for KernelConfig {
             grant_entries: *config.limits.grant_entries.get_ref(),
             flow_entries: *config.limits.flow_entries.get_ref(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"# xknock.toml
+interfaces = ["eth0"]            # `xknock run --iface IF` (repeatable) overrides
+allow = ["192.0.2.0/24"]         # optional: always admitted to protected ports
+deny  = ["198.51.100.7/32"]      # optional: never admitted, knocks ignored
+
+[[rule]]
+name = "ssh"
+sequence = ["tcp:3721", "udp:4728", "tcp:6742"]
+sequence_timeout = "10s"         # durations: "500ms", "10s", "5m", "1h"
+open_for = "60s"
+protect = ["tcp:22"]
+"#;
+
+    fn error(text: &str) -> String {
+        Config::parse(text)
+            .expect_err("config must be refused")
+            .to_string()
+    }
+
+    fn with_rule(rule_lines: &str) -> String {
+        format!("[[rule]]\nname = \"ssh\"\n{rule_lines}")
+    }
+
+    const SEQUENCE: &str = "sequence = [\"tcp:3721\", \"udp:4728\", \"tcp:1234\"]\n";
+    const TIMES: &str = "sequence_timeout = \"10s\"\nopen_for = \"60s\"\n";
+
+    #[test]
+    fn product_example_parses() {
+        let config = Config::parse(EXAMPLE).expect("the documented example is valid");
+        assert_eq!(config.interfaces, ["eth0"]);
+        let rule = &config.rules[0];
+        assert_eq!(rule.name, "ssh");
+        assert_eq!(
+            rule.sequence,
+            [
+                PortSpec(Knock::tcp(3721)),
+                PortSpec(Knock::udp(4728)),
+                PortSpec(Knock::tcp(6742))
+            ]
+        );
+        assert_eq!(rule.sequence_timeout, Duration::from_secs(10));
+        assert_eq!(rule.open_for, Duration::from_secs(60));
+        assert_eq!(rule.protect, [PortSpec(Knock::tcp(22))]);
+        assert_eq!(config.allow[0].mapped(), (120, ipv4_mapped([192, 0, 2, 0])));
+        assert_eq!(
+            config.deny[0].mapped(),
+            (128, ipv4_mapped([198, 51, 100, 7]))
+        );
+        // 3721 < 4728 < 6742: the example is monotonic, which is worth a warning.
+        assert_eq!(config.warnings.len(), 1);
+        assert!(config.warnings[0].contains("line 8") && config.warnings[0].contains("monotonic"));
+    }
+
+    #[test]
+    fn kernel_config_flattens_rules_and_port_roles() {
+        let config = Config::parse(EXAMPLE).expect("valid");
+        let kernel = KernelConfig::try_from(&config).expect("fits the kernel");
+        assert_eq!(kernel.settings.rules, 1);
+        assert_eq!(kernel.settings.allow_entries, 1);
+        assert_eq!(kernel.rules[0].steps, 3);
+        assert_eq!(kernel.rules[0].sequence[1], Knock::udp(4728));
+        assert_eq!(kernel.rules[0].open_for_ns, 60_000_000_000);
+        let role = |proto, port| {
+            let index = port_roles_index(proto, port).expect("tcp/udp");
+            kernel
+                .port_roles
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map(|(_, r)| *r)
+        };
+        assert_eq!(
+            role(IPPROTO_TCP, 22),
+            Some(PortRoles {
+                knock_rules: 0,
+                protect_rules: 1
+            })
+        );
+        assert_eq!(
+            role(IPPROTO_UDP, 4728),
+            Some(PortRoles {
+                knock_rules: 1,
+                protect_rules: 0
+            })
+        );
+        assert_eq!(
+            role(IPPROTO_TCP, 4728),
+            None,
+            "protocol is part of the port"
+        );
+        assert_eq!(kernel.port_roles.len(), 4);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = error(&format!(
+            "{}{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\nopen = \"5s\"\n",
+            with_rule("")
+        ));
+        assert!(
+            e.contains("line 7") && e.contains("unknown field `open`"),
+            "{e}"
+        );
+        let e = error(&format!("bogus = 1\n{}", with_rule("")));
+        assert!(e.contains("line 1") && e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_ports_are_refused() {
+        for (spec, problem) in [
+            ("tcp:99999", "not a port"),
+            ("tcp:0", "not a port"),
+            ("sctp:22", "not a protocol"),
+            ("22", "tcp:PORT"),
+        ] {
+            let e = error(&with_rule(&format!(
+                "{SEQUENCE}{TIMES}protect = [\"{spec}\"]\n"
+            )));
+            assert!(e.contains("line 6") && e.contains(problem), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_refused() {
+        for value in ["\"10\"", "\"ten seconds\"", "\"0s\"", "10"] {
+            let e = error(&with_rule(&format!(
+                "{SEQUENCE}sequence_timeout = {value}\nopen_for = \"60s\"\nprotect = [\"tcp:22\"]\n"
+            )));
+            assert!(
+                e.contains("line 4") && e.contains("sequence_timeout"),
+                "{value}: {e}"
+            );
+        }
+        let ok = with_rule(&format!(
+            "{SEQUENCE}sequence_timeout = \"500ms\"\nopen_for = \"1h\"\nprotect = [\"tcp:22\"]\n"
+        ));
+        let rule = &Config::parse(&ok).expect("valid").rules[0];
+        assert_eq!(rule.sequence_timeout, Duration::from_millis(500));
+        assert_eq!(rule.open_for, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn sequences_that_are_empty_short_long_or_repeating_are_refused() {
+        let rule = |sequence: &str| {
+            with_rule(&format!(
+                "sequence = [{sequence}]\n{TIMES}protect = [\"tcp:22\"]\n"
+            ))
+        };
+        let e = error(&rule(""));
+        assert!(
+            e.contains("line 3") && e.contains("sequence") && e.contains("too short"),
+            "{e}"
+        );
+        let e = error(&rule("\"tcp:1000\""));
+        assert!(e.contains("too short"), "{e}");
+        let long: Vec<String> = (0..17)
+            .map(|i| format!("\"tcp:{}\"", 5000 - i * 7))
+            .collect();
+        let e = error(&rule(&long.join(", ")));
+        assert!(e.contains("at most 16 steps"), "{e}");
+        let e = error(&rule("\"tcp:1000\", \"udp:2000\", \"tcp:1000\""));
+        assert!(e.contains("tcp:1000 appears twice"), "{e}");
+        let two =
+            Config::parse(&rule("\"tcp:2000\", \"udp:1000\"")).expect("two steps are allowed");
+        assert!(
+            two.warnings.iter().any(|w| w.contains("only 2 steps")),
+            "{:?}",
+            two.warnings
+        );
+    }
+
+    #[test]
+    fn knock_port_that_is_protected_is_refused() {
+        let text = format!(
+            "{}\n[[rule]]\nname = \"vpn\"\nsequence = [\"udp:9000\", \"tcp:22\", \"udp:8000\"]\n{TIMES}protect = [\"udp:51820\"]\n",
+            with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n"))
+        );
+        let e = error(&text);
+        assert!(
+            e.contains("line 10")
+                && e.contains("tcp:22 is a knock step and also protected by rule `ssh`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn colliding_rules_are_refused_or_warned() {
+        let rule = |name: &str, sequence: &str, protect: &str| {
+            format!(
+                "[[rule]]\nname = \"{name}\"\nsequence = [{sequence}]\n{TIMES}protect = [\"{protect}\"]\n"
+            )
+        };
+        let same = rule("a", "\"tcp:5000\", \"udp:3000\", \"tcp:4000\"", "tcp:22")
+            + &rule("b", "\"tcp:5000\", \"udp:3000\", \"tcp:4000\"", "tcp:23");
+        assert!(error(&same).contains("the same sequence as rule `a`"));
+        let shared_start = rule("a", "\"tcp:5000\", \"udp:3000\", \"tcp:4000\"", "tcp:22")
+            + &rule("b", "\"tcp:5000\", \"udp:6000\", \"tcp:4500\"", "tcp:23");
+        let config = Config::parse(&shared_start).expect("a shared first step is allowed");
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.contains("starts with tcp:5000 like rule `a`"))
+        );
+        let twice = rule("a", "\"tcp:5000\", \"udp:3000\", \"tcp:4000\"", "tcp:22")
+            + &rule("a", "\"tcp:5001\", \"udp:3001\", \"tcp:4001\"", "tcp:23");
+        assert!(error(&twice).contains("rule `a` is defined twice"));
+    }
+
+    #[test]
+    fn missing_rules_and_keys_are_refused() {
+        assert!(error("interfaces = [\"eth0\"]\n").contains("no [[rule]]"));
+        let e = error(&with_rule(&format!("{SEQUENCE}{TIMES}")));
+        assert!(e.contains("missing field `protect`"), "{e}");
+        let e = error(&with_rule(&format!("{SEQUENCE}{TIMES}protect = []\n")));
+        assert!(e.contains("protects nothing"), "{e}");
+    }
+
+    #[test]
+    fn lists_take_prefixes_and_addresses_of_both_families() {
+        let text = format!(
+            "allow = [\"2001:db8::/32\", \"203.0.113.9\"]\ndeny = [\"10.1.2.3/8\"]\n{}",
+            with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n"))
+        );
+        let config = Config::parse(&text).expect("valid");
+        assert_eq!(config.allow[0].mapped().0, 32);
+        assert_eq!(
+            config.allow[1].mapped(),
+            (128, ipv4_mapped([203, 0, 113, 9]))
+        );
+        // Host bits are cleared so the trie holds the prefix itself.
+        assert_eq!(config.deny[0].mapped(), (104, ipv4_mapped([10, 0, 0, 0])));
+        let e = error(&format!("deny = [\"300.1.1.1\"]\n{}", with_rule("")));
+        assert!(
+            e.contains("line 1") && e.contains("not an address or CIDR prefix"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn limits_and_interfaces_are_checked() {
+        let rule = with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n"));
+        let e = error(&format!("[limits]\ngrant_entries = 0\n{rule}"));
+        assert!(
+            e.contains("line 2") && e.contains("limits.grant_entries"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "interfaces = [\"a-very-long-interface-name\"]\n{rule}"
+        ));
+        assert!(
+            e.contains("line 1") && e.contains("not an interface name"),
+            "{e}"
+        );
+        let config = Config::parse(&format!(
+            "[limits]\nflow_entries = 1024\n[flows]\nudp_idle = \"30s\"\n{rule}"
+        ))
+        .expect("valid");
+        let kernel = KernelConfig::try_from(&config).expect("fits");
+        assert_eq!(kernel.flow_entries, 1024);
+        assert_eq!(kernel.progress_entries, 65_536);
+        assert_eq!(kernel.settings.udp_idle_ns, 30_000_000_000);
     }
 }
