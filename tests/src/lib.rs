@@ -400,7 +400,7 @@ impl Xknock {
             serde_json::from_str::<Value>(line).is_ok_and(|event| {
                 fields.iter().all(|(key, value)| match &event[*key] {
                     Value::String(s) => s == value,
-                    other => other.to_string() == *value,
+                    other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
                 })
             })
         };

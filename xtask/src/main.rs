@@ -1,1 +1,180 @@
-fn main() {}
+//! `cargo xtask`: set-up, tests and the demo, each runnable on a fresh
+//! machine of this kind (they install what they need first).
+
+mod demo;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+
+/// The nightly that builds the XDP program (knock-user/build.rs pins it too).
+const BPF_TOOLCHAIN: &str = "nightly-2026-07-01";
+/// bpf-linker 0.10.3 uses the nightly's own LLVM 22; newer ones want LLVM 23.
+const BPF_LINKER_VERSION: &str = "0.10.3";
+/// Debian packages the tests and the demo drive.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "openssh-server",
+    "openssh-client",
+    "knockd",
+    "fwknop-client",
+    "nmap",
+    "hping3",
+    "tcpdump",
+    "bpftool",
+    "nftables",
+];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the pinned BPF toolchain, bpf-linker and the Debian packages.
+    Setup,
+    /// Set up, then check formatting and lints and run every test (needs root).
+    Test,
+    /// Set up, then show xknock hiding a real sshd on veth in network namespaces.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup(),
+        Task::Test => {
+            setup()?;
+            test()
+        }
+        Task::Demo => {
+            setup()?;
+            cargo(&["build", "--package", "knock-user"])?;
+            demo::run()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn command(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    ensure!(
+        status.success(),
+        "{program} {} failed: {status}",
+        args.join(" ")
+    );
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    command(env!("CARGO"), args)
+}
+
+fn output_of(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn require_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "xknock installs packages, creates network namespaces and attaches XDP programs: run as root"
+        );
+    }
+    Ok(())
+}
+
+fn setup() -> anyhow::Result<()> {
+    require_root()?;
+    command(
+        "rustup",
+        &[
+            "toolchain",
+            "install",
+            BPF_TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ],
+    )?;
+    let linker = output_of("bpf-linker", &["--version"]).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        cargo(&[
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ])?;
+    }
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| {
+            output_of("dpkg-query", &["-W", "-f=${Status}", package])
+                .is_none_or(|status| !status.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        command("apt-get", &["update"])?;
+        let mut args = vec!["install", "-y", "--no-install-recommends"];
+        args.extend(&missing);
+        let status = Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        ensure!(
+            status.success(),
+            "apt-get install {} failed: {status}",
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["build", "--package", "knock-user"])?;
+    // The integration tests mostly wait on timers: run more at once than
+    // there are cores.
+    let xknock = workspace_root().join("target/debug/xknock");
+    eprintln!("xtask: cargo test --workspace");
+    let status = Command::new(env!("CARGO"))
+        .args(["test", "--workspace"])
+        .env("XKNOCK_BIN", &xknock)
+        .env("RUST_TEST_THREADS", "6")
+        .current_dir(workspace_root())
+        .status()
+        .context("cannot run cargo test")?;
+    ensure!(status.success(), "cargo test --workspace failed: {status}");
+    Ok(())
+}
