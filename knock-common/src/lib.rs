@@ -15,6 +15,10 @@ pub const MAX_STEPS: usize = 16;
 pub const MAX_VLAN_DEPTH: usize = 2;
 /// IPv6 extension headers the parser walks before giving up (fail closed).
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// Largest offset at which the parser reads a header; keeps offsets provably
+/// bounded for the verifier (MTU-sized frames never come near it). A header
+/// starting beyond it counts as truncated.
+pub const MAX_HEADER_OFFSET: usize = 4096;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;

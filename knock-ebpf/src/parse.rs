@@ -5,7 +5,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use knock_common::{
-    Addr, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, Reason, ipv4_mapped,
+    Addr, IPPROTO_TCP, IPPROTO_UDP, MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
+    Reason, ipv4_mapped,
 };
 
 const ETH_HEADER_LEN: usize = 14;
@@ -18,6 +19,7 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPV4_HEADER_MIN_LEN: usize = 20;
 const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
 const IPV6_HEADER_LEN: usize = 40;
+const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
@@ -30,10 +32,6 @@ const IPPROTO_SHIM6: u8 = 140;
 
 const TCP_HEADER_MIN_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
-
-/// Largest header offset the parser follows; keeps offsets provably bounded
-/// for the verifier (MTU-sized frames never come near it).
-const MAX_HEADER_OFFSET: usize = 4096;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -162,12 +160,12 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
                 offset += (usize::from(ext[1]) + 2) * 4;
             }
             IPPROTO_FRAGMENT => {
-                let ext = bytes_at::<4>(ctx, offset)?;
+                let ext = bytes_at::<IPV6_FRAGMENT_HEADER_LEN>(ctx, offset)?;
                 if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
                     return Ok(Parsed::LaterFragment);
                 }
                 next_header = ext[0];
-                offset += 8;
+                offset += IPV6_FRAGMENT_HEADER_LEN;
             }
             _ => return parse_transport(ctx, offset, next_header, src),
         }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, ffi::CString, fmt, net::IpAddr, time::Duration}
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{ProgramError, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode},
 };
 use knock_common::{
     Addr, Flow, FlowKey, Grant, PortRoles, Reason, RuleConfig, Settings, SourceRule, map_names,
@@ -215,6 +215,30 @@ impl Filter {
             }),
             mode => try_mode(program, mode),
         }
+    }
+
+    /// Runs the program on `frame` through BPF_PROG_TEST_RUN, `repeat` times,
+    /// as if it had arrived on an interface; nothing needs to be attached.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult, FilterError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(knock_common::PROGRAM_NAME)
+            .expect("the object defines the xknock program")
+            .try_into()
+            .map_err(FilterError::Program)?;
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(FilterError::Program)
+    }
+
+    /// The loaded object, for tests and benchmarks that inspect or age the
+    /// maps directly.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// The event ring buffer; the caller owns it from now on.

@@ -22,6 +22,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod frames;
+pub mod model;
+
 pub const SERVER_V4: &str = "198.18.0.1";
 pub const CLIENT_V4: &str = "198.18.0.2";
 pub const SERVER_V6: &str = "fd18::1";

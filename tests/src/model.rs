@@ -1,0 +1,388 @@
+//! An independent reference model of the filter's contract (README, "What
+//! the filter does"), written from the text rather than from the XDP
+//! program: a byte-level parser over slices and the knock, grant and flow
+//! rules over plain collections. Differential tests run the same frames
+//! through this model and through the real program and compare.
+
+use std::collections::{BTreeMap, HashMap};
+
+use xknock::config::Config;
+
+/// The contract's framing bounds.
+const VLAN_TAGS_WALKED: usize = 2;
+const IPV6_EXT_HEADERS_WALKED: usize = 8;
+/// Headers starting beyond this offset count as truncated.
+const LAST_HEADER_OFFSET: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+/// A (protocol, port) pair.
+type Port = (u8, u16);
+/// A source address in the one key form: IPv4 mapped into IPv6.
+pub type Source = u128;
+
+struct Rule {
+    sequence: Vec<Port>,
+    timeout_ns: u64,
+    open_for_ns: u64,
+    protect: Vec<Port>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FlowState {
+    last_seen: u64,
+    closing: bool,
+}
+
+pub struct Model {
+    rules: Vec<Rule>,
+    allow: Vec<(Source, u32)>,
+    deny: Vec<(Source, u32)>,
+    tcp_idle: u64,
+    tcp_closing: u64,
+    udp_idle: u64,
+    now: u64,
+    /// (source, rule) -> (steps accepted, when the first arrived)
+    progress: BTreeMap<(Source, usize), (usize, u64)>,
+    /// (source, rule) -> expiry
+    grants: BTreeMap<(Source, usize), u64>,
+    flows: HashMap<(Source, u16, u16, u8), FlowState>,
+}
+
+/// What a frame is, as far as the contract cares.
+enum View {
+    Pass,
+    Drop,
+    Transport {
+        src: Source,
+        proto: u8,
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+    },
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// The next `n` bytes, or None when the frame ends first or the header
+    /// starts too deep.
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.at > LAST_HEADER_OFFSET {
+            return None;
+        }
+        let slice = self.bytes.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(slice)
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.at += n;
+    }
+}
+
+fn be16(bytes: &[u8]) -> u16 {
+    u16::from_be_bytes([bytes[0], bytes[1]])
+}
+
+fn mapped_v4(octets: &[u8]) -> Source {
+    (0xffffu128 << 32)
+        | u128::from(u32::from_be_bytes([
+            octets[0], octets[1], octets[2], octets[3],
+        ]))
+}
+
+fn view(frame: &[u8]) -> View {
+    let mut cur = Cursor {
+        bytes: frame,
+        at: 0,
+    };
+    let Some(eth) = cur.take(14) else {
+        return View::Drop;
+    };
+    let mut ethertype = be16(&eth[12..14]);
+    let mut tags = 0;
+    while ethertype == 0x8100 || ethertype == 0x88a8 {
+        if tags == VLAN_TAGS_WALKED {
+            return View::Drop;
+        }
+        let Some(tag) = cur.take(4) else {
+            return View::Drop;
+        };
+        ethertype = be16(&tag[2..4]);
+        tags += 1;
+    }
+    let (src, proto) = match ethertype {
+        0x0800 => {
+            let Some(ip) = cur.take(20) else {
+                return View::Drop;
+            };
+            let ihl = usize::from(ip[0] & 0xf) * 4;
+            if ip[0] >> 4 != 4 || ihl < 20 {
+                return View::Drop;
+            }
+            if be16(&ip[6..8]) & 0x1fff != 0 {
+                return View::Pass; // a later fragment
+            }
+            cur.skip(ihl - 20);
+            (mapped_v4(&ip[12..16]), ip[9])
+        }
+        0x86dd => {
+            let Some(ip) = cur.take(40) else {
+                return View::Drop;
+            };
+            if ip[0] >> 4 != 6 {
+                return View::Drop;
+            }
+            let src = u128::from_be_bytes(ip[8..24].try_into().expect("16 bytes"));
+            let mut next = ip[6];
+            let mut walked = 0;
+            loop {
+                let is_ext = matches!(next, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140);
+                if !is_ext {
+                    break;
+                }
+                if walked == IPV6_EXT_HEADERS_WALKED {
+                    return View::Drop;
+                }
+                walked += 1;
+                let start = cur.at;
+                if next == 44 {
+                    let Some(frag) = cur.take(8) else {
+                        return View::Drop;
+                    };
+                    if be16(&frag[2..4]) >> 3 != 0 {
+                        return View::Pass; // a later fragment
+                    }
+                    next = frag[0];
+                } else {
+                    let Some(head) = cur.take(2) else {
+                        return View::Drop;
+                    };
+                    let len = if next == 51 {
+                        (usize::from(head[1]) + 2) * 4
+                    } else {
+                        (usize::from(head[1]) + 1) * 8
+                    };
+                    next = head[0];
+                    cur.at = start + len;
+                }
+            }
+            (src, next)
+        }
+        _ => return View::Pass, // not IP
+    };
+    let header = match proto {
+        6 => cur.take(20),
+        17 => cur.take(8),
+        _ => return View::Pass,
+    };
+    let Some(header) = header else {
+        return View::Drop;
+    };
+    let flags = if proto == 6 { header[13] } else { 0 };
+    View::Transport {
+        src,
+        proto,
+        src_port: be16(&header[0..2]),
+        dst_port: be16(&header[2..4]),
+        flags,
+    }
+}
+
+fn nanos(d: std::time::Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+fn prefix(p: &xknock::config::Prefix) -> (Source, u32) {
+    let (len, addr) = p.mapped();
+    (u128::from_be_bytes(addr), len)
+}
+
+fn in_prefixes(list: &[(Source, u32)], src: Source) -> bool {
+    list.iter().any(|&(net, len)| {
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        src & mask == net & mask
+    })
+}
+
+impl Model {
+    pub fn new(config: &Config) -> Model {
+        let port = |spec: &xknock::config::PortSpec| (spec.0.proto, spec.0.port);
+        Model {
+            rules: config
+                .rules
+                .iter()
+                .map(|r| Rule {
+                    sequence: r.sequence.iter().map(port).collect(),
+                    timeout_ns: nanos(r.sequence_timeout),
+                    open_for_ns: nanos(r.open_for),
+                    protect: r.protect.iter().map(port).collect(),
+                })
+                .collect(),
+            allow: config.allow.iter().map(prefix).collect(),
+            deny: config.deny.iter().map(prefix).collect(),
+            tcp_idle: nanos(config.flows.tcp_idle.0),
+            tcp_closing: nanos(config.flows.tcp_closing.0),
+            udp_idle: nanos(config.flows.udp_idle.0),
+            now: 0,
+            progress: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            flows: HashMap::new(),
+        }
+    }
+
+    pub fn advance(&mut self, ns: u64) {
+        self.now += ns;
+    }
+
+    /// Sources mid-sequence: (source, rule) -> steps accepted.
+    pub fn progress(&self) -> BTreeMap<(Source, usize), usize> {
+        self.progress
+            .iter()
+            .map(|(k, (steps, _))| (*k, *steps))
+            .collect()
+    }
+
+    /// Grants still live now.
+    pub fn live_grants(&self) -> Vec<(Source, usize)> {
+        self.grants
+            .iter()
+            .filter(|(_, expires)| **expires > self.now)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    pub fn packet(&mut self, frame: &[u8]) -> Verdict {
+        let (src, proto, src_port, dst_port, flags) = match view(frame) {
+            View::Pass => return Verdict::Pass,
+            View::Drop => return Verdict::Drop,
+            View::Transport {
+                src,
+                proto,
+                src_port,
+                dst_port,
+                flags,
+            } => (src, proto, src_port, dst_port, flags),
+        };
+        let target = (proto, dst_port);
+        let opens = proto == 17 || flags & 0x12 == 0x02;
+        if opens && self.knock(src, target) {
+            return Verdict::Drop;
+        }
+        if self.rules.iter().any(|r| r.sequence.contains(&target)) {
+            return Verdict::Drop;
+        }
+        let protecting: Vec<usize> = (0..self.rules.len())
+            .filter(|&r| self.rules[r].protect.contains(&target))
+            .collect();
+        if protecting.is_empty() {
+            return Verdict::Pass;
+        }
+        let flow_key = (src, src_port, dst_port, proto);
+        if let Some(flow) = self.flows.get(&flow_key).copied() {
+            let idle = match (proto, flow.closing) {
+                (17, _) => self.udp_idle,
+                (_, false) => self.tcp_idle,
+                (_, true) => self.tcp_closing,
+            };
+            let fresh = self.now - flow.last_seen <= idle;
+            if fresh && !(flow.closing && opens) {
+                if flags & 0x04 != 0 {
+                    self.flows.remove(&flow_key);
+                } else {
+                    let closing = flow.closing || flags & 0x01 != 0;
+                    self.flows.insert(
+                        flow_key,
+                        FlowState {
+                            last_seen: self.now,
+                            closing,
+                        },
+                    );
+                }
+                return Verdict::Pass;
+            }
+            self.flows.remove(&flow_key);
+        }
+        if in_prefixes(&self.deny, src) {
+            return Verdict::Drop;
+        }
+        if in_prefixes(&self.allow, src) {
+            return Verdict::Pass;
+        }
+        let granted = protecting.iter().any(|&r| {
+            self.grants
+                .get(&(src, r))
+                .is_some_and(|&expires| self.now < expires)
+        });
+        if granted {
+            if opens {
+                self.flows.insert(
+                    flow_key,
+                    FlowState {
+                        last_seen: self.now,
+                        closing: false,
+                    },
+                );
+            }
+            return Verdict::Pass;
+        }
+        Verdict::Drop
+    }
+
+    /// Knock handling for a SYN or UDP datagram; true when it was a step.
+    fn knock(&mut self, src: Source, target: Port) -> bool {
+        let mut was_step = false;
+        for r in 0..self.rules.len() {
+            let key = (src, r);
+            let first = self.rules[r].sequence[0];
+            let state = self.progress.get(&key).copied();
+            if state.is_none() && target != first {
+                continue;
+            }
+            if in_prefixes(&self.deny, src) {
+                return true;
+            }
+            if let Some((accepted, started)) = state {
+                let rule = &self.rules[r];
+                let in_time = self.now - started <= rule.timeout_ns;
+                if in_time && rule.sequence.get(accepted) == Some(&target) {
+                    self.accept(key, accepted, started);
+                    was_step = true;
+                    continue;
+                }
+                if in_time && accepted >= 1 && rule.sequence[accepted - 1] == target {
+                    was_step = true; // a retransmitted copy
+                    continue;
+                }
+                self.progress.remove(&key);
+            }
+            if target == first {
+                self.accept(key, 0, self.now);
+                was_step = true;
+            }
+        }
+        was_step
+    }
+
+    fn accept(&mut self, key: (Source, usize), index: usize, started: u64) {
+        let rule = &self.rules[key.1];
+        if index + 1 == rule.sequence.len() {
+            self.progress.remove(&key);
+            self.grants.insert(key, self.now + rule.open_for_ns);
+        } else {
+            self.progress.insert(key, (index + 1, started));
+        }
+    }
+}

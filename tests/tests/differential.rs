@@ -1,0 +1,384 @@
+//! Differential tests: generated configurations and packet sequences run
+//! through the reference model (lab::model) and through the real XDP program
+//! via BPF_PROG_TEST_RUN; verdicts, progress and live grants must agree.
+//!
+//! Time is simulated on both sides: the model's clock advances, and every
+//! timestamp stored in the kernel maps is moved back by the same amount.
+//! Timeouts end on half seconds and waits are whole seconds, so the few
+//! milliseconds a case really takes never decide an outcome.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use knock_common::{Flow, FlowKey, Grant, Progress, SourceRule, map_names};
+use lab::{
+    frames::{
+        AUTH, DEST_OPTS, Fragment, Frame, HOP_BY_HOP, ROUTING, TCP, TCP_ACK, TCP_FIN, TCP_PSH,
+        TCP_RST, TCP_SYN, UDP,
+    },
+    model::{Model, Source, Verdict},
+    require_root,
+};
+use proptest::{prelude::*, test_runner::TestRunner};
+use xknock::{
+    config::{Config, KernelConfig},
+    filter::{Filter, monotonic_ns},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const SECOND: u64 = 1_000_000_000;
+
+const SERVER_V4: &str = "198.18.0.1";
+const SERVER_V6: &str = "fd18::1";
+const SOURCES: [&str; 3] = ["198.18.0.2", "198.18.0.3", "fd18::2"];
+const STEPS: [&str; 6] = [
+    "tcp:1000", "udp:1000", "tcp:2000", "udp:3000", "tcp:4000", "udp:4000",
+];
+/// Ports packets go to: every step, protected ones, and others.
+const PORTS: [(u8, u16); 11] = [
+    (TCP, 1000),
+    (UDP, 1000),
+    (TCP, 2000),
+    (UDP, 3000),
+    (TCP, 4000),
+    (UDP, 4000),
+    (TCP, 22),
+    (UDP, 51820),
+    (TCP, 2222),
+    (TCP, 80),
+    (UDP, 53),
+];
+const FLAGS: [u8; 7] = [
+    TCP_SYN,
+    TCP_SYN,
+    TCP_SYN | TCP_ACK,
+    TCP_ACK,
+    TCP_PSH | TCP_ACK,
+    TCP_FIN | TCP_ACK,
+    TCP_RST,
+];
+const LISTS: [&str; 6] = [
+    "",
+    "allow = [\"198.18.0.3/32\"]\n",
+    "deny = [\"198.18.0.3/32\"]\n",
+    "deny = [\"fd18::/64\"]\n",
+    "allow = [\"198.18.0.0/24\"]\ndeny = [\"198.18.0.2\"]\n",
+    "allow = [\"fd18::2/128\"]\n",
+];
+
+#[derive(Clone, Debug)]
+enum Action {
+    /// A frame, cut short at a header boundary (even) or a byte (odd).
+    Frame(Frame, Option<usize>),
+    /// A rule's whole sequence from one source, possibly with each step sent twice.
+    Knock {
+        source: usize,
+        rule: usize,
+        retransmit: bool,
+    },
+    Wait(u64),
+    Garbage(Vec<u8>),
+}
+
+fn rule_toml(name: &str, steps: &[&str], protect: &str) -> String {
+    let steps: Vec<String> = steps.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[[rule]]\nname = \"{name}\"\nsequence = [{}]\nsequence_timeout = \"10500ms\"\nopen_for = \"30500ms\"\nprotect = [{protect}]\n",
+        steps.join(", ")
+    )
+}
+
+fn config() -> impl Strategy<Value = String> {
+    let sequence = || proptest::sample::subsequence(STEPS.to_vec(), 2..=4).prop_shuffle();
+    (
+        sequence(),
+        proptest::option::of(sequence()),
+        proptest::sample::select(LISTS.to_vec()),
+    )
+        .prop_map(|(first, second, lists)| {
+            let mut text = format!(
+                "{lists}[flows]\ntcp_idle = \"60500ms\"\ntcp_closing = \"5500ms\"\nudp_idle = \"20500ms\"\n"
+            );
+            text += &rule_toml("a", &first, "\"tcp:22\", \"udp:51820\"");
+            if let Some(second) = second {
+                text += &rule_toml("b", &second, "\"tcp:22\", \"tcp:2222\"");
+            }
+            text
+        })
+        .prop_filter("valid configuration", |text| Config::parse(text).is_ok())
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    let vlan = prop_oneof![
+        8 => Just(vec![]),
+        1 => proptest::collection::vec(proptest::sample::select(vec![0x8100u16, 0x88a8]), 1..=3),
+    ];
+    let ext = prop_oneof![
+        6 => Just(vec![]),
+        1 => proptest::collection::vec(
+            proptest::sample::select(vec![HOP_BY_HOP, ROUTING, DEST_OPTS, AUTH]),
+            1..=9
+        ),
+    ];
+    let fragment = prop_oneof![
+        8 => Just(Fragment::Whole),
+        1 => Just(Fragment::First),
+        1 => (1u16..100).prop_map(Fragment::Later),
+    ];
+    (
+        0..SOURCES.len(),
+        proptest::sample::select(PORTS.to_vec()),
+        proptest::sample::select(FLAGS.to_vec()),
+        proptest::sample::select(vec![40000u16, 40001]),
+        vlan,
+        proptest::sample::select(vec![0usize, 0, 4, 40]),
+        ext,
+        fragment,
+    )
+        .prop_map(
+            |(
+                source,
+                (proto, port),
+                flags,
+                src_port,
+                vlan_tags,
+                ipv4_options,
+                ipv6_ext,
+                fragment,
+            )| {
+                let src: IpAddr = SOURCES[source].parse().expect("literal");
+                let dst: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }
+                    .parse()
+                    .expect("literal");
+                let mut frame = if proto == TCP {
+                    Frame::tcp(src, dst, port, flags)
+                } else {
+                    Frame::udp(src, dst, port)
+                };
+                frame.src_port = src_port;
+                frame.vlan_tags = vlan_tags;
+                frame.fragment = fragment;
+                if src.is_ipv4() {
+                    frame.ipv4_options = ipv4_options;
+                } else {
+                    frame.ipv6_ext = ipv6_ext;
+                }
+                frame
+            },
+        )
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        10 => (frame(), proptest::option::weighted(0.15, any::<usize>())).prop_map(|(f, cut)| Action::Frame(f, cut)),
+        4 => (0..SOURCES.len(), 0..2usize, any::<bool>())
+            .prop_map(|(source, rule, retransmit)| Action::Knock { source, rule, retransmit }),
+        2 => proptest::sample::select(vec![1u64, 2, 5, 11, 25, 31, 61]).prop_map(Action::Wait),
+        1 => proptest::collection::vec(any::<u8>(), 0..90).prop_map(Action::Garbage),
+    ]
+}
+
+/// The frames an action sends.
+fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
+    match action {
+        Action::Frame(frame, cut) => {
+            let (mut bytes, boundaries) = frame.build();
+            match cut {
+                Some(n) if n % 2 == 0 => bytes.truncate(boundaries[n / 2 % boundaries.len()]),
+                Some(n) => bytes.truncate(n / 2 % bytes.len().max(1)),
+                None => {}
+            }
+            vec![bytes]
+        }
+        Action::Knock {
+            source,
+            rule,
+            retransmit,
+        } => {
+            let Some(rule) = config.rules.get(*rule) else {
+                return vec![];
+            };
+            let src: IpAddr = SOURCES[*source].parse().expect("literal");
+            let dst: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }
+                .parse()
+                .expect("literal");
+            let copies = if *retransmit { 2 } else { 1 };
+            rule.sequence
+                .iter()
+                .flat_map(|step| {
+                    let frame = if step.0.proto == TCP {
+                        Frame::tcp(src, dst, step.0.port, TCP_SYN)
+                    } else {
+                        Frame::udp(src, dst, step.0.port)
+                    };
+                    std::iter::repeat_n(frame.build().0, copies)
+                })
+                .collect()
+        }
+        Action::Garbage(bytes) => vec![bytes.clone()],
+        Action::Wait(_) => vec![],
+    }
+}
+
+/// Rewrites every value of the hash map `name` with `change`.
+fn rewrite<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str, change: impl Fn(&mut V)) {
+    let mut map: aya::maps::HashMap<_, K, V> = filter
+        .ebpf_mut()
+        .map_mut(name)
+        .expect(name)
+        .try_into()
+        .expect("hash map");
+    let entries: Vec<(K, V)> = map.iter().map(|e| e.expect("read")).collect();
+    for (key, mut value) in entries {
+        change(&mut value);
+        map.insert(&key, &value, 0).expect("write");
+    }
+}
+
+/// Moves every timestamp the kernel stored back by `ns`, as if that much
+/// time had passed (the program compares with wrapping arithmetic, except
+/// grant expiry, which must not wrap into the future).
+fn age(filter: &mut Filter, ns: u64) {
+    rewrite::<SourceRule, Progress>(filter, map_names::PROGRESS, |p| {
+        p.started_ns = p.started_ns.wrapping_sub(ns)
+    });
+    rewrite::<SourceRule, Grant>(filter, map_names::GRANTS, |g| {
+        g.expires_ns = g.expires_ns.saturating_sub(ns)
+    });
+    rewrite::<FlowKey, Flow>(filter, map_names::FLOWS, |f| {
+        f.last_seen_ns = f.last_seen_ns.wrapping_sub(ns)
+    });
+}
+
+fn kernel_progress(filter: &mut Filter) -> BTreeMap<(Source, usize), usize> {
+    let map: aya::maps::HashMap<_, SourceRule, Progress> = filter
+        .ebpf_mut()
+        .map(map_names::PROGRESS)
+        .expect("PROGRESS")
+        .try_into()
+        .expect("hash map");
+    map.iter()
+        .map(|e| e.expect("read"))
+        .map(|(k, v)| {
+            (
+                (u128::from_be_bytes(k.addr), k.rule as usize),
+                v.next_step as usize,
+            )
+        })
+        .collect()
+}
+
+fn kernel_live_grants(filter: &mut Filter) -> Vec<(Source, usize)> {
+    let now = monotonic_ns();
+    let map: aya::maps::HashMap<_, SourceRule, Grant> = filter
+        .ebpf_mut()
+        .map(map_names::GRANTS)
+        .expect("GRANTS")
+        .try_into()
+        .expect("hash map");
+    let mut live: Vec<_> = map
+        .iter()
+        .map(|e| e.expect("read"))
+        .filter(|(_, g)| g.expires_ns > now)
+        .map(|(k, _)| (u128::from_be_bytes(k.addr), k.rule as usize))
+        .collect();
+    live.sort_unstable();
+    live
+}
+
+static CASES: AtomicU64 = AtomicU64::new(0);
+static FRAMES: AtomicU64 = AtomicU64::new(0);
+static GRANTS_SEEN: AtomicU64 = AtomicU64::new(0);
+static PASSES: AtomicU64 = AtomicU64::new(0);
+
+fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> {
+    let config = Config::parse(config_text).expect("filtered to valid");
+    let kernel_config = KernelConfig::try_from(&config).expect("fits");
+    let mut filter = Filter::load(&kernel_config).expect("load the XDP program");
+    let mut model = Model::new(&config);
+    for (index, action) in actions.iter().enumerate() {
+        if let Action::Wait(secs) = action {
+            model.advance(secs * SECOND);
+            age(&mut filter, secs * SECOND);
+        }
+        for bytes in frames_of(action, &config) {
+            // The kernel refuses test runs shorter than an Ethernet header.
+            if bytes.len() < 14 {
+                continue;
+            }
+            let kernel = match filter.test_run(&bytes, 1).expect("test run").return_value {
+                XDP_PASS => Verdict::Pass,
+                XDP_DROP => Verdict::Drop,
+                other => panic!("unexpected XDP action {other}"),
+            };
+            let expected = model.packet(&bytes);
+            prop_assert_eq!(
+                kernel,
+                expected,
+                "action {} {:?}\nframe {:02x?}",
+                index,
+                action,
+                bytes
+            );
+            FRAMES.fetch_add(1, Ordering::Relaxed);
+            if kernel == Verdict::Pass {
+                PASSES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        prop_assert_eq!(
+            kernel_progress(&mut filter),
+            model.progress(),
+            "progress after action {} {:?}",
+            index,
+            action
+        );
+        let live = model.live_grants();
+        prop_assert_eq!(
+            kernel_live_grants(&mut filter),
+            live.clone(),
+            "grants after action {} {:?}",
+            index,
+            action
+        );
+        GRANTS_SEEN.fetch_add(live.len() as u64, Ordering::Relaxed);
+    }
+    CASES.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+#[test]
+fn model_and_xdp_program_agree_on_generated_sequences() {
+    require_root();
+    let cases = std::env::var("XKNOCK_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (config(), proptest::collection::vec(action(), 1..40));
+    let result = runner.run(&strategy, |(config, actions)| run_case(&config, &actions));
+    let (cases, frames, grants, passes) = (
+        CASES.load(Ordering::Relaxed),
+        FRAMES.load(Ordering::Relaxed),
+        GRANTS_SEEN.load(Ordering::Relaxed),
+        PASSES.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "differential: {cases} sequences, {frames} frames compared ({passes} passed), {grants} live-grant observations"
+    );
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+    // The generator must reach the interesting states, or agreement says little.
+    assert!(
+        grants > 0 && passes > 0 && passes < frames,
+        "generator too narrow: {grants} grants, {passes}/{frames} passed"
+    );
+}
