@@ -34,6 +34,7 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
     pub const DENIED_EVENT_BUDGET: &str = "DENIED_EVENT_BUDGET";
+    pub const PENALTIES: &str = "PENALTIES";
     pub const ALLOW: &str = "ALLOW";
     pub const DENY: &str = "DENY";
 }
@@ -86,8 +87,14 @@ pub struct Settings {
     pub tcp_closing_ns: u64,
     /// An admitted UDP flow is forgotten after this long without a packet.
     pub udp_idle_ns: u64,
+    /// Failed attempts (progress resets) within `penalty_window_ns` that get
+    /// a source's knocks ignored for `penalty_ns`; zero disables the penalty.
+    pub penalty_failures: u32,
+    pub _pad: u32,
+    pub penalty_window_ns: u64,
+    pub penalty_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 40);
+const _: () = assert!(core::mem::size_of::<Settings>() == 64);
 
 /// One rule as the kernel sees it; its protected ports live in `PORT_ROLES`.
 #[repr(C)]
@@ -165,6 +172,38 @@ pub struct Grant {
 }
 const _: () = assert!(core::mem::size_of::<Grant>() == 8);
 
+/// Value of `PENALTIES` (keyed by source address): recent failures.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Penalty {
+    /// When the current counting window began.
+    pub window_start_ns: u64,
+    /// Knocks from the source are ignored until then.
+    pub ignored_until_ns: u64,
+    /// Failures counted in the current window.
+    pub failures: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Penalty>() == 24);
+
+/// Records one failure at `now_ns`; returns true when it starts a penalty.
+/// Shared by the XDP program and the host tests.
+#[inline(always)]
+pub fn record_failure(settings: &Settings, penalty: &mut Penalty, now_ns: u64) -> bool {
+    if now_ns.wrapping_sub(penalty.window_start_ns) > settings.penalty_window_ns {
+        penalty.window_start_ns = now_ns;
+        penalty.failures = 0;
+    }
+    penalty.failures += 1;
+    if settings.penalty_failures == 0 || penalty.failures < settings.penalty_failures {
+        return false;
+    }
+    penalty.failures = 0;
+    penalty.window_start_ns = now_ns;
+    penalty.ignored_until_ns = now_ns + settings.penalty_ns;
+    true
+}
+
 /// Key of `FLOWS`: one admitted connection, as seen on ingress.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -230,6 +269,8 @@ pub enum Reason {
     DropProtected,
     /// A knock or protected-port packet from an address on the denylist.
     DropDenied,
+    /// A knock from a source serving a penalty for repeated failures.
+    DropPenalized,
     /// Headers truncated or unparsable: fails closed.
     DropMalformed,
     /// More VLAN tags than `MAX_VLAN_DEPTH`.
@@ -254,6 +295,7 @@ impl Reason {
         Reason::DropKnockPort,
         Reason::DropProtected,
         Reason::DropDenied,
+        Reason::DropPenalized,
         Reason::DropMalformed,
         Reason::DropTooManyVlanTags,
         Reason::DropExtHeaderChainTooLong,
@@ -278,6 +320,7 @@ impl Reason {
             Reason::DropKnockPort => "drop_knock_port",
             Reason::DropProtected => "drop_protected",
             Reason::DropDenied => "drop_denied",
+            Reason::DropPenalized => "drop_penalized",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropTooManyVlanTags => "drop_too_many_vlan_tags",
             Reason::DropExtHeaderChainTooLong => "drop_ext_header_chain_too_long",
@@ -295,6 +338,9 @@ pub mod event_kind {
     pub const GRANT: u8 = 3;
     /// A packet to a protected port was dropped (rate limited).
     pub const DENIED: u8 = 4;
+    /// A source failed too often; `expires_ns` says until when its knocks
+    /// are ignored.
+    pub const PENALIZED: u8 = 5;
 }
 
 /// `Event::detail` values for `event_kind::RESET`.
@@ -347,5 +393,56 @@ mod pod {
     unsafe impl aya::Pod for super::Grant {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::Penalty {}
     unsafe impl aya::Pod for super::Event {}
+}
+
+#[cfg(test)]
+mod penalty_tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn settings(failures: u32) -> Settings {
+        Settings {
+            penalty_failures: failures,
+            penalty_window_ns: 60 * SECOND,
+            penalty_ns: 300 * SECOND,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn the_nth_failure_within_the_window_starts_a_penalty() {
+        let settings = settings(3);
+        let mut penalty = Penalty::default();
+        assert!(!record_failure(&settings, &mut penalty, 100 * SECOND));
+        assert!(!record_failure(&settings, &mut penalty, 110 * SECOND));
+        assert!(record_failure(&settings, &mut penalty, 120 * SECOND));
+        assert_eq!(penalty.ignored_until_ns, 420 * SECOND);
+        assert_eq!(penalty.failures, 0, "the count starts over after a penalty");
+    }
+
+    #[test]
+    fn failures_spread_wider_than_the_window_never_add_up() {
+        let settings = settings(3);
+        let mut penalty = Penalty::default();
+        for minute in 1..10 {
+            assert!(!record_failure(
+                &settings,
+                &mut penalty,
+                minute * 61 * SECOND
+            ));
+        }
+        assert_eq!(penalty.ignored_until_ns, 0);
+    }
+
+    #[test]
+    fn zero_failures_turns_the_penalty_off() {
+        let settings = settings(0);
+        let mut penalty = Penalty::default();
+        for second in 0..100 {
+            assert!(!record_failure(&settings, &mut penalty, second * SECOND));
+        }
+    }
 }

@@ -14,9 +14,10 @@ use aya_ebpf::{
 };
 use knock_common::{
     Addr, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
-    PORT_ROLES_ENTRIES, PortRoles, Progress, Reason, RuleConfig, Settings, SourceRule, event_kind,
+    PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig, Settings, SourceRule,
+    event_kind,
     machine::{self, Outcome},
-    port_roles_index,
+    port_roles_index, record_failure,
 };
 use parse::{Packet, ParseError, Parsed, TCP_FIN, TCP_RST};
 
@@ -33,6 +34,8 @@ static PROGRESS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries
 static GRANTS: LruHashMap<SourceRule, Grant> = LruHashMap::with_max_entries(8192, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static PENALTIES: LruHashMap<Addr, Penalty> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 #[map]
@@ -105,7 +108,6 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
 struct KnockScan {
     src: Addr,
     knock: Knock,
-    deny_entries: u32,
     verdict: Option<Reason>,
 }
 
@@ -123,7 +125,6 @@ fn run_knock_rules(settings: &Settings, packet: &Packet) -> Option<Reason> {
             proto: packet.proto,
             _pad: 0,
         },
-        deny_entries: settings.deny_entries,
         verdict: None,
     };
     let rules = settings.rules.min(MAX_RULES as u32);
@@ -146,7 +147,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer run_knock_rules gave it.
     let scan = unsafe { &mut *scan.cast::<KnockScan>() };
     let rule_index = rule_index as u32;
-    let Some(rule) = RULES.get(rule_index) else {
+    let (Some(settings), Some(rule)) = (SETTINGS.get(0), RULES.get(rule_index)) else {
         return 1;
     };
     let key = SourceRule {
@@ -159,17 +160,24 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     if stored.is_none() && rule.sequence[0] != knock {
         return 0;
     }
-    if listed(&DENY, scan.deny_entries, &scan.src) {
+    if listed(&DENY, settings.deny_entries, &scan.src) {
         scan.verdict = Some(Reason::DropDenied);
+        return 1;
+    }
+    let now = now_ns();
+    let penalty = PENALTIES.get_ptr_mut(&scan.src);
+    // SAFETY: a value pointer the map lookup just returned.
+    if penalty.is_some_and(|p| now < unsafe { (*p).ignored_until_ns }) {
+        scan.verdict = Some(Reason::DropPenalized);
         return 1;
     }
     // SAFETY: a value pointer the map lookup just returned; LRU values stay
     // valid for the rest of this program run.
     let progress = stored.map(|p| unsafe { *p });
-    let now = now_ns();
     let transition = machine::on_packet(rule, progress.as_ref(), knock, now);
     if let Some(cause) = transition.reset {
         emit(event_kind::RESET, cause, &scan.src, knock, rule_index, 0, 0);
+        count_failure(settings, penalty, &scan.src, knock, now);
     }
     let reason = match transition.outcome {
         Outcome::Idle => {
@@ -222,6 +230,42 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         scan.verdict = Some(reason);
     }
     0
+}
+
+/// Counts a failed attempt against `src`; enough of them within the window
+/// start a penalty.
+#[inline(always)]
+fn count_failure(
+    settings: &Settings,
+    penalty: Option<*mut Penalty>,
+    src: &Addr,
+    knock: Knock,
+    now: u64,
+) {
+    let mut fresh = Penalty {
+        window_start_ns: now,
+        ..Penalty::default()
+    };
+    // SAFETY: a value pointer the map lookup returned earlier in this run.
+    let state = match penalty {
+        Some(slot) => unsafe { &mut *slot },
+        None => &mut fresh,
+    };
+    let penalized = record_failure(settings, state, now);
+    if penalty.is_none() {
+        let _ = PENALTIES.insert(src, state, 0);
+    }
+    if penalized {
+        emit(
+            event_kind::PENALIZED,
+            0,
+            src,
+            knock,
+            u32::from(u16::MAX),
+            0,
+            state.ignored_until_ns,
+        );
+    }
 }
 
 /// Decides a packet to a protected port: admitted flows, allowlisted sources

@@ -149,6 +149,8 @@ struct File {
     limits: Limits,
     #[serde(default)]
     flows: FlowTimeouts,
+    #[serde(default)]
+    penalty: PenaltyConfig,
     #[serde(default, rename = "rule")]
     rules: Vec<FileRule>,
 }
@@ -171,6 +173,7 @@ pub struct Limits {
     pub progress_entries: Spanned<u32>,
     pub grant_entries: Spanned<u32>,
     pub flow_entries: Spanned<u32>,
+    pub penalty_entries: Spanned<u32>,
 }
 
 impl Default for Limits {
@@ -179,6 +182,27 @@ impl Default for Limits {
             progress_entries: Spanned::new(0..0, 65_536),
             grant_entries: Spanned::new(0..0, 8_192),
             flow_entries: Spanned::new(0..0, 65_536),
+            penalty_entries: Spanned::new(0..0, 65_536),
+        }
+    }
+}
+
+/// A source whose attempts fail `failures` times within `window` has its
+/// knocks ignored for `duration`; `failures = 0` turns this off.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PenaltyConfig {
+    pub failures: u32,
+    pub window: ConfigDuration,
+    pub duration: ConfigDuration,
+}
+
+impl Default for PenaltyConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            window: ConfigDuration(Duration::from_secs(60)),
+            duration: ConfigDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -221,6 +245,7 @@ pub struct Config {
     pub denied_events_per_second: u32,
     pub limits: Limits,
     pub flows: FlowTimeouts,
+    pub penalty: PenaltyConfig,
     pub rules: Vec<Rule>,
     /// Legal but unwise choices, each naming its line.
     pub warnings: Vec<String>,
@@ -263,6 +288,7 @@ impl Config {
             ("limits.progress_entries", &file.limits.progress_entries),
             ("limits.grant_entries", &file.limits.grant_entries),
             ("limits.flow_entries", &file.limits.flow_entries),
+            ("limits.penalty_entries", &file.limits.penalty_entries),
         ] {
             if !(1..=MAX_MAP_ENTRIES).contains(limit.get_ref()) {
                 return Err(invalid(
@@ -419,6 +445,7 @@ impl Config {
                 .unwrap_or(DEFAULT_DENIED_EVENTS_PER_SECOND),
             limits: file.limits,
             flows: file.flows,
+            penalty: file.penalty,
             rules,
             warnings,
         })
@@ -437,6 +464,7 @@ pub struct KernelConfig {
     pub progress_entries: u32,
     pub grant_entries: u32,
     pub flow_entries: u32,
+    pub penalty_entries: u32,
 }
 
 /// A configuration that the kernel cannot represent.
@@ -498,6 +526,10 @@ impl TryFrom<&Config> for KernelConfig {
                 tcp_idle_ns: nanos("flows.tcp_idle", config.flows.tcp_idle.0)?,
                 tcp_closing_ns: nanos("flows.tcp_closing", config.flows.tcp_closing.0)?,
                 udp_idle_ns: nanos("flows.udp_idle", config.flows.udp_idle.0)?,
+                penalty_failures: config.penalty.failures,
+                _pad: 0,
+                penalty_window_ns: nanos("penalty.window", config.penalty.window.0)?,
+                penalty_ns: nanos("penalty.duration", config.penalty.duration.0)?,
             },
             rules,
             port_roles,
@@ -506,6 +538,7 @@ impl TryFrom<&Config> for KernelConfig {
             progress_entries: *config.limits.progress_entries.get_ref(),
             grant_entries: *config.limits.grant_entries.get_ref(),
             flow_entries: *config.limits.flow_entries.get_ref(),
+            penalty_entries: *config.limits.penalty_entries.get_ref(),
         })
     }
 }
@@ -775,5 +808,38 @@ protect = ["tcp:22"]
         assert_eq!(kernel.flow_entries, 1024);
         assert_eq!(kernel.progress_entries, 65_536);
         assert_eq!(kernel.settings.udp_idle_ns, 30_000_000_000);
+    }
+
+    #[test]
+    fn penalty_has_safe_defaults_and_can_be_tuned_or_turned_off() {
+        let rule = with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n"));
+        let kernel = |text: &str| {
+            KernelConfig::try_from(&Config::parse(text).expect("valid")).expect("fits")
+        };
+        let defaults = kernel(&rule).settings;
+        assert_eq!(
+            (
+                defaults.penalty_failures,
+                defaults.penalty_window_ns,
+                defaults.penalty_ns
+            ),
+            (5, 60_000_000_000, 300_000_000_000)
+        );
+        let tuned = kernel(&format!(
+            "[penalty]\nfailures = 3\nwindow = \"10s\"\nduration = \"1h\"\n{rule}"
+        ))
+        .settings;
+        assert_eq!(
+            (tuned.penalty_failures, tuned.penalty_ns),
+            (3, 3_600_000_000_000)
+        );
+        assert_eq!(
+            kernel(&format!("[penalty]\nfailures = 0\n{rule}"))
+                .settings
+                .penalty_failures,
+            0
+        );
+        let e = error(&format!("[penalty]\nduration = \"forever\"\n{rule}"));
+        assert!(e.contains("line 2") && e.contains("duration"), "{e}");
     }
 }

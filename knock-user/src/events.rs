@@ -39,6 +39,9 @@ pub struct Record {
     /// Seconds until a grant expires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_secs: Option<f64>,
+    /// Seconds a penalized source's knocks are ignored for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignored_for_secs: Option<f64>,
 }
 
 /// Why a kernel event could not be decoded.
@@ -50,6 +53,12 @@ pub enum DecodeError {
     /// The event kind is not one this loader knows.
     #[error("unknown event kind {0}")]
     Kind(u8),
+}
+
+/// Seconds from now until `deadline_ns` (kernel clock), to a tenth.
+fn seconds_until(deadline_ns: u64) -> f64 {
+    let left = deadline_ns.saturating_sub(monotonic_ns());
+    (left as f64 / 1e9 * 10.0).round() / 10.0
 }
 
 fn now_rfc3339() -> String {
@@ -82,6 +91,7 @@ impl Record {
             steps: rule.map(|r| r.sequence.len()),
             reason: None,
             expires_in_secs: None,
+            ignored_for_secs: None,
         };
         match event.kind {
             event_kind::PROGRESS => {
@@ -97,12 +107,16 @@ impl Record {
             }
             event_kind::GRANT => {
                 record.event = "grant";
-                let left = event.expires_ns.saturating_sub(monotonic_ns());
-                record.expires_in_secs = Some((left as f64 / 1e9 * 10.0).round() / 10.0);
+                record.expires_in_secs = Some(seconds_until(event.expires_ns));
             }
             event_kind::DENIED => {
                 record.event = "denied";
                 record.steps = None;
+            }
+            event_kind::PENALIZED => {
+                record.event = "penalized";
+                record.steps = None;
+                record.ignored_for_secs = Some(seconds_until(event.expires_ns));
             }
             kind => return Err(DecodeError::Kind(kind)),
         }
@@ -124,6 +138,7 @@ impl Record {
             steps: None,
             reason: None,
             expires_in_secs: None,
+            ignored_for_secs: None,
         }
     }
 
@@ -146,6 +161,9 @@ impl Record {
                 }
                 if let Some(secs) = self.expires_in_secs {
                     line += &format!(" open_for={secs}s");
+                }
+                if let Some(secs) = self.ignored_for_secs {
+                    line += &format!(" ignored_for={secs}s");
                 }
                 line
             }

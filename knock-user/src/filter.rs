@@ -111,6 +111,7 @@ impl Filter {
             .map_max_entries(map_names::PROGRESS, config.progress_entries)
             .map_max_entries(map_names::GRANTS, config.grant_entries)
             .map_max_entries(map_names::FLOWS, config.flow_entries)
+            .map_max_entries(map_names::PENALTIES, config.penalty_entries)
             .map_max_entries(map_names::ALLOW, lpm_size(config.allow.len()))
             .map_max_entries(map_names::DENY, lpm_size(config.deny.len()))
             .load(BPF_OBJECT)

@@ -32,6 +32,14 @@ struct Rule {
     protect: Vec<Port>,
 }
 
+/// Failures of one source: the window they count in, and any penalty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Failures {
+    since: u64,
+    count: u32,
+    ignored_until: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FlowState {
     last_seen: u64,
@@ -45,12 +53,16 @@ pub struct Model {
     tcp_idle: u64,
     tcp_closing: u64,
     udp_idle: u64,
+    penalty_after: u32,
+    penalty_window: u64,
+    penalty_for: u64,
     now: u64,
     /// (source, rule) -> (steps accepted, when the first arrived)
     progress: BTreeMap<(Source, usize), (usize, u64)>,
     /// (source, rule) -> expiry
     grants: BTreeMap<(Source, usize), u64>,
     flows: HashMap<(Source, u16, u16, u8), FlowState>,
+    failures: HashMap<Source, Failures>,
 }
 
 /// What a frame is, as far as the contract cares.
@@ -236,10 +248,14 @@ impl Model {
             tcp_idle: nanos(config.flows.tcp_idle.0),
             tcp_closing: nanos(config.flows.tcp_closing.0),
             udp_idle: nanos(config.flows.udp_idle.0),
+            penalty_after: config.penalty.failures,
+            penalty_window: nanos(config.penalty.window.0),
+            penalty_for: nanos(config.penalty.duration.0),
             now: 0,
             progress: BTreeMap::new(),
             grants: BTreeMap::new(),
             flows: HashMap::new(),
+            failures: HashMap::new(),
         }
     }
 
@@ -354,6 +370,13 @@ impl Model {
             if in_prefixes(&self.deny, src) {
                 return true;
             }
+            if self
+                .failures
+                .get(&src)
+                .is_some_and(|f| self.now < f.ignored_until)
+            {
+                return true; // serving a penalty: knocks are ignored
+            }
             if let Some((accepted, started)) = state {
                 let rule = &self.rules[r];
                 let in_time = self.now - started <= rule.timeout_ns;
@@ -367,6 +390,7 @@ impl Model {
                     continue;
                 }
                 self.progress.remove(&key);
+                self.failed(src);
             }
             if target == first {
                 self.accept(key, 0, self.now);
@@ -374,6 +398,32 @@ impl Model {
             }
         }
         was_step
+    }
+
+    /// A reset is a failed attempt; too many within the window and the
+    /// source's knocks are ignored for a while.
+    fn failed(&mut self, src: Source) {
+        let now = self.now;
+        let entry = self.failures.entry(src).or_insert(Failures {
+            since: now,
+            count: 0,
+            ignored_until: 0,
+        });
+        if now - entry.since > self.penalty_window {
+            *entry = Failures {
+                since: now,
+                count: 0,
+                ..*entry
+            };
+        }
+        entry.count += 1;
+        if self.penalty_after > 0 && entry.count >= self.penalty_after {
+            *entry = Failures {
+                since: now,
+                count: 0,
+                ignored_until: now + self.penalty_for,
+            };
+        }
     }
 
     fn accept(&mut self, key: (Source, usize), index: usize, started: u64) {

@@ -13,7 +13,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use knock_common::{Flow, FlowKey, Grant, Progress, SourceRule, map_names};
+use knock_common::{Addr, Flow, FlowKey, Grant, Penalty, Progress, SourceRule, map_names};
 use lab::{
     frames::{
         AUTH, DEST_OPTS, Fragment, Frame, HOP_BY_HOP, ROUTING, TCP, TCP_ACK, TCP_FIN, TCP_PSH,
@@ -74,11 +74,13 @@ const LISTS: [&str; 6] = [
 enum Action {
     /// A frame, cut short at a header boundary (even) or a byte (odd).
     Frame(Frame, Option<usize>),
-    /// A rule's whole sequence from one source, possibly with each step sent twice.
+    /// A rule's whole sequence from one source, possibly with each step sent
+    /// twice, or in reverse order (a failed attempt).
     Knock {
         source: usize,
         rule: usize,
         retransmit: bool,
+        reversed: bool,
     },
     Wait(u64),
     Garbage(Vec<u8>),
@@ -92,16 +94,25 @@ fn rule_toml(name: &str, steps: &[&str], protect: &str) -> String {
     )
 }
 
+/// Penalty settings: strict, the defaults' counts, or off.
+const PENALTIES: [&str; 3] = [
+    "[penalty]\nfailures = 2\nwindow = \"20500ms\"\nduration = \"40500ms\"\n",
+    "[penalty]\nfailures = 5\nwindow = \"60500ms\"\nduration = \"300500ms\"\n",
+    "[penalty]\nfailures = 0\n",
+];
+
 fn config() -> impl Strategy<Value = String> {
     let sequence = || proptest::sample::subsequence(STEPS.to_vec(), 2..=4).prop_shuffle();
     (
         sequence(),
         proptest::option::of(sequence()),
         proptest::sample::select(LISTS.to_vec()),
+        proptest::sample::select(PENALTIES.to_vec()),
     )
-        .prop_map(|(first, second, lists)| {
+        .prop_map(|(first, second, lists, penalty)| {
+            // Small maps load fast; a case never holds more than a few entries.
             let mut text = format!(
-                "{lists}[flows]\ntcp_idle = \"60500ms\"\ntcp_closing = \"5500ms\"\nudp_idle = \"20500ms\"\n"
+                "{lists}{penalty}[limits]\nprogress_entries = 512\ngrant_entries = 512\nflow_entries = 512\npenalty_entries = 512\n[flows]\ntcp_idle = \"60500ms\"\ntcp_closing = \"5500ms\"\nudp_idle = \"20500ms\"\n"
             );
             text += &rule_toml("a", &first, "\"tcp:22\", \"udp:51820\"");
             if let Some(second) = second {
@@ -175,8 +186,8 @@ fn frame() -> impl Strategy<Value = Frame> {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         10 => (frame(), proptest::option::weighted(0.15, any::<usize>())).prop_map(|(f, cut)| Action::Frame(f, cut)),
-        4 => (0..SOURCES.len(), 0..2usize, any::<bool>())
-            .prop_map(|(source, rule, retransmit)| Action::Knock { source, rule, retransmit }),
+        4 => (0..SOURCES.len(), 0..2usize, any::<bool>(), proptest::bool::weighted(0.3))
+            .prop_map(|(source, rule, retransmit, reversed)| Action::Knock { source, rule, retransmit, reversed }),
         2 => proptest::sample::select(vec![1u64, 2, 5, 11, 25, 31, 61]).prop_map(Action::Wait),
         1 => proptest::collection::vec(any::<u8>(), 0..90).prop_map(Action::Garbage),
     ]
@@ -198,6 +209,7 @@ fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
             source,
             rule,
             retransmit,
+            reversed,
         } => {
             let Some(rule) = config.rules.get(*rule) else {
                 return vec![];
@@ -207,7 +219,11 @@ fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
                 .parse()
                 .expect("literal");
             let copies = if *retransmit { 2 } else { 1 };
-            rule.sequence
+            let mut steps = rule.sequence.clone();
+            if *reversed {
+                steps.reverse();
+            }
+            steps
                 .iter()
                 .flat_map(|step| {
                     let frame = if step.0.proto == TCP {
@@ -241,13 +257,17 @@ fn rewrite<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str, change: im
 
 /// Moves every timestamp the kernel stored back by `ns`, as if that much
 /// time had passed (the program compares with wrapping arithmetic, except
-/// grant expiry, which must not wrap into the future).
+/// grant and penalty ends, which must not wrap into the future).
 fn age(filter: &mut Filter, ns: u64) {
     rewrite::<SourceRule, Progress>(filter, map_names::PROGRESS, |p| {
         p.started_ns = p.started_ns.wrapping_sub(ns)
     });
     rewrite::<SourceRule, Grant>(filter, map_names::GRANTS, |g| {
         g.expires_ns = g.expires_ns.saturating_sub(ns)
+    });
+    rewrite::<Addr, Penalty>(filter, map_names::PENALTIES, |p| {
+        p.window_start_ns = p.window_start_ns.wrapping_sub(ns);
+        p.ignored_until_ns = p.ignored_until_ns.saturating_sub(ns);
     });
     rewrite::<FlowKey, Flow>(filter, map_names::FLOWS, |f| {
         f.last_seen_ns = f.last_seen_ns.wrapping_sub(ns)
@@ -294,6 +314,7 @@ static CASES: AtomicU64 = AtomicU64::new(0);
 static FRAMES: AtomicU64 = AtomicU64::new(0);
 static GRANTS_SEEN: AtomicU64 = AtomicU64::new(0);
 static PASSES: AtomicU64 = AtomicU64::new(0);
+static PENALIZED: AtomicU64 = AtomicU64::new(0);
 
 fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> {
     let config = Config::parse(config_text).expect("filtered to valid");
@@ -346,6 +367,8 @@ fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> 
         );
         GRANTS_SEEN.fetch_add(live.len() as u64, Ordering::Relaxed);
     }
+    let counters = filter.counters().expect("counters");
+    PENALIZED.fetch_add(counters["drop_penalized"], Ordering::Relaxed);
     CASES.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -364,21 +387,23 @@ fn model_and_xdp_program_agree_on_generated_sequences() {
     });
     let strategy = (config(), proptest::collection::vec(action(), 1..40));
     let result = runner.run(&strategy, |(config, actions)| run_case(&config, &actions));
-    let (cases, frames, grants, passes) = (
+    let (cases, frames, grants, passes, penalized) = (
         CASES.load(Ordering::Relaxed),
         FRAMES.load(Ordering::Relaxed),
         GRANTS_SEEN.load(Ordering::Relaxed),
         PASSES.load(Ordering::Relaxed),
+        PENALIZED.load(Ordering::Relaxed),
     );
     eprintln!(
-        "differential: {cases} sequences, {frames} frames compared ({passes} passed), {grants} live-grant observations"
+        "differential: {cases} sequences, {frames} frames compared ({passes} passed, \
+         {penalized} ignored under penalty), {grants} live-grant observations"
     );
     if let Err(error) = result {
         panic!("{error}");
     }
     // The generator must reach the interesting states, or agreement says little.
     assert!(
-        grants > 0 && passes > 0 && passes < frames,
-        "generator too narrow: {grants} grants, {passes}/{frames} passed"
+        grants > 0 && penalized > 0 && passes > 0 && passes < frames,
+        "generator too narrow: {grants} grants, {penalized} penalized, {passes}/{frames} passed"
     );
 }

@@ -235,3 +235,44 @@ fn native_mode_attaches_as_native_xdp() {
     );
     assert_eq!(lab.attached_xdp().as_deref(), Some("xdp"));
 }
+
+#[test]
+fn a_source_that_keeps_failing_is_ignored_for_the_penalty() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = "[penalty]\nfailures = 2\nwindow = \"30s\"\nduration = \"3s\"\n".to_owned()
+        + &article_config("30s", "\"tcp:22\"");
+    let xknock = Xknock::start(&lab, &config, &[], false);
+    // Two failed attempts: the first step, then a wrong one.
+    for _ in 0..2 {
+        knock(&lab, &[SERVER_V4, "tcp:3721", "tcp:6742"]);
+    }
+    let penalized = xknock.expect_event(&[("event", "penalized"), ("source", CLIENT_V4)]);
+    assert!(
+        penalized["ignored_for_secs"]
+            .as_f64()
+            .is_some_and(|s| s > 2.0),
+        "{penalized}"
+    );
+    // The right sequence is ignored while the penalty lasts...
+    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert!(
+        !xknock.events().iter().any(|e| e["event"] == "grant"),
+        "{:#?}",
+        xknock.events()
+    );
+    // ...and works once it is over.
+    thread::sleep(Duration::from_millis(3200));
+    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
+    let (_, log) = xknock.stop();
+    let verdicts = log
+        .iter()
+        .find(|l| l.contains("verdicts:"))
+        .expect("verdict line");
+    // Only the ignored first step counts as penalized: the later steps match
+    // no progress and drop as knock-port packets.
+    assert!(verdicts.contains("drop_penalized=1"), "{verdicts}");
+}
