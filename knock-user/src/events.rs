@@ -170,3 +170,106 @@ impl Record {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use knock_common::ipv4_mapped;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:7291\", \"udp:4728\", \"tcp:6742\"]\n\
+             sequence_timeout = \"10s\"\nopen_for = \"60s\"\nprotect = [\"tcp:22\"]\n",
+        )
+        .expect("valid")
+    }
+
+    fn bytes(event: &Event) -> Vec<u8> {
+        // SAFETY: Event is plain old data without padding.
+        unsafe {
+            std::slice::from_raw_parts((event as *const Event).cast::<u8>(), size_of::<Event>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn progress_renders_as_text_and_json() {
+        let event = Event {
+            addr: ipv4_mapped([198, 18, 0, 2]),
+            kind: event_kind::PROGRESS,
+            proto: knock_common::IPPROTO_UDP,
+            step: 2,
+            port: 4728,
+            rule: 0,
+            ..Event::default()
+        };
+        let record = Record::from_kernel(&bytes(&event), &config()).expect("decodes");
+        let text = record.render(EventFormat::Text);
+        assert!(
+            text.ends_with(" progress 198.18.0.2 rule=ssh udp:4728 step=2/3"),
+            "{text}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&record.render(EventFormat::Json)).expect("json");
+        assert_eq!(json["event"], "progress");
+        assert_eq!(json["source"], "198.18.0.2");
+        assert_eq!(json["rule"], "ssh");
+        assert_eq!(json["port"], "udp:4728");
+        assert_eq!(
+            (json["step"].as_u64(), json["steps"].as_u64()),
+            (Some(2), Some(3))
+        );
+    }
+
+    #[test]
+    fn reset_and_denied_carry_reason_and_address_family() {
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        v6[1] = 0x18;
+        v6[15] = 2;
+        let reset = Event {
+            addr: v6,
+            kind: event_kind::RESET,
+            detail: reset_cause::TIMEOUT,
+            proto: knock_common::IPPROTO_TCP,
+            port: 6742,
+            rule: 0,
+            ..Event::default()
+        };
+        let text = Record::from_kernel(&bytes(&reset), &config())
+            .expect("decodes")
+            .render(EventFormat::Text);
+        assert!(
+            text.contains(" reset    fd18::2 rule=ssh tcp:6742 reason=timeout"),
+            "{text}"
+        );
+        let denied = Event {
+            kind: event_kind::DENIED,
+            proto: knock_common::IPPROTO_TCP,
+            port: 22,
+            rule: u16::MAX,
+            ..reset
+        };
+        let text = Record::from_kernel(&bytes(&denied), &config())
+            .expect("decodes")
+            .render(EventFormat::Text);
+        assert!(text.ends_with(" denied   fd18::2 tcp:22"), "{text}");
+    }
+
+    #[test]
+    fn malformed_records_are_refused() {
+        assert!(matches!(
+            Record::from_kernel(&[0; 7], &config()),
+            Err(DecodeError::Size(7))
+        ));
+        let unknown = Event {
+            kind: 99,
+            ..Event::default()
+        };
+        assert!(matches!(
+            Record::from_kernel(&bytes(&unknown), &config()),
+            Err(DecodeError::Kind(99))
+        ));
+    }
+}
