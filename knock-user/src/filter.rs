@@ -17,6 +17,11 @@ use crate::config::KernelConfig;
 /// The XDP program, built by build.rs from knock-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
 
+/// Reference programs for the benchmarks (`xdp_pass`, `xdp_drop`) and their
+/// flood generator (`xdp_flood`), built alongside the filter.
+pub static BASELINE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-baseline"));
+
 /// Why the filter could not be put in place. Whatever failed, nothing stays
 /// attached: dropping a half-built `Filter` detaches it.
 #[derive(Debug, thiserror::Error)]

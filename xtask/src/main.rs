@@ -1,6 +1,7 @@
 //! `cargo xtask`: set-up, tests and the demo, each runnable on a fresh
 //! machine of this kind (they install what they need first).
 
+mod bench;
 mod demo;
 
 use std::{path::PathBuf, process::Command};
@@ -41,6 +42,8 @@ enum Task {
     Test,
     /// Set up, then show xknock hiding a real sshd on veth in network namespaces.
     Demo,
+    /// Set up, then measure xknock against its baselines; writes target/bench/.
+    Bench,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +57,10 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             cargo(&["build", "--package", "knock-user"])?;
             demo::run()
+        }
+        Task::Bench => {
+            setup()?;
+            bench::run()
         }
     }
 }

@@ -1,0 +1,452 @@
+//! `cargo xtask bench`: xknock measured against its baselines in one run.
+//! Writes target/bench/report.md and target/bench/chart.svg.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::HashMap,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use knock_common::{Grant, Progress, SourceRule, ipv4_mapped, map_names};
+use lab::frames::{Frame, TCP_ACK, TCP_SYN};
+use xknock::{
+    config::{Config, KernelConfig},
+    filter::{BASELINE_OBJECT, Filter, monotonic_ns},
+};
+
+const CLIENT: &str = "198.18.0.2";
+const SERVER: &str = "198.18.0.1";
+const CLIENT_V6: &str = "fd18::2";
+const SERVER_V6: &str = "fd18::1";
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing.
+pub struct Effort {
+    pub repeat: u32,
+    pub trials: usize,
+}
+
+impl Effort {
+    pub fn from_env() -> Effort {
+        if std::env::var_os("XKNOCK_BENCH_QUICK").is_some() {
+            Effort {
+                repeat: 100_000,
+                trials: 3,
+            }
+        } else {
+            Effort {
+                repeat: 1_000_000,
+                trials: 7,
+            }
+        }
+    }
+}
+
+/// A median over trials with its spread.
+#[derive(Clone, Copy, Debug)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    fn of(mut samples: Vec<f64>) -> Stat {
+        samples.sort_by(f64::total_cmp);
+        Stat {
+            median: samples[samples.len() / 2],
+            min: samples[0],
+            max: samples[samples.len() - 1],
+        }
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address literal")
+}
+
+fn bench_config(limits: &str) -> KernelConfig {
+    let text = format!(
+        "{limits}[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:7291\", \"udp:4728\", \"tcp:6742\"]\n\
+         sequence_timeout = \"10s\"\nopen_for = \"1h\"\nprotect = [\"tcp:22\"]\n"
+    );
+    let config = Config::parse(&text).expect("bench config is valid");
+    KernelConfig::try_from(&config).expect("fits")
+}
+
+/// ns per packet of `frame`, `effort.trials` times `effort.repeat` runs.
+fn cost(
+    run: impl Fn(&[u8], u32) -> anyhow::Result<Duration>,
+    frame: &[u8],
+    effort: &Effort,
+) -> anyhow::Result<Stat> {
+    let samples = (0..effort.trials)
+        .map(|_| run(frame, effort.repeat).map(|d| d.as_secs_f64() * 1e9))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Stat::of(samples))
+}
+
+fn xknock_run(filter: &Filter) -> impl Fn(&[u8], u32) -> anyhow::Result<Duration> + '_ {
+    |frame, repeat| Ok(filter.test_run(frame, repeat)?.duration)
+}
+
+fn baseline(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .context(name.to_owned())?
+        .try_into()?;
+    program.load()?;
+    Ok(())
+}
+
+fn baseline_run<'a>(
+    ebpf: &'a Ebpf,
+    name: &'a str,
+) -> impl Fn(&[u8], u32) -> anyhow::Result<Duration> + 'a {
+    move |frame, repeat| {
+        let program: &Xdp = ebpf.program(name).context(name.to_owned())?.try_into()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        Ok(result.duration)
+    }
+}
+
+fn tcp(src: &str, dst: &str, port: u16, flags: u8) -> Vec<u8> {
+    Frame::tcp(ip(src), ip(dst), port, flags).build().0
+}
+
+fn knock_frames(src: &str) -> Vec<Vec<u8>> {
+    vec![
+        tcp(src, SERVER, 7291, TCP_SYN),
+        Frame::udp(ip(src), ip(SERVER), 4728).build().0,
+        tcp(src, SERVER, 6742, TCP_SYN),
+    ]
+}
+
+pub struct PathCost {
+    pub path: &'static str,
+    pub stat: Stat,
+}
+
+/// Per-packet cost of each path through xknock, and of XDP_PASS.
+pub fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
+    let mut baselines = Ebpf::load(BASELINE_OBJECT)?;
+    baseline(&mut baselines, "xdp_pass")?;
+    let plain = tcp(CLIENT, SERVER, 80, TCP_ACK);
+    let pass = cost(baseline_run(&baselines, "xdp_pass"), &plain, effort)?;
+
+    let filter = Filter::load(&bench_config(""))?;
+    // A source with a grant and an admitted flow, for the paths that need one.
+    let granted = "198.18.0.9";
+    for frame in knock_frames(granted) {
+        filter.test_run(&frame, 1)?;
+    }
+    let flow_syn = Frame {
+        src_port: 40100,
+        ..Frame::tcp(ip(granted), ip(SERVER), 22, TCP_SYN)
+    };
+    filter.test_run(&flow_syn.build().0, 1)?;
+    let flow_ack = Frame {
+        tcp_flags: TCP_ACK,
+        ..flow_syn
+    };
+    let mut arp = vec![0xff; 12];
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    let mut tagged = Frame::tcp(ip(CLIENT), ip(SERVER), 80, TCP_ACK);
+    tagged.vlan_tags = vec![0x88a8, 0x8100];
+
+    let paths: Vec<(&'static str, Vec<u8>)> = vec![
+        ("non-IP frame (ARP)", arp),
+        ("unprotected TCP ACK", plain.clone()),
+        ("unprotected TCP SYN", tcp(CLIENT, SERVER, 80, TCP_SYN)),
+        (
+            "knock step (repeated: a retransmit)",
+            tcp("198.18.0.7", SERVER, 7291, TCP_SYN),
+        ),
+        (
+            "SYN to protected port, no grant (drop)",
+            tcp(CLIENT, SERVER, 22, TCP_SYN),
+        ),
+        (
+            "ACK to protected port with live grant",
+            tcp(granted, SERVER, 22, TCP_ACK),
+        ),
+        ("packet of an admitted flow", flow_ack.build().0),
+        (
+            "unprotected TCP ACK over IPv6",
+            tcp(CLIENT_V6, SERVER_V6, 80, TCP_ACK),
+        ),
+        ("unprotected TCP ACK, 802.1ad+802.1Q", tagged.build().0),
+    ];
+    let mut costs = Vec::new();
+    for (path, frame) in paths {
+        costs.push(PathCost {
+            path,
+            stat: cost(xknock_run(&filter), &frame, effort)?,
+        });
+    }
+    Ok((pass, costs))
+}
+
+/// Fills PROGRESS and GRANTS with `n` entries each (distinct sources).
+fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
+    let now = monotonic_ns();
+    let ebpf = filter.ebpf_mut();
+    let source = |i: u32| SourceRule {
+        addr: ipv4_mapped((0x0a00_0000u32 + i).to_be_bytes()),
+        rule: 0,
+    };
+    let mut progress: HashMap<_, SourceRule, Progress> = ebpf
+        .map_mut(map_names::PROGRESS)
+        .context("PROGRESS")?
+        .try_into()?;
+    for i in 0..n {
+        progress.insert(
+            &source(i),
+            &Progress {
+                started_ns: now,
+                next_step: 1,
+                _pad: 0,
+            },
+            0,
+        )?;
+    }
+    let mut grants: HashMap<_, SourceRule, Grant> = ebpf
+        .map_mut(map_names::GRANTS)
+        .context("GRANTS")?
+        .try_into()?;
+    for i in 0..n {
+        let key = SourceRule {
+            rule: 0,
+            ..source(i + n)
+        };
+        grants.insert(
+            &key,
+            &Grant {
+                expires_ns: now + 3600 * SECOND_NS,
+            },
+            0,
+        )?;
+    }
+    Ok(())
+}
+
+pub struct ScaleRow {
+    pub entries: u32,
+    pub step: Stat,
+    pub granted: Stat,
+    pub miss: Stat,
+}
+
+/// Per-packet cost with 1, 10k and 1M entries in the progress and grant maps.
+pub fn scale(effort: &Effort) -> anyhow::Result<Vec<ScaleRow>> {
+    let mut rows = Vec::new();
+    for entries in [1u32, 10_000, 1_000_000] {
+        let size = (entries * 2).max(1024);
+        let limits = format!("[limits]\nprogress_entries = {size}\ngrant_entries = {size}\n");
+        let mut filter = Filter::load(&bench_config(&limits))?;
+        fill(&mut filter, entries)?;
+        // Source 0 is mid-sequence; source `entries` has a grant.
+        let mid = std::net::Ipv4Addr::from(0x0a00_0000u32).to_string();
+        let granted = std::net::Ipv4Addr::from(0x0a00_0000u32 + entries).to_string();
+        rows.push(ScaleRow {
+            entries,
+            step: cost(
+                xknock_run(&filter),
+                &tcp(&mid, SERVER, 7291, TCP_SYN),
+                effort,
+            )?,
+            granted: cost(
+                xknock_run(&filter),
+                &tcp(&granted, SERVER, 22, TCP_ACK),
+                effort,
+            )?,
+            miss: cost(
+                xknock_run(&filter),
+                &tcp("198.18.0.77", SERVER, 80, TCP_SYN),
+                effort,
+            )?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Bytes the kernel charges for each map of a filter at the default sizes.
+pub fn memory() -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut filter = Filter::load(&bench_config(""))?;
+    let mut sizes = BTreeMap::new();
+    for (name, map) in filter.ebpf_mut().maps() {
+        let fd = map_fd(map)?;
+        let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+        let memlock = text
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .context("no memlock in fdinfo")?
+            .trim()
+            .parse()?;
+        sizes.insert(name.to_owned(), memlock);
+    }
+    Ok(sizes)
+}
+
+/// The fd behind a map, to read the kernel's fdinfo about it.
+fn map_fd(map: &aya::maps::Map) -> anyhow::Result<i32> {
+    let fd = match map {
+        aya::maps::Map::Array(data)
+        | aya::maps::Map::PerCpuArray(data)
+        | aya::maps::Map::LruHashMap(data)
+        | aya::maps::Map::LpmTrie(data)
+        | aya::maps::Map::RingBuf(data)
+        | aya::maps::Map::HashMap(data) => data.fd().as_fd().as_raw_fd(),
+        other => anyhow::bail!("unexpected map kind {other:?}"),
+    };
+    Ok(fd)
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let effort = Effort::from_env();
+    let out = crate::workspace_root().join("target/bench");
+    fs::create_dir_all(&out)?;
+    eprintln!(
+        "bench: per-packet cost ({} trials x {} runs)",
+        effort.trials, effort.repeat
+    );
+    let (pass, paths) = per_packet(&effort)?;
+    eprintln!("bench: scale");
+    let scale = scale(&effort)?;
+    eprintln!("bench: memory");
+    let memory = memory()?;
+    let report = render(&effort, pass, &paths, &scale, &memory);
+    write(&out.join("report.md"), &report)?;
+    write(&out.join("chart.svg"), &chart(pass, &paths))?;
+    println!("{report}");
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn render(
+    effort: &Effort,
+    pass: Stat,
+    paths: &[PathCost],
+    scale: &[ScaleRow],
+    memory: &BTreeMap<String, u64>,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# xknock benchmark\n\nMachine: {}.\nCommand: `cargo xtask bench`. Each figure is the median of {} trials of {} runs, with the range.\n",
+        machine(),
+        effort.trials,
+        effort.repeat
+    );
+    let _ = writeln!(md, "## In-kernel cost per packet (BPF_PROG_TEST_RUN)\n");
+    let _ = writeln!(
+        md,
+        "| path | ns/packet (median) | range | vs XDP_PASS |\n| --- | ---: | ---: | ---: |"
+    );
+    let _ = writeln!(
+        md,
+        "| XDP_PASS program (baseline) | {:.1} | {:.1}-{:.1} | 1.00 |",
+        pass.median, pass.min, pass.max
+    );
+    for p in paths {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1}-{:.1} | {:.2} |",
+            p.path,
+            p.stat.median,
+            p.stat.min,
+            p.stat.max,
+            p.stat.median / pass.median
+        );
+    }
+    let _ = writeln!(md, "\n## Scale: entries in the progress and grant maps\n");
+    let _ = writeln!(
+        md,
+        "| entries | step of a source mid-sequence | ACK with live grant | SYN from an unknown source |\n| ---: | ---: | ---: | ---: |"
+    );
+    for r in scale {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} ns | {:.1} ns | {:.1} ns |",
+            r.entries, r.step.median, r.granted.median, r.miss.median
+        );
+    }
+    let total: u64 = memory.values().sum();
+    let _ = writeln!(
+        md,
+        "\n## Memory at the default sizes (kernel memlock)\n\n| map | bytes |\n| --- | ---: |"
+    );
+    for (name, bytes) in memory {
+        let _ = writeln!(md, "| {name} | {bytes} |");
+    }
+    let _ = writeln!(
+        md,
+        "| **total** | **{total}** ({:.1} MiB) |",
+        total as f64 / 1048576.0
+    );
+    md
+}
+
+fn chart(pass: Stat, paths: &[PathCost]) -> String {
+    let rows: Vec<(&str, f64)> = std::iter::once(("XDP_PASS baseline", pass.median))
+        .chain(paths.iter().map(|p| (p.path, p.stat.median)))
+        .collect();
+    let max = rows.iter().map(|r| r.1).fold(1.0, f64::max);
+    let (bar_x, width, row_h) = (330.0, 360.0, 26.0);
+    let height = 40.0 + row_h * rows.len() as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"10\" y=\"20\" font-weight=\"bold\">xknock: in-kernel ns per packet (median)</text>\n"
+    );
+    for (i, (label, ns)) in rows.iter().enumerate() {
+        let y = 34.0 + row_h * i as f64;
+        let w = width * ns / max;
+        let colour = if i == 0 { "#999" } else { "#3a7" };
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{:.0}\">{label}</text><rect x=\"{bar_x}\" y=\"{y:.0}\" width=\"{w:.1}\" height=\"18\" fill=\"{colour}\"/><text x=\"{:.1}\" y=\"{:.0}\">{ns:.1}</text>",
+            y + 13.0,
+            bar_x + w + 4.0,
+            y + 13.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
