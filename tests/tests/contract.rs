@@ -1,0 +1,545 @@
+//! The filter's contract (README, "What the filter does") checked with the
+//! tools a scanner or an attacker would use: nmap SYN and ACK scans, allow and
+//! deny prefixes against real knocks, and an hping3 flood of spoofed first
+//! steps. Every probe targets the lab's server inside the lab's namespaces.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use lab::{
+    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Xknock, article_config, knock,
+    require_program,
+};
+use serde_json::Value;
+
+/// The article's knock, as `xknock knock` arguments after the host.
+const ARTICLE_STEPS: [&str; 3] = ["tcp:3721", "udp:4728", "tcp:6742"];
+
+/// `host` in the form `xknock knock` takes (IPv6 in brackets).
+fn knock_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// The article's knock from the client to `server` (its IPv4 or IPv6 address).
+fn article_knock(lab: &Lab, server: &str) {
+    let host = knock_host(server);
+    let mut args = vec![host.as_str()];
+    args.extend(ARTICLE_STEPS);
+    knock(lab, &args);
+}
+
+/// Whether an event has every (key, value) in `fields`; a value that is not
+/// a string is compared as the JSON it spells (`"1"` matches the number 1).
+fn event_matches(event: &Value, fields: &[(&str, &str)]) -> bool {
+    fields.iter().all(|(key, value)| match &event[*key] {
+        Value::String(s) => s == value,
+        other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
+    })
+}
+
+/// How many events so far match `fields`.
+fn count_events(xknock: &Xknock, fields: &[(&str, &str)]) -> usize {
+    xknock
+        .events()
+        .iter()
+        .filter(|e| event_matches(e, fields))
+        .count()
+}
+
+/// Waits until more than `already` events match `fields`.
+fn wait_for_more_events(
+    xknock: &Xknock,
+    fields: &[(&str, &str)],
+    already: usize,
+    timeout: Duration,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if count_events(xknock, fields) > already {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A config whose top-level keys (`allow`, `deny`) come before the article rule.
+fn config_with(top: &str, open_for: &str) -> String {
+    format!("{top}\n{}", article_config(open_for, "\"tcp:22\""))
+}
+
+/// A child process in a process group of its own, which is killed as a
+/// whole when this guard drops (so `timeout`'s child goes too).
+struct Background {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Background {
+    fn spawn(mut command: Command, what: &str) -> Background {
+        let child = command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        Background {
+            child: Some(child),
+            what: what.to_owned(),
+        }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child until finish")
+    }
+
+    fn running(&mut self) -> bool {
+        self.child().try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends `signal` to the whole process group.
+    fn signal(&mut self, signal: i32) {
+        let pgid = self.child().id() as i32;
+        // SAFETY: plain signal delivery to the group this guard created.
+        unsafe { libc::kill(-pgid, signal) };
+    }
+
+    /// Waits (at most `timeout`) for the process to exit; returns its output.
+    fn finish(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        while self.running() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.what
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        let child = self.child.take().expect("child");
+        child.wait_with_output().expect("output")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain signal delivery to the group this guard created.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs nmap from the client against the server's IPv4 address with
+/// grepable output, bounded by `timeout 120`; returns that output.
+fn nmap(lab: &Lab, args: &[&str]) -> String {
+    require_program("nmap", "nmap");
+    let output = lab
+        .client
+        .command("timeout")
+        .args(["120", "nmap"])
+        .args(args)
+        .args(["-oG", "-", SERVER_V4])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nmap");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "nmap {args:?} failed ({:?}): {stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("nmap {}:\n{stdout}", args.join(" "));
+    stdout
+}
+
+/// The state nmap's grepable output gives `port`: as listed under `Ports:`,
+/// else the `Ignored State` that stands for every port not listed.
+fn nmap_state(grepable: &str, port: u16) -> String {
+    let mut listed = BTreeMap::new();
+    let mut ignored = None;
+    for field in grepable
+        .lines()
+        .filter(|l| l.starts_with("Host: "))
+        .flat_map(|l| l.split('\t'))
+    {
+        if let Some(ports) = field.strip_prefix("Ports: ") {
+            for entry in ports.split(", ") {
+                let mut parts = entry.trim().split('/');
+                let number = parts.next().and_then(|p| p.parse::<u16>().ok());
+                let state = parts.next();
+                if let (Some(number), Some(state)) = (number, state) {
+                    listed.insert(number, state.to_owned());
+                }
+            }
+        } else if let Some(rest) = field.strip_prefix("Ignored State: ") {
+            ignored = rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    listed
+        .get(&port)
+        .cloned()
+        .or(ignored)
+        .unwrap_or_else(|| panic!("nmap gave no state for port {port}:\n{grepable}"))
+}
+
+/// A TCP echo service on the server (all addresses), serving each
+/// connection on a thread of its own until the lab goes away.
+fn tcp_echo(lab: &Lab, port: u16) {
+    let listener = lab
+        .server
+        .within(move || TcpListener::bind(("::", port)).expect("bind echo"));
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            thread::spawn(move || {
+                let Ok(mut reader) = stream.try_clone() else {
+                    return;
+                };
+                let _ = std::io::copy(&mut reader, &mut stream);
+            });
+        }
+    });
+}
+
+/// A TCP connection from the client namespace to the server.
+fn client_stream(lab: &Lab, server: &str, port: u16) -> TcpStream {
+    let addr = SocketAddr::new(server.parse().expect("address"), port);
+    lab.client.within(move || {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("read timeout");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(3)))
+            .expect("write timeout");
+        stream
+    })
+}
+
+/// Sends `message` over an echo connection and reads it back.
+fn exchange(stream: &mut TcpStream, message: &str) -> Result<(), String> {
+    stream
+        .write_all(message.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut back = vec![0u8; message.len()];
+    stream
+        .read_exact(&mut back)
+        .map_err(|e| format!("read: {e}"))?;
+    if back == message.as_bytes() {
+        Ok(())
+    } else {
+        Err(format!(
+            "echo returned {:?}",
+            String::from_utf8_lossy(&back)
+        ))
+    }
+}
+
+/// hping3's closing statistics line ("N packets transmitted, ...") and its N.
+fn hping3_sent(output: &Output) -> Option<(u64, String)> {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let line = text.lines().find(|l| l.contains("packets tr"))?;
+    let sent = line.split_whitespace().next()?.parse().ok()?;
+    Some((sent, line.trim().to_owned()))
+}
+
+#[test]
+fn sequential_syn_scan_of_every_port_never_opens_the_door() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    lab.tcp_listener(8080);
+    // All TCP and ascending: exactly the order `nmap -r` tries.
+    let config = "[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:1111\", \"tcp:2222\", \"tcp:3333\"]\n\
+                  sequence_timeout = \"10s\"\nopen_for = \"30s\"\nprotect = [\"tcp:22\"]\n";
+    let xknock = Xknock::start(&lab, config, &[], false);
+
+    let scan = nmap(
+        &lab,
+        &["-n", "-Pn", "-sS", "-r", "-p-", "-T5", "--max-retries", "0"],
+    );
+    // The scan did reach the server and did pass the first step.
+    assert_eq!(nmap_state(&scan, 8080), "open", "the scan saw nothing");
+    xknock.expect_event(&[
+        ("event", "progress"),
+        ("source", CLIENT_V4),
+        ("port", "tcp:1111"),
+        ("step", "1"),
+    ]);
+    xknock.expect_event(&[
+        ("event", "reset"),
+        ("source", CLIENT_V4),
+        ("reason", "wrong_packet"),
+    ]);
+    for port in [22, 1111, 2222, 3333] {
+        assert_eq!(
+            nmap_state(&scan, port),
+            "filtered",
+            "port {port} must look filtered"
+        );
+    }
+    assert_eq!(nmap_state(&scan, 8081), "closed", "closed ports still RST");
+
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(
+        count_events(&xknock, &[("event", "grant")]),
+        0,
+        "a sequential scan completed the knock: {:#?}",
+        xknock.events()
+    );
+}
+
+#[test]
+fn ack_and_syn_probes_of_protected_and_knock_ports_get_no_answer() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    lab.tcp_listener(8080);
+    let xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
+    let ports = "22,3721,8080";
+
+    let ack = nmap(&lab, &["-n", "-Pn", "-sA", "-p", ports]);
+    assert_eq!(nmap_state(&ack, 22), "filtered", "ACK to 22 got a RST");
+    assert_eq!(
+        nmap_state(&ack, 3721),
+        "filtered",
+        "ACK to a knock port got a RST"
+    );
+    assert_eq!(
+        nmap_state(&ack, 8080),
+        "unfiltered",
+        "unprotected traffic must be untouched"
+    );
+
+    let syn = nmap(&lab, &["-n", "-Pn", "-sS", "-p", ports]);
+    assert_eq!(nmap_state(&syn, 22), "filtered");
+    assert_eq!(nmap_state(&syn, 3721), "filtered");
+    assert_eq!(nmap_state(&syn, 8080), "open");
+    xknock.expect_event(&[
+        ("event", "denied"),
+        ("source", CLIENT_V4),
+        ("port", "tcp:22"),
+    ]);
+
+    // The scans leave nothing behind that stops a real knock.
+    article_knock(&lab, SERVER_V4);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    let syn = nmap(&lab, &["-n", "-Pn", "-sS", "-p", "22"]);
+    assert_eq!(nmap_state(&syn, 22), "open", "granted source sees 22 open");
+}
+
+#[test]
+fn allowlisted_ipv4_source_reaches_protected_port_without_knocking() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = config_with(&format!("allow = [\"{CLIENT_V4}/32\"]"), "30s");
+    let _xknock = Xknock::start(&lab, &config, &[], false);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
+    // The client's IPv6 address is not on the list.
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
+}
+
+#[test]
+fn denylisted_ipv4_prefix_knocks_are_ignored() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = config_with("deny = [\"198.18.0.0/24\"]", "30s");
+    let xknock = Xknock::start(&lab, &config, &[], false);
+    article_knock(&lab, SERVER_V4);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    let from_v4: Vec<Value> = xknock
+        .events()
+        .into_iter()
+        .filter(|e| e["source"] == CLIENT_V4 && e["event"] != "denied")
+        .collect();
+    assert!(
+        from_v4.is_empty(),
+        "a denied source's knock must be ignored: {from_v4:#?}"
+    );
+    // The same knock from the client's IPv6 address, not on the list, opens.
+    article_knock(&lab, SERVER_V6);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+}
+
+#[test]
+fn allowlisted_ipv6_source_reaches_over_ipv6_only() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = config_with(&format!("allow = [\"{CLIENT_V6}/128\"]"), "30s");
+    let _xknock = Xknock::start(&lab, &config, &[], false);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+}
+
+#[test]
+fn denylisted_ipv6_prefix_knocks_are_ignored_ipv4_still_knocks() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = config_with("deny = [\"fd18::/64\"]", "30s");
+    let xknock = Xknock::start(&lab, &config, &[], false);
+    article_knock(&lab, SERVER_V6);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
+    let from_v6: Vec<Value> = xknock
+        .events()
+        .into_iter()
+        .filter(|e| e["source"] == CLIENT_V6 && e["event"] != "denied")
+        .collect();
+    assert!(
+        from_v6.is_empty(),
+        "a denied source's knock must be ignored: {from_v6:#?}"
+    );
+    article_knock(&lab, SERVER_V4);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
+}
+
+#[test]
+fn deny_wins_over_allow_and_over_a_knock() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let top = format!("allow = [\"198.18.0.0/24\", \"fd18::/64\"]\ndeny = [\"{CLIENT_V4}/32\"]");
+    let xknock = Xknock::start(&lab, &config_with(&top, "30s"), &[], false);
+    // The allowlist is in force (IPv6), but the denied IPv4 address is not let in.
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    article_knock(&lab, SERVER_V4);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(count_events(&xknock, &[("event", "grant")]), 0);
+}
+
+/// Sources the flood test's progress map remembers at once.
+const FLOOD_PROGRESS_ENTRIES: u32 = 4096;
+
+#[test]
+fn spoofed_first_step_flood_leaves_grants_flows_and_new_knocks_working() {
+    require_program("hping3", "hping3");
+    let lab = Lab::new();
+    tcp_echo(&lab, 22);
+    let config = format!(
+        "{}\n[limits]\nprogress_entries = {FLOOD_PROGRESS_ENTRIES}\n",
+        article_config("120s", "\"tcp:22\"")
+    );
+    let xknock = Xknock::start(&lab, &config, &[], false);
+
+    // Before: a granted IPv4 source with an admitted, echoing flow.
+    article_knock(&lab, SERVER_V4);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    let mut flow = client_stream(&lab, SERVER_V4, 22);
+    exchange(&mut flow, "before the flood").expect("admitted flow before the flood");
+    assert_eq!(
+        lab.tcp_connect(SERVER_V6, 22),
+        Reach::Silent,
+        "the client's IPv6 address holds no grant yet"
+    );
+
+    // Spoofed first steps from random IPv4 sources, at hping3's full rate.
+    let mut flood_cmd = lab.client.command("timeout");
+    flood_cmd.args([
+        "-s",
+        "INT",
+        "30",
+        "hping3",
+        "--flood",
+        "--rand-source",
+        "-S",
+        "-p",
+        "3721",
+        SERVER_V4,
+    ]);
+    let flood_start = Instant::now();
+    let mut flood = Background::spawn(flood_cmd, "hping3 flood");
+    thread::sleep(Duration::from_secs(1));
+    assert!(flood.running(), "hping3 stopped early");
+
+    // During: the client's IPv6 address, a second source, knocks.
+    article_knock(&lab, SERVER_V6);
+    let v6_during = lab.tcp_connect(SERVER_V6, 22);
+    let flow_during = exchange(&mut flow, "during the flood");
+    let flooding_throughout = flood.running();
+    flood.signal(libc::SIGINT);
+    let flood_output = flood.finish(Duration::from_secs(10));
+    let flood_secs = flood_start.elapsed().as_secs_f64();
+    let sent = hping3_sent(&flood_output);
+
+    // After: the old grant and flow live on, and a fresh knock is heard.
+    let v4_after = lab.tcp_connect(SERVER_V4, 22);
+    let flow_after = exchange(&mut flow, "after the flood");
+    let v4_grant = [("event", "grant"), ("source", CLIENT_V4)];
+    let v4_grants_before = count_events(&xknock, &v4_grant);
+    article_knock(&lab, SERVER_V4);
+    let fresh_grant =
+        wait_for_more_events(&xknock, &v4_grant, v4_grants_before, Duration::from_secs(5));
+
+    let events = xknock.events();
+    let progress_events = events.iter().filter(|e| e["event"] == "progress").count();
+    let v6_grant_event = events
+        .iter()
+        .any(|e| event_matches(e, &[("event", "grant"), ("source", CLIENT_V6)]));
+    let (_, log) = xknock.stop();
+    let verdicts = log
+        .iter()
+        .find(|l| l.contains("verdicts:"))
+        .cloned()
+        .unwrap_or_default();
+    let (sent, statistics) = sent.unwrap_or_else(|| {
+        panic!("no statistics from hping3: {flood_output:?}\n{verdicts}\nduring: {v6_during:?}")
+    });
+    let report = format!(
+        "flood: {sent} spoofed first steps in {flood_secs:.1}s (~{:.0} packets/s) \
+         (hping3: {statistics}); progress_entries = {FLOOD_PROGRESS_ENTRIES}; \
+         progress events delivered: {progress_events}\n\
+         during the flood: IPv6 knock, then connect = {v6_during:?} (its grant event \
+         delivered: {v6_grant_event}); admitted flow = {flow_during:?}; hping3 still \
+         running: {flooding_throughout}\n\
+         after the flood: IPv4 connect = {v4_after:?}; admitted flow = {flow_after:?}; \
+         fresh IPv4 knock granted: {fresh_grant}\n\
+         {verdicts} (drop_knock_port counts steps that found no progress, e.g. evicted)",
+        sent as f64 / flood_secs
+    );
+    println!("{report}");
+
+    assert!(sent > 0, "hping3 sent nothing: {report}");
+    assert!(
+        flooding_throughout,
+        "the flood ended before the checks: {report}"
+    );
+    assert_eq!(
+        v6_during,
+        Reach::Open,
+        "a knock during the flood did not open: {report}"
+    );
+    assert_eq!(
+        flow_during,
+        Ok(()),
+        "admitted flow cut by the flood: {report}"
+    );
+    assert_eq!(v4_after, Reach::Open, "grant lost to the flood: {report}");
+    assert_eq!(
+        flow_after,
+        Ok(()),
+        "admitted flow lost to the flood: {report}"
+    );
+    assert!(
+        fresh_grant,
+        "no grant for a knock after the flood: {report}"
+    );
+}
