@@ -341,6 +341,15 @@ impl Lines {
     }
 }
 
+/// Whether an event has every (key, value) in `fields`; a value that is not
+/// a string is compared as the JSON it spells (`"1"` matches the number 1).
+pub fn event_matches(event: &Value, fields: &[(&str, &str)]) -> bool {
+    fields.iter().all(|(key, value)| match &event[*key] {
+        Value::String(s) => s == value,
+        other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
+    })
+}
+
 /// `xknock run` inside the server namespace, with JSON events.
 pub struct Xknock {
     child: Child,
@@ -400,16 +409,19 @@ impl Xknock {
     /// Waits for an event whose fields include every (key, value) in `fields`.
     pub fn wait_event(&self, fields: &[(&str, &str)], timeout: Duration) -> Option<Value> {
         let matches = |line: &str| {
-            serde_json::from_str::<Value>(line).is_ok_and(|event| {
-                fields.iter().all(|(key, value)| match &event[*key] {
-                    Value::String(s) => s == value,
-                    other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
-                })
-            })
+            serde_json::from_str::<Value>(line).is_ok_and(|event| event_matches(&event, fields))
         };
         self.events
             .wait_for(timeout, matches)
             .map(|line| serde_json::from_str(&line).expect("json"))
+    }
+
+    /// How many events so far match `fields`.
+    pub fn count_events(&self, fields: &[(&str, &str)]) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| event_matches(e, fields))
+            .count()
     }
 
     /// Like `wait_event`, panicking with every event seen when none matches.

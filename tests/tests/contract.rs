@@ -14,8 +14,8 @@ use std::{
 };
 
 use lab::{
-    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Xknock, article_config, knock,
-    require_program,
+    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Xknock, article_config, event_matches,
+    knock, require_program,
 };
 use serde_json::Value;
 
@@ -39,24 +39,6 @@ fn article_knock(lab: &Lab, server: &str) {
     knock(lab, &args);
 }
 
-/// Whether an event has every (key, value) in `fields`; a value that is not
-/// a string is compared as the JSON it spells (`"1"` matches the number 1).
-fn event_matches(event: &Value, fields: &[(&str, &str)]) -> bool {
-    fields.iter().all(|(key, value)| match &event[*key] {
-        Value::String(s) => s == value,
-        other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
-    })
-}
-
-/// How many events so far match `fields`.
-fn count_events(xknock: &Xknock, fields: &[(&str, &str)]) -> usize {
-    xknock
-        .events()
-        .iter()
-        .filter(|e| event_matches(e, fields))
-        .count()
-}
-
 /// Waits until more than `already` events match `fields`.
 fn wait_for_more_events(
     xknock: &Xknock,
@@ -66,7 +48,7 @@ fn wait_for_more_events(
 ) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if count_events(xknock, fields) > already {
+        if xknock.count_events(fields) > already {
             return true;
         }
         if Instant::now() >= deadline {
@@ -299,7 +281,7 @@ fn sequential_syn_scan_of_every_port_never_opens_the_door() {
 
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
     assert_eq!(
-        count_events(&xknock, &[("event", "grant")]),
+        xknock.count_events(&[("event", "grant")]),
         0,
         "a sequential scan completed the knock: {:#?}",
         xknock.events()
@@ -423,7 +405,7 @@ fn deny_wins_over_allow_and_over_a_knock() {
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
     article_knock(&lab, SERVER_V4);
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
-    assert_eq!(count_events(&xknock, &[("event", "grant")]), 0);
+    assert_eq!(xknock.count_events(&[("event", "grant")]), 0);
 }
 
 /// Sources the flood test's progress map remembers at once.
@@ -484,7 +466,7 @@ fn spoofed_first_step_flood_leaves_grants_flows_and_new_knocks_working() {
     let v4_after = lab.tcp_connect(SERVER_V4, 22);
     let flow_after = exchange(&mut flow, "after the flood");
     let v4_grant = [("event", "grant"), ("source", CLIENT_V4)];
-    let v4_grants_before = count_events(&xknock, &v4_grant);
+    let v4_grants_before = xknock.count_events(&v4_grant);
     article_knock(&lab, SERVER_V4);
     let fresh_grant =
         wait_for_more_events(&xknock, &v4_grant, v4_grants_before, Duration::from_secs(5));
