@@ -28,12 +28,13 @@ pub mod map_names {
     pub const SETTINGS: &str = "SETTINGS";
     pub const RULES: &str = "RULES";
     pub const PORT_ROLES: &str = "PORT_ROLES";
+    pub const FIRST_STEPS: &str = "FIRST_STEPS";
     pub const PROGRESS: &str = "PROGRESS";
     pub const GRANTS: &str = "GRANTS";
     pub const FLOWS: &str = "FLOWS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";
-    pub const DENIED_EVENT_BUDGET: &str = "DENIED_EVENT_BUDGET";
+    pub const FLOOD_EVENT_BUDGET: &str = "FLOOD_EVENT_BUDGET";
     pub const PENALTIES: &str = "PENALTIES";
     pub const ALLOW: &str = "ALLOW";
     pub const DENY: &str = "DENY";
@@ -76,8 +77,9 @@ impl Knock {
 pub struct Settings {
     /// How many entries of `RULES` are in use.
     pub rules: u32,
-    /// Denied-attempt events each CPU may emit per second.
-    pub denied_events_per_sec: u32,
+    /// Events a flood can cause (denied attempts, first steps) each CPU may
+    /// emit per second.
+    pub flood_events_per_sec: u32,
     /// Entries in the `ALLOW` / `DENY` tries; zero skips the lookup.
     pub allow_entries: u32,
     pub deny_entries: u32,
@@ -142,7 +144,7 @@ pub const fn ipv4_mapped(v4: [u8; 4]) -> Addr {
     ]
 }
 
-/// Key of `PROGRESS` and `GRANTS`: one source's state for one rule.
+/// Key of `FIRST_STEPS`, `PROGRESS` and `GRANTS`: one source's state for one rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SourceRule {
@@ -151,7 +153,9 @@ pub struct SourceRule {
 }
 const _: () = assert!(core::mem::size_of::<SourceRule>() == 20);
 
-/// Value of `PROGRESS`: how far a source has come through a rule's sequence.
+/// Value of `FIRST_STEPS` (sources that sent only the first step, the map a
+/// spoofed flood can churn) and `PROGRESS` (sources past the first step):
+/// how far a source has come through a rule's sequence.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -370,7 +374,7 @@ pub struct Event {
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 32);
 
-/// Denied-event rate limit state, per CPU.
+/// Rate limit state for the events a flood can cause, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBudget {

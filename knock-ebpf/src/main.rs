@@ -29,7 +29,9 @@ static RULES: Array<RuleConfig> = Array::with_max_entries(MAX_RULES as u32, 0);
 #[map]
 static PORT_ROLES: Array<PortRoles> = Array::with_max_entries(PORT_ROLES_ENTRIES, 0);
 #[map]
-static PROGRESS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(65536, 0);
+static FIRST_STEPS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static PROGRESS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static GRANTS: LruHashMap<SourceRule, Grant> = LruHashMap::with_max_entries(8192, 0);
 #[map]
@@ -39,7 +41,7 @@ static PENALTIES: LruHashMap<Addr, Penalty> = LruHashMap::with_max_entries(65536
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 #[map]
-static DENIED_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+static FLOOD_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ALLOW: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1, 0);
 #[map]
@@ -155,8 +157,8 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         rule: rule_index,
     };
     let knock = scan.knock;
-    let stored = PROGRESS.get_ptr_mut(&key);
-    // Only a first step may create progress: spoofed noise costs one lookup.
+    let stored = Stored::find(&key);
+    // Only a first step may create progress: spoofed noise costs two lookups.
     if stored.is_none() && rule.sequence[0] != knock {
         return 0;
     }
@@ -171,9 +173,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         scan.verdict = Some(Reason::DropPenalized);
         return 1;
     }
-    // SAFETY: a value pointer the map lookup just returned; LRU values stay
-    // valid for the rest of this program run.
-    let progress = stored.map(|p| unsafe { *p });
+    let progress = stored.get();
     let transition = machine::on_packet(rule, progress.as_ref(), knock, now);
     if let Some(cause) = transition.reset {
         emit(event_kind::RESET, cause, &scan.src, knock, rule_index, 0, 0);
@@ -181,36 +181,30 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     }
     let reason = match transition.outcome {
         Outcome::Idle => {
-            if stored.is_some() {
-                let _ = PROGRESS.remove(&key);
-            }
+            stored.forget(&key);
             return 0;
         }
         Outcome::Duplicate => Reason::DropKnockDuplicate,
         Outcome::Advanced(next) => {
-            match stored {
-                // SAFETY: as above; the whole value is overwritten.
-                Some(slot) => unsafe { *slot = next },
-                None => {
-                    let _ = PROGRESS.insert(&key, &next, 0);
-                }
-            }
+            stored.keep(&key, &next);
             let step = next.next_step as u8;
-            emit(
-                event_kind::PROGRESS,
-                0,
-                &scan.src,
-                knock,
-                rule_index,
-                step,
-                0,
-            );
+            // First steps are what a spoofed flood sends: their events share
+            // the flood budget; later steps come from real clients.
+            if step > 1 || within_flood_budget(settings, now) {
+                emit(
+                    event_kind::PROGRESS,
+                    0,
+                    &scan.src,
+                    knock,
+                    rule_index,
+                    step,
+                    0,
+                );
+            }
             Reason::DropKnockAdvanced
         }
         Outcome::Granted => {
-            if stored.is_some() {
-                let _ = PROGRESS.remove(&key);
-            }
+            stored.forget(&key);
             let expires_ns = now + rule.open_for_ns;
             let _ = GRANTS.insert(&key, &Grant { expires_ns }, 0);
             let step = rule.steps as u8;
@@ -230,6 +224,69 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         scan.verdict = Some(reason);
     }
     0
+}
+
+/// Where a source's progress through a rule is stored: sources that sent only
+/// the first step in `FIRST_STEPS`, sources past it in `PROGRESS`, so a flood
+/// of spoofed first steps can only ever evict other first steps.
+#[derive(Clone, Copy)]
+enum Stored {
+    Nowhere,
+    FirstStep(*mut Progress),
+    Later(*mut Progress),
+}
+
+impl Stored {
+    #[inline(always)]
+    fn find(key: &SourceRule) -> Stored {
+        if let Some(slot) = PROGRESS.get_ptr_mut(key) {
+            return Stored::Later(slot);
+        }
+        match FIRST_STEPS.get_ptr_mut(key) {
+            Some(slot) => Stored::FirstStep(slot),
+            None => Stored::Nowhere,
+        }
+    }
+
+    #[inline(always)]
+    fn is_none(self) -> bool {
+        matches!(self, Stored::Nowhere)
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<Progress> {
+        match self {
+            Stored::Nowhere => None,
+            // SAFETY: a value pointer a map lookup returned in this run; LRU
+            // values stay valid until the program returns.
+            Stored::FirstStep(slot) | Stored::Later(slot) => Some(unsafe { *slot }),
+        }
+    }
+
+    #[inline(always)]
+    fn forget(self, key: &SourceRule) {
+        let _ = match self {
+            Stored::Nowhere => Ok(()),
+            Stored::FirstStep(_) => FIRST_STEPS.remove(key),
+            Stored::Later(_) => PROGRESS.remove(key),
+        };
+    }
+
+    /// Stores `next` in the map its step belongs to, moving it if needed.
+    #[inline(always)]
+    fn keep(self, key: &SourceRule, next: &Progress) {
+        match (self, next.next_step <= 1) {
+            // SAFETY: as in `get`; the whole value is overwritten.
+            (Stored::FirstStep(slot), true) | (Stored::Later(slot), false) => unsafe {
+                *slot = *next
+            },
+            (_, first) => {
+                self.forget(key);
+                let map = if first { &FIRST_STEPS } else { &PROGRESS };
+                let _ = map.insert(key, next, 0);
+            }
+        }
+    }
 }
 
 /// Counts a failed attempt against `src`; enough of them within the window
@@ -343,12 +400,12 @@ fn listed(list: &LpmTrie<Addr, u8>, entries: u32, addr: &Addr) -> bool {
     entries != 0 && list.get(&Key::new(128, *addr)).is_some()
 }
 
-/// Denied attempts can come at flood rate: each CPU reports at most
-/// `denied_events_per_sec` of them per second.
+/// Denied attempts and first steps can come at flood rate: each CPU reports
+/// at most `flood_events_per_sec` of them per second.
 #[inline(always)]
-fn emit_denied(settings: &Settings, packet: &Packet, now: u64) {
-    let Some(budget) = DENIED_EVENT_BUDGET.get_ptr_mut(0) else {
-        return;
+fn within_flood_budget(settings: &Settings, now: u64) -> bool {
+    let Some(budget) = FLOOD_EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
     };
     // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
     let budget = unsafe { &mut *budget };
@@ -356,10 +413,18 @@ fn emit_denied(settings: &Settings, packet: &Packet, now: u64) {
         budget.window_start_ns = now;
         budget.used = 0;
     }
-    if budget.used >= settings.denied_events_per_sec {
-        return;
+    if budget.used >= settings.flood_events_per_sec {
+        return false;
     }
     budget.used += 1;
+    true
+}
+
+#[inline(always)]
+fn emit_denied(settings: &Settings, packet: &Packet, now: u64) {
+    if !within_flood_budget(settings, now) {
+        return;
+    }
     let target = Knock {
         port: packet.dst_port(),
         proto: packet.proto,
@@ -392,8 +457,8 @@ fn emit(kind: u8, detail: u8, addr: &Addr, knock: Knock, rule: u32, step: u8, ex
     let _ = EVENTS.output(&event, 0);
 }
 
-// Only on the BPF target: a workspace-wide host check unifies knock-common's
-// `user` feature, which brings std and its own panic handler.
+// The crate only builds for BPF (xtask lints it there); host tools that open
+// it anyway get std's handler through knock-common's `user` feature.
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -121,6 +121,15 @@ impl<'de> Deserialize<'de> for Prefix {
 }
 
 impl Prefix {
+    /// An IPv6 prefix wide enough to hold ::ffff:0:0/96, where IPv4 lives.
+    pub fn covers_all_ipv4(&self) -> bool {
+        let IpNet::V6(net) = self.0 else {
+            return false;
+        };
+        let ipv4_space = ipnet::Ipv6Net::new(ipv4_mapped([0; 4]).into(), 96).expect("valid");
+        net.contains(&ipv4_space)
+    }
+
     /// The prefix in the one key form: IPv4 mapped into IPv6.
     pub fn mapped(&self) -> (u32, Addr) {
         match self.0 {
@@ -140,11 +149,11 @@ struct File {
     #[serde(default)]
     interfaces: Vec<Spanned<String>>,
     #[serde(default)]
-    allow: Vec<Prefix>,
+    allow: Vec<Spanned<Prefix>>,
     #[serde(default)]
-    deny: Vec<Prefix>,
+    deny: Vec<Spanned<Prefix>>,
     #[serde(default)]
-    denied_events_per_second: Option<u32>,
+    flood_events_per_second: Option<u32>,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
@@ -165,11 +174,12 @@ struct FileRule {
     protect: Spanned<Vec<PortSpec>>,
 }
 
-/// Map sizes: the most sources mid-sequence, live grants and admitted flows
-/// the filter keeps at once.
+/// Map sizes: the most sources after a first step, sources further along,
+/// live grants, admitted flows and failing sources the filter keeps at once.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    pub first_step_entries: Spanned<u32>,
     pub progress_entries: Spanned<u32>,
     pub grant_entries: Spanned<u32>,
     pub flow_entries: Spanned<u32>,
@@ -179,7 +189,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            progress_entries: Spanned::new(0..0, 65_536),
+            first_step_entries: Spanned::new(0..0, 65_536),
+            progress_entries: Spanned::new(0..0, 16_384),
             grant_entries: Spanned::new(0..0, 8_192),
             flow_entries: Spanned::new(0..0, 65_536),
             penalty_entries: Spanned::new(0..0, 65_536),
@@ -242,7 +253,7 @@ pub struct Config {
     pub interfaces: Vec<String>,
     pub allow: Vec<Prefix>,
     pub deny: Vec<Prefix>,
-    pub denied_events_per_second: u32,
+    pub flood_events_per_second: u32,
     pub limits: Limits,
     pub flows: FlowTimeouts,
     pub penalty: PenaltyConfig,
@@ -251,7 +262,8 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-const DEFAULT_DENIED_EVENTS_PER_SECOND: u32 = 10;
+/// Denied attempts and first steps reported per CPU and second.
+const DEFAULT_FLOOD_EVENTS_PER_SECOND: u32 = 20;
 
 /// Turns byte offsets into 1-based line numbers.
 struct Lines<'a>(&'a str);
@@ -284,7 +296,19 @@ impl Config {
                 ));
             }
         }
+        for (key, list) in [("allow", &file.allow), ("deny", &file.deny)] {
+            for prefix in list {
+                if prefix.get_ref().covers_all_ipv4() {
+                    warnings.push(format!(
+                        "line {}: {key}: {} also covers every IPv4 address (IPv4 is matched as ::ffff:a.b.c.d)",
+                        lines.of(prefix.span()),
+                        prefix.get_ref().0
+                    ));
+                }
+            }
+        }
         for (key, limit) in [
+            ("limits.first_step_entries", &file.limits.first_step_entries),
             ("limits.progress_entries", &file.limits.progress_entries),
             ("limits.grant_entries", &file.limits.grant_entries),
             ("limits.flow_entries", &file.limits.flow_entries),
@@ -438,11 +462,11 @@ impl Config {
                 .into_iter()
                 .map(Spanned::into_inner)
                 .collect(),
-            allow: file.allow,
-            deny: file.deny,
-            denied_events_per_second: file
-                .denied_events_per_second
-                .unwrap_or(DEFAULT_DENIED_EVENTS_PER_SECOND),
+            allow: file.allow.into_iter().map(Spanned::into_inner).collect(),
+            deny: file.deny.into_iter().map(Spanned::into_inner).collect(),
+            flood_events_per_second: file
+                .flood_events_per_second
+                .unwrap_or(DEFAULT_FLOOD_EVENTS_PER_SECOND),
             limits: file.limits,
             flows: file.flows,
             penalty: file.penalty,
@@ -461,6 +485,7 @@ pub struct KernelConfig {
     pub port_roles: Vec<(u32, PortRoles)>,
     pub allow: Vec<(u32, Addr)>,
     pub deny: Vec<(u32, Addr)>,
+    pub first_step_entries: u32,
     pub progress_entries: u32,
     pub grant_entries: u32,
     pub flow_entries: u32,
@@ -520,7 +545,7 @@ impl TryFrom<&Config> for KernelConfig {
         Ok(KernelConfig {
             settings: Settings {
                 rules: rules.len() as u32,
-                denied_events_per_sec: config.denied_events_per_second,
+                flood_events_per_sec: config.flood_events_per_second,
                 allow_entries: allow.len() as u32,
                 deny_entries: deny.len() as u32,
                 tcp_idle_ns: nanos("flows.tcp_idle", config.flows.tcp_idle.0)?,
@@ -535,6 +560,7 @@ impl TryFrom<&Config> for KernelConfig {
             port_roles,
             allow,
             deny,
+            first_step_entries: *config.limits.first_step_entries.get_ref(),
             progress_entries: *config.limits.progress_entries.get_ref(),
             grant_entries: *config.limits.grant_entries.get_ref(),
             flow_entries: *config.limits.flow_entries.get_ref(),
@@ -778,6 +804,16 @@ protect = ["tcp:22"]
         );
         // Host bits are cleared so the trie holds the prefix itself.
         assert_eq!(config.deny[0].mapped(), (104, ipv4_mapped([10, 0, 0, 0])));
+        let everything = format!(
+            "allow = [\"::/0\"]\ndeny = [\"2001:db8::/32\"]\n{}",
+            with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n"))
+        );
+        let warnings = Config::parse(&everything).expect("valid").warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("line 1: allow: ::/0 also covers every IPv4 address"),
+            "{warnings:?}"
+        );
         let e = error(&format!("deny = [\"300.1.1.1\"]\n{}", with_rule("")));
         assert!(
             e.contains("line 1") && e.contains("not an address or CIDR prefix"),
@@ -806,7 +842,8 @@ protect = ["tcp:22"]
         .expect("valid");
         let kernel = KernelConfig::try_from(&config).expect("fits");
         assert_eq!(kernel.flow_entries, 1024);
-        assert_eq!(kernel.progress_entries, 65_536);
+        assert_eq!(kernel.first_step_entries, 65_536);
+        assert_eq!(kernel.progress_entries, 16_384);
         assert_eq!(kernel.settings.udp_idle_ns, 30_000_000_000);
     }
 

@@ -113,6 +113,7 @@ impl Filter {
         }
         let lpm_size = |entries: usize| u32::try_from(entries.max(1)).unwrap_or(u32::MAX);
         let ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FIRST_STEPS, config.first_step_entries)
             .map_max_entries(map_names::PROGRESS, config.progress_entries)
             .map_max_entries(map_names::GRANTS, config.grant_entries)
             .map_max_entries(map_names::FLOWS, config.flow_entries)

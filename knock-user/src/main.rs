@@ -188,6 +188,9 @@ fn run(
     Ok(())
 }
 
+/// Events printed before the loop looks at signals and the sweeper again.
+const EVENTS_PER_TURN: usize = 1024;
+
 /// How often expired grants and idle flows are swept out of the maps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -212,13 +215,20 @@ async fn stream_events(
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
                 let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
+                // Bounded, so a ring that never empties under a flood still
+                // lets signals and the sweeper take their turn.
+                let mut drained = 0;
+                while drained < EVENTS_PER_TURN {
+                    let Some(item) = ring.next() else { break };
                     match Record::from_kernel(&item, config) {
                         Ok(record) => print(record),
                         Err(error) => eprintln!("xknock: skipping an event: {error}"),
                     }
+                    drained += 1;
                 }
-                guard.clear_ready();
+                if drained < EVENTS_PER_TURN {
+                    guard.clear_ready();
+                }
             }
             _ = sweep.tick() => {
                 for grant in filter.sweep(kernel)? {

@@ -112,7 +112,7 @@ fn config() -> impl Strategy<Value = String> {
         .prop_map(|(first, second, lists, penalty)| {
             // Small maps load fast; a case never holds more than a few entries.
             let mut text = format!(
-                "{lists}{penalty}[limits]\nprogress_entries = 512\ngrant_entries = 512\nflow_entries = 512\npenalty_entries = 512\n[flows]\ntcp_idle = \"60500ms\"\ntcp_closing = \"5500ms\"\nudp_idle = \"20500ms\"\n"
+                "{lists}{penalty}[limits]\nfirst_step_entries = 512\nprogress_entries = 512\ngrant_entries = 512\nflow_entries = 512\npenalty_entries = 512\n[flows]\ntcp_idle = \"60500ms\"\ntcp_closing = \"5500ms\"\nudp_idle = \"20500ms\"\n"
             );
             text += &rule_toml("a", &first, "\"tcp:22\", \"udp:51820\"");
             if let Some(second) = second {
@@ -259,9 +259,11 @@ fn rewrite<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str, change: im
 /// time had passed (the program compares with wrapping arithmetic, except
 /// grant and penalty ends, which must not wrap into the future).
 fn age(filter: &mut Filter, ns: u64) {
-    rewrite::<SourceRule, Progress>(filter, map_names::PROGRESS, |p| {
-        p.started_ns = p.started_ns.wrapping_sub(ns)
-    });
+    for map in [map_names::FIRST_STEPS, map_names::PROGRESS] {
+        rewrite::<SourceRule, Progress>(filter, map, |p| {
+            p.started_ns = p.started_ns.wrapping_sub(ns)
+        });
+    }
     rewrite::<SourceRule, Grant>(filter, map_names::GRANTS, |g| {
         g.expires_ns = g.expires_ns.saturating_sub(ns)
     });
@@ -274,22 +276,25 @@ fn age(filter: &mut Filter, ns: u64) {
     });
 }
 
+/// Progress as the kernel holds it, in both maps (first steps and later).
 fn kernel_progress(filter: &mut Filter) -> BTreeMap<(Source, usize), usize> {
-    let map: aya::maps::HashMap<_, SourceRule, Progress> = filter
-        .ebpf_mut()
-        .map(map_names::PROGRESS)
-        .expect("PROGRESS")
-        .try_into()
-        .expect("hash map");
-    map.iter()
-        .map(|e| e.expect("read"))
-        .map(|(k, v)| {
-            (
-                (u128::from_be_bytes(k.addr), k.rule as usize),
-                v.next_step as usize,
-            )
-        })
-        .collect()
+    let mut all = BTreeMap::new();
+    for name in [map_names::FIRST_STEPS, map_names::PROGRESS] {
+        let map: aya::maps::HashMap<_, SourceRule, Progress> = filter
+            .ebpf_mut()
+            .map(name)
+            .expect(name)
+            .try_into()
+            .expect("hash map");
+        for (key, value) in map.iter().map(|e| e.expect("read")) {
+            let previous = all.insert(
+                (u128::from_be_bytes(key.addr), key.rule as usize),
+                value.next_step as usize,
+            );
+            assert!(previous.is_none(), "{key:?} is in both progress maps");
+        }
+    }
+    all
 }
 
 fn kernel_live_grants(filter: &mut Filter) -> Vec<(Source, usize)> {

@@ -202,7 +202,8 @@ pub fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
     Ok((pass, costs))
 }
 
-/// Fills PROGRESS and GRANTS with `n` entries each (distinct sources).
+/// Fills PROGRESS (sources past their first step) and GRANTS with `n`
+/// entries each, from distinct sources.
 fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
     let now = monotonic_ns();
     let ebpf = filter.ebpf_mut();
@@ -219,7 +220,7 @@ fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
             &source(i),
             &Progress {
                 started_ns: now,
-                next_step: 1,
+                next_step: 2,
                 _pad: 0,
             },
             0,
@@ -260,14 +261,15 @@ pub fn scale(effort: &Effort) -> anyhow::Result<Vec<ScaleRow>> {
         let limits = format!("[limits]\nprogress_entries = {size}\ngrant_entries = {size}\n");
         let mut filter = Filter::load(&bench_config(&limits))?;
         fill(&mut filter, entries)?;
-        // Source 0 is mid-sequence; source `entries` has a grant.
+        // Source 0 is two steps in (and repeats its second); source
+        // `entries` has a grant.
         let mid = std::net::Ipv4Addr::from(0x0a00_0000u32).to_string();
         let granted = std::net::Ipv4Addr::from(0x0a00_0000u32 + entries).to_string();
         rows.push(ScaleRow {
             entries,
             step: cost(
                 xknock_run(&filter),
-                &tcp(&mid, SERVER, 7291, TCP_SYN),
+                &Frame::udp(ip(&mid), ip(SERVER), 4728).build().0,
                 effort,
             )?,
             granted: cost(

@@ -121,6 +121,8 @@ fn setup() -> anyhow::Result<()> {
             "minimal",
             "--component",
             "rust-src",
+            "--component",
+            "clippy",
         ],
     )?;
     let linker = output_of("bpf-linker", &["--version"]).unwrap_or_default();
@@ -162,14 +164,36 @@ fn setup() -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // The XDP crate only builds for BPF: lint it there, with its own toolchain.
     cargo(&[
         "clippy",
         "--workspace",
+        "--exclude",
+        "knock-ebpf",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ])?;
+    command(
+        "rustup",
+        &[
+            "run",
+            BPF_TOOLCHAIN,
+            "cargo",
+            "clippy",
+            "--package",
+            "knock-ebpf",
+            "--bins",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     cargo(&["build", "--package", "knock-user"])?;
     // The integration tests mostly wait on timers: run more at once than
     // there are cores.
