@@ -20,24 +20,44 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// Offset of the IPv4 source address in an untagged Ethernet frame.
+/// Offsets in an untagged Ethernet + 20-byte IPv4 + TCP frame.
+const IPV4_CHECKSUM: usize = 14 + 10;
 const IPV4_SRC: usize = 14 + 12;
+const TCP_CHECKSUM: usize = 14 + 20 + 16;
 
-/// Under BPF_PROG_TEST_RUN live frames: rewrites the IPv4 source address of
-/// the template frame to a random one and transmits it.
+/// RFC 1624 incremental update of a ones'-complement checksum after a
+/// 32-bit field changed from `old` to `new`.
+#[inline(always)]
+fn updated_checksum(checksum: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
+    let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    let mut sum = u32::from(!u16::from_be_bytes(checksum));
+    sum += (!word(old, 0) & 0xffff) + (!word(old, 2) & 0xffff) + word(new, 0) + word(new, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// Under BPF_PROG_TEST_RUN live frames: gives the template TCP/IPv4 frame a
+/// random source address, keeping both checksums valid so the kernel's
+/// stack and conntrack judge it like a real packet, and transmits it.
 #[xdp]
 pub fn xdp_flood(ctx: XdpContext) -> u32 {
     let start = ctx.data();
-    if start + IPV4_SRC + 4 > ctx.data_end() {
+    if start + TCP_CHECKSUM + 2 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
     // SAFETY: a helper without arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    // SAFETY: the check above keeps the 4 bytes inside the frame; u8
-    // writes need no alignment.
+    let new = unsafe { bpf_get_prandom_u32() }.to_be_bytes();
+    // SAFETY: the check above keeps every access inside the frame; byte
+    // arrays need no alignment.
     unsafe {
         let src = (start + IPV4_SRC) as *mut [u8; 4];
-        *src = random.to_be_bytes();
+        let ip_checksum = (start + IPV4_CHECKSUM) as *mut [u8; 2];
+        let tcp_checksum = (start + TCP_CHECKSUM) as *mut [u8; 2];
+        let old = *src;
+        *ip_checksum = updated_checksum(*ip_checksum, old, new);
+        *tcp_checksum = updated_checksum(*tcp_checksum, old, new);
+        *src = new;
     }
     xdp_action::XDP_TX
 }

@@ -5,23 +5,28 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr, TcpStream},
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
-    time::Duration,
+    process::Stdio,
+    time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, ensure};
 use aya::{
     Ebpf,
     maps::HashMap,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use knock_common::{Grant, Progress, SourceRule, ipv4_mapped, map_names};
-use lab::frames::{Frame, TCP_ACK, TCP_SYN};
+use knock_common::{Flow, FlowKey, Grant, Progress, SourceRule, ipv4_mapped, map_names};
+use lab::{
+    Lab,
+    frames::{Frame, TCP_ACK, TCP_SYN},
+};
 use xknock::{
-    config::{Config, KernelConfig},
-    filter::{BASELINE_OBJECT, Filter, monotonic_ns},
+    config::{Config, KernelConfig, PortSpec},
+    filter::{AttachMode, BASELINE_OBJECT, Filter, monotonic_ns},
+    knock,
 };
 
 const CLIENT: &str = "198.18.0.2";
@@ -34,6 +39,13 @@ const SECOND_NS: u64 = 1_000_000_000;
 pub struct Effort {
     pub repeat: u32,
     pub trials: usize,
+    /// Knock-to-connect measurements per knocker.
+    pub tries: usize,
+}
+
+pub struct OpenTimes {
+    pub xknock: Stat,
+    pub knockd: Stat,
 }
 
 impl Effort {
@@ -42,11 +54,13 @@ impl Effort {
             Effort {
                 repeat: 100_000,
                 trials: 3,
+                tries: 5,
             }
         } else {
             Effort {
                 repeat: 1_000_000,
                 trials: 7,
+                tries: 25,
             }
         }
     }
@@ -319,6 +333,115 @@ fn map_fd(map: &aya::maps::Map) -> anyhow::Result<i32> {
     Ok(fd)
 }
 
+/// Milliseconds from the start of a knock to the first TCP connection to the
+/// protected port, measured on the client: the knock is sent in-process, then
+/// a connection is tried every 5 ms until one opens.
+fn open_time(lab: &Lab) -> anyhow::Result<f64> {
+    let server = ip(SERVER);
+    lab.client.within(move || -> anyhow::Result<f64> {
+        let steps: Vec<PortSpec> = ["tcp:7291", "udp:4728", "tcp:6742"]
+            .iter()
+            .map(|s| s.parse().map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?;
+        let target = SocketAddr::new(server, 22);
+        let start = Instant::now();
+        knock::send_sequence(server, &steps, Duration::ZERO)?;
+        loop {
+            match TcpStream::connect_timeout(&target, Duration::from_millis(5)) {
+                Ok(_) => return Ok(start.elapsed().as_secs_f64() * 1e3),
+                Err(error) if start.elapsed() > Duration::from_secs(5) => {
+                    anyhow::bail!("port 22 did not open within 5 s: {error}")
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+/// Removes every entry of a hash map of `filter`.
+fn clear<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str) -> anyhow::Result<()> {
+    let mut map: HashMap<_, K, V> = filter
+        .ebpf_mut()
+        .map_mut(name)
+        .context(name.to_owned())?
+        .try_into()?;
+    let keys: Vec<K> = map.keys().collect::<Result<_, _>>()?;
+    for key in keys {
+        map.remove(&key)?;
+    }
+    Ok(())
+}
+
+/// Time to open with xknock attached natively to the server's veth.
+fn time_to_open_xknock(tries: usize) -> anyhow::Result<Stat> {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = bench_config("");
+    let iface = lab.server_if.clone();
+    // Attached from inside the server namespace, where the interface is.
+    let mut filter = lab.server.within(move || -> anyhow::Result<Filter> {
+        let mut filter = Filter::load(&config)?;
+        filter.attach(&iface, AttachMode::Native)?;
+        Ok(filter)
+    })?;
+    let mut samples = Vec::with_capacity(tries);
+    for _ in 0..tries {
+        samples.push(open_time(&lab)?);
+        clear::<SourceRule, Grant>(&mut filter, map_names::GRANTS)?;
+        clear::<FlowKey, Flow>(&mut filter, map_names::FLOWS)?;
+    }
+    Ok(Stat::of(samples))
+}
+
+/// Time to open with knockd and the iptables rule its documentation shows.
+fn time_to_open_knockd(tries: usize) -> anyhow::Result<Stat> {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let dir = tempfile::tempdir()?;
+    let iptables = |args: &[&str]| -> anyhow::Result<()> {
+        let status = lab.server.command("iptables").args(args).status()?;
+        ensure!(status.success(), "iptables {} failed", args.join(" "));
+        Ok(())
+    };
+    iptables(&["-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP"])?;
+    let conf = dir.path().join("knockd.conf");
+    fs::write(
+        &conf,
+        format!(
+            "[options]\n    logfile = {}\n\n[openSSH]\n    sequence = 7291:tcp,4728:udp,6742:tcp\n    \
+             seq_timeout = 10\n    tcpflags = syn\n    \
+             command = /usr/sbin/iptables -I INPUT 1 -s %IP% -p tcp --dport 22 -j ACCEPT\n",
+            dir.path().join("knockd.log").display()
+        ),
+    )?;
+    let mut knockd = lab
+        .server
+        .command("knockd")
+        .arg("-c")
+        .arg(&conf)
+        .args(["-i", &lab.server_if])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting knockd")?;
+    // knockd opens its capture asynchronously; give it a moment.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut samples = Vec::with_capacity(tries);
+    let result = (|| -> anyhow::Result<()> {
+        for _ in 0..tries {
+            samples.push(open_time(&lab)?);
+            iptables(&[
+                "-D", "INPUT", "-s", CLIENT, "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+            ])?;
+        }
+        Ok(())
+    })();
+    let _ = knockd.kill();
+    let _ = knockd.wait();
+    result?;
+    Ok(Stat::of(samples))
+}
+
 pub fn run() -> anyhow::Result<()> {
     let effort = Effort::from_env();
     let out = crate::workspace_root().join("target/bench");
@@ -332,7 +455,12 @@ pub fn run() -> anyhow::Result<()> {
     let scale = scale(&effort)?;
     eprintln!("bench: memory");
     let memory = memory()?;
-    let report = render(&effort, pass, &paths, &scale, &memory);
+    eprintln!("bench: time to open ({} tries each)", effort.tries);
+    let open = OpenTimes {
+        xknock: time_to_open_xknock(effort.tries)?,
+        knockd: time_to_open_knockd(effort.tries)?,
+    };
+    let report = render(&effort, pass, &paths, &scale, &memory, &open);
     write(&out.join("report.md"), &report)?;
     write(&out.join("chart.svg"), &chart(pass, &paths))?;
     println!("{report}");
@@ -368,6 +496,7 @@ fn render(
     paths: &[PathCost],
     scale: &[ScaleRow],
     memory: &BTreeMap<String, u64>,
+    open: &OpenTimes,
 ) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -410,6 +539,29 @@ fn render(
             r.entries, r.step.median, r.granted.median, r.miss.median
         );
     }
+    let _ = writeln!(
+        md,
+        "\n## Time to open: knock start to first TCP connect, same veth topology\n"
+    );
+    let _ = writeln!(
+        md,
+        "| server | median ms | range ms | tries |\n| --- | ---: | ---: | ---: |"
+    );
+    for (name, stat) in [
+        ("xknock (XDP, native)", open.xknock),
+        ("knockd + iptables", open.knockd),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {name} | {:.3} | {:.3}-{:.3} | {} |",
+            stat.median, stat.min, stat.max, effort.tries
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nknockd takes {:.0} times as long (medians).",
+        open.knockd.median / open.xknock.median
+    );
     let total: u64 = memory.values().sum();
     let _ = writeln!(
         md,

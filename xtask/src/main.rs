@@ -25,6 +25,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "nftables",
+    "iptables",
 ];
 
 #[derive(Parser)]
