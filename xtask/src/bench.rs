@@ -16,11 +16,11 @@ use anyhow::{Context as _, ensure};
 use aya::{
     Ebpf,
     maps::HashMap,
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use knock_common::{Flow, FlowKey, Grant, Progress, SourceRule, ipv4_mapped, map_names};
 use lab::{
-    Lab,
+    Lab, Netns,
     frames::{Frame, TCP_ACK, TCP_SYN},
 };
 use xknock::{
@@ -41,6 +41,8 @@ pub struct Effort {
     pub trials: usize,
     /// Knock-to-connect measurements per knocker.
     pub tries: usize,
+    /// Spoofed SYNs per flood trial.
+    pub flood_frames: u32,
 }
 
 pub struct OpenTimes {
@@ -55,12 +57,14 @@ impl Effort {
                 repeat: 100_000,
                 trials: 3,
                 tries: 5,
+                flood_frames: 200_000,
             }
         } else {
             Effort {
                 repeat: 1_000_000,
                 trials: 7,
                 tries: 25,
+                flood_frames: 2_000_000,
             }
         }
     }
@@ -442,6 +446,305 @@ fn time_to_open_knockd(tries: usize) -> anyhow::Result<Stat> {
     Ok(Stat::of(samples))
 }
 
+/// What receives the flood on the server's veth.
+#[derive(Clone, Copy, Debug)]
+enum Receiver {
+    Xknock,
+    XdpDrop,
+    Nftables,
+    NftablesConntrack,
+    Iptables,
+}
+
+impl Receiver {
+    const ALL: [Receiver; 5] = [
+        Receiver::Xknock,
+        Receiver::XdpDrop,
+        Receiver::Nftables,
+        Receiver::NftablesConntrack,
+        Receiver::Iptables,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Receiver::Xknock => "xknock (XDP native, protected tcp:22)",
+            Receiver::XdpDrop => "bare XDP_DROP program (the limit)",
+            Receiver::Nftables => "nftables input hook: tcp dport 22 drop",
+            Receiver::NftablesConntrack => {
+                "nftables input with conntrack (ct state established accept)"
+            }
+            Receiver::Iptables => "iptables -A INPUT -p tcp --dport 22 -j DROP",
+        }
+    }
+}
+
+/// A receiver in place: whatever must stay alive while it drops.
+enum Installed {
+    Filter(Filter),
+    Program(#[expect(dead_code, reason = "held so the program stays attached")] Ebpf),
+    Netfilter,
+}
+
+pub struct FloodRow {
+    pub label: &'static str,
+    /// Spoofed SYNs dropped per second.
+    pub pps: Stat,
+    /// Of the frames generated, the share the receiver counted.
+    pub delivered: f64,
+}
+
+fn mac_of(ns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
+    let out = ns.ip(&["-o", "link", "show", "dev", iface]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .with_context(|| format!("no MAC for {iface}"))?;
+    let mut bytes = [0u8; 6];
+    for (byte, hex) in bytes.iter_mut().zip(mac.split(':')) {
+        *byte = u8::from_str_radix(hex, 16)?;
+    }
+    Ok(bytes)
+}
+
+/// The ones'-complement sum used by IPv4 and TCP, folded and inverted.
+fn internet_checksum(chunks: &[&[u8]]) -> [u8; 2] {
+    let mut sum: u32 = 0;
+    for chunk in chunks {
+        for pair in chunk.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// A TCP SYN to the server's port 22 addressed to its veth MAC, with valid
+/// checksums (the generator keeps them valid as it rewrites the source).
+fn flood_template(lab: &Lab) -> anyhow::Result<Vec<u8>> {
+    let mut frame = tcp(CLIENT, SERVER, 22, TCP_SYN);
+    frame[0..6].copy_from_slice(&mac_of(&lab.server, &lab.server_if)?);
+    frame[6..12].copy_from_slice(&mac_of(&lab.client, &lab.client_if)?);
+    let ip_checksum = internet_checksum(&[&frame[14..34]]);
+    frame[24..26].copy_from_slice(&ip_checksum);
+    let tcp_len = (frame.len() - 34) as u16;
+    let pseudo = [&frame[26..34], &[0, 6], &tcp_len.to_be_bytes()[..]].concat();
+    let tcp_checksum = internet_checksum(&[&pseudo, &frame[34..]]);
+    frame[50..52].copy_from_slice(&tcp_checksum);
+    Ok(frame)
+}
+
+/// Runs `command` with `args` in `ns`, failing with its stderr.
+fn run_in(ns: &Netns, command: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = ns.command(command).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "{command} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nft_ruleset(conntrack: bool) -> String {
+    let established = if conntrack {
+        "ct state established,related accept\n"
+    } else {
+        ""
+    };
+    format!(
+        "table inet bench {{\n chain input {{\n type filter hook input priority 0; policy accept;\n \
+         {established} tcp dport 22 counter drop\n }}\n}}\n"
+    )
+}
+
+fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed> {
+    let iface = lab.server_if.clone();
+    match receiver {
+        Receiver::Xknock => {
+            let config = bench_config("");
+            lab.server.within(move || -> anyhow::Result<Installed> {
+                let mut filter = Filter::load(&config)?;
+                filter.attach(&iface, AttachMode::Native)?;
+                Ok(Installed::Filter(filter))
+            })
+        }
+        Receiver::XdpDrop => lab.server.within(move || -> anyhow::Result<Installed> {
+            let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+            baseline(&mut ebpf, "xdp_drop")?;
+            let program: &mut Xdp = ebpf
+                .program_mut("xdp_drop")
+                .context("xdp_drop")?
+                .try_into()?;
+            let name = std::ffi::CString::new(iface)?;
+            program.attach(name.as_c_str(), XdpMode::Driver)?;
+            Ok(Installed::Program(ebpf))
+        }),
+        Receiver::Nftables | Receiver::NftablesConntrack | Receiver::Iptables => {
+            // Without an XDP program, veth takes XDP frames only with GRO on.
+            run_in(&lab.server, "ethtool", &["-K", &lab.server_if, "gro", "on"])?;
+            match receiver {
+                Receiver::Iptables => {
+                    run_in(
+                        &lab.server,
+                        "iptables",
+                        &["-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP"],
+                    )?;
+                }
+                _ => {
+                    let rules = nft_ruleset(matches!(receiver, Receiver::NftablesConntrack));
+                    let dir = tempfile::tempdir()?;
+                    let path = dir.path().join("bench.nft");
+                    fs::write(&path, rules)?;
+                    run_in(&lab.server, "nft", &["-f", path.to_str().context("utf-8")?])?;
+                }
+            }
+            Ok(Installed::Netfilter)
+        }
+    }
+}
+
+/// Moves the receiver's NAPI polling to a kernel thread of its own on CPU 1,
+/// so the generator (pinned to CPU 0) does not share a core with it.
+fn separate_cpus(lab: &Lab) -> anyhow::Result<()> {
+    let threaded = format!("echo 1 > /sys/class/net/{}/threaded", lab.server_if);
+    run_in(&lab.server, "sh", &["-c", &threaded])?;
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,comm"])
+        .output()?;
+    let prefix = format!("napi/{}-", lab.server_if);
+    let pids: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (pid, comm) = l.trim().split_once(' ')?;
+            comm.trim().starts_with(&prefix).then(|| pid.to_owned())
+        })
+        .collect();
+    ensure!(!pids.is_empty(), "no NAPI thread for {}", lab.server_if);
+    for pid in pids {
+        let status = std::process::Command::new("taskset")
+            .args(["-pc", "1", &pid])
+            .stdout(Stdio::null())
+            .status()?;
+        ensure!(status.success(), "taskset {pid}");
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        ensure!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Packets the receiver has dropped so far, by its own counters.
+fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> anyhow::Result<u64> {
+    match (receiver, installed) {
+        (Receiver::Xknock, Installed::Filter(filter)) => Ok(filter.counters()?["drop_protected"]),
+        (Receiver::XdpDrop, _) => {
+            let stats = run_in(&lab.server, "ethtool", &["-S", &lab.server_if])?;
+            stats
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("rx_queue_0_xdp_drops:"))
+                .context("no xdp_drops statistic")?
+                .trim()
+                .parse()
+                .map_err(Into::into)
+        }
+        (Receiver::Iptables, _) => {
+            let listing = run_in(&lab.server, "iptables", &["-L", "INPUT", "-v", "-x", "-n"])?;
+            let row = listing
+                .lines()
+                .find(|l| l.contains("dpt:22"))
+                .context("no iptables rule")?;
+            row.split_whitespace()
+                .next()
+                .context("no count")?
+                .parse()
+                .map_err(Into::into)
+        }
+        _ => {
+            let listing = run_in(&lab.server, "nft", &["list", "table", "inet", "bench"])?;
+            let counted = listing
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .context("no nft counter")?;
+            counted.parse().map_err(Into::into)
+        }
+    }
+}
+
+/// Sends `frames` spoofed SYNs out of the client's veth with BPF_PROG_TEST_RUN
+/// in live-frames mode; returns the seconds it took.
+fn generate(lab: &Lab, template: Vec<u8>, frames: u32) -> anyhow::Result<f64> {
+    let iface = lab.client_if.clone();
+    lab.client.within(move || -> anyhow::Result<f64> {
+        pin_to_cpu(0)?;
+        let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+        baseline(&mut ebpf, "xdp_flood")?;
+        let program: &Xdp = ebpf.program("xdp_flood").context("xdp_flood")?.try_into()?;
+        let name = std::ffi::CString::new(iface)?;
+        // SAFETY: a valid NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        ensure!(index != 0, "no client interface");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(template.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&index.to_ne_bytes());
+        let start = Instant::now();
+        program.test_run(TestRunOptions {
+            data_in: Some(&template),
+            ctx_in: Some(&ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        })?;
+        Ok(start.elapsed().as_secs_f64())
+    })
+}
+
+/// Spoofed-SYN flood throughput of each receiver, in its own lab.
+pub fn flood(effort: &Effort) -> anyhow::Result<Vec<FloodRow>> {
+    let mut rows = Vec::new();
+    for receiver in Receiver::ALL {
+        let lab = Lab::new();
+        let installed = install(&lab, receiver)?;
+        separate_cpus(&lab)?;
+        let template = flood_template(&lab)?;
+        let mut rates = Vec::new();
+        let mut counted = 0;
+        for _ in 0..effort.trials {
+            let before = dropped(&lab, receiver, &installed)?;
+            let seconds = generate(&lab, template.clone(), effort.flood_frames)?;
+            // Let the receiver finish what is queued.
+            std::thread::sleep(Duration::from_millis(200));
+            let got = dropped(&lab, receiver, &installed)? - before;
+            counted += got;
+            rates.push(got as f64 / seconds);
+        }
+        rows.push(FloodRow {
+            label: receiver.label(),
+            pps: Stat::of(rates),
+            delivered: counted as f64 / (f64::from(effort.flood_frames) * effort.trials as f64),
+        });
+        drop(installed);
+    }
+    Ok(rows)
+}
+
 pub fn run() -> anyhow::Result<()> {
     let effort = Effort::from_env();
     let out = crate::workspace_root().join("target/bench");
@@ -460,7 +763,12 @@ pub fn run() -> anyhow::Result<()> {
         xknock: time_to_open_xknock(effort.tries)?,
         knockd: time_to_open_knockd(effort.tries)?,
     };
-    let report = render(&effort, pass, &paths, &scale, &memory, &open);
+    eprintln!(
+        "bench: spoofed SYN flood ({} trials x {} frames)",
+        effort.trials, effort.flood_frames
+    );
+    let flood = flood(&effort)?;
+    let report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
     write(&out.join("report.md"), &report)?;
     write(&out.join("chart.svg"), &chart(pass, &paths))?;
     println!("{report}");
@@ -497,6 +805,7 @@ fn render(
     scale: &[ScaleRow],
     memory: &BTreeMap<String, u64>,
     open: &OpenTimes,
+    flood: &[FloodRow],
 ) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -562,6 +871,36 @@ fn render(
         "\nknockd takes {:.0} times as long (medians).",
         open.knockd.median / open.xknock.median
     );
+    let _ = writeln!(
+        md,
+        "\n## Spoofed SYN flood to the protected port (random sources, live-frames BPF_PROG_TEST_RUN over veth)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| receiver | dropped pkt/s (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    let _ = writeln!(
+        md,
+        "The generator runs on CPU 0 and the receiving veth's NAPI thread on CPU 1. The rate is what the \
+         receiver itself counted per second; \"frames counted\" is the share of generated frames it saw \
+         (the rest overflowed veth's ring when the generator outran it).\n"
+    );
+    let limit = flood
+        .iter()
+        .find(|r| r.label.starts_with("bare XDP_DROP"))
+        .map_or(1.0, |r| r.pps.median);
+    for row in flood {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0}-{:.0} | {:.2} | {:.1} % |",
+            row.label,
+            row.pps.median,
+            row.pps.min,
+            row.pps.max,
+            row.pps.median / limit,
+            row.delivered * 100.0
+        );
+    }
     let total: u64 = memory.values().sum();
     let _ = writeln!(
         md,

@@ -26,6 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "nftables",
     "iptables",
+    "ethtool",
 ];
 
 #[derive(Parser)]
