@@ -200,9 +200,10 @@ fn test() -> anyhow::Result<()> {
     // The integration tests mostly wait on timers: run more at once than
     // there are cores.
     let xknock = workspace_root().join("target/debug/xknock");
-    eprintln!("xtask: cargo test --workspace");
+    eprintln!("xtask: cargo test --workspace -- --nocapture");
+    // --nocapture: the differential and flood tests report what they compared.
     let status = Command::new(env!("CARGO"))
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--", "--nocapture"])
         .env("XKNOCK_BIN", &xknock)
         .env("RUST_TEST_THREADS", "6")
         .current_dir(workspace_root())
