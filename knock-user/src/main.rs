@@ -1,6 +1,8 @@
 //! `xknock`: a port-knocking firewall that filters at XDP.
 
-use std::{fs, os::fd::AsRawFd as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    fs, io::Write as _, os::fd::AsRawFd as _, path::PathBuf, process::ExitCode, time::Duration,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -175,7 +177,7 @@ fn run(
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    runtime.block_on(stream_events(&mut filter, &config, &kernel, format))?;
+    let streamed = runtime.block_on(stream_events(&mut filter, &config, &kernel, format));
     let counters = filter.counters()?;
     drop(filter);
     eprintln!("xknock: detached from {}", ifaces.join(", "));
@@ -185,7 +187,7 @@ fn run(
         .map(|(name, n)| format!("{name}={n}"))
         .collect();
     eprintln!("xknock: verdicts: {}", counted.join(" "));
-    Ok(())
+    streamed
 }
 
 /// Events printed before the loop looks at signals and the sweeper again.
@@ -209,7 +211,12 @@ async fn stream_events(
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    let print = |record: Record| println!("{}", record.render(format));
+    // A closed stdout (say `xknock run | head`) ends the run cleanly: the
+    // caller then detaches.
+    let print = |record: Record| -> anyhow::Result<()> {
+        writeln!(std::io::stdout().lock(), "{}", record.render(format))
+            .context("writing events to stdout")
+    };
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -221,7 +228,7 @@ async fn stream_events(
                 while drained < EVENTS_PER_TURN {
                     let Some(item) = ring.next() else { break };
                     match Record::from_kernel(&item, config) {
-                        Ok(record) => print(record),
+                        Ok(record) => print(record)?,
                         Err(error) => eprintln!("xknock: skipping an event: {error}"),
                     }
                     drained += 1;
@@ -232,7 +239,7 @@ async fn stream_events(
             }
             _ = sweep.tick() => {
                 for grant in filter.sweep(kernel)? {
-                    print(Record::expired(&grant, config));
+                    print(Record::expired(&grant, config))?;
                 }
             }
             _ = sigint.recv() => return Ok(()),
