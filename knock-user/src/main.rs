@@ -152,10 +152,10 @@ fn run(
     mode: AttachMode,
 ) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    let ifaces = if ifaces.is_empty() {
-        config.interfaces.clone()
+    let (ifaces, source) = if ifaces.is_empty() {
+        (config.interfaces.clone(), "interfaces")
     } else {
-        ifaces
+        (ifaces, "--iface")
     };
     if ifaces.is_empty() {
         bail!(
@@ -164,7 +164,7 @@ fn run(
         );
     }
     for iface in &ifaces {
-        check_interface(iface).context("interfaces")?;
+        check_interface(iface).context(source)?;
     }
     let kernel = KernelConfig::try_from(&config)?;
     // Maps are filled before the program is attached anywhere.
