@@ -94,7 +94,7 @@ fn run_on_an_unknown_interface_attaches_nowhere() {
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("no interface named `xknone0`"),
+        stderr(&out).contains("--iface: no interface named `xknone0`"),
         "{}",
         stderr(&out)
     );
