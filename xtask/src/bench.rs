@@ -877,13 +877,13 @@ fn render(
     );
     let _ = writeln!(
         md,
-        "| receiver | dropped pkt/s (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |"
-    );
-    let _ = writeln!(
-        md,
         "The generator runs on CPU 0 and the receiving veth's NAPI thread on CPU 1. The rate is what the \
          receiver itself counted per second; \"frames counted\" is the share of generated frames it saw \
          (the rest overflowed veth's ring when the generator outran it).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| receiver | dropped pkt/s (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |"
     );
     let limit = flood
         .iter()
@@ -899,6 +899,55 @@ fn render(
             row.pps.max,
             row.pps.median / limit,
             row.delivered * 100.0
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Targets\n\n| target | measured | met |\n| --- | ---: | :---: |"
+    );
+    let by_label = |start: &str| {
+        flood
+            .iter()
+            .find(|r| r.label.starts_with(start))
+            .map_or(f64::NAN, |r| r.pps.median)
+    };
+    let xknock = by_label("xknock");
+    let unprotected = paths
+        .iter()
+        .find(|p| p.path == "unprotected TCP ACK")
+        .map_or(f64::NAN, |p| p.stat.median / pass.median);
+    let targets = [
+        (
+            "unprotected TCP costs at most 1.2x XDP_PASS",
+            unprotected,
+            unprotected <= 1.2,
+        ),
+        (
+            "flood dropped at >= 0.9x the XDP_DROP rate",
+            xknock / by_label("bare XDP_DROP"),
+            xknock >= 0.9 * by_label("bare XDP_DROP"),
+        ),
+        (
+            "flood: >= 4.5x nftables input",
+            xknock / by_label("nftables input hook"),
+            xknock >= 4.5 * by_label("nftables input hook"),
+        ),
+        (
+            "flood: >= 7x nftables with conntrack",
+            xknock / by_label("nftables input with"),
+            xknock >= 7.0 * by_label("nftables input with"),
+        ),
+        (
+            "time to open under 1 ms (ms)",
+            open.xknock.median,
+            open.xknock.median < 1.0,
+        ),
+    ];
+    for (target, measured, met) in targets {
+        let _ = writeln!(
+            md,
+            "| {target} | {measured:.2} | {} |",
+            if met { "yes" } else { "**no**" }
         );
     }
     let total: u64 = memory.values().sum();
