@@ -326,72 +326,83 @@ fn ack_and_syn_probes_of_protected_and_knock_ports_get_no_answer() {
     assert_eq!(nmap_state(&syn, 22), "open", "granted source sees 22 open");
 }
 
-#[test]
-fn allowlisted_ipv4_source_reaches_protected_port_without_knocking() {
+/// The client's and server's addresses in one family, and prefixes for it.
+struct Family {
+    client: &'static str,
+    server: &'static str,
+    /// The client alone.
+    host_prefix: &'static str,
+    /// The whole lab subnet.
+    net_prefix: &'static str,
+}
+
+const IPV4: Family = Family {
+    client: CLIENT_V4,
+    server: SERVER_V4,
+    host_prefix: "198.18.0.2/32",
+    net_prefix: "198.18.0.0/24",
+};
+
+const IPV6: Family = Family {
+    client: CLIENT_V6,
+    server: SERVER_V6,
+    host_prefix: "fd18::2/128",
+    net_prefix: "fd18::/64",
+};
+
+/// The client's `allowed` address reaches port 22 without knocking; its
+/// address in the `other` family does not.
+fn allowlisted_source_reaches_without_knocking(allowed: &Family, other: &Family) {
     let lab = Lab::new();
     lab.tcp_listener(22);
-    let config = config_with(&format!("allow = [\"{CLIENT_V4}/32\"]"), "30s");
+    let config = config_with(&format!("allow = [\"{}\"]", allowed.host_prefix), "30s");
     let _xknock = Xknock::start(&lab, &config, &[], false);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
-    // The client's IPv6 address is not on the list.
-    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(allowed.server, 22), Reach::Open);
+    assert_eq!(lab.tcp_connect(other.server, 22), Reach::Silent);
+}
+
+/// A knock from the `denied` prefix is ignored; the same knock from the
+/// client's address in the `other` family opens (so the knock itself was right).
+fn denylisted_prefix_knocks_are_ignored(denied: &Family, other: &Family) {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = config_with(&format!("deny = [\"{}\"]", denied.net_prefix), "30s");
+    let xknock = Xknock::start(&lab, &config, &[], false);
+    article_knock(&lab, denied.server);
+    assert_eq!(lab.tcp_connect(denied.server, 22), Reach::Silent);
+    let from_denied: Vec<Value> = xknock
+        .events()
+        .into_iter()
+        .filter(|e| e["source"] == denied.client && e["event"] != "denied")
+        .collect();
+    assert!(
+        from_denied.is_empty(),
+        "a denied source's knock must be ignored: {from_denied:#?}"
+    );
+    article_knock(&lab, other.server);
+    xknock.expect_event(&[("event", "grant"), ("source", other.client)]);
+    assert_eq!(lab.tcp_connect(other.server, 22), Reach::Open);
+    assert_eq!(lab.tcp_connect(denied.server, 22), Reach::Silent);
 }
 
 #[test]
-fn denylisted_ipv4_prefix_knocks_are_ignored() {
-    let lab = Lab::new();
-    lab.tcp_listener(22);
-    let config = config_with("deny = [\"198.18.0.0/24\"]", "30s");
-    let xknock = Xknock::start(&lab, &config, &[], false);
-    article_knock(&lab, SERVER_V4);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
-    let from_v4: Vec<Value> = xknock
-        .events()
-        .into_iter()
-        .filter(|e| e["source"] == CLIENT_V4 && e["event"] != "denied")
-        .collect();
-    assert!(
-        from_v4.is_empty(),
-        "a denied source's knock must be ignored: {from_v4:#?}"
-    );
-    // The same knock from the client's IPv6 address, not on the list, opens.
-    article_knock(&lab, SERVER_V6);
-    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
-    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+fn allowlisted_ipv4_source_reaches_protected_port_without_knocking() {
+    allowlisted_source_reaches_without_knocking(&IPV4, &IPV6);
 }
 
 #[test]
 fn allowlisted_ipv6_source_reaches_over_ipv6_only() {
-    let lab = Lab::new();
-    lab.tcp_listener(22);
-    let config = config_with(&format!("allow = [\"{CLIENT_V6}/128\"]"), "30s");
-    let _xknock = Xknock::start(&lab, &config, &[], false);
-    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    allowlisted_source_reaches_without_knocking(&IPV6, &IPV4);
+}
+
+#[test]
+fn denylisted_ipv4_prefix_knocks_are_ignored() {
+    denylisted_prefix_knocks_are_ignored(&IPV4, &IPV6);
 }
 
 #[test]
 fn denylisted_ipv6_prefix_knocks_are_ignored_ipv4_still_knocks() {
-    let lab = Lab::new();
-    lab.tcp_listener(22);
-    let config = config_with("deny = [\"fd18::/64\"]", "30s");
-    let xknock = Xknock::start(&lab, &config, &[], false);
-    article_knock(&lab, SERVER_V6);
-    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
-    let from_v6: Vec<Value> = xknock
-        .events()
-        .into_iter()
-        .filter(|e| e["source"] == CLIENT_V6 && e["event"] != "denied")
-        .collect();
-    assert!(
-        from_v6.is_empty(),
-        "a denied source's knock must be ignored: {from_v6:#?}"
-    );
-    article_knock(&lab, SERVER_V4);
-    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
-    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
+    denylisted_prefix_knocks_are_ignored(&IPV6, &IPV4);
 }
 
 #[test]
