@@ -79,6 +79,17 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// "median | min-max" table cells with `decimals` digits.
+    fn cells(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} | {:.d$}-{:.d$}",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+
     fn of(mut samples: Vec<f64>) -> Stat {
         samples.sort_by(f64::total_cmp);
         Stat {
@@ -822,17 +833,15 @@ fn render(
     );
     let _ = writeln!(
         md,
-        "| XDP_PASS program (baseline) | {:.1} | {:.1}-{:.1} | 1.00 |",
-        pass.median, pass.min, pass.max
+        "| XDP_PASS program (baseline) | {} | 1.00 |",
+        pass.cells(1)
     );
     for p in paths {
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.1}-{:.1} | {:.2} |",
+            "| {} | {} | {:.2} |",
             p.path,
-            p.stat.median,
-            p.stat.min,
-            p.stat.max,
+            p.stat.cells(1),
             p.stat.median / pass.median
         );
     }
@@ -860,11 +869,7 @@ fn render(
         ("xknock (XDP, native)", open.xknock),
         ("knockd + iptables", open.knockd),
     ] {
-        let _ = writeln!(
-            md,
-            "| {name} | {:.3} | {:.3}-{:.3} | {} |",
-            stat.median, stat.min, stat.max, effort.tries
-        );
+        let _ = writeln!(md, "| {name} | {} | {} |", stat.cells(3), effort.tries);
     }
     let _ = writeln!(
         md,
@@ -892,11 +897,9 @@ fn render(
     for row in flood {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0}-{:.0} | {:.2} | {:.1} % |",
+            "| {} | {} | {:.2} | {:.1} % |",
             row.label,
-            row.pps.median,
-            row.pps.min,
-            row.pps.max,
+            row.pps.cells(0),
             row.pps.median / limit,
             row.delivered * 100.0
         );
