@@ -190,8 +190,18 @@ fn later_fragments_and_non_ip_frames_pass() {
     assert_eq!(counters["pass_not_ip"], 1, "{counters:?}");
 }
 
-/// Sends raw Ethernet frames out of `iface` (inside the current namespace).
+/// Sends raw Ethernet frames out of `iface` (inside the current namespace),
+/// 5 ms apart so each knock step arrives in order and on time.
 fn send_raw(iface: &str, frames: &[Vec<u8>]) {
+    send_raw_paced(iface, frames, Duration::from_millis(5));
+}
+
+/// Sends raw frames back to back.
+fn send_raw_fast(iface: &str, frames: &[Vec<u8>]) {
+    send_raw_paced(iface, frames, Duration::ZERO);
+}
+
+fn send_raw_paced(iface: &str, frames: &[Vec<u8>], pause: Duration) {
     let name = std::ffi::CString::new(iface).expect("name");
     // SAFETY: plain socket calls on a fd this function owns and closes.
     unsafe {
@@ -222,7 +232,7 @@ fn send_raw(iface: &str, frames: &[Vec<u8>]) {
                 "sendto: {}",
                 std::io::Error::last_os_error()
             );
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
         }
         libc::close(fd);
     }
@@ -276,4 +286,50 @@ fn tagged_and_extension_header_knocks_over_veth_open_the_door() {
         verdicts.contains("drop_ext_header_chain_too_long=3"),
         "{verdicts}"
     );
+}
+
+#[test]
+fn hostile_garbage_over_veth_leaves_the_filter_working() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let xknock = Xknock::start(&lab, &article_config("60s", "\"tcp:22\""), &[], false);
+    // Random bytes behind IPv4, IPv6 and VLAN EtherTypes, and real knock
+    // frames cut short, from a fixed seed so a failure can be replayed.
+    let mut seed: u64 = 0x5eed_cafe_f00d_d00d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let knocks = knock_frames(CLIENT_V4, SERVER_V4, &|_: &mut Frame| {});
+    let mut garbage = Vec::new();
+    for i in 0..3000 {
+        let len = 14 + (next() % 200) as usize;
+        let mut frame: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let ethertype: [u8; 2] = match i % 4 {
+            0 => [0x08, 0x00],
+            1 => [0x86, 0xdd],
+            2 => [0x81, 0x00],
+            _ => [0x88, 0xa8],
+        };
+        frame[12..14].copy_from_slice(&ethertype);
+        garbage.push(frame);
+        let knock = &knocks[i % knocks.len()];
+        garbage.push(knock[..14 + (next() as usize % (knock.len() - 14))].to_vec());
+    }
+    let iface = lab.client_if.clone();
+    lab.client.within(move || send_raw_fast(&iface, &garbage));
+    // Still attached, still deciding: a real knock opens the door.
+    assert_eq!(lab.attached_xdp().as_deref(), Some("xdp"));
+    lab::knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), lab::Reach::Open);
+    let (status, log) = xknock.stop();
+    assert!(status.success(), "{log:?}");
+    let verdicts = log
+        .iter()
+        .find(|l| l.contains("verdicts:"))
+        .expect("verdict line");
+    assert!(verdicts.contains("drop_malformed="), "{verdicts}");
 }
