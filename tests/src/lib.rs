@@ -577,12 +577,41 @@ pub fn ssh_timed_out(output: &Output) -> bool {
     !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("timed out")
 }
 
+/// The 2007 article's knock, as `xknock knock` steps.
+pub const ARTICLE_STEPS: [&str; 3] = ["tcp:3721", "udp:4728", "tcp:6742"];
+
 /// A TOML rule for tests: the article's sequence protecting `protect`.
 pub fn article_config(open_for: &str, protect: &str) -> String {
+    let sequence: Vec<String> = ARTICLE_STEPS.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
-        "[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:3721\", \"udp:4728\", \"tcp:6742\"]\n\
-         sequence_timeout = \"5s\"\nopen_for = \"{open_for}\"\nprotect = [{protect}]\n"
+        "[[rule]]\nname = \"ssh\"\nsequence = [{}]\n\
+         sequence_timeout = \"5s\"\nopen_for = \"{open_for}\"\nprotect = [{protect}]\n",
+        sequence.join(", ")
     )
+}
+
+/// `host` in the form `xknock knock` takes (IPv6 in brackets).
+pub fn knock_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// The article's knock from the client to `server` (its IPv4 or IPv6 address).
+pub fn article_knock(lab: &Lab, server: &str) {
+    let host = knock_host(server);
+    let mut args = vec![host.as_str()];
+    args.extend(ARTICLE_STEPS);
+    knock(lab, &args);
+}
+
+/// The "verdicts:" line xknock prints when it stops, from its log.
+pub fn verdicts(log: &[String]) -> Option<&str> {
+    log.iter()
+        .find(|l| l.contains("verdicts:"))
+        .map(String::as_str)
 }
 
 /// Runs `xknock knock` from the client namespace.

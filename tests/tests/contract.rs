@@ -14,30 +14,10 @@ use std::{
 };
 
 use lab::{
-    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Xknock, article_config, event_matches,
-    knock, require_program,
+    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Xknock, article_config, article_knock,
+    event_matches, require_program,
 };
 use serde_json::Value;
-
-/// The article's knock, as `xknock knock` arguments after the host.
-const ARTICLE_STEPS: [&str; 3] = ["tcp:3721", "udp:4728", "tcp:6742"];
-
-/// `host` in the form `xknock knock` takes (IPv6 in brackets).
-fn knock_host(host: &str) -> String {
-    if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    }
-}
-
-/// The article's knock from the client to `server` (its IPv4 or IPv6 address).
-fn article_knock(lab: &Lab, server: &str) {
-    let host = knock_host(server);
-    let mut args = vec![host.as_str()];
-    args.extend(ARTICLE_STEPS);
-    knock(lab, &args);
-}
 
 /// Waits until more than `already` events match `fields`.
 fn wait_for_more_events(
@@ -491,11 +471,7 @@ fn spoofed_first_step_flood_leaves_grants_flows_and_new_knocks_working() {
         .iter()
         .any(|e| event_matches(e, &[("event", "grant"), ("source", CLIENT_V6)]));
     let (_, log) = xknock.stop();
-    let verdicts = log
-        .iter()
-        .find(|l| l.contains("verdicts:"))
-        .cloned()
-        .unwrap_or_default();
+    let verdicts = lab::verdicts(&log).unwrap_or_default().to_owned();
     let (sent, statistics) = sent.unwrap_or_else(|| {
         panic!("no statistics from hping3: {flood_output:?}\n{verdicts}\nduring: {v6_during:?}")
     });

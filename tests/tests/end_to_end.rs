@@ -4,8 +4,8 @@
 use std::{thread, time::Duration};
 
 use lab::{
-    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Sshd, Xknock, article_config, knock,
-    require_program, ssh_timed_out,
+    ARTICLE_STEPS, CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Sshd, Xknock,
+    article_config, article_knock, knock, require_program, ssh_timed_out,
 };
 
 fn config_file(lab_dir: &tempfile::TempDir, text: &str) -> String {
@@ -73,7 +73,7 @@ fn ssh_session_opened_during_grant_outlives_it() {
     let lab = Lab::new();
     let sshd = Sshd::start(&lab);
     let xknock = Xknock::start(&lab, &article_config("2s", "\"tcp:22\""), &[], false);
-    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant")]);
     // The session prints, outlives the grant, then prints again.
     let session = sshd
@@ -115,17 +115,14 @@ fn sequence_slower_than_its_timeout_does_not_open() {
     let config = article_config("30s", "\"tcp:22\"")
         .replace("sequence_timeout = \"5s\"", "sequence_timeout = \"1s\"");
     let xknock = Xknock::start(&lab, &config, &[], false);
-    knock(
-        &lab,
-        &[
-            "--delay", "700ms", SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742",
-        ],
-    );
+    let mut slow = vec!["--delay", "700ms", SERVER_V4];
+    slow.extend(ARTICLE_STEPS);
+    knock(&lab, &slow);
     xknock.expect_event(&[("event", "reset"), ("reason", "timeout")]);
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
     assert!(!xknock.events().iter().any(|e| e["event"] == "grant"));
     // The same knock in time opens.
-    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant")]);
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
 }
@@ -136,15 +133,7 @@ fn ipv6_knock_opens_for_the_ipv6_source_only() {
     lab.tcp_listener(22);
     let xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
     assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
-    knock(
-        &lab,
-        &[
-            &format!("[{SERVER_V6}]"),
-            "tcp:3721",
-            "udp:4728",
-            "tcp:6742",
-        ],
-    );
+    article_knock(&lab, SERVER_V6); // as `xknock knock [fd18::1] ...`
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
     assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
     // The grant belongs to the IPv6 address, not to the host.
@@ -157,7 +146,7 @@ fn udp_protected_port_opens_after_knock() {
     lab.udp_echo(51820);
     let xknock = Xknock::start(&lab, &article_config("30s", "\"udp:51820\""), &[], false);
     assert_eq!(lab.udp_exchange(SERVER_V4, 51820), Reach::Silent);
-    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant")]);
     assert_eq!(lab.udp_exchange(SERVER_V4, 51820), Reach::Open);
 }
@@ -255,7 +244,7 @@ fn a_source_that_keeps_failing_is_ignored_for_the_penalty() {
         "{penalized}"
     );
     // The right sequence is ignored while the penalty lasts...
-    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    article_knock(&lab, SERVER_V4);
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
     assert!(
         !xknock.events().iter().any(|e| e["event"] == "grant"),
@@ -264,14 +253,11 @@ fn a_source_that_keeps_failing_is_ignored_for_the_penalty() {
     );
     // ...and works once it is over.
     thread::sleep(Duration::from_millis(3200));
-    knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
     let (_, log) = xknock.stop();
-    let verdicts = log
-        .iter()
-        .find(|l| l.contains("verdicts:"))
-        .expect("verdict line");
+    let verdicts = lab::verdicts(&log).expect("verdict line");
     // Only the ignored first step counts as penalized: the later steps match
     // no progress and drop as knock-port packets.
     assert!(verdicts.contains("drop_penalized=1"), "{verdicts}");

@@ -278,10 +278,7 @@ fn tagged_and_extension_header_knocks_over_veth_open_the_door() {
     );
     let (status, log) = xknock.stop();
     assert!(status.success());
-    let verdicts = log
-        .iter()
-        .find(|l| l.contains("verdicts:"))
-        .expect("verdict line");
+    let verdicts = lab::verdicts(&log).expect("verdict line");
     assert!(
         verdicts.contains("drop_ext_header_chain_too_long=3"),
         "{verdicts}"
@@ -322,14 +319,11 @@ fn hostile_garbage_over_veth_leaves_the_filter_working() {
     lab.client.within(move || send_raw_fast(&iface, &garbage));
     // Still attached, still deciding: a real knock opens the door.
     assert_eq!(lab.attached_xdp().as_deref(), Some("xdp"));
-    lab::knock(&lab, &[SERVER_V4, "tcp:3721", "udp:4728", "tcp:6742"]);
+    lab::article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), lab::Reach::Open);
     let (status, log) = xknock.stop();
     assert!(status.success(), "{log:?}");
-    let verdicts = log
-        .iter()
-        .find(|l| l.contains("verdicts:"))
-        .expect("verdict line");
+    let verdicts = lab::verdicts(&log).expect("verdict line");
     assert!(verdicts.contains("drop_malformed="), "{verdicts}");
 }
