@@ -38,6 +38,7 @@ pub mod map_names {
     pub const PENALTIES: &str = "PENALTIES";
     pub const ALLOW: &str = "ALLOW";
     pub const DENY: &str = "DENY";
+    pub const SOURCE_HORIZONS: &str = "SOURCE_HORIZONS";
 }
 
 /// Name of the XDP program in the BPF object.
@@ -92,11 +93,19 @@ pub struct Settings {
     /// Failed attempts (progress resets) within `penalty_window_ns` that get
     /// a source's knocks ignored for `penalty_ns`; zero disables the penalty.
     pub penalty_failures: u32,
-    pub _pad: u32,
+    /// `SourceHorizon::knocking_until` is raised this many horizon units
+    /// past now: it covers the longest sequence timeout.
+    pub knocking_horizon: u32,
     pub penalty_window_ns: u64,
     pub penalty_ns: u64,
+    /// `SourceHorizon::admitted_until` is raised this many horizon units
+    /// past now: it covers the longest grant and flow idle time.
+    pub admitted_horizon: u32,
+    /// Seeds the hash that picks a source's `SOURCE_HORIZONS` slot, so
+    /// nobody can aim spoofed sources at a known client's slot.
+    pub source_seed: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 64);
+const _: () = assert!(core::mem::size_of::<Settings>() == 72);
 
 /// One rule as the kernel sees it; its protected ports live in `PORT_ROLES`.
 #[repr(C)]
@@ -374,6 +383,64 @@ pub struct Event {
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 32);
 
+/// Slots in `SOURCE_HORIZONS`; a power of two.
+pub const SOURCE_HORIZON_SLOTS: u32 = 1 << 16;
+/// Horizons count in units of 2^30 ns (about 1.07 s), so they fit a `u32`.
+pub const HORIZON_UNIT_SHIFT: u32 = 30;
+
+/// Value of `SOURCE_HORIZONS`, an array indexed by `source_slot`: until when
+/// (in horizon units of the kernel's monotonic clock) a source hashing to
+/// this slot may hold knock progress, or a grant or an admitted flow. Zero
+/// means never.
+///
+/// The XDP program only ever raises these, whenever it creates or uses such
+/// state, so a horizon in the past proves that no source hashing here has
+/// any, and a packet from a spoofed source skips the map lookups. A source
+/// that shares a live slot just takes the full path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceHorizon {
+    pub knocking_until: u32,
+    pub admitted_until: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceHorizon>() == 8);
+
+/// A kernel clock reading in horizon units.
+#[inline(always)]
+pub const fn horizon_units(ns: u64) -> u32 {
+    (ns >> HORIZON_UNIT_SHIFT) as u32
+}
+
+/// How far past now a horizon is raised to cover state living `lifetime_ns`:
+/// rounded up, plus one unit for the truncation of now and one for two CPUs
+/// raising the same slot at once (the later write may carry the earlier now).
+pub const fn horizon_span(lifetime_ns: u64) -> u32 {
+    let units = lifetime_ns.div_ceil(1 << HORIZON_UNIT_SHIFT) + 2;
+    if units > u32::MAX as u64 / 2 {
+        u32::MAX / 2
+    } else {
+        units as u32
+    }
+}
+
+/// Index of `addr`'s slot in `SOURCE_HORIZONS`: a seeded multiplicative
+/// hash of its four words, top bits.
+#[inline(always)]
+pub fn source_slot(addr: &Addr, seed: u32) -> u32 {
+    const _: () = assert!(SOURCE_HORIZON_SLOTS.is_power_of_two());
+    let words = [
+        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    ];
+    let mut hash = seed;
+    for word in words {
+        hash = (hash ^ word).wrapping_mul(0x9e37_79b1);
+    }
+    hash >> (32 - SOURCE_HORIZON_SLOTS.trailing_zeros())
+}
+
 /// Rate limit state for the events a flood can cause, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -390,6 +457,7 @@ mod pod {
     // arrays with explicit padding fields, so any bit pattern is valid.
     unsafe impl aya::Pod for super::Knock {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::SourceHorizon {}
     unsafe impl aya::Pod for super::RuleConfig {}
     unsafe impl aya::Pod for super::PortRoles {}
     unsafe impl aya::Pod for super::SourceRule {}
@@ -448,5 +516,50 @@ mod penalty_tests {
         for second in 0..100 {
             assert!(!record_failure(&settings, &mut penalty, second * SECOND));
         }
+    }
+}
+
+#[cfg(test)]
+mod horizon_tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_horizon_outlives_the_state_even_when_a_racing_write_loses_a_unit() {
+        for lifetime in [SECOND / 2, 10 * SECOND, 24 * 3600 * SECOND] {
+            for start in [0, 1, (1 << HORIZON_UNIT_SHIFT) - 1, 123_456_789_012_345] {
+                let last_live = start + lifetime;
+                let until = horizon_units(start) + horizon_span(lifetime) - 1;
+                assert!(
+                    until > horizon_units(last_live),
+                    "lifetime {lifetime} from {start}: horizon {until} ends before the state"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn spans_of_absurd_lifetimes_stay_far_from_wrapping() {
+        assert_eq!(horizon_span(u64::MAX), u32::MAX / 2);
+    }
+
+    #[test]
+    fn sources_spread_over_the_slots_and_the_seed_moves_them() {
+        let sources = 4 * SOURCE_HORIZON_SLOTS;
+        let mut per_slot = vec![0u32; SOURCE_HORIZON_SLOTS as usize];
+        let mut moved = 0;
+        for i in 0..sources {
+            let addr = ipv4_mapped((0x0a00_0000 + i).to_be_bytes());
+            let slot = source_slot(&addr, 0x1234_5678);
+            per_slot[slot as usize] += 1;
+            moved += u32::from(slot != source_slot(&addr, 0x8765_4321));
+        }
+        // Four sources per slot on average; a fair hash leaves few slots
+        // empty (e^-4, under 2 %) and none crowded.
+        let empty = per_slot.iter().filter(|&&n| n == 0).count() as u32;
+        assert!(empty < SOURCE_HORIZON_SLOTS / 40, "{empty} empty slots");
+        assert!(per_slot.iter().all(|&n| n < 20), "a crowded slot");
+        assert!(moved > sources * 9 / 10, "only {moved} sources moved");
     }
 }

@@ -11,6 +11,9 @@ pub enum Outcome {
     Idle,
     /// A retransmitted or duplicated copy of the step just accepted: ignored.
     Duplicate,
+    /// The packet is no knock at all and the stored sequence has timed out:
+    /// it stays as it is, for the next knock to report the timeout.
+    Untouched,
     /// A step was accepted and more remain: store this progress.
     Advanced(Progress),
     /// The last step was accepted: drop the progress and grant.
@@ -26,17 +29,22 @@ pub struct Transition {
 }
 
 /// Runs one packet (`knock`, arriving at `now_ns`) through one rule for a
-/// source whose stored progress is `progress`.
+/// source whose stored progress is `progress`; `knock_port` says whether
+/// `knock` is a step of any rule, this one or another.
 ///
 /// The expected next step advances; a copy of the step just accepted is
 /// ignored; anything else resets, and a reset packet that is the first step
 /// starts a new attempt (so a client retrying after a failure is not
-/// punished twice). A sequence older than the rule's timeout resets too.
+/// punished twice). A sequence older than the rule's timeout is no longer
+/// mid-sequence: the next knock resets it, other packets leave it alone (so
+/// the filter need not look up the progress of sources whose every
+/// sequence has lapsed).
 #[inline(always)]
 pub fn on_packet(
     rule: &RuleConfig,
     progress: Option<&Progress>,
     knock: Knock,
+    knock_port: bool,
     now_ns: u64,
 ) -> Transition {
     let steps = if (rule.steps as usize) < MAX_STEPS {
@@ -48,6 +56,12 @@ pub fn on_packet(
     if let Some(progress) = progress {
         let next = progress.next_step as usize;
         if now_ns.wrapping_sub(progress.started_ns) > rule.sequence_timeout_ns {
+            if !knock_port {
+                return Transition {
+                    reset: None,
+                    outcome: Outcome::Untouched,
+                };
+            }
             reset = Some(reset_cause::TIMEOUT);
         } else if next < steps && step_at(&rule.sequence, next) == Some(knock) {
             return Transition {
@@ -124,10 +138,11 @@ mod tests {
         let mut granted = false;
         let mut transitions = Vec::new();
         for &(knock, now) in packets {
-            let t = on_packet(rule, progress.as_ref(), knock, now);
+            let knock_port = rule.sequence[..rule.steps as usize].contains(&knock);
+            let t = on_packet(rule, progress.as_ref(), knock, knock_port, now);
             match t.outcome {
                 Outcome::Idle => progress = None,
-                Outcome::Duplicate => {}
+                Outcome::Duplicate | Outcome::Untouched => {}
                 Outcome::Advanced(p) => progress = Some(p),
                 Outcome::Granted => {
                     progress = None;
@@ -326,6 +341,33 @@ mod tests {
     }
 
     #[test]
+    fn a_lapsed_sequence_waits_for_the_next_knock() {
+        let r = article_rule();
+        let (t, _) = run(
+            &r,
+            &[
+                (Knock::tcp(3721), 0),
+                (Knock::tcp(80), 11 * SECOND),
+                (Knock::udp(4728), 12 * SECOND),
+            ],
+        );
+        assert_eq!(
+            t[1],
+            Transition {
+                reset: None,
+                outcome: Outcome::Untouched
+            }
+        );
+        assert_eq!(
+            t[2],
+            Transition {
+                reset: Some(reset_cause::TIMEOUT),
+                outcome: Outcome::Idle
+            }
+        );
+    }
+
+    #[test]
     fn first_step_after_timeout_restarts() {
         let r = article_rule();
         let t = on_packet(
@@ -336,6 +378,7 @@ mod tests {
                 _pad: 0,
             }),
             Knock::tcp(3721),
+            true,
             20 * SECOND,
         );
         assert_eq!(t.reset, Some(reset_cause::TIMEOUT));
@@ -353,7 +396,7 @@ mod tests {
     fn single_step_rule_grants_at_once() {
         let r = rule(&[Knock::udp(9)]);
         assert_eq!(
-            on_packet(&r, None, Knock::udp(9), 0).outcome,
+            on_packet(&r, None, Knock::udp(9), true, 0).outcome,
             Outcome::Granted
         );
     }
@@ -367,7 +410,7 @@ mod tests {
                 next_step,
                 _pad: 0,
             };
-            let t = on_packet(&r, Some(&p), Knock::tcp(6742), 1);
+            let t = on_packet(&r, Some(&p), Knock::tcp(6742), true, 1);
             assert_eq!(t.reset, Some(reset_cause::WRONG_PACKET));
         }
     }

@@ -20,8 +20,26 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The least a filter must do: read the TCP destination port of an
+/// untagged IPv4 frame (assumed, not checked) and drop port 22.
+#[xdp]
+pub fn xdp_read_drop(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + TCP_DST_PORT + 2 > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: the check above keeps the read inside the frame.
+    let port = unsafe { *((start + TCP_DST_PORT) as *const [u8; 2]) };
+    if port == 22u16.to_be_bytes() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
 /// Offsets in an untagged Ethernet + 20-byte IPv4 + TCP frame.
 const IPV4_CHECKSUM: usize = 14 + 10;
+const TCP_DST_PORT: usize = 14 + 20 + 2;
 const IPV4_SRC: usize = 14 + 12;
 const TCP_CHECKSUM: usize = 14 + 20 + 16;
 

@@ -14,10 +14,10 @@ use aya_ebpf::{
 };
 use knock_common::{
     Addr, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
-    PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig, Settings, SourceRule,
-    event_kind,
+    PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig, SOURCE_HORIZON_SLOTS,
+    Settings, SourceHorizon, SourceRule, event_kind, horizon_units,
     machine::{self, Outcome},
-    port_roles_index, record_failure,
+    port_roles_index, record_failure, source_slot,
 };
 use parse::{Packet, ParseError, Parsed, TCP_FIN, TCP_RST};
 
@@ -46,6 +46,8 @@ static FLOOD_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entr
 static ALLOW: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1, 0);
 #[map]
 static DENY: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static SOURCE_HORIZONS: Array<SourceHorizon> = Array::with_max_entries(SOURCE_HORIZON_SLOTS, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -78,31 +80,95 @@ fn now_ns() -> u64 {
 
 #[inline(always)]
 fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
-    let packet = match parse::parse(ctx)? {
+    let l4 = match parse::parse(ctx)? {
         Parsed::NotIp => return Ok(Reason::PassNotIp),
         Parsed::OtherProtocol => return Ok(Reason::PassOtherProtocol),
         Parsed::LaterFragment => return Ok(Reason::PassLaterFragment),
-        Parsed::Transport(packet) => packet,
+        Parsed::Transport(l4) => l4,
     };
-    let Some(settings) = SETTINGS.get(0) else {
-        return Ok(Reason::PassUnprotected);
-    };
-    let roles = port_roles_index(packet.proto, packet.dst_port())
+    let roles = port_roles_index(l4.proto, l4.dst_port())
         .and_then(|index| PORT_ROLES.get(index))
         .copied()
         .unwrap_or_default();
-    if packet.opens_connection()
-        && let Some(reason) = run_knock_rules(settings, &packet)
+    let opens = l4.opens_connection();
+    if !opens && roles.knock_rules == 0 && roles.protect_rules == 0 {
+        return Ok(Reason::PassUnprotected);
+    }
+    let Some(settings) = SETTINGS.get(0) else {
+        return Ok(Reason::PassUnprotected);
+    };
+    let packet = l4.with_source(ctx)?;
+    let horizon = horizon_of(settings, &packet.src);
+    let knock_port = roles.knock_rules != 0;
+    if opens
+        && (knock_port || covered_now(horizon.knocking_until).is_some())
+        && let Some(reason) = run_knock_rules(settings, &packet, knock_port)
     {
         return Ok(reason);
     }
-    if roles.knock_rules != 0 {
+    if knock_port {
         return Ok(Reason::DropKnockPort);
     }
     if roles.protect_rules != 0 {
-        return Ok(guard_protected(settings, &packet, roles.protect_rules));
+        return Ok(guard_protected(
+            settings,
+            &packet,
+            roles.protect_rules,
+            horizon.admitted_until,
+        ));
     }
     Ok(Reason::PassUnprotected)
+}
+
+/// A copy of the source's `SOURCE_HORIZONS` slot. The lookup cannot fail
+/// (the index is in range); if it did, the answer would be "may hold state".
+#[inline(always)]
+fn horizon_of(settings: &Settings, src: &Addr) -> SourceHorizon {
+    SOURCE_HORIZONS
+        .get(source_slot(src, settings.source_seed))
+        .copied()
+        .unwrap_or(SourceHorizon {
+            knocking_until: u32::MAX,
+            admitted_until: u32::MAX,
+        })
+}
+
+/// Now, if the horizon `until` still covers it. A slot never raised answers
+/// without reading the clock, which spares a spoofed flood the cost.
+#[inline(always)]
+fn covered_now(until: u32) -> Option<u64> {
+    if until == 0 {
+        return None;
+    }
+    let now = now_ns();
+    (until > horizon_units(now)).then_some(now)
+}
+
+/// The two horizons of a `SOURCE_HORIZONS` slot.
+#[derive(Clone, Copy)]
+enum Horizon {
+    Knocking,
+    Admitted,
+}
+
+/// Raises one of the source's horizons to its span past `now`. Racing CPUs
+/// may lose each other's write; `horizon_span` allows for that.
+#[inline(always)]
+fn raise_horizon(settings: &Settings, src: &Addr, horizon: Horizon, now: u64) {
+    let Some(slot) = SOURCE_HORIZONS.get_ptr_mut(source_slot(src, settings.source_seed)) else {
+        return;
+    };
+    // SAFETY: a value pointer the array lookup just returned; a u32 store
+    // cannot tear.
+    let slot = unsafe { &mut *slot };
+    let (until, span) = match horizon {
+        Horizon::Knocking => (&mut slot.knocking_until, settings.knocking_horizon),
+        Horizon::Admitted => (&mut slot.admitted_until, settings.admitted_horizon),
+    };
+    let raised = horizon_units(now).wrapping_add(span);
+    if *until < raised {
+        *until = raised;
+    }
 }
 
 /// What one knock-rule step reads and decides; shared with the `bpf_loop`
@@ -110,6 +176,8 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
 struct KnockScan {
     src: Addr,
     knock: Knock,
+    /// Whether the packet's port is a step of any rule.
+    knock_port: bool,
     verdict: Option<Reason>,
 }
 
@@ -119,14 +187,15 @@ struct KnockScan {
 /// The per-rule work runs under `bpf_loop`, so the verifier checks it once
 /// instead of once per rule and per combination of earlier outcomes.
 #[inline(always)]
-fn run_knock_rules(settings: &Settings, packet: &Packet) -> Option<Reason> {
+fn run_knock_rules(settings: &Settings, packet: &Packet, knock_port: bool) -> Option<Reason> {
     let mut scan = KnockScan {
         src: packet.src,
         knock: Knock {
-            port: packet.dst_port(),
-            proto: packet.proto,
+            port: packet.l4.dst_port(),
+            proto: packet.l4.proto,
             _pad: 0,
         },
+        knock_port,
         verdict: None,
     };
     let rules = settings.rules.min(MAX_RULES as u32);
@@ -162,19 +231,21 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     if stored.is_none() && rule.sequence[0] != knock {
         return 0;
     }
+    // Denied and penalized sources do not knock: their packets to knock
+    // ports drop, and all else goes on as if they had no progress.
     if listed(&DENY, settings.deny_entries, &scan.src) {
-        scan.verdict = Some(Reason::DropDenied);
+        scan.verdict = scan.knock_port.then_some(Reason::DropDenied);
         return 1;
     }
     let now = now_ns();
     let penalty = PENALTIES.get_ptr_mut(&scan.src);
     // SAFETY: a value pointer the map lookup just returned.
     if penalty.is_some_and(|p| now < unsafe { (*p).ignored_until_ns }) {
-        scan.verdict = Some(Reason::DropPenalized);
+        scan.verdict = scan.knock_port.then_some(Reason::DropPenalized);
         return 1;
     }
     let progress = stored.get();
-    let transition = machine::on_packet(rule, progress.as_ref(), knock, now);
+    let transition = machine::on_packet(rule, progress.as_ref(), knock, scan.knock_port, now);
     if let Some(cause) = transition.reset {
         emit(event_kind::RESET, cause, &scan.src, knock, rule_index, 0, 0);
         count_failure(settings, penalty, &scan.src, knock, now);
@@ -184,13 +255,15 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             stored.forget(&key);
             return 0;
         }
+        Outcome::Untouched => return 0,
         Outcome::Duplicate => Reason::DropKnockDuplicate,
         Outcome::Advanced(next) => {
             stored.keep(&key, &next);
+            raise_horizon(settings, &scan.src, Horizon::Knocking, now);
             let step = next.next_step as u8;
             // First steps are what a spoofed flood sends: their events share
             // the flood budget; later steps come from real clients.
-            if step > 1 || within_flood_budget(settings, now) {
+            if step > 1 || within_flood_budget(settings) {
                 emit(
                     event_kind::PROGRESS,
                     0,
@@ -207,6 +280,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             stored.forget(&key);
             let expires_ns = now + rule.open_for_ns;
             let _ = GRANTS.insert(&key, &Grant { expires_ns }, 0);
+            raise_horizon(settings, &scan.src, Horizon::Admitted, now);
             let step = rule.steps as u8;
             emit(
                 event_kind::GRANT,
@@ -327,40 +401,22 @@ fn count_failure(
 
 /// Decides a packet to a protected port: admitted flows, allowlisted sources
 /// and live grants pass; everything else (SYNs, stray ACKs, UDP) is dropped.
-/// The denylist wins over the allowlist and over grants.
+/// The denylist wins over the allowlist and over grants. A source whose
+/// `admitted_until` horizon has passed has no flow or grant: its lookups are
+/// skipped.
 #[inline(always)]
-fn guard_protected(settings: &Settings, packet: &Packet, protect_rules: u16) -> Reason {
-    let flow_key = FlowKey {
-        addr: packet.src,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-        proto: packet.proto,
-        _pad: [0; 3],
-    };
-    let now = now_ns();
-    if let Some(flow) = FLOWS.get_ptr_mut(&flow_key) {
-        // SAFETY: a value pointer the map lookup just returned.
-        let flow = unsafe { &mut *flow };
-        let idle_ns = if packet.proto == IPPROTO_UDP {
-            settings.udp_idle_ns
-        } else if flow.closing != 0 {
-            settings.tcp_closing_ns
-        } else {
-            settings.tcp_idle_ns
-        };
-        // A SYN on a closing flow is a new connection reusing the port: it
-        // needs a grant of its own.
-        let reopens = flow.closing != 0 && packet.opens_connection();
-        if now.wrapping_sub(flow.last_seen_ns) <= idle_ns && !reopens {
-            flow.last_seen_ns = now;
-            if packet.tcp_flags & TCP_RST != 0 {
-                let _ = FLOWS.remove(&flow_key);
-            } else if packet.tcp_flags & TCP_FIN != 0 {
-                flow.closing = 1;
-            }
-            return Reason::PassAdmittedFlow;
-        }
-        let _ = FLOWS.remove(&flow_key);
+fn guard_protected(
+    settings: &Settings,
+    packet: &Packet,
+    protect_rules: u16,
+    admitted_until: u32,
+) -> Reason {
+    let admitted_now = covered_now(admitted_until);
+    if let Some(now) = admitted_now
+        && admitted_flow(settings, packet, &flow_key(packet), now)
+    {
+        raise_horizon(settings, &packet.src, Horizon::Admitted, now);
+        return Reason::PassAdmittedFlow;
     }
     if listed(&DENY, settings.deny_entries, &packet.src) {
         return Reason::DropDenied;
@@ -368,6 +424,71 @@ fn guard_protected(settings: &Settings, packet: &Packet, protect_rules: u16) -> 
     if listed(&ALLOW, settings.allow_entries, &packet.src) {
         return Reason::PassAllowlisted;
     }
+    if let Some(now) = admitted_now
+        && let Some(rule) = live_grant(packet, protect_rules, now)
+    {
+        if packet.l4.opens_connection() {
+            let flow = Flow {
+                last_seen_ns: now,
+                rule,
+                closing: 0,
+            };
+            let _ = FLOWS.insert(&flow_key(packet), &flow, 0);
+        }
+        raise_horizon(settings, &packet.src, Horizon::Admitted, now);
+        return Reason::PassGranted;
+    }
+    emit_denied(settings, packet);
+    Reason::DropProtected
+}
+
+#[inline(always)]
+fn flow_key(packet: &Packet) -> FlowKey {
+    FlowKey {
+        addr: packet.src,
+        src_port: packet.src_port,
+        dst_port: packet.l4.dst_port,
+        proto: packet.l4.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether the packet belongs to a live admitted flow; updates the flow
+/// (last seen, FIN, RST) and forgets it once idle.
+#[inline(always)]
+fn admitted_flow(settings: &Settings, packet: &Packet, flow_key: &FlowKey, now: u64) -> bool {
+    let Some(flow) = FLOWS.get_ptr_mut(flow_key) else {
+        return false;
+    };
+    // SAFETY: a value pointer the map lookup just returned.
+    let flow = unsafe { &mut *flow };
+    let idle_ns = if packet.l4.proto == IPPROTO_UDP {
+        settings.udp_idle_ns
+    } else if flow.closing != 0 {
+        settings.tcp_closing_ns
+    } else {
+        settings.tcp_idle_ns
+    };
+    // A SYN on a closing flow is a new connection reusing the port: it
+    // needs a grant of its own.
+    let reopens = flow.closing != 0 && packet.l4.opens_connection();
+    if now.wrapping_sub(flow.last_seen_ns) > idle_ns || reopens {
+        let _ = FLOWS.remove(flow_key);
+        return false;
+    }
+    flow.last_seen_ns = now;
+    if packet.l4.tcp_flags & TCP_RST != 0 {
+        let _ = FLOWS.remove(flow_key);
+    } else if packet.l4.tcp_flags & TCP_FIN != 0 {
+        flow.closing = 1;
+    }
+    true
+}
+
+/// The first rule protecting the packet's port that holds a live grant for
+/// its source.
+#[inline(always)]
+fn live_grant(packet: &Packet, protect_rules: u16, now: u64) -> Option<u32> {
     for rule_index in 0..MAX_RULES as u32 {
         if protect_rules & (1 << rule_index) == 0 {
             continue;
@@ -377,21 +498,11 @@ fn guard_protected(settings: &Settings, packet: &Packet, protect_rules: u16) -> 
             rule: rule_index,
         };
         // SAFETY: read-only copy out of a value the lookup just returned.
-        let live = unsafe { GRANTS.get(&key) }.is_some_and(|grant| now < grant.expires_ns);
-        if live {
-            if packet.opens_connection() {
-                let flow = Flow {
-                    last_seen_ns: now,
-                    rule: rule_index,
-                    closing: 0,
-                };
-                let _ = FLOWS.insert(&flow_key, &flow, 0);
-            }
-            return Reason::PassGranted;
+        if unsafe { GRANTS.get(&key) }.is_some_and(|grant| now < grant.expires_ns) {
+            return Some(rule_index);
         }
     }
-    emit_denied(settings, packet, now);
-    Reason::DropProtected
+    None
 }
 
 /// Whether `addr` falls in a prefix of an allow or deny trie.
@@ -400,20 +511,35 @@ fn listed(list: &LpmTrie<Addr, u8>, entries: u32, addr: &Addr) -> bool {
     entries != 0 && list.get(&Key::new(128, *addr)).is_some()
 }
 
+/// Once over budget, the clock is read on every this many packets only, so
+/// a flood does not pay for it per packet; the new window may start that
+/// many packets late.
+const BUDGET_CLOCK_INTERVAL: u32 = 64;
+
 /// Denied attempts and first steps can come at flood rate: each CPU reports
-/// at most `flood_events_per_sec` of them per second.
+/// at most `flood_events_per_sec` of them per window of at least a second.
 #[inline(always)]
-fn within_flood_budget(settings: &Settings, now: u64) -> bool {
+fn within_flood_budget(settings: &Settings) -> bool {
     let Some(budget) = FLOOD_EVENT_BUDGET.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
     let budget = unsafe { &mut *budget };
-    if now.wrapping_sub(budget.window_start_ns) >= NANOS_PER_SEC {
+    let limit = settings.flood_events_per_sec;
+    if budget.used >= limit {
+        let over = budget.used - limit;
+        budget.used = budget.used.saturating_add(1);
+        if !over.is_multiple_of(BUDGET_CLOCK_INTERVAL) {
+            return false;
+        }
+        let now = now_ns();
+        if now.wrapping_sub(budget.window_start_ns) < NANOS_PER_SEC {
+            return false;
+        }
         budget.window_start_ns = now;
         budget.used = 0;
     }
-    if budget.used >= settings.flood_events_per_sec {
+    if budget.used >= limit {
         return false;
     }
     budget.used += 1;
@@ -421,13 +547,13 @@ fn within_flood_budget(settings: &Settings, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn emit_denied(settings: &Settings, packet: &Packet, now: u64) {
-    if !within_flood_budget(settings, now) {
+fn emit_denied(settings: &Settings, packet: &Packet) {
+    if !within_flood_budget(settings) {
         return;
     }
     let target = Knock {
-        port: packet.dst_port(),
-        proto: packet.proto,
+        port: packet.l4.dst_port(),
+        proto: packet.l4.proto,
         _pad: 0,
     };
     emit(

@@ -18,7 +18,9 @@ const ETH_P_8021AD: u16 = 0x88a8;
 
 const IPV4_HEADER_MIN_LEN: usize = 20;
 const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+const IPV4_SOURCE: usize = 12;
 const IPV6_HEADER_LEN: usize = 40;
+const IPV6_SOURCE: usize = 8;
 const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -41,16 +43,48 @@ pub const TCP_ACK: u8 = 0x10;
 /// A TCP segment or UDP datagram, as far as the filter cares.
 pub struct Packet {
     pub src: Addr,
-    pub proto: u8,
     /// Network byte order.
     pub src_port: [u8; 2],
+    pub l4: Transport,
+}
+
+/// A TCP or UDP header, and where its source address is: most packets are
+/// decided by their port alone, and never need the address read.
+pub struct Transport {
+    pub proto: u8,
     /// Network byte order.
     pub dst_port: [u8; 2],
     /// Zero for UDP.
     pub tcp_flags: u8,
+    source: Source,
+    /// Where the TCP or UDP header starts.
+    header_at: usize,
 }
 
-impl Packet {
+/// Where the source address sits in the frame.
+#[derive(Clone, Copy)]
+enum Source {
+    Ipv4(usize),
+    Ipv6(usize),
+}
+
+impl Transport {
+    /// The whole packet, with the source address (in the one key form) and
+    /// port read from the frame.
+    #[inline(always)]
+    pub fn with_source(self, ctx: &XdpContext) -> Result<Packet, ParseError> {
+        let src = match self.source {
+            Source::Ipv4(offset) => ipv4_mapped(bytes_at::<4>(ctx, offset)?),
+            Source::Ipv6(offset) => bytes_at::<16>(ctx, offset)?,
+        };
+        let src_port = bytes_at::<2>(ctx, self.header_at)?;
+        Ok(Packet {
+            src,
+            src_port,
+            l4: self,
+        })
+    }
+
     pub fn dst_port(&self) -> u16 {
         u16::from_be_bytes(self.dst_port)
     }
@@ -66,7 +100,7 @@ pub enum Parsed {
     NotIp,
     OtherProtocol,
     LaterFragment,
-    Transport(Packet),
+    Transport(Transport),
 }
 
 #[derive(Clone, Copy)]
@@ -132,8 +166,8 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
     if u16::from_be_bytes([header[6], header[7]]) & IPV4_FRAGMENT_OFFSET_MASK != 0 {
         return Ok(Parsed::LaterFragment);
     }
-    let src = ipv4_mapped([header[12], header[13], header[14], header[15]]);
-    parse_transport(ctx, offset + header_len, header[9], src)
+    let source = Source::Ipv4(offset + IPV4_SOURCE);
+    parse_transport(ctx, offset + header_len, header[9], source)
 }
 
 #[inline(always)]
@@ -142,8 +176,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
     if header[0] >> 4 != 6 {
         return Err(ParseError::BadIpHeader);
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&header[8..24]);
+    let source = Source::Ipv6(offset + IPV6_SOURCE);
     let mut next_header = header[6];
     let mut offset = offset + IPV6_HEADER_LEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
@@ -167,13 +200,13 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
                 next_header = ext[0];
                 offset += IPV6_FRAGMENT_HEADER_LEN;
             }
-            _ => return parse_transport(ctx, offset, next_header, src),
+            _ => return parse_transport(ctx, offset, next_header, source),
         }
     }
     if is_ipv6_extension(next_header) {
         return Err(ParseError::ExtHeaderChainTooLong);
     }
-    parse_transport(ctx, offset, next_header, src)
+    parse_transport(ctx, offset, next_header, source)
 }
 
 #[inline(always)]
@@ -196,24 +229,24 @@ fn parse_transport(
     ctx: &XdpContext,
     offset: usize,
     proto: u8,
-    src: Addr,
+    source: Source,
 ) -> Result<Parsed, ParseError> {
-    let (ports, tcp_flags) = match proto {
+    let (dst_port, tcp_flags) = match proto {
         IPPROTO_TCP => {
             let header = bytes_at::<TCP_HEADER_MIN_LEN>(ctx, offset)?;
-            ([header[0], header[1], header[2], header[3]], header[13])
+            ([header[2], header[3]], header[13])
         }
         IPPROTO_UDP => {
             let header = bytes_at::<UDP_HEADER_LEN>(ctx, offset)?;
-            ([header[0], header[1], header[2], header[3]], 0)
+            ([header[2], header[3]], 0)
         }
         _ => return Ok(Parsed::OtherProtocol),
     };
-    Ok(Parsed::Transport(Packet {
-        src,
+    Ok(Parsed::Transport(Transport {
         proto,
-        src_port: [ports[0], ports[1]],
-        dst_port: [ports[2], ports[3]],
+        dst_port,
         tcp_flags,
+        source,
+        header_at: offset,
     }))
 }

@@ -9,7 +9,7 @@ use std::{collections::HashMap, fmt, net::IpAddr, ops::Range, str::FromStr, time
 use ipnet::IpNet;
 use knock_common::{
     Addr, IPPROTO_TCP, IPPROTO_UDP, Knock, MAX_RULES, MAX_STEPS, PortRoles, RuleConfig, Settings,
-    ipv4_mapped, port_roles_index,
+    horizon_span, ipv4_mapped, port_roles_index,
 };
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
@@ -542,19 +542,31 @@ impl TryFrom<&Config> for KernelConfig {
         port_roles.sort_by_key(|(index, _)| *index);
         let allow: Vec<_> = config.allow.iter().map(Prefix::mapped).collect();
         let deny: Vec<_> = config.deny.iter().map(Prefix::mapped).collect();
+        let tcp_idle_ns = nanos("flows.tcp_idle", config.flows.tcp_idle.0)?;
+        let tcp_closing_ns = nanos("flows.tcp_closing", config.flows.tcp_closing.0)?;
+        let udp_idle_ns = nanos("flows.udp_idle", config.flows.udp_idle.0)?;
+        let longest_sequence = rules.iter().map(|r| r.sequence_timeout_ns).max();
+        let longest_admission = rules
+            .iter()
+            .map(|r| r.open_for_ns)
+            .chain([tcp_idle_ns, tcp_closing_ns, udp_idle_ns])
+            .max();
         Ok(KernelConfig {
             settings: Settings {
                 rules: rules.len() as u32,
                 flood_events_per_sec: config.flood_events_per_second,
                 allow_entries: allow.len() as u32,
                 deny_entries: deny.len() as u32,
-                tcp_idle_ns: nanos("flows.tcp_idle", config.flows.tcp_idle.0)?,
-                tcp_closing_ns: nanos("flows.tcp_closing", config.flows.tcp_closing.0)?,
-                udp_idle_ns: nanos("flows.udp_idle", config.flows.udp_idle.0)?,
+                tcp_idle_ns,
+                tcp_closing_ns,
+                udp_idle_ns,
                 penalty_failures: config.penalty.failures,
-                _pad: 0,
+                knocking_horizon: horizon_span(longest_sequence.unwrap_or(0)),
                 penalty_window_ns: nanos("penalty.window", config.penalty.window.0)?,
                 penalty_ns: nanos("penalty.duration", config.penalty.duration.0)?,
+                admitted_horizon: horizon_span(longest_admission.unwrap_or(0)),
+                // The loader draws it afresh on every load.
+                source_seed: 0,
             },
             rules,
             port_roles,
@@ -878,5 +890,21 @@ protect = ["tcp:22"]
         );
         let e = error(&format!("[penalty]\nduration = \"forever\"\n{rule}"));
         assert!(e.contains("line 2") && e.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn horizons_cover_the_longest_sequence_and_the_longest_admission() {
+        let text = "[flows]\ntcp_idle = \"2h\"\n[[rule]]\nname = \"a\"\n\
+                    sequence = [\"tcp:1\", \"udp:2\", \"tcp:3\"]\nsequence_timeout = \"10s\"\n\
+                    open_for = \"3h\"\nprotect = [\"tcp:22\"]\n\
+                    [[rule]]\nname = \"b\"\nsequence = [\"tcp:4\", \"udp:5\", \"tcp:6\"]\n\
+                    sequence_timeout = \"40s\"\nopen_for = \"1m\"\nprotect = [\"tcp:23\"]\n";
+        let kernel = KernelConfig::try_from(&Config::parse(text).expect("valid")).expect("fits");
+        let second = 1_000_000_000;
+        assert_eq!(kernel.settings.knocking_horizon, horizon_span(40 * second));
+        assert_eq!(
+            kernel.settings.admitted_horizon,
+            horizon_span(3 * 3600 * second)
+        );
     }
 }

@@ -1,7 +1,14 @@
 //! The XDP program in the kernel: loading it with the configured map sizes,
 //! filling its maps, attaching it, and reading its state back.
 
-use std::{collections::BTreeMap, ffi::CString, fmt, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fmt,
+    hash::{BuildHasher, RandomState},
+    net::IpAddr,
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -9,7 +16,8 @@ use aya::{
     programs::{ProgramError, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode},
 };
 use knock_common::{
-    Addr, Flow, FlowKey, Grant, PortRoles, Reason, RuleConfig, Settings, SourceRule, map_names,
+    Addr, Flow, FlowKey, Grant, PortRoles, Reason, RuleConfig, Settings, SourceHorizon, SourceRule,
+    map_names, source_slot,
 };
 
 use crate::config::KernelConfig;
@@ -135,9 +143,14 @@ impl Filter {
     }
 
     fn populate(&mut self, config: &KernelConfig) -> Result<(), FilterError> {
+        // Spoofers who cannot guess the seed cannot aim at a client's horizon.
+        let seeded = Settings {
+            source_seed: RandomState::new().hash_one(monotonic_ns()) as u32,
+            ..config.settings
+        };
         let mut settings: Array<_, Settings> = self.map_mut(map_names::SETTINGS)?;
         settings
-            .set(0, &config.settings, 0)
+            .set(0, &seeded, 0)
             .map_err(map_error(map_names::SETTINGS))?;
         let mut rules: Array<_, RuleConfig> = self.map_mut(map_names::RULES)?;
         for (index, rule) in config.rules.iter().enumerate() {
@@ -248,6 +261,35 @@ impl Filter {
         &mut self.ebpf
     }
 
+    /// Where `addr`'s horizon lives in `SOURCE_HORIZONS` (the slot depends on
+    /// the seed this load drew), and its value.
+    pub fn source_horizon(&self, addr: &Addr) -> Result<(u32, SourceHorizon), FilterError> {
+        let settings: Array<_, Settings> = self.map(map_names::SETTINGS)?;
+        let seed = settings
+            .get(&0, 0)
+            .map_err(map_error(map_names::SETTINGS))?
+            .source_seed;
+        let slot = source_slot(addr, seed);
+        let horizons: Array<_, SourceHorizon> = self.map(map_names::SOURCE_HORIZONS)?;
+        let horizon = horizons
+            .get(&slot, 0)
+            .map_err(map_error(map_names::SOURCE_HORIZONS))?;
+        Ok((slot, horizon))
+    }
+
+    /// Overwrites a `SOURCE_HORIZONS` slot: for tests and benchmarks that
+    /// age state or plant it from here.
+    pub fn set_source_horizon(
+        &mut self,
+        slot: u32,
+        horizon: &SourceHorizon,
+    ) -> Result<(), FilterError> {
+        let mut horizons: Array<_, SourceHorizon> = self.map_mut(map_names::SOURCE_HORIZONS)?;
+        horizons
+            .set(slot, horizon, 0)
+            .map_err(map_error(map_names::SOURCE_HORIZONS))
+    }
+
     /// The event ring buffer; the caller owns it from now on.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, FilterError> {
         let map = self
@@ -327,6 +369,14 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_nanos() as u64
+}
+
+/// An address in the one key form (IPv4 mapped into IPv6).
+pub fn key_addr(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 /// Shows a key address as IPv4 when it is IPv4-mapped.

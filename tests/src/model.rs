@@ -359,6 +359,7 @@ impl Model {
 
     /// Knock handling for a SYN or UDP datagram; true when it was a step.
     fn knock(&mut self, src: Source, target: Port) -> bool {
+        let knock_port = self.rules.iter().any(|r| r.sequence.contains(&target));
         let mut was_step = false;
         for r in 0..self.rules.len() {
             let key = (src, r);
@@ -367,19 +368,21 @@ impl Model {
             if state.is_none() && target != first {
                 continue;
             }
-            if in_prefixes(&self.deny, src) {
-                return true;
-            }
-            if self
+            // Denied sources and those serving a penalty do not knock at
+            // all: their packets to knock ports drop, the rest goes on.
+            let penalized = self
                 .failures
                 .get(&src)
-                .is_some_and(|f| self.now < f.ignored_until)
-            {
-                return true; // serving a penalty: knocks are ignored
+                .is_some_and(|f| self.now < f.ignored_until);
+            if penalized || in_prefixes(&self.deny, src) {
+                return false;
             }
             if let Some((accepted, started)) = state {
                 let rule = &self.rules[r];
                 let in_time = self.now - started <= rule.timeout_ns;
+                if !in_time && !knock_port {
+                    continue; // a lapsed sequence: the next knock resets it
+                }
                 if in_time && rule.sequence.get(accepted) == Some(&target) {
                     self.accept(key, accepted, started);
                     was_step = true;

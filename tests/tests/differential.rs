@@ -13,7 +13,10 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use knock_common::{Addr, Flow, FlowKey, Grant, Penalty, Progress, SourceRule, map_names};
+use knock_common::{
+    Addr, Flow, FlowKey, Grant, HORIZON_UNIT_SHIFT, Penalty, Progress, SourceHorizon, SourceRule,
+    horizon_units, map_names,
+};
 use lab::{
     frames::{
         AUTH, DEST_OPTS, Fragment, Frame, HOP_BY_HOP, ROUTING, TCP, TCP_ACK, TCP_FIN, TCP_PSH,
@@ -25,7 +28,7 @@ use lab::{
 use proptest::{prelude::*, test_runner::TestRunner};
 use xknock::{
     config::{Config, KernelConfig},
-    filter::{Filter, monotonic_ns},
+    filter::{Filter, key_addr, monotonic_ns},
 };
 
 const XDP_DROP: u32 = 1;
@@ -274,6 +277,63 @@ fn age(filter: &mut Filter, ns: u64) {
     rewrite::<FlowKey, Flow>(filter, map_names::FLOWS, |f| {
         f.last_seen_ns = f.last_seen_ns.wrapping_sub(ns)
     });
+    // Whole units only, rounded down, so horizons still cover what they
+    // covered. Each slot once, though sources may share one.
+    let units = (ns >> HORIZON_UNIT_SHIFT) as u32;
+    let slots: BTreeMap<u32, SourceHorizon> = source_addrs()
+        .map(|addr| filter.source_horizon(&addr).expect("horizon"))
+        .collect();
+    for (slot, horizon) in slots {
+        let aged = SourceHorizon {
+            knocking_until: horizon.knocking_until.saturating_sub(units),
+            admitted_until: horizon.admitted_until.saturating_sub(units),
+        };
+        filter.set_source_horizon(slot, &aged).expect("age horizon");
+    }
+}
+
+fn source_addrs() -> impl Iterator<Item = Addr> {
+    SOURCES
+        .iter()
+        .map(|s| key_addr(s.parse().expect("literal")))
+}
+
+/// The promise that lets the filter skip lookups: a source holding state
+/// that can still matter has a horizon past now.
+fn check_horizons(filter: &mut Filter, config: &Config) -> Result<(), TestCaseError> {
+    let now = monotonic_ns();
+    let longest_timeout = config.rules.iter().map(|r| r.sequence_timeout).max();
+    let longest_timeout = longest_timeout.expect("a rule").as_nanos() as u64;
+    for addr in source_addrs() {
+        let (_, horizon) = filter.source_horizon(&addr).expect("horizon");
+        let knocking = [map_names::FIRST_STEPS, map_names::PROGRESS]
+            .into_iter()
+            .flat_map(|name| entries::<SourceRule, Progress>(filter, name))
+            .any(|(k, p)| k.addr == addr && now - p.started_ns <= longest_timeout);
+        let admitted = entries::<SourceRule, Grant>(filter, map_names::GRANTS)
+            .into_iter()
+            .any(|(k, g)| k.addr == addr && g.expires_ns > now);
+        let now_units = horizon_units(now);
+        prop_assert!(
+            !knocking || horizon.knocking_until > now_units,
+            "{addr:?} mid-sequence behind its horizon {horizon:?} at {now_units}"
+        );
+        prop_assert!(
+            !admitted || horizon.admitted_until > now_units,
+            "{addr:?} granted behind its horizon {horizon:?} at {now_units}"
+        );
+    }
+    Ok(())
+}
+
+fn entries<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str) -> Vec<(K, V)> {
+    let map: aya::maps::HashMap<_, K, V> = filter
+        .ebpf_mut()
+        .map(name)
+        .expect(name)
+        .try_into()
+        .expect("hash map");
+    map.iter().map(|e| e.expect("read")).collect()
 }
 
 /// Progress as the kernel holds it, in both maps (first steps and later).
@@ -371,6 +431,7 @@ fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> 
             action
         );
         GRANTS_SEEN.fetch_add(live.len() as u64, Ordering::Relaxed);
+        check_horizons(&mut filter, &config)?;
     }
     let counters = filter.counters().expect("counters");
     PENALIZED.fetch_add(counters["drop_penalized"], Ordering::Relaxed);

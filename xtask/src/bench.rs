@@ -18,14 +18,16 @@ use aya::{
     maps::HashMap,
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use knock_common::{Flow, FlowKey, Grant, Progress, SourceRule, ipv4_mapped, map_names};
+use knock_common::{
+    Addr, Flow, FlowKey, Grant, Progress, SourceHorizon, SourceRule, ipv4_mapped, map_names,
+};
 use lab::{
     Lab, Netns,
     frames::{Frame, TCP_ACK, TCP_SYN},
 };
 use xknock::{
     config::{Config, KernelConfig, PortSpec},
-    filter::{AttachMode, BASELINE_OBJECT, Filter, monotonic_ns},
+    filter::{AttachMode, BASELINE_OBJECT, Filter, key_addr, monotonic_ns},
     knock,
 };
 
@@ -177,7 +179,10 @@ pub fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
     let plain = tcp(CLIENT, SERVER, 80, TCP_ACK);
     let pass = cost(baseline_run(&baselines, "xdp_pass"), &plain, effort)?;
 
-    let filter = Filter::load(&bench_config(""))?;
+    let mut filter = Filter::load(&bench_config(""))?;
+    // A source whose slot a live client shares: it takes every lookup.
+    let shares_slot = "198.18.0.8";
+    plant_live_horizon(&mut filter, &key_addr(ip(shares_slot)))?;
     // A source with a grant and an admitted flow, for the paths that need one.
     let granted = "198.18.0.9";
     for frame in knock_frames(granted) {
@@ -209,6 +214,10 @@ pub fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
         (
             "SYN to protected port, no grant (drop)",
             tcp(CLIENT, SERVER, 22, TCP_SYN),
+        ),
+        (
+            "same, source sharing a live client's slot",
+            tcp(shares_slot, SERVER, 22, TCP_SYN),
         ),
         (
             "ACK to protected port with live grant",
@@ -272,6 +281,19 @@ fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
             0,
         )?;
     }
+    // Grants planted from here raise no horizon; the measured source's must be live.
+    plant_live_horizon(filter, &source(n).addr)
+}
+
+/// Raises both of a source's horizons far into the future, as if it (or a
+/// source sharing its slot) held every kind of state.
+fn plant_live_horizon(filter: &mut Filter, addr: &Addr) -> anyhow::Result<()> {
+    let (slot, _) = filter.source_horizon(addr)?;
+    let live = SourceHorizon {
+        knocking_until: u32::MAX / 2,
+        admitted_until: u32::MAX / 2,
+    };
+    filter.set_source_horizon(slot, &live)?;
     Ok(())
 }
 
@@ -462,15 +484,17 @@ fn time_to_open_knockd(tries: usize) -> anyhow::Result<Stat> {
 enum Receiver {
     Xknock,
     XdpDrop,
+    XdpReadDrop,
     Nftables,
     NftablesConntrack,
     Iptables,
 }
 
 impl Receiver {
-    const ALL: [Receiver; 5] = [
+    const ALL: [Receiver; 6] = [
         Receiver::Xknock,
         Receiver::XdpDrop,
+        Receiver::XdpReadDrop,
         Receiver::Nftables,
         Receiver::NftablesConntrack,
         Receiver::Iptables,
@@ -480,6 +504,7 @@ impl Receiver {
         match self {
             Receiver::Xknock => "xknock (XDP native, protected tcp:22)",
             Receiver::XdpDrop => "bare XDP_DROP program (the limit)",
+            Receiver::XdpReadDrop => "XDP program that reads the port, then drops",
             Receiver::Nftables => "nftables input hook: tcp dport 22 drop",
             Receiver::NftablesConntrack => {
                 "nftables input with conntrack (ct state established accept)"
@@ -583,13 +608,14 @@ fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed> {
                 Ok(Installed::Filter(filter))
             })
         }
-        Receiver::XdpDrop => lab.server.within(move || -> anyhow::Result<Installed> {
+        Receiver::XdpDrop | Receiver::XdpReadDrop => lab.server.within(move || {
+            let name = match receiver {
+                Receiver::XdpDrop => "xdp_drop",
+                _ => "xdp_read_drop",
+            };
             let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
-            baseline(&mut ebpf, "xdp_drop")?;
-            let program: &mut Xdp = ebpf
-                .program_mut("xdp_drop")
-                .context("xdp_drop")?
-                .try_into()?;
+            baseline(&mut ebpf, name)?;
+            let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
             let name = std::ffi::CString::new(iface)?;
             program.attach(name.as_c_str(), XdpMode::Driver)?;
             Ok(Installed::Program(ebpf))
@@ -664,7 +690,7 @@ fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
 fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> anyhow::Result<u64> {
     match (receiver, installed) {
         (Receiver::Xknock, Installed::Filter(filter)) => Ok(filter.counters()?["drop_protected"]),
-        (Receiver::XdpDrop, _) => {
+        (Receiver::XdpDrop | Receiver::XdpReadDrop, _) => {
             let stats = run_in(&lab.server, "ethtool", &["-S", &lab.server_if])?;
             stats
                 .lines()
