@@ -51,8 +51,6 @@ static SOURCE_HORIZONS: Array<SourceHorizon> = Array::with_max_entries(SOURCE_HO
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-const NANOS_PER_SEC: u64 = 1_000_000_000;
-
 #[xdp]
 pub fn xknock(ctx: XdpContext) -> u32 {
     let reason = match try_xknock(&ctx) {
@@ -511,11 +509,6 @@ fn listed(list: &LpmTrie<Addr, u8>, entries: u32, addr: &Addr) -> bool {
     entries != 0 && list.get(&Key::new(128, *addr)).is_some()
 }
 
-/// Once over budget, the clock is read on every this many packets only, so
-/// a flood does not pay for it per packet; the new window may start that
-/// many packets late.
-const BUDGET_CLOCK_INTERVAL: u32 = 64;
-
 /// Denied attempts and first steps can come at flood rate: each CPU reports
 /// at most `flood_events_per_sec` of them per window of at least a second.
 #[inline(always)]
@@ -525,25 +518,7 @@ fn within_flood_budget(settings: &Settings) -> bool {
     };
     // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
     let budget = unsafe { &mut *budget };
-    let limit = settings.flood_events_per_sec;
-    if budget.used >= limit {
-        let over = budget.used - limit;
-        budget.used = budget.used.saturating_add(1);
-        if !over.is_multiple_of(BUDGET_CLOCK_INTERVAL) {
-            return false;
-        }
-        let now = now_ns();
-        if now.wrapping_sub(budget.window_start_ns) < NANOS_PER_SEC {
-            return false;
-        }
-        budget.window_start_ns = now;
-        budget.used = 0;
-    }
-    if budget.used >= limit {
-        return false;
-    }
-    budget.used += 1;
-    true
+    budget.admit(settings.flood_events_per_sec, now_ns)
 }
 
 #[inline(always)]
