@@ -753,33 +753,53 @@ fn generate(lab: &Lab, template: Vec<u8>, frames: u32) -> anyhow::Result<f64> {
     })
 }
 
-/// Spoofed-SYN flood throughput of each receiver, in its own lab.
+/// Spoofed-SYN flood throughput of each receiver, in its own lab. The
+/// trials take turns across receivers, so a slow spell of the machine hits
+/// them all alike.
 pub fn flood(effort: &Effort) -> anyhow::Result<Vec<FloodRow>> {
-    let mut rows = Vec::new();
+    struct Bench {
+        receiver: Receiver,
+        lab: Lab,
+        installed: Installed,
+        template: Vec<u8>,
+        rates: Vec<f64>,
+        counted: u64,
+    }
+    let mut benches = Vec::new();
     for receiver in Receiver::ALL {
         let lab = Lab::new();
         let installed = install(&lab, receiver)?;
         separate_cpus(&lab)?;
         let template = flood_template(&lab)?;
-        let mut rates = Vec::new();
-        let mut counted = 0;
-        for _ in 0..effort.trials {
-            let before = dropped(&lab, receiver, &installed)?;
-            let seconds = generate(&lab, template.clone(), effort.flood_frames)?;
+        benches.push(Bench {
+            receiver,
+            lab,
+            installed,
+            template,
+            rates: Vec::new(),
+            counted: 0,
+        });
+    }
+    for _ in 0..effort.trials {
+        for bench in &mut benches {
+            let before = dropped(&bench.lab, bench.receiver, &bench.installed)?;
+            let seconds = generate(&bench.lab, bench.template.clone(), effort.flood_frames)?;
             // Let the receiver finish what is queued.
             std::thread::sleep(Duration::from_millis(200));
-            let got = dropped(&lab, receiver, &installed)? - before;
-            counted += got;
-            rates.push(got as f64 / seconds);
+            let got = dropped(&bench.lab, bench.receiver, &bench.installed)? - before;
+            bench.counted += got;
+            bench.rates.push(got as f64 / seconds);
         }
-        rows.push(FloodRow {
-            label: receiver.label(),
-            pps: Stat::of(rates),
-            delivered: counted as f64 / (f64::from(effort.flood_frames) * effort.trials as f64),
-        });
-        drop(installed);
     }
-    Ok(rows)
+    let generated = f64::from(effort.flood_frames) * effort.trials as f64;
+    Ok(benches
+        .into_iter()
+        .map(|bench| FloodRow {
+            label: bench.receiver.label(),
+            pps: Stat::of(bench.rates),
+            delivered: bench.counted as f64 / generated,
+        })
+        .collect())
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -790,9 +810,19 @@ pub fn run() -> anyhow::Result<()> {
         "bench: per-packet cost ({} trials x {} runs)",
         effort.trials, effort.repeat
     );
-    let (pass, paths) = per_packet(&effort)?;
-    eprintln!("bench: scale");
-    let scale = scale(&effort)?;
+    // Test runs execute on the calling CPU: keep them all on one, so that
+    // baselines and paths see the same core.
+    let (pass, paths, scale) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<_> {
+                pin_to_cpu(1)?;
+                let (pass, paths) = per_packet(&effort)?;
+                eprintln!("bench: scale");
+                Ok((pass, paths, scale(&effort)?))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the in-kernel cost thread panicked"))?
+    })?;
     eprintln!("bench: memory");
     let memory = memory()?;
     eprintln!("bench: time to open ({} tries each)", effort.tries);
