@@ -423,19 +423,35 @@ pub const fn horizon_span(lifetime_ns: u64) -> u32 {
     }
 }
 
-/// Index of `addr`'s slot in `SOURCE_HORIZONS`: a seeded multiplicative
-/// hash of its four words, top bits.
+/// An address as four native-order words with its bytes unchanged: how the
+/// XDP program carries and hashes it (four registers, not sixteen bytes).
+pub type AddrWords = [u32; 4];
+
 #[inline(always)]
-pub fn source_slot(addr: &Addr, seed: u32) -> u32 {
-    const _: () = assert!(SOURCE_HORIZON_SLOTS.is_power_of_two());
-    let words = [
+pub const fn addr_words(addr: &Addr) -> AddrWords {
+    [
         u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
         u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
         u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
         u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
-    ];
+    ]
+}
+
+#[inline(always)]
+pub const fn words_addr(words: &AddrWords) -> Addr {
+    // SAFETY: the same size, and every bit pattern is a valid byte array.
+    // (A copy, where building the bytes one by one would have the compiler
+    // split the words into sixteen values.)
+    unsafe { core::mem::transmute::<AddrWords, Addr>(*words) }
+}
+
+/// Index of a source's slot in `SOURCE_HORIZONS`: a seeded multiplicative
+/// hash of its address words, top bits.
+#[inline(always)]
+pub fn source_slot(words: &AddrWords, seed: u32) -> u32 {
+    const _: () = assert!(SOURCE_HORIZON_SLOTS.is_power_of_two());
     let mut hash = seed;
-    for word in words {
+    for word in *words {
         hash = (hash ^ word).wrapping_mul(0x9e37_79b1);
     }
     hash >> (32 - SOURCE_HORIZON_SLOTS.trailing_zeros())
@@ -575,6 +591,12 @@ mod horizon_tests {
     }
 
     #[test]
+    fn words_keep_the_address_bytes() {
+        let addr = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        assert_eq!(words_addr(&addr_words(&addr)), addr);
+    }
+
+    #[test]
     fn spans_of_absurd_lifetimes_stay_far_from_wrapping() {
         assert_eq!(horizon_span(u64::MAX), u32::MAX / 2);
     }
@@ -585,10 +607,10 @@ mod horizon_tests {
         let mut per_slot = vec![0u32; SOURCE_HORIZON_SLOTS as usize];
         let mut moved = 0;
         for i in 0..sources {
-            let addr = ipv4_mapped((0x0a00_0000 + i).to_be_bytes());
-            let slot = source_slot(&addr, 0x1234_5678);
+            let words = addr_words(&ipv4_mapped((0x0a00_0000 + i).to_be_bytes()));
+            let slot = source_slot(&words, 0x1234_5678);
             per_slot[slot as usize] += 1;
-            moved += u32::from(slot != source_slot(&addr, 0x8765_4321));
+            moved += u32::from(slot != source_slot(&words, 0x8765_4321));
         }
         // Four sources per slot on average; a fair hash leaves few slots
         // empty (e^-4, under 2 %) and none crowded.

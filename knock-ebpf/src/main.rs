@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
+    Addr, AddrWords, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
     PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig, SOURCE_HORIZON_SLOTS,
-    Settings, SourceHorizon, SourceRule, event_kind, horizon_units,
+    Settings, SourceHorizon, SourceRule, addr_words, event_kind, horizon_units,
     machine::{self, Outcome},
     port_roles_index, record_failure, source_slot,
 };
@@ -96,7 +96,7 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
         return Ok(Reason::PassUnprotected);
     };
     let packet = l4.with_source(ctx)?;
-    let horizon = horizon_of(settings, &packet.src);
+    let horizon = horizon_of(settings, &packet.src_words);
     let knock_port = roles.knock_rules != 0;
     if opens
         && (knock_port || covered_now(horizon.knocking_until).is_some())
@@ -121,7 +121,7 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
 /// A copy of the source's `SOURCE_HORIZONS` slot. The lookup cannot fail
 /// (the index is in range); if it did, the answer would be "may hold state".
 #[inline(always)]
-fn horizon_of(settings: &Settings, src: &Addr) -> SourceHorizon {
+fn horizon_of(settings: &Settings, src: &AddrWords) -> SourceHorizon {
     SOURCE_HORIZONS
         .get(source_slot(src, settings.source_seed))
         .copied()
@@ -152,7 +152,7 @@ enum Horizon {
 /// Raises one of the source's horizons to its span past `now`. Racing CPUs
 /// may lose each other's write; `horizon_span` allows for that.
 #[inline(always)]
-fn raise_horizon(settings: &Settings, src: &Addr, horizon: Horizon, now: u64) {
+fn raise_horizon(settings: &Settings, src: &AddrWords, horizon: Horizon, now: u64) {
     let Some(slot) = SOURCE_HORIZONS.get_ptr_mut(source_slot(src, settings.source_seed)) else {
         return;
     };
@@ -187,7 +187,7 @@ struct KnockScan {
 #[inline(always)]
 fn run_knock_rules(settings: &Settings, packet: &Packet, knock_port: bool) -> Option<Reason> {
     let mut scan = KnockScan {
-        src: packet.src,
+        src: packet.src(),
         knock: Knock {
             port: packet.l4.dst_port(),
             proto: packet.l4.proto,
@@ -257,7 +257,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         Outcome::Duplicate => Reason::DropKnockDuplicate,
         Outcome::Advanced(next) => {
             stored.keep(&key, &next);
-            raise_horizon(settings, &scan.src, Horizon::Knocking, now);
+            raise_horizon(settings, &addr_words(&scan.src), Horizon::Knocking, now);
             let step = next.next_step as u8;
             // First steps are what a spoofed flood sends: their events share
             // the flood budget; later steps come from real clients.
@@ -278,7 +278,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             stored.forget(&key);
             let expires_ns = now + rule.open_for_ns;
             let _ = GRANTS.insert(&key, &Grant { expires_ns }, 0);
-            raise_horizon(settings, &scan.src, Horizon::Admitted, now);
+            raise_horizon(settings, &addr_words(&scan.src), Horizon::Admitted, now);
             let step = rule.steps as u8;
             emit(
                 event_kind::GRANT,
@@ -413,13 +413,13 @@ fn guard_protected(
     if let Some(now) = admitted_now
         && admitted_flow(settings, packet, &flow_key(packet), now)
     {
-        raise_horizon(settings, &packet.src, Horizon::Admitted, now);
+        raise_horizon(settings, &packet.src_words, Horizon::Admitted, now);
         return Reason::PassAdmittedFlow;
     }
-    if listed(&DENY, settings.deny_entries, &packet.src) {
+    if listed(&DENY, settings.deny_entries, &packet.src()) {
         return Reason::DropDenied;
     }
-    if listed(&ALLOW, settings.allow_entries, &packet.src) {
+    if listed(&ALLOW, settings.allow_entries, &packet.src()) {
         return Reason::PassAllowlisted;
     }
     if let Some(now) = admitted_now
@@ -433,7 +433,7 @@ fn guard_protected(
             };
             let _ = FLOWS.insert(&flow_key(packet), &flow, 0);
         }
-        raise_horizon(settings, &packet.src, Horizon::Admitted, now);
+        raise_horizon(settings, &packet.src_words, Horizon::Admitted, now);
         return Reason::PassGranted;
     }
     emit_denied(settings, packet);
@@ -443,7 +443,7 @@ fn guard_protected(
 #[inline(always)]
 fn flow_key(packet: &Packet) -> FlowKey {
     FlowKey {
-        addr: packet.src,
+        addr: packet.src(),
         src_port: packet.src_port,
         dst_port: packet.l4.dst_port,
         proto: packet.l4.proto,
@@ -492,7 +492,7 @@ fn live_grant(packet: &Packet, protect_rules: u16, now: u64) -> Option<u32> {
             continue;
         }
         let key = SourceRule {
-            addr: packet.src,
+            addr: packet.src(),
             rule: rule_index,
         };
         // SAFETY: read-only copy out of a value the lookup just returned.
@@ -534,7 +534,7 @@ fn emit_denied(settings: &Settings, packet: &Packet) {
     emit(
         event_kind::DENIED,
         0,
-        &packet.src,
+        &packet.src(),
         target,
         u32::from(u16::MAX),
         0,

@@ -5,8 +5,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use knock_common::{
-    Addr, IPPROTO_TCP, IPPROTO_UDP, MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH,
-    Reason, ipv4_mapped,
+    Addr, AddrWords, IPPROTO_TCP, IPPROTO_UDP, MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS,
+    MAX_VLAN_DEPTH, Reason, addr_words, ipv4_mapped, words_addr,
 };
 
 const ETH_HEADER_LEN: usize = 14;
@@ -42,7 +42,8 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP segment or UDP datagram, as far as the filter cares.
 pub struct Packet {
-    pub src: Addr,
+    /// The source address in the one key form, as words (see `src`).
+    pub src_words: AddrWords,
     /// Network byte order.
     pub src_port: [u8; 2],
     pub l4: Transport,
@@ -68,18 +69,34 @@ enum Source {
     Ipv6(usize),
 }
 
+impl Packet {
+    /// The source address in the one key form.
+    #[inline(always)]
+    pub fn src(&self) -> Addr {
+        words_addr(&self.src_words)
+    }
+}
+
 impl Transport {
     /// The whole packet, with the source address (in the one key form) and
     /// port read from the frame.
     #[inline(always)]
     pub fn with_source(self, ctx: &XdpContext) -> Result<Packet, ParseError> {
-        let src = match self.source {
-            Source::Ipv4(offset) => ipv4_mapped(bytes_at::<4>(ctx, offset)?),
-            Source::Ipv6(offset) => bytes_at::<16>(ctx, offset)?,
+        let src_words = match self.source {
+            Source::Ipv4(offset) => {
+                let mapped = addr_words(&ipv4_mapped([0; 4]));
+                [
+                    mapped[0],
+                    mapped[1],
+                    mapped[2],
+                    u32::from_ne_bytes(bytes_at::<4>(ctx, offset)?),
+                ]
+            }
+            Source::Ipv6(offset) => addr_words(&bytes_at::<16>(ctx, offset)?),
         };
         let src_port = bytes_at::<2>(ctx, self.header_at)?;
         Ok(Packet {
-            src,
+            src_words,
             src_port,
             l4: self,
         })

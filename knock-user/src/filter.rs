@@ -17,7 +17,7 @@ use aya::{
 };
 use knock_common::{
     Addr, Flow, FlowKey, Grant, PortRoles, Reason, RuleConfig, Settings, SourceHorizon, SourceRule,
-    map_names, source_slot,
+    addr_words, map_names, source_slot,
 };
 
 use crate::config::KernelConfig;
@@ -269,7 +269,7 @@ impl Filter {
             .get(&0, 0)
             .map_err(map_error(map_names::SETTINGS))?
             .source_seed;
-        let slot = source_slot(addr, seed);
+        let slot = source_slot(&addr_words(addr), seed);
         let horizons: Array<_, SourceHorizon> = self.map(map_names::SOURCE_HORIZONS)?;
         let horizon = horizons
             .get(&slot, 0)
