@@ -157,6 +157,10 @@ fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], 
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, ParseError> {
     let mut ethertype = u16::from_be_bytes(bytes_at::<2>(ctx, ETH_HEADER_LEN - 2)?);
+    // Untagged IPv4 first: the common frame, with a constant offset.
+    if ethertype == ETH_P_IPV4 {
+        return parse_ipv4(ctx, ETH_HEADER_LEN);
+    }
     let mut offset = ETH_HEADER_LEN;
     for _ in 0..MAX_VLAN_DEPTH {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
