@@ -45,6 +45,9 @@ pub struct Effort {
     pub tries: usize,
     /// Spoofed SYNs per flood trial.
     pub flood_frames: u32,
+    /// Flood rounds, each flooding every receiver once: flood rates are
+    /// noisier than test runs, so they get more.
+    pub flood_rounds: usize,
 }
 
 pub struct OpenTimes {
@@ -60,6 +63,7 @@ impl Effort {
                 trials: 3,
                 tries: 5,
                 flood_frames: 200_000,
+                flood_rounds: 3,
             }
         } else {
             Effort {
@@ -67,6 +71,7 @@ impl Effort {
                 trials: 7,
                 tries: 25,
                 flood_frames: 2_000_000,
+                flood_rounds: 15,
             }
         }
     }
@@ -801,7 +806,7 @@ pub fn flood(effort: &Effort) -> anyhow::Result<Vec<FloodRow>> {
             counted: 0,
         });
     }
-    for _ in 0..effort.trials {
+    for _ in 0..effort.flood_rounds {
         for bench in &mut benches {
             let before = dropped(&bench.lab, bench.receiver, &bench.installed)?;
             let seconds = generate(&bench.lab, bench.template.clone(), effort.flood_frames)?;
@@ -812,7 +817,7 @@ pub fn flood(effort: &Effort) -> anyhow::Result<Vec<FloodRow>> {
             bench.rates.push(got as f64 / seconds);
         }
     }
-    let generated = f64::from(effort.flood_frames) * effort.trials as f64;
+    let generated = f64::from(effort.flood_frames) * effort.flood_rounds as f64;
     Ok(benches
         .into_iter()
         .map(|bench| FloodRow {
@@ -853,8 +858,8 @@ pub fn run() -> anyhow::Result<()> {
         knockd: time_to_open_knockd(effort.tries)?,
     };
     eprintln!(
-        "bench: spoofed SYN flood ({} trials x {} frames)",
-        effort.trials, effort.flood_frames
+        "bench: spoofed SYN flood ({} rounds x {} frames)",
+        effort.flood_rounds, effort.flood_frames
     );
     let flood = flood(&effort)?;
     let report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
@@ -899,10 +904,12 @@ fn render(
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# xknock benchmark\n\nMachine: {}.\nCommand: `cargo xtask bench`. Each figure is the median of {} trials of {} runs, with the range.\n",
+        "# xknock benchmark\n\nMachine: {}.\nCommand: `cargo xtask bench`. Each figure is a median with its range: in-kernel costs over {} trials of {} runs, flood rates over {} rounds of {} frames.\n",
         machine(),
         effort.trials,
-        effort.repeat
+        effort.repeat,
+        effort.flood_rounds,
+        effort.flood_frames
     );
     let _ = writeln!(
         md,
