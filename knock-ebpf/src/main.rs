@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, AddrWords, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
+    Addr, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
     PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig, SOURCE_HORIZON_SLOTS,
-    Settings, SourceHorizon, SourceRule, addr_words, event_kind, horizon_units,
+    Settings, SourceHorizon, SourceRule, event_kind, horizon_units,
     machine::{self, Outcome},
     port_roles_index, record_failure, source_slot,
 };
@@ -96,11 +96,12 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
         return Ok(Reason::PassUnprotected);
     };
     let packet = l4.with_source(ctx)?;
-    let horizon = horizon_of(settings, &packet.src_words);
+    let slot = source_slot(&packet.src_words, settings.source_seed);
+    let horizon = horizon_at(slot);
     let knock_port = roles.knock_rules != 0;
     if opens
         && (knock_port || covered_now(horizon.knocking_until).is_some())
-        && let Some(reason) = run_knock_rules(settings, &packet, knock_port)
+        && let Some(reason) = run_knock_rules(settings, &packet, knock_port, slot)
     {
         return Ok(reason);
     }
@@ -112,23 +113,21 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
             settings,
             &packet,
             roles.protect_rules,
+            slot,
             horizon.admitted_until,
         ));
     }
     Ok(Reason::PassUnprotected)
 }
 
-/// A copy of the source's `SOURCE_HORIZONS` slot. The lookup cannot fail
-/// (the index is in range); if it did, the answer would be "may hold state".
+/// A copy of a `SOURCE_HORIZONS` slot. The lookup cannot fail (the index
+/// is in range); if it did, the answer would be "may hold state".
 #[inline(always)]
-fn horizon_of(settings: &Settings, src: &AddrWords) -> SourceHorizon {
-    SOURCE_HORIZONS
-        .get(source_slot(src, settings.source_seed))
-        .copied()
-        .unwrap_or(SourceHorizon {
-            knocking_until: u32::MAX,
-            admitted_until: u32::MAX,
-        })
+fn horizon_at(slot: u32) -> SourceHorizon {
+    SOURCE_HORIZONS.get(slot).copied().unwrap_or(SourceHorizon {
+        knocking_until: u32::MAX,
+        admitted_until: u32::MAX,
+    })
 }
 
 /// Now, if the horizon `until` still covers it. A slot never raised answers
@@ -149,11 +148,11 @@ enum Horizon {
     Admitted,
 }
 
-/// Raises one of the source's horizons to its span past `now`. Racing CPUs
-/// may lose each other's write; `horizon_span` allows for that.
+/// Raises one of a slot's horizons to its span past `now`. Racing CPUs may
+/// lose each other's write; `horizon_span` allows for that.
 #[inline(always)]
-fn raise_horizon(settings: &Settings, src: &AddrWords, horizon: Horizon, now: u64) {
-    let Some(slot) = SOURCE_HORIZONS.get_ptr_mut(source_slot(src, settings.source_seed)) else {
+fn raise_horizon(settings: &Settings, slot: u32, horizon: Horizon, now: u64) {
+    let Some(slot) = SOURCE_HORIZONS.get_ptr_mut(slot) else {
         return;
     };
     // SAFETY: a value pointer the array lookup just returned; a u32 store
@@ -176,6 +175,8 @@ struct KnockScan {
     knock: Knock,
     /// Whether the packet's port is a step of any rule.
     knock_port: bool,
+    /// The source's `SOURCE_HORIZONS` slot.
+    horizon_slot: u32,
     verdict: Option<Reason>,
 }
 
@@ -185,7 +186,12 @@ struct KnockScan {
 /// The per-rule work runs under `bpf_loop`, so the verifier checks it once
 /// instead of once per rule and per combination of earlier outcomes.
 #[inline(always)]
-fn run_knock_rules(settings: &Settings, packet: &Packet, knock_port: bool) -> Option<Reason> {
+fn run_knock_rules(
+    settings: &Settings,
+    packet: &Packet,
+    knock_port: bool,
+    horizon_slot: u32,
+) -> Option<Reason> {
     let mut scan = KnockScan {
         src: packet.src(),
         knock: Knock {
@@ -194,6 +200,7 @@ fn run_knock_rules(settings: &Settings, packet: &Packet, knock_port: bool) -> Op
             _pad: 0,
         },
         knock_port,
+        horizon_slot,
         verdict: None,
     };
     let rules = settings.rules.min(MAX_RULES as u32);
@@ -257,7 +264,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         Outcome::Duplicate => Reason::DropKnockDuplicate,
         Outcome::Advanced(next) => {
             stored.keep(&key, &next);
-            raise_horizon(settings, &addr_words(&scan.src), Horizon::Knocking, now);
+            raise_horizon(settings, scan.horizon_slot, Horizon::Knocking, now);
             let step = next.next_step as u8;
             // First steps are what a spoofed flood sends: their events share
             // the flood budget; later steps come from real clients.
@@ -278,7 +285,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             stored.forget(&key);
             let expires_ns = now + rule.open_for_ns;
             let _ = GRANTS.insert(&key, &Grant { expires_ns }, 0);
-            raise_horizon(settings, &addr_words(&scan.src), Horizon::Admitted, now);
+            raise_horizon(settings, scan.horizon_slot, Horizon::Admitted, now);
             let step = rule.steps as u8;
             emit(
                 event_kind::GRANT,
@@ -407,13 +414,14 @@ fn guard_protected(
     settings: &Settings,
     packet: &Packet,
     protect_rules: u16,
+    slot: u32,
     admitted_until: u32,
 ) -> Reason {
     let admitted_now = covered_now(admitted_until);
     if let Some(now) = admitted_now
         && admitted_flow(settings, packet, &flow_key(packet), now)
     {
-        raise_horizon(settings, &packet.src_words, Horizon::Admitted, now);
+        raise_horizon(settings, slot, Horizon::Admitted, now);
         return Reason::PassAdmittedFlow;
     }
     if listed(&DENY, settings.deny_entries, &packet.src()) {
@@ -433,7 +441,7 @@ fn guard_protected(
             };
             let _ = FLOWS.insert(&flow_key(packet), &flow, 0);
         }
-        raise_horizon(settings, &packet.src_words, Horizon::Admitted, now);
+        raise_horizon(settings, slot, Horizon::Admitted, now);
         return Reason::PassGranted;
     }
     emit_denied(settings, packet);
