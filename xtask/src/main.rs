@@ -27,6 +27,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "iptables",
     "ethtool",
+    // `ps`, which the bench uses to find NAPI threads.
+    "procps",
 ];
 
 #[derive(Parser)]
