@@ -245,13 +245,13 @@ fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
 
 /// Rewrites every value of the hash map `name` with `change`.
 fn rewrite<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str, change: impl Fn(&mut V)) {
+    let entries: Vec<(K, V)> = entries(filter, name);
     let mut map: aya::maps::HashMap<_, K, V> = filter
         .ebpf_mut()
         .map_mut(name)
         .expect(name)
         .try_into()
         .expect("hash map");
-    let entries: Vec<(K, V)> = map.iter().map(|e| e.expect("read")).collect();
     for (key, mut value) in entries {
         change(&mut value);
         map.insert(&key, &value, 0).expect("write");
@@ -340,13 +340,7 @@ fn entries<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str) -> Vec<(K,
 fn kernel_progress(filter: &mut Filter) -> BTreeMap<(Source, usize), usize> {
     let mut all = BTreeMap::new();
     for name in [map_names::FIRST_STEPS, map_names::PROGRESS] {
-        let map: aya::maps::HashMap<_, SourceRule, Progress> = filter
-            .ebpf_mut()
-            .map(name)
-            .expect(name)
-            .try_into()
-            .expect("hash map");
-        for (key, value) in map.iter().map(|e| e.expect("read")) {
+        for (key, value) in entries::<SourceRule, Progress>(filter, name) {
             let previous = all.insert(
                 (u128::from_be_bytes(key.addr), key.rule as usize),
                 value.next_step as usize,
@@ -359,15 +353,8 @@ fn kernel_progress(filter: &mut Filter) -> BTreeMap<(Source, usize), usize> {
 
 fn kernel_live_grants(filter: &mut Filter) -> Vec<(Source, usize)> {
     let now = monotonic_ns();
-    let map: aya::maps::HashMap<_, SourceRule, Grant> = filter
-        .ebpf_mut()
-        .map(map_names::GRANTS)
-        .expect("GRANTS")
-        .try_into()
-        .expect("hash map");
-    let mut live: Vec<_> = map
-        .iter()
-        .map(|e| e.expect("read"))
+    let mut live: Vec<_> = entries::<SourceRule, Grant>(filter, map_names::GRANTS)
+        .into_iter()
         .filter(|(_, g)| g.expires_ns > now)
         .map(|(k, _)| (u128::from_be_bytes(k.addr), k.rule as usize))
         .collect();

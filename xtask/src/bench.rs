@@ -129,9 +129,18 @@ fn cost(
     effort: &Effort,
 ) -> anyhow::Result<Stat> {
     let samples = (0..effort.trials)
-        .map(|_| run(frame, effort.repeat).map(|d| d.as_secs_f64() * 1e9))
+        .map(|_| ns_per_packet(&run, frame, effort))
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Stat::of(samples))
+}
+
+/// ns per packet of `frame` over one trial of `effort.repeat` runs.
+fn ns_per_packet(
+    run: &dyn Fn(&[u8], u32) -> anyhow::Result<Duration>,
+    frame: &[u8],
+    effort: &Effort,
+) -> anyhow::Result<f64> {
+    Ok(run(frame, effort.repeat)?.as_secs_f64() * 1e9)
 }
 
 fn xknock_run(filter: &Filter) -> impl Fn(&[u8], u32) -> anyhow::Result<Duration> + '_ {
@@ -243,16 +252,13 @@ pub fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
     // Each trial of a path runs right after one of XDP_PASS, and the ratio
     // is taken within the pair; the paths take turns, trial by trial, so a
     // slow spell of the machine spreads over all of them.
-    let ns = |run: &dyn Fn(&[u8], u32) -> anyhow::Result<Duration>, frame: &[u8]| {
-        run(frame, effort.repeat).map(|d| d.as_secs_f64() * 1e9)
-    };
     let xknock = xknock_run(&filter);
     let mut pass_samples = Vec::new();
     let mut samples = vec![(Vec::new(), Vec::new()); paths.len()];
     for _ in 0..effort.trials {
         for ((_, frame), (costs, ratios)) in paths.iter().zip(&mut samples) {
-            let pass = ns(&pass_run, &plain)?;
-            let cost = ns(&xknock, frame)?;
+            let pass = ns_per_packet(&pass_run, &plain, effort)?;
+            let cost = ns_per_packet(&xknock, frame, effort)?;
             pass_samples.push(pass);
             costs.push(cost);
             ratios.push(cost / pass);
