@@ -30,13 +30,25 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub static BASELINE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-baseline"));
 
+/// ELF's machine number for BPF.
+const EM_BPF: u16 = 247;
+
+/// What this binary carries: the size of its XDP program, or `None` when it
+/// was built without one (or with something that is not a BPF object).
+pub fn embedded_program() -> Option<usize> {
+    let machine = BPF_OBJECT.get(18..20)?;
+    let is_bpf_elf = BPF_OBJECT.starts_with(b"\x7fELF")
+        && u16::from_le_bytes([machine[0], machine[1]]) == EM_BPF;
+    is_bpf_elf.then_some(BPF_OBJECT.len())
+}
+
 /// Why the filter could not be put in place. Whatever failed, nothing stays
 /// attached: dropping a half-built `Filter` detaches it.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    /// This binary was built where bpf-linker was missing, so it carries no program.
+    /// This binary was built with `XKNOCK_WITHOUT_EBPF=1`, so it carries no program.
     #[error(
-        "this xknock was built without its XDP program (bpf-linker was missing); rebuild after `cargo xtask setup`"
+        "this xknock was built without its XDP program (XKNOCK_WITHOUT_EBPF=1, for checks only); build it again without that variable"
     )]
     NoProgram,
     /// The kernel refused the BPF object or one of its maps.
@@ -116,7 +128,7 @@ impl Filter {
     /// Loads the program with `config`'s map sizes, fills every map, and has
     /// the verifier check the program; nothing is attached yet.
     pub fn load(config: &KernelConfig) -> Result<Filter, FilterError> {
-        if BPF_OBJECT.is_empty() {
+        if embedded_program().is_none() {
             return Err(FilterError::NoProgram);
         }
         let lpm_size = |entries: usize| u32::try_from(entries.max(1)).unwrap_or(u32::MAX);

@@ -5,7 +5,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -13,7 +13,7 @@ use tokio::{
 use xknock::{
     config::{Config, KernelConfig, PortSpec},
     events::{EventFormat, Record},
-    filter::{AttachMode, Filter, check_interface},
+    filter::{AttachMode, Filter, check_interface, embedded_program},
     knock,
 };
 
@@ -85,8 +85,23 @@ fn load_config(path: &PathBuf) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// `xknock --version`: the version, and whether this binary carries its XDP
+/// program (a build made for checks only does not).
+fn version() -> String {
+    let program = match embedded_program() {
+        Some(bytes) => format!("embedded ({bytes} bytes, BPF ELF)"),
+        None => "none: built with XKNOCK_WITHOUT_EBPF=1 for checks only, it cannot filter".into(),
+    };
+    format!("{}\nXDP program: {program}", env!("CARGO_PKG_VERSION"))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let version: &'static str = Box::leak(version().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let result = match cli.command {
         Command::Run {
             config,

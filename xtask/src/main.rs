@@ -1,10 +1,16 @@
-//! `cargo xtask`: set-up, tests and the demo, each runnable on a fresh
-//! machine of this kind (they install what they need first).
+//! `cargo xtask`: set-up, tests, the demo and the bench, each runnable on a
+//! fresh machine of this kind (they install what they need first).
+//!
+//! xtask depends on no crate of this workspace: building it must not build
+//! the XDP program, whose toolchain and linker set-up installs. The demo and
+//! the bench are binaries of their own, built once set-up is done.
 
-mod bench;
-mod demo;
+mod fresh;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
@@ -59,14 +65,66 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Demo => {
             setup()?;
-            cargo(&["build", "--package", "knock-user"])?;
-            demo::run()
+            cargo(&[
+                "build",
+                "--package",
+                "knock-user",
+                "--package",
+                "tests",
+                "--bins",
+            ])?;
+            run_built("demo")
         }
         Task::Bench => {
             setup()?;
-            bench::run()
+            cargo(&["build", "--package", "knock-user", "--package", "bench"])?;
+            run_built("bench")
         }
     }
+}
+
+fn debug_dir(target_dir: &Path) -> PathBuf {
+    target_dir.join("debug")
+}
+
+fn xknock_bin() -> PathBuf {
+    debug_dir(&workspace_root().join("target")).join("xknock")
+}
+
+/// Fails unless the xknock binary at `bin` says it carries its XDP program,
+/// so nothing can demo, test or bench a hollow build.
+fn ensure_carries_program(bin: &Path) -> anyhow::Result<()> {
+    let output = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success() && version.contains("XDP program: embedded"),
+        "{} does not carry its XDP program: {}",
+        bin.display(),
+        version.trim()
+    );
+    eprintln!(
+        "xtask: {}: {}",
+        bin.display(),
+        version.lines().last().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Runs a binary built in target/debug, with the xknock binary it drives.
+fn run_built(name: &str) -> anyhow::Result<()> {
+    let xknock = xknock_bin();
+    ensure_carries_program(&xknock)?;
+    let program = debug_dir(&workspace_root().join("target")).join(name);
+    let status = Command::new(&program)
+        .env("XKNOCK_BIN", &xknock)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    ensure!(status.success(), "{name} failed: {status}");
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {
@@ -199,9 +257,11 @@ fn test() -> anyhow::Result<()> {
         ],
     )?;
     cargo(&["build", "--package", "knock-user"])?;
+    let xknock = xknock_bin();
+    ensure_carries_program(&xknock)?;
+    fresh::check_order_of_events()?;
     // The integration tests mostly wait on timers: run more at once than
     // there are cores.
-    let xknock = workspace_root().join("target/debug/xknock");
     eprintln!("xtask: cargo test --workspace -- --nocapture");
     // --nocapture: the differential and flood tests report what they compared.
     let status = Command::new(env!("CARGO"))

@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: xknock measured against its baselines in one run.
-//! Writes target/bench/report.md and target/bench/chart.svg.
+//! The benchmark (`cargo xtask bench` runs it after set-up): xknock measured
+//! against its baselines in one run. Writes target/bench/report.md and
+//! target/bench/chart.svg under the workspace.
 
 use std::{
     collections::BTreeMap,
@@ -841,9 +842,9 @@ pub fn flood(effort: &Effort) -> anyhow::Result<Vec<FloodRow>> {
         .collect())
 }
 
-pub fn run() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let effort = Effort::from_env();
-    let out = crate::workspace_root().join("target/bench");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     fs::create_dir_all(&out)?;
     eprintln!(
         "bench: per-packet cost ({} trials x {} runs)",

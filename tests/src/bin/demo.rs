@@ -1,6 +1,8 @@
-//! The demo: a real sshd behind xknock on a veth pair between two network
-//! namespaces. ssh is met with silence, `xknock knock` opens it, the grant
-//! expires and silence returns; the event stream is shown throughout.
+//! The demo (`cargo xtask demo` runs it): a real sshd behind xknock on a veth
+//! pair between two network namespaces. ssh is met with silence, `xknock
+//! knock` opens it, the grant expires and silence returns; the event stream is
+//! shown throughout. The xknock binary is $XKNOCK_BIN, else the one built next
+//! to this one.
 
 use std::time::Duration;
 
@@ -27,8 +29,7 @@ fn ssh(sshd: &Sshd, lab: &Lab) -> anyhow::Result<std::process::Output> {
     Ok(output)
 }
 
-/// Runs the demo with the xknock binary built next to this one.
-pub fn run() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = format!(
         "[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:7291\", \"udp:4728\", \"tcp:6742\"]\n\
          sequence_timeout = \"10s\"\nopen_for = \"{OPEN_FOR_SECS}s\"\nprotect = [\"tcp:22\"]\n"
