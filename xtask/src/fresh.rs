@@ -129,9 +129,18 @@ fn build(
             "absent"
         }
     );
-    // The rustup proxy, found on `path`, picks the toolchain as `./x` does.
-    let cargo = find("cargo", path).context("no cargo on PATH")?;
-    let output = Command::new(cargo)
+    let mut command = if find(LINKER, path).is_some() {
+        // The rustup proxy, found on `path`, picks the toolchain as `./x` does.
+        Command::new(find("cargo", path).context("no cargo on PATH")?)
+    } else {
+        // The toolchain's own cargo and rustc: rustup's proxies append
+        // ~/.cargo/bin to PATH, which would bring bpf-linker back.
+        let cargo = PathBuf::from(env!("CARGO"));
+        let mut command = Command::new(&cargo);
+        command.env("RUSTC", cargo.with_file_name("rustc"));
+        command
+    };
+    let output = command
         .args(["build", "--package", package])
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", target)
