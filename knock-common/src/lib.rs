@@ -5,7 +5,9 @@
 //! userspace agree byte for byte; the `const _` assertions pin the sizes.
 #![cfg_attr(not(test), no_std)]
 
+pub mod checksum;
 pub mod machine;
+pub mod ratelimit;
 
 /// Rules per configuration: protected-port and knock-port roles are `u16` bitmasks.
 pub const MAX_RULES: usize = 16;
@@ -39,10 +41,17 @@ pub mod map_names {
     pub const ALLOW: &str = "ALLOW";
     pub const DENY: &str = "DENY";
     pub const SOURCE_HORIZONS: &str = "SOURCE_HORIZONS";
+    pub const ANSWERS: &str = "ANSWERS";
+    pub const ICMP_GLOBAL: &str = "ICMP_GLOBAL";
+    pub const ICMP_PEERS: &str = "ICMP_PEERS";
+    pub const CONCEAL: &str = "CONCEAL";
 }
 
 /// Name of the XDP program in the BPF object.
 pub const PROGRAM_NAME: &str = "xknock";
+/// The program that answers stopped packets as closed ports do; the filter
+/// tail-calls it through slot 0 of the `CONCEAL` program array.
+pub const CONCEAL_PROGRAM_NAME: &str = "xknock_conceal";
 
 /// One knock step or protected port: a protocol and a port (host byte order).
 #[repr(C)]
@@ -104,8 +113,27 @@ pub struct Settings {
     /// Seeds the hash that picks a source's `SOURCE_HORIZONS` slot, so
     /// nobody can aim spoofed sources at a known client's slot.
     pub source_seed: u32,
+    /// `CONCEAL_CLOSED` or `CONCEAL_DROP`.
+    pub conceal: u32,
+    /// The host's ICMP error limits (see `ratelimit`), read from its sysctls
+    /// at load: the global rate and burst (zero rate: no global limit) and
+    /// the per-peer intervals (zero: no per-peer limit).
+    pub icmp_msgs_per_sec: u32,
+    pub icmp_msgs_burst: u32,
+    pub icmp_ratelimit_ms: u32,
+    pub icmpv6_ratelimit_ms: u32,
+    /// TTL and hop limit of the host's own packets (`ip_default_ttl`,
+    /// the interface's IPv6 `hop_limit`).
+    pub ttl: u8,
+    pub hop_limit: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 72);
+const _: () = assert!(core::mem::size_of::<Settings>() == 96);
+
+/// `Settings::conceal`: answer as a closed port of this host answers.
+pub const CONCEAL_CLOSED: u32 = 0;
+/// `Settings::conceal`: stay silent.
+pub const CONCEAL_DROP: u32 = 1;
 
 /// One rule as the kernel sees it; its protected ports live in `PORT_ROLES`.
 #[repr(C)]
@@ -318,6 +346,13 @@ impl Reason {
         (self as u32) <= Reason::PassAllowlisted as u32
     }
 
+    /// Stopped at a knock port or a protected port: with `conceal =
+    /// "closed"` the sender gets what a closed port would answer.
+    pub const fn conceals(self) -> bool {
+        (self as u32) >= Reason::DropKnockAdvanced as u32
+            && (self as u32) <= Reason::DropPenalized as u32
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             Reason::PassNotIp => "pass_not_ip",
@@ -337,6 +372,45 @@ impl Reason {
             Reason::DropMalformed => "drop_malformed",
             Reason::DropTooManyVlanTags => "drop_too_many_vlan_tags",
             Reason::DropExtHeaderChainTooLong => "drop_ext_header_chain_too_long",
+        }
+    }
+}
+
+/// Per-CPU counters of what concealment did with a packet it stopped
+/// (`ANSWERS`, one slot each; none move with `conceal = "drop"`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A TCP RST sent back, as to a closed port.
+    Rst = 0,
+    /// An ICMP or ICMPv6 port unreachable sent back.
+    Unreachable,
+    /// No port unreachable: the host's ICMP rate limit had run out.
+    RateLimited,
+    /// No answer: the probe's checksum was wrong, and the kernel drops those.
+    BadChecksum,
+    /// No answer, as from the kernel: an RST, a fragment, a broadcast or
+    /// multicast, a martian source, a truncated or inconsistent header.
+    Unanswerable,
+}
+
+impl Answer {
+    pub const COUNT: u32 = Answer::Unanswerable as u32 + 1;
+    pub const ALL: [Answer; Answer::COUNT as usize] = [
+        Answer::Rst,
+        Answer::Unreachable,
+        Answer::RateLimited,
+        Answer::BadChecksum,
+        Answer::Unanswerable,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Answer::Rst => "answer_rst",
+            Answer::Unreachable => "answer_unreachable",
+            Answer::RateLimited => "silent_rate_limited",
+            Answer::BadChecksum => "silent_bad_checksum",
+            Answer::Unanswerable => "silent_unanswerable",
         }
     }
 }
@@ -457,6 +531,25 @@ pub fn source_slot(words: &AddrWords, seed: u32) -> u32 {
     hash >> (32 - SOURCE_HORIZON_SLOTS.trailing_zeros())
 }
 
+/// The IPv6 flow label of an answer from `dst` back to `src`: a seeded
+/// hash of the flow, 20 bits, never zero, as the kernel's automatic flow
+/// labels are (the same flow always gets the same label).
+#[inline(always)]
+pub fn flow_label(seed: u32, src: &AddrWords, dst: &AddrWords, ports: u32) -> u32 {
+    let words = [
+        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], ports,
+    ];
+    let mut hash = seed ^ 0x5bd1_e995;
+    let mut i = 0;
+    while i < words.len() {
+        hash = (hash ^ words[i]).wrapping_mul(0x9e37_79b1);
+        hash ^= hash >> 15;
+        i += 1;
+    }
+    let label = hash & 0x000f_ffff;
+    if label == 0 { 1 } else { label }
+}
+
 /// Rate limit state for the events a flood can cause, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -518,6 +611,8 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::Penalty {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::ratelimit::GlobalIcmpBudget {}
+    unsafe impl aya::Pod for super::ratelimit::PeerIcmpRate {}
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod conceal;
 mod parse;
 
 use aya_ebpf::{
@@ -13,7 +14,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
+    Addr, CONCEAL_CLOSED, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
     PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig, SOURCE_HORIZON_SLOTS,
     Settings, SourceHorizon, SourceRule, event_kind, horizon_units,
     machine::{self, Outcome},
@@ -64,6 +65,14 @@ pub fn xknock(ctx: XdpContext) -> u32 {
     if reason.passes() {
         xdp_action::XDP_PASS
     } else {
+        if reason.conceals()
+            && SETTINGS
+                .get(0)
+                .is_some_and(|settings| settings.conceal == CONCEAL_CLOSED)
+        {
+            // Does not return when the answering program takes over.
+            conceal::hand_over(&ctx);
+        }
         xdp_action::XDP_DROP
     }
 }

@@ -106,6 +106,19 @@ impl Transport {
         u16::from_be_bytes(self.dst_port)
     }
 
+    /// Where the IP header starts, and whether it is IPv6.
+    pub fn network(&self) -> (usize, bool) {
+        match self.source {
+            Source::Ipv4(at) => (at - IPV4_SOURCE, false),
+            Source::Ipv6(at) => (at - IPV6_SOURCE, true),
+        }
+    }
+
+    /// Where the TCP or UDP header starts.
+    pub fn header_at(&self) -> usize {
+        self.header_at
+    }
+
     /// A TCP SYN without ACK, or any UDP datagram: what knocks and what opens
     /// a new connection.
     pub fn opens_connection(&self) -> bool {
@@ -143,7 +156,7 @@ impl ParseError {
 /// Copies `N` bytes at `offset` out of the packet, or fails if the frame is
 /// shorter.
 #[inline(always)]
-fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ParseError> {
+pub fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], ParseError> {
     let start = ctx.data();
     let end = ctx.data_end();
     if offset > MAX_HEADER_OFFSET || start + offset + N > end {
@@ -152,6 +165,25 @@ fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], 
     // SAFETY: the check above proves [start + offset, start + offset + N)
     // lies inside the packet, and a byte array has alignment 1.
     Ok(unsafe { *((start + offset) as *const [u8; N]) })
+}
+
+/// Writes `bytes` into the packet at `offset`, or fails if the frame is
+/// shorter.
+#[inline(always)]
+pub fn store_at<const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    bytes: &[u8; N],
+) -> Result<(), ParseError> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if offset > MAX_HEADER_OFFSET || start + offset + N > end {
+        return Err(ParseError::Truncated);
+    }
+    // SAFETY: the check above proves [start + offset, start + offset + N)
+    // lies inside the packet, which the program may write; alignment is 1.
+    unsafe { *((start + offset) as *mut [u8; N]) = *bytes };
+    Ok(())
 }
 
 #[inline(always)]

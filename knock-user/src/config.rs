@@ -8,8 +8,8 @@ use std::{collections::HashMap, fmt, net::IpAddr, ops::Range, str::FromStr, time
 
 use ipnet::IpNet;
 use knock_common::{
-    Addr, IPPROTO_TCP, IPPROTO_UDP, Knock, MAX_RULES, MAX_STEPS, PortRoles, RuleConfig, Settings,
-    horizon_span, ipv4_mapped, port_roles_index,
+    Addr, CONCEAL_CLOSED, CONCEAL_DROP, IPPROTO_TCP, IPPROTO_UDP, Knock, MAX_RULES, MAX_STEPS,
+    PortRoles, RuleConfig, Settings, horizon_span, ipv4_mapped, port_roles_index,
 };
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
@@ -155,6 +155,8 @@ struct File {
     #[serde(default)]
     flood_events_per_second: Option<u32>,
     #[serde(default)]
+    conceal: Conceal,
+    #[serde(default)]
     limits: Limits,
     #[serde(default)]
     flows: FlowTimeouts,
@@ -247,6 +249,19 @@ pub struct Rule {
     pub protect: Vec<PortSpec>,
 }
 
+/// What a packet stopped at a knock port, or at a protected port for a
+/// source without a grant, gets back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Conceal {
+    /// What a closed port of this host answers: a TCP RST, or an ICMP port
+    /// unreachable (rate limited as the kernel limits it).
+    #[default]
+    Closed,
+    /// Nothing, for hosts whose firewall drops every unused port anyway.
+    Drop,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -254,6 +269,7 @@ pub struct Config {
     pub allow: Vec<Prefix>,
     pub deny: Vec<Prefix>,
     pub flood_events_per_second: u32,
+    pub conceal: Conceal,
     pub limits: Limits,
     pub flows: FlowTimeouts,
     pub penalty: PenaltyConfig,
@@ -467,6 +483,7 @@ impl Config {
             flood_events_per_second: file
                 .flood_events_per_second
                 .unwrap_or(DEFAULT_FLOOD_EVENTS_PER_SECOND),
+            conceal: file.conceal,
             limits: file.limits,
             flows: file.flows,
             penalty: file.penalty,
@@ -567,6 +584,12 @@ impl TryFrom<&Config> for KernelConfig {
                 admitted_horizon: horizon_span(longest_admission.unwrap_or(0)),
                 // The loader draws it afresh on every load.
                 source_seed: 0,
+                conceal: match config.conceal {
+                    Conceal::Closed => CONCEAL_CLOSED,
+                    Conceal::Drop => CONCEAL_DROP,
+                },
+                // The loader reads the host's own values at load.
+                ..Settings::default()
             },
             rules,
             port_roles,
@@ -675,6 +698,23 @@ protect = ["tcp:22"]
             "protocol is part of the port"
         );
         assert_eq!(kernel.port_roles.len(), 4);
+    }
+
+    #[test]
+    fn conceal_defaults_to_closed_and_takes_drop() {
+        let rule = format!("{}{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n", with_rule(""));
+        let kernel = |text: &str| {
+            KernelConfig::try_from(&Config::parse(text).expect("valid"))
+                .expect("fits")
+                .settings
+                .conceal
+        };
+        assert_eq!(Config::parse(&rule).unwrap().conceal, Conceal::Closed);
+        assert_eq!(kernel(&rule), CONCEAL_CLOSED);
+        assert_eq!(kernel(&format!("conceal = \"drop\"\n{rule}")), CONCEAL_DROP);
+        assert_eq!(kernel(&format!("conceal = \"closed\"\n{rule}")), CONCEAL_CLOSED);
+        let e = error(&format!("conceal = \"silent\"\n{rule}"));
+        assert!(e.contains("line 1") && e.contains("silent"), "{e}");
     }
 
     #[test]

@@ -12,15 +12,18 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, ProgramArray, RingBuf,
+        lpm_trie::Key,
+    },
     programs::{ProgramError, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode},
 };
 use knock_common::{
-    Addr, Flow, FlowKey, Grant, PortRoles, Reason, RuleConfig, Settings, SourceHorizon, SourceRule,
-    addr_words, map_names, source_slot,
+    Addr, Answer, Flow, FlowKey, Grant, PortRoles, Reason, RuleConfig, Settings, SourceHorizon,
+    SourceRule, addr_words, map_names, source_slot,
 };
 
-use crate::config::KernelConfig;
+use crate::{config::KernelConfig, host::HostAnswers};
 
 /// The XDP program, built by build.rs from knock-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
@@ -151,14 +154,34 @@ impl Filter {
             .try_into()
             .map_err(FilterError::Program)?;
         program.load().map_err(FilterError::Program)?;
+        filter.load_conceal()?;
         Ok(filter)
+    }
+
+    /// Loads the program that answers stopped packets and puts it where the
+    /// filter tail-calls it.
+    fn load_conceal(&mut self) -> Result<(), FilterError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(knock_common::CONCEAL_PROGRAM_NAME)
+            .expect("the object defines the concealment program")
+            .try_into()
+            .map_err(FilterError::Program)?;
+        program.load().map_err(FilterError::Program)?;
+        let fd = program
+            .fd()
+            .map_err(FilterError::Program)?
+            .try_clone()
+            .map_err(|error| FilterError::Program(ProgramError::IOError(error)))?;
+        let mut slots: ProgramArray<_> = self.map_mut(map_names::CONCEAL)?;
+        slots.set(0, &fd, 0).map_err(map_error(map_names::CONCEAL))
     }
 
     fn populate(&mut self, config: &KernelConfig) -> Result<(), FilterError> {
         // Spoofers who cannot guess the seed cannot aim at a client's horizon.
         let seeded = Settings {
             source_seed: RandomState::new().hash_one(monotonic_ns()) as u32,
-            ..config.settings
+            ..HostAnswers::read().apply(config.settings)
         };
         let mut settings: Array<_, Settings> = self.map_mut(map_names::SETTINGS)?;
         settings
@@ -326,6 +349,20 @@ impl Filter {
                     .get(&(*reason as u32), 0)
                     .map_err(map_error(map_names::COUNTERS))?;
                 Ok((reason.name(), per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// What concealment did, by kind of answer, summed over CPUs.
+    pub fn answers(&self) -> Result<BTreeMap<&'static str, u64>, FilterError> {
+        let answers: PerCpuArray<_, u64> = self.map(map_names::ANSWERS)?;
+        Answer::ALL
+            .iter()
+            .map(|answer| {
+                let per_cpu = answers
+                    .get(&(*answer as u32), 0)
+                    .map_err(map_error(map_names::ANSWERS))?;
+                Ok((answer.name(), per_cpu.iter().sum()))
             })
             .collect()
     }

@@ -4,4 +4,5 @@
 pub mod config;
 pub mod events;
 pub mod filter;
+pub mod host;
 pub mod knock;

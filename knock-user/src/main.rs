@@ -194,14 +194,19 @@ fn run(
         .context("starting the event loop")?;
     let streamed = runtime.block_on(stream_events(&mut filter, &config, &kernel, format));
     let counters = filter.counters()?;
+    let answers = filter.answers()?;
     drop(filter);
     eprintln!("xknock: detached from {}", ifaces.join(", "));
-    let counted: Vec<String> = counters
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(name, n)| format!("{name}={n}"))
-        .collect();
-    eprintln!("xknock: verdicts: {}", counted.join(" "));
+    let counted = |counts: &std::collections::BTreeMap<&str, u64>| -> String {
+        let counted: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        counted.join(" ")
+    };
+    eprintln!("xknock: verdicts: {}", counted(&counters));
+    eprintln!("xknock: answers: {}", counted(&answers));
     streamed
 }
 

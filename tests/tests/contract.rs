@@ -253,13 +253,13 @@ fn sequential_syn_scan_of_every_port_never_opens_the_door() {
     for port in [22, 1111, 2222, 3333] {
         assert_eq!(
             nmap_state(&scan, port),
-            "filtered",
-            "port {port} must look filtered"
+            "closed",
+            "port {port} must look closed"
         );
     }
     assert_eq!(nmap_state(&scan, 8081), "closed", "closed ports still RST");
 
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
     assert_eq!(
         xknock.count_events(&[("event", "grant")]),
         0,
@@ -269,13 +269,44 @@ fn sequential_syn_scan_of_every_port_never_opens_the_door() {
 }
 
 #[test]
-fn ack_and_syn_probes_of_protected_and_knock_ports_get_no_answer() {
+fn ack_and_syn_probes_of_protected_and_knock_ports_are_answered_as_closed_ports() {
     let lab = Lab::new();
     lab.tcp_listener(22);
     lab.tcp_listener(8080);
     let xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
-    let ports = "22,3721,8080";
+    let ports = "22,3721,8080,8081";
 
+    let ack = nmap(&lab, &["-n", "-Pn", "-sA", "-p", ports]);
+    for port in [22, 3721, 8080, 8081] {
+        assert_eq!(
+            nmap_state(&ack, port),
+            "unfiltered",
+            "an ACK to {port} must get the RST any port gives"
+        );
+    }
+
+    let syn = nmap(&lab, &["-n", "-Pn", "-sS", "-p", ports]);
+    assert_eq!(nmap_state(&syn, 22), "closed");
+    assert_eq!(nmap_state(&syn, 3721), "closed");
+    assert_eq!(nmap_state(&syn, 8081), "closed");
+    assert_eq!(nmap_state(&syn, 8080), "open");
+    xknock.expect_event(&[
+        ("event", "denied"),
+        ("source", CLIENT_V4),
+        ("port", "tcp:22"),
+    ]);
+}
+
+#[test]
+fn with_conceal_drop_protected_and_knock_ports_stay_silent() {
+    let lab = Lab::new();
+    lab.tcp_listener(22);
+    let config = format!(
+        "conceal = \"drop\"\n{}",
+        article_config("30s", "\"tcp:22\"")
+    );
+    let _xknock = Xknock::start(&lab, &config, &[], false);
+    let ports = "22,3721,8081";
     let ack = nmap(&lab, &["-n", "-Pn", "-sA", "-p", ports]);
     assert_eq!(nmap_state(&ack, 22), "filtered", "ACK to 22 got a RST");
     assert_eq!(
@@ -283,27 +314,12 @@ fn ack_and_syn_probes_of_protected_and_knock_ports_get_no_answer() {
         "filtered",
         "ACK to a knock port got a RST"
     );
-    assert_eq!(
-        nmap_state(&ack, 8080),
-        "unfiltered",
-        "unprotected traffic must be untouched"
-    );
-
+    assert_eq!(nmap_state(&ack, 8081), "unfiltered");
     let syn = nmap(&lab, &["-n", "-Pn", "-sS", "-p", ports]);
     assert_eq!(nmap_state(&syn, 22), "filtered");
     assert_eq!(nmap_state(&syn, 3721), "filtered");
-    assert_eq!(nmap_state(&syn, 8080), "open");
-    xknock.expect_event(&[
-        ("event", "denied"),
-        ("source", CLIENT_V4),
-        ("port", "tcp:22"),
-    ]);
-
-    // The scans leave nothing behind that stops a real knock.
-    article_knock(&lab, SERVER_V4);
-    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
-    let syn = nmap(&lab, &["-n", "-Pn", "-sS", "-p", "22"]);
-    assert_eq!(nmap_state(&syn, 22), "open", "granted source sees 22 open");
+    assert_eq!(nmap_state(&syn, 8081), "closed");
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
 }
 
 /// The client's and server's addresses in one family, and prefixes for it.
@@ -338,7 +354,7 @@ fn allowlisted_source_reaches_without_knocking(allowed: &Family, other: &Family)
     let config = config_with(&format!("allow = [\"{}\"]", allowed.host_prefix), "30s");
     let _xknock = Xknock::start(&lab, &config, &[], false);
     assert_eq!(lab.tcp_connect(allowed.server, 22), Reach::Open);
-    assert_eq!(lab.tcp_connect(other.server, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(other.server, 22), Reach::Refused);
 }
 
 /// A knock from the `denied` prefix is ignored; the same knock from the
@@ -349,7 +365,7 @@ fn denylisted_prefix_knocks_are_ignored(denied: &Family, other: &Family) {
     let config = config_with(&format!("deny = [\"{}\"]", denied.net_prefix), "30s");
     let xknock = Xknock::start(&lab, &config, &[], false);
     article_knock(&lab, denied.server);
-    assert_eq!(lab.tcp_connect(denied.server, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(denied.server, 22), Reach::Refused);
     let from_denied: Vec<Value> = xknock
         .events()
         .into_iter()
@@ -362,7 +378,7 @@ fn denylisted_prefix_knocks_are_ignored(denied: &Family, other: &Family) {
     article_knock(&lab, other.server);
     xknock.expect_event(&[("event", "grant"), ("source", other.client)]);
     assert_eq!(lab.tcp_connect(other.server, 22), Reach::Open);
-    assert_eq!(lab.tcp_connect(denied.server, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(denied.server, 22), Reach::Refused);
 }
 
 #[test]
@@ -393,9 +409,9 @@ fn deny_wins_over_allow_and_over_a_knock() {
     let xknock = Xknock::start(&lab, &config_with(&top, "30s"), &[], false);
     // The allowlist is in force (IPv6), but the denied IPv4 address is not let in.
     assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
     article_knock(&lab, SERVER_V4);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
     assert_eq!(xknock.count_events(&[("event", "grant")]), 0);
 }
 
@@ -423,7 +439,7 @@ fn spoofed_first_step_flood_leaves_grants_flows_and_new_knocks_working() {
     exchange(&mut flow, "before the flood").expect("admitted flow before the flood");
     assert_eq!(
         lab.tcp_connect(SERVER_V6, 22),
-        Reach::Silent,
+        Reach::Refused,
         "the client's IPv6 address holds no grant yet"
     );
 

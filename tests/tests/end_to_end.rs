@@ -5,7 +5,7 @@ use std::{thread, time::Duration};
 
 use lab::{
     ARTICLE_STEPS, CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Sshd, Xknock,
-    article_config, article_knock, knock, require_program, ssh_timed_out,
+    article_config, article_knock, knock, require_program, ssh_refused,
 };
 
 fn config_file(lab_dir: &tempfile::TempDir, text: &str) -> String {
@@ -22,7 +22,7 @@ fn ssh_is_invisible_until_knock_and_again_after_open_for() {
 
     let before = sshd.ssh(&lab, SERVER_V4, "true").output().expect("ssh");
     assert!(
-        ssh_timed_out(&before),
+        ssh_refused(&before),
         "ssh before knocking must time out, got {before:?}"
     );
     xknock.expect_event(&[
@@ -58,7 +58,7 @@ fn ssh_is_invisible_until_knock_and_again_after_open_for() {
         .unwrap_or_else(|| panic!("grant never expired: {:#?}", xknock.events()));
     let expired = sshd.ssh(&lab, SERVER_V4, "true").output().expect("ssh");
     assert!(
-        ssh_timed_out(&expired),
+        ssh_refused(&expired),
         "ssh after open_for must time out, got {expired:?}"
     );
 
@@ -100,7 +100,7 @@ fn wrong_order_does_not_open() {
     xknock.expect_event(&[("event", "reset"), ("reason", "wrong_packet")]);
     knock(&lab, &[SERVER_V4, "udp:4728", "tcp:3721", "tcp:6742"]);
     thread::sleep(Duration::from_millis(200));
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
     assert!(
         !xknock.events().iter().any(|e| e["event"] == "grant"),
         "{:#?}",
@@ -119,7 +119,7 @@ fn sequence_slower_than_its_timeout_does_not_open() {
     slow.extend(ARTICLE_STEPS);
     knock(&lab, &slow);
     xknock.expect_event(&[("event", "reset"), ("reason", "timeout")]);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
     assert!(!xknock.events().iter().any(|e| e["event"] == "grant"));
     // The same knock in time opens.
     article_knock(&lab, SERVER_V4);
@@ -132,12 +132,12 @@ fn ipv6_knock_opens_for_the_ipv6_source_only() {
     let lab = Lab::new();
     lab.tcp_listener(22);
     let xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
-    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Refused);
     article_knock(&lab, SERVER_V6); // as `xknock knock [fd18::1] ...`
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
     assert_eq!(lab.tcp_connect(SERVER_V6, 22), Reach::Open);
     // The grant belongs to the IPv6 address, not to the host.
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
 }
 
 #[test]
@@ -145,7 +145,7 @@ fn udp_protected_port_opens_after_knock() {
     let lab = Lab::new();
     lab.udp_echo(51820);
     let xknock = Xknock::start(&lab, &article_config("30s", "\"udp:51820\""), &[], false);
-    assert_eq!(lab.udp_exchange(SERVER_V4, 51820), Reach::Silent);
+    assert_eq!(lab.udp_exchange(SERVER_V4, 51820), Reach::Refused);
     article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant")]);
     assert_eq!(lab.udp_exchange(SERVER_V4, 51820), Reach::Open);
@@ -170,7 +170,7 @@ fn knockd_knock_client_opens_the_door() {
 }
 
 #[test]
-fn knock_ports_and_protected_ports_look_filtered_other_ports_untouched() {
+fn knock_ports_and_protected_ports_look_closed_other_ports_untouched() {
     let lab = Lab::new();
     lab.tcp_listener(22);
     lab.tcp_listener(8080);
@@ -185,11 +185,11 @@ fn knock_ports_and_protected_ports_look_filtered_other_ports_untouched() {
         Reach::Refused,
         "closed unprotected port still answers RST"
     );
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
     assert_eq!(
         lab.tcp_connect(SERVER_V4, 6742),
-        Reach::Silent,
-        "a knock port must look filtered"
+        Reach::Refused,
+        "a knock port must look closed"
     );
 }
 
@@ -245,7 +245,7 @@ fn a_source_that_keeps_failing_is_ignored_for_the_penalty() {
     );
     // The right sequence is ignored while the penalty lasts...
     article_knock(&lab, SERVER_V4);
-    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Silent);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
     assert!(
         !xknock.events().iter().any(|e| e["event"] == "grant"),
         "{:#?}",

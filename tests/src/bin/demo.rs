@@ -1,13 +1,14 @@
 //! The demo (`cargo xtask demo` runs it): a real sshd behind xknock on a veth
-//! pair between two network namespaces. ssh is met with silence, `xknock
-//! knock` opens it, the grant expires and silence returns; the event stream is
+//! pair between two network namespaces. ssh is refused as at a port where
+//! nothing listens, `xknock knock` opens it, the grant expires and the
+//! refusal returns; the event stream is
 //! shown throughout. The xknock binary is $XKNOCK_BIN, else the one built next
 //! to this one.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use lab::{Lab, SERVER_V4, Sshd, Xknock, ssh_timed_out};
+use lab::{Lab, SERVER_V4, Sshd, Xknock, ssh_refused};
 
 const OPEN_FOR_SECS: u64 = 8;
 
@@ -49,11 +50,11 @@ fn main() -> anyhow::Result<()> {
     print!("{config}");
     let xknock = Xknock::start(&lab, &config, &[], true);
 
-    say("ssh root@198.18.0.1 before knocking: the port is silent (a timeout, not a refusal)");
+    say("ssh root@198.18.0.1 before knocking: refused, exactly as at a port where nothing listens");
     let before = ssh(&sshd, &lab)?;
     ensure!(
-        ssh_timed_out(&before),
-        "ssh should have timed out before the knock"
+        ssh_refused(&before),
+        "ssh should have been refused before the knock"
     );
 
     say("xknock knock 198.18.0.1 tcp:7291 udp:4728 tcp:6742");
@@ -77,11 +78,11 @@ fn main() -> anyhow::Result<()> {
         )
         .context("the grant did not expire")?;
 
-    say("ssh once more: silent again");
+    say("ssh once more: refused again");
     let expired = ssh(&sshd, &lab)?;
     ensure!(
-        ssh_timed_out(&expired),
-        "ssh should have timed out after the grant expired"
+        ssh_refused(&expired),
+        "ssh should have been refused after the grant expired"
     );
 
     say("Stopping xknock (SIGINT): it detaches and prints its verdict counters");

@@ -1,0 +1,269 @@
+//! Concealment proven against the kernel itself: with `conceal = "closed"`
+//! (the default), every probe at a knock port or a protected port gets, field
+//! by field, the answer the server's kernel gives at a port where nothing
+//! listens, or no answer where the kernel gives none; with `conceal = "drop"`
+//! it gets nothing. Probes are raw frames from the client's veth, so every
+//! field of them is ours to set.
+
+use std::{net::IpAddr, time::Duration};
+
+use lab::{
+    CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, Xknock, article_config,
+    wire::{ACK, FIN, PSH, Probe, RST, SYN, URG, Wire, fields, mac_of},
+};
+
+const CLOSED_TCP: u16 = 5555;
+const CLOSED_UDP: u16 = 5556;
+/// Steps of the article's sequence (tcp:3721 udp:4728 tcp:6742).
+const KNOCK_TCP: u16 = 3721;
+const KNOCK_UDP: u16 = 4728;
+const PROTECTED_TCP: u16 = 22;
+const PROTECTED_UDP: u16 = 51820;
+/// Long enough for the kernel to resolve the client's address first.
+const WAIT: Duration = Duration::from_millis(400);
+
+type Fields = Vec<(String, String)>;
+/// Builds a probe for a (TCP port, UDP port).
+type BuildProbe = Box<dyn Fn(u16, u16) -> Probe>;
+
+/// The server with xknock guarding 22 and 51820, and services listening on
+/// every knock and protected port: a packet xknock let through would get a
+/// SYN+ACK or an echo, never a closed port's answer.
+fn guarded_lab(conceal: &str) -> (Lab, Xknock) {
+    let lab = Lab::new();
+    for port in [PROTECTED_TCP, KNOCK_TCP, 6742] {
+        lab.tcp_listener(port);
+    }
+    for port in [PROTECTED_UDP, KNOCK_UDP] {
+        lab.udp_echo(port);
+    }
+    let config = format!(
+        "conceal = \"{conceal}\"\n{}",
+        article_config("30s", "\"tcp:22\", \"udp:51820\"")
+    );
+    let xknock = Xknock::start(&lab, &config, &[], false);
+    (lab, xknock)
+}
+
+struct Prober {
+    wire: Wire,
+    server_mac: [u8; 6],
+    client_mac: [u8; 6],
+}
+
+impl Prober {
+    fn new(lab: &Lab) -> Prober {
+        Prober {
+            wire: Wire::open(&lab.client, &lab.client_if),
+            server_mac: mac_of(&lab.server, &lab.server_if),
+            client_mac: mac_of(&lab.client, &lab.client_if),
+        }
+    }
+
+    /// The answers to `probe`, as fields.
+    fn answers(&self, probe: &Probe) -> Vec<Fields> {
+        self.wire
+            .exchange(probe, self.server_mac, self.client_mac, WAIT)
+            .iter()
+            .map(|frame| fields(frame, probe))
+            .collect()
+    }
+}
+
+/// A probe of each kind nmap and scapy send, for one family: what to call
+/// it, how to build it for a port, and whether the kernel answers it at a
+/// closed port (so the comparison cannot pass by nobody answering).
+fn probes(src: IpAddr, dst: IpAddr) -> Vec<(&'static str, BuildProbe, bool)> {
+    let tcp =
+        move |flags: u8| move |tcp_port: u16, _udp_port: u16| Probe::tcp(src, dst, tcp_port, flags);
+    vec![
+        ("SYN (nmap -sS)", Box::new(tcp(SYN)), true),
+        ("ACK (nmap -sA)", Box::new(tcp(ACK)), true),
+        ("FIN (nmap -sF)", Box::new(tcp(FIN)), true),
+        ("NULL (nmap -sN)", Box::new(tcp(0)), true),
+        ("Xmas (nmap -sX)", Box::new(tcp(FIN | PSH | URG)), true),
+        ("SYN+ACK", Box::new(tcp(SYN | ACK)), true),
+        (
+            "SYN with DSCP and ECN bits",
+            Box::new(move |port, _| Probe {
+                tos: 0x2b,
+                ..Probe::tcp(src, dst, port, SYN)
+            }),
+            true,
+        ),
+        (
+            "ACK+PSH with 100 bytes of data",
+            Box::new(move |port, _| Probe {
+                payload: vec![0x42; 100],
+                ..Probe::tcp(src, dst, port, ACK | PSH)
+            }),
+            true,
+        ),
+        (
+            "FIN with 33 bytes of data",
+            Box::new(move |port, _| Probe {
+                payload: vec![0x17; 33],
+                ..Probe::tcp(src, dst, port, FIN)
+            }),
+            true,
+        ),
+        ("RST", Box::new(tcp(RST)), false),
+        ("RST+ACK", Box::new(tcp(RST | ACK)), false),
+        (
+            "SYN with a wrong checksum (nmap --badsum)",
+            Box::new(move |port, _| Probe {
+                bad_checksum: true,
+                ..Probe::tcp(src, dst, port, SYN)
+            }),
+            false,
+        ),
+        (
+            "UDP datagram (nmap -sU)",
+            Box::new(move |_, port| Probe::udp(src, dst, port, 12)),
+            true,
+        ),
+        (
+            "UDP datagram of odd length with DSCP and ECN bits",
+            Box::new(move |_, port| Probe {
+                tos: 0xb9,
+                ..Probe::udp(src, dst, port, 7)
+            }),
+            true,
+        ),
+        (
+            "UDP datagram longer than an ICMP error may quote",
+            Box::new(move |_, port| Probe::udp(src, dst, port, 1300)),
+            true,
+        ),
+        (
+            "UDP datagram with a wrong checksum",
+            Box::new(move |_, port| Probe {
+                bad_checksum: true,
+                ..Probe::udp(src, dst, port, 12)
+            }),
+            false,
+        ),
+    ]
+}
+
+fn show(answers: &[Fields]) -> String {
+    answers
+        .iter()
+        .map(|fields| {
+            fields
+                .iter()
+                .map(|(name, value)| format!("  {name} = {value}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n  --\n")
+}
+
+#[test]
+fn knock_and_protected_ports_answer_field_by_field_as_a_closed_port() {
+    let (lab, xknock) = guarded_lab("closed");
+    let prober = Prober::new(&lab);
+    let mut compared = 0;
+    let mut answered = 0;
+    for (src, dst) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        for (kind, probe, kernel_answers) in probes(src, dst) {
+            let closed = prober.answers(&probe(CLOSED_TCP, CLOSED_UDP));
+            assert_eq!(
+                closed.len(),
+                usize::from(kernel_answers),
+                "{kind} to a closed port of {dst}: the kernel answered\n{}",
+                show(&closed)
+            );
+            for (role, tcp_port, udp_port) in [
+                ("knock", KNOCK_TCP, KNOCK_UDP),
+                ("protected", PROTECTED_TCP, PROTECTED_UDP),
+            ] {
+                let answers = prober.answers(&probe(tcp_port, udp_port));
+                assert_eq!(
+                    answers,
+                    closed,
+                    "{kind} to the {role} port of {dst}:\nxknock answered\n{}\nthe kernel, at a closed port\n{}",
+                    show(&answers),
+                    show(&closed)
+                );
+                compared += 1;
+                answered += answers.len();
+            }
+        }
+    }
+    println!("conceal: {compared} probes compared with the kernel's answers, {answered} answered");
+    let (status, log) = xknock.stop();
+    assert!(status.success(), "{log:?}");
+    // The answers were xknock's own: it counted every one it built.
+    let answers = log
+        .iter()
+        .find_map(|line| line.strip_prefix("xknock: answers: "))
+        .unwrap_or_else(|| panic!("no answer counters in {log:?}"));
+    let built: usize = answers
+        .split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(name, _)| name.starts_with("answer_"))
+        .map(|(_, n)| n.parse::<usize>().expect("count"))
+        .sum();
+    assert_eq!(built, answered, "answers counted: {answers}");
+    assert!(answers.contains("silent_bad_checksum=8"), "{answers}");
+}
+
+#[test]
+fn port_unreachables_run_dry_as_the_kernels_do() {
+    let (lab, _xknock) = guarded_lab("closed");
+    let prober = Prober::new(&lab);
+    let (src, dst): (IpAddr, IpAddr) = (CLIENT_V4.parse().unwrap(), SERVER_V4.parse().unwrap());
+    // Back to back: the per-peer budget (a burst of 6, then one a second)
+    // runs out within the burst for the kernel and for xknock alike.
+    let burst = |port: u16| {
+        prober.wire.drain();
+        (0..10)
+            .filter(|_| {
+                let probe = Probe::udp(src, dst, port, 12);
+                !prober
+                    .wire
+                    .exchange(
+                        &probe,
+                        prober.server_mac,
+                        prober.client_mac,
+                        Duration::from_millis(30),
+                    )
+                    .is_empty()
+            })
+            .count()
+    };
+    let kernel = burst(CLOSED_UDP);
+    let xknock = burst(KNOCK_UDP);
+    println!("conceal: port unreachables for 10 datagrams: kernel {kernel}, xknock {xknock}");
+    assert!(
+        kernel < 10,
+        "the kernel did not limit its answers ({kernel})"
+    );
+    assert_eq!(xknock, kernel);
+}
+
+#[test]
+fn with_conceal_drop_nothing_answers_at_knock_and_protected_ports() {
+    let (lab, _xknock) = guarded_lab("drop");
+    let prober = Prober::new(&lab);
+    for (src, dst) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        for (kind, probe, kernel_answers) in probes(src, dst) {
+            if !kernel_answers {
+                continue;
+            }
+            assert_eq!(
+                prober.answers(&probe(CLOSED_TCP, CLOSED_UDP)).len(),
+                1,
+                "{kind}"
+            );
+            for (tcp_port, udp_port) in [(KNOCK_TCP, KNOCK_UDP), (PROTECTED_TCP, PROTECTED_UDP)] {
+                let answers = prober.answers(&probe(tcp_port, udp_port));
+                assert!(answers.is_empty(), "{kind} to {dst}:\n{}", show(&answers));
+            }
+        }
+    }
+}
