@@ -712,7 +712,10 @@ protect = ["tcp:22"]
         assert_eq!(Config::parse(&rule).unwrap().conceal, Conceal::Closed);
         assert_eq!(kernel(&rule), CONCEAL_CLOSED);
         assert_eq!(kernel(&format!("conceal = \"drop\"\n{rule}")), CONCEAL_DROP);
-        assert_eq!(kernel(&format!("conceal = \"closed\"\n{rule}")), CONCEAL_CLOSED);
+        assert_eq!(
+            kernel(&format!("conceal = \"closed\"\n{rule}")),
+            CONCEAL_CLOSED
+        );
         let e = error(&format!("conceal = \"silent\"\n{rule}"));
         assert!(e.contains("line 1") && e.contains("silent"), "{e}");
     }

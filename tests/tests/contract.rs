@@ -109,13 +109,17 @@ impl Drop for Background {
 /// Runs nmap from the client against the server's IPv4 address with
 /// grepable output, bounded by `timeout 120`; returns that output.
 fn nmap(lab: &Lab, args: &[&str]) -> String {
+    nmap_at(lab, SERVER_V4, args)
+}
+
+fn nmap_at(lab: &Lab, target: &str, args: &[&str]) -> String {
     require_program("nmap", "nmap");
     let output = lab
         .client
         .command("timeout")
         .args(["120", "nmap"])
         .args(args)
-        .args(["-oG", "-", SERVER_V4])
+        .args(["-oG", "-", target])
         .stdin(Stdio::null())
         .output()
         .expect("run nmap");
@@ -530,4 +534,50 @@ fn spoofed_first_step_flood_leaves_grants_flows_and_new_knocks_working() {
         fresh_grant,
         "no grant for a knock after the flood: {report}"
     );
+}
+
+#[test]
+fn nmap_scans_cannot_tell_knock_and_protected_ports_from_closed_ones() {
+    let lab = Lab::new();
+    // Services behind every knock and protected port: a packet let through
+    // would show as open.
+    for port in [22, 3721, 6742] {
+        lab.tcp_listener(port);
+    }
+    for port in [4728, 51820] {
+        lab.udp_echo(port);
+    }
+    let config = article_config("30s", "\"tcp:22\", \"udp:51820\"");
+    let _xknock = Xknock::start(&lab, &config, &[], false);
+    for (target, family) in [(SERVER_V4, None), (SERVER_V6, Some("-6"))] {
+        for (scan, closed_state) in [
+            ("-sS", "closed"),
+            ("-sA", "unfiltered"),
+            ("-sF", "closed"),
+            ("-sN", "closed"),
+            ("-sX", "closed"),
+        ] {
+            let mut args = vec!["-n", "-Pn", scan, "-p", "22,3721,6742,5555"];
+            args.extend(family);
+            let out = nmap_at(&lab, target, &args);
+            assert_eq!(nmap_state(&out, 5555), closed_state, "{scan} {target}");
+            for port in [22, 3721, 6742] {
+                assert_eq!(
+                    nmap_state(&out, port),
+                    closed_state,
+                    "nmap {scan} tells port {port} of {target} from a closed port"
+                );
+            }
+        }
+        let mut args = vec!["-n", "-Pn", "-sU", "-p", "4728,51820,5556"];
+        args.extend(family);
+        let out = nmap_at(&lab, target, &args);
+        for port in [5556, 4728, 51820] {
+            assert_eq!(
+                nmap_state(&out, port),
+                "closed",
+                "nmap -sU tells port {port} of {target} from a closed port"
+            );
+        }
+    }
 }
