@@ -2,6 +2,8 @@
 //! against its baselines in one run. Writes target/bench/report.md and
 //! target/bench/chart.svg under the workspace.
 
+mod conceal;
+
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -37,6 +39,11 @@ const SERVER: &str = "198.18.0.1";
 const CLIENT_V6: &str = "fd18::2";
 const SERVER_V6: &str = "fd18::1";
 const SECOND_NS: u64 = 1_000_000_000;
+/// Keeps the measured paths on the filter alone: stopped packets are
+/// dropped silently. `conceal` measures the answers on their own.
+const SILENT: &str = "conceal = \"drop\"\n";
+/// The first step of the bench's rule.
+const FIRST_STEP_PORT: u16 = 7291;
 
 /// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing.
 pub struct Effort {
@@ -199,7 +206,7 @@ pub fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
     let plain = tcp(CLIENT, SERVER, 80, TCP_ACK);
     let pass_run = baseline_run(&baselines, "xdp_pass");
 
-    let mut filter = Filter::load(&bench_config(""))?;
+    let mut filter = Filter::load(&bench_config(SILENT))?;
     // A source whose slot a live client shares: it takes every lookup.
     let shares_slot = "198.18.0.8";
     plant_live_horizon(&mut filter, &key_addr(ip(shares_slot)))?;
@@ -347,7 +354,7 @@ pub fn scale(effort: &Effort) -> anyhow::Result<Vec<ScaleRow>> {
     for entries in [1u32, 10_000, 1_000_000] {
         let size = (entries * 2).max(1024);
         let limits = format!("[limits]\nprogress_entries = {size}\ngrant_entries = {size}\n");
-        let mut filter = Filter::load(&bench_config(&limits))?;
+        let mut filter = Filter::load(&bench_config(&format!("{SILENT}{limits}")))?;
         fill(&mut filter, entries)?;
         // Source 0 is two steps in (and repeats its second); source
         // `entries` has a grant.
@@ -401,7 +408,8 @@ fn map_fd(map: &aya::maps::Map) -> anyhow::Result<i32> {
         | aya::maps::Map::LruHashMap(data)
         | aya::maps::Map::LpmTrie(data)
         | aya::maps::Map::RingBuf(data)
-        | aya::maps::Map::HashMap(data) => data.fd().as_fd().as_raw_fd(),
+        | aya::maps::Map::HashMap(data)
+        | aya::maps::Map::ProgramArray(data) => data.fd().as_fd().as_raw_fd(),
         other => anyhow::bail!("unexpected map kind {other:?}"),
     };
     Ok(fd)
@@ -517,9 +525,10 @@ fn time_to_open_knockd(tries: usize) -> anyhow::Result<Stat> {
 }
 
 /// What receives the flood on the server's veth.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Receiver {
     Xknock,
+    XknockAnswering,
     XdpDrop,
     XdpReadDrop,
     Nftables,
@@ -528,8 +537,9 @@ enum Receiver {
 }
 
 impl Receiver {
-    const ALL: [Receiver; 6] = [
+    const ALL: [Receiver; 7] = [
         Receiver::Xknock,
+        Receiver::XknockAnswering,
         Receiver::XdpDrop,
         Receiver::XdpReadDrop,
         Receiver::Nftables,
@@ -540,6 +550,9 @@ impl Receiver {
     fn label(self) -> &'static str {
         match self {
             Receiver::Xknock => "xknock (XDP native, protected tcp:22)",
+            Receiver::XknockAnswering => {
+                "xknock with conceal = \"closed\", flood at the first knock port: every SYN answered with an RST"
+            }
             Receiver::XdpDrop => "bare XDP_DROP program (the limit)",
             Receiver::XdpReadDrop => "XDP program that reads the port, then drops",
             Receiver::Nftables => "nftables input hook: tcp dport 22 drop",
@@ -597,10 +610,10 @@ fn internet_checksum(chunks: &[&[u8]]) -> [u8; 2] {
     (!(sum as u16)).to_be_bytes()
 }
 
-/// A TCP SYN to the server's port 22 addressed to its veth MAC, with valid
+/// A TCP SYN to the server's `port` addressed to its veth MAC, with valid
 /// checksums (the generator keeps them valid as it rewrites the source).
-fn flood_template(lab: &Lab) -> anyhow::Result<Vec<u8>> {
-    let mut frame = tcp(CLIENT, SERVER, 22, TCP_SYN);
+fn flood_template(lab: &Lab, port: u16) -> anyhow::Result<Vec<u8>> {
+    let mut frame = tcp(CLIENT, SERVER, port, TCP_SYN);
     frame[0..6].copy_from_slice(&mac_of(&lab.server, &lab.server_if)?);
     frame[6..12].copy_from_slice(&mac_of(&lab.client, &lab.client_if)?);
     let ip_checksum = internet_checksum(&[&frame[14..34]]);
@@ -639,8 +652,12 @@ fn nft_ruleset(conntrack: bool) -> String {
 fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed> {
     let iface = lab.server_if.clone();
     match receiver {
-        Receiver::Xknock => {
-            let config = bench_config("");
+        Receiver::Xknock | Receiver::XknockAnswering => {
+            let config = bench_config(if receiver == Receiver::Xknock {
+                SILENT
+            } else {
+                ""
+            });
             lab.server.within(move || -> anyhow::Result<Installed> {
                 let mut filter = Filter::load(&config)?;
                 filter.attach(&iface, AttachMode::Native)?;
@@ -729,6 +746,10 @@ fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
 fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> anyhow::Result<u64> {
     match (receiver, installed) {
         (Receiver::Xknock, Installed::Filter(filter)) => Ok(filter.counters()?["drop_protected"]),
+        // Answered or not, every packet that reached the answering program.
+        (Receiver::XknockAnswering, Installed::Filter(filter)) => {
+            Ok(filter.answers()?.values().sum())
+        }
         (Receiver::XdpDrop | Receiver::XdpReadDrop, _) => {
             let stats = run_in(&lab.server, "ethtool", &["-S", &lab.server_if])?;
             stats
@@ -806,10 +827,16 @@ pub fn flood(effort: &Effort) -> anyhow::Result<Vec<FloodRow>> {
     }
     let mut benches = Vec::new();
     for receiver in Receiver::ALL {
-        let lab = Lab::new();
+        // Answers coming back end at the client's XDP_DROP, not its stack.
+        let lab = Lab::with_client_program("xdp_drop");
         let installed = install(&lab, receiver)?;
         separate_cpus(&lab)?;
-        let template = flood_template(&lab)?;
+        let port = if receiver == Receiver::XknockAnswering {
+            FIRST_STEP_PORT
+        } else {
+            22
+        };
+        let template = flood_template(&lab, port)?;
         benches.push(Bench {
             receiver,
             lab,
@@ -863,6 +890,16 @@ fn main() -> anyhow::Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("the in-kernel cost thread panicked"))?
     })?;
+    eprintln!("bench: building closed-port answers");
+    let (answer_pass, answers) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<_> {
+                pin_to_cpu(1)?;
+                conceal::answer_costs(&effort)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the answer cost thread panicked"))?
+    })?;
     eprintln!("bench: memory");
     let memory = memory()?;
     eprintln!("bench: time to open ({} tries each)", effort.tries);
@@ -875,7 +912,8 @@ fn main() -> anyhow::Result<()> {
         effort.flood_rounds, effort.flood_frames
     );
     let flood = flood(&effort)?;
-    let report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
+    let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
+    conceal::render(&mut report, &effort, answer_pass, &answers);
     write(&out.join("report.md"), &report)?;
     write(&out.join("chart.svg"), &chart(pass, &paths))?;
     println!("{report}");
@@ -930,24 +968,7 @@ fn render(
          trial of a path runs right after one of the XDP_PASS program, on the same CPU; \"vs XDP_PASS\" \
          is the median over trials of the ratio within each pair.\n"
     );
-    let _ = writeln!(
-        md,
-        "| path | ns/packet (median) | range | vs XDP_PASS |\n| --- | ---: | ---: | ---: |"
-    );
-    let _ = writeln!(
-        md,
-        "| XDP_PASS program (baseline) | {} | 1.00 |",
-        pass.cells(1)
-    );
-    for p in paths {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.2} |",
-            p.path,
-            p.stat.cells(1),
-            p.vs_pass
-        );
-    }
+    cost_table(&mut md, pass, paths, 1);
     let _ = writeln!(md, "\n## Scale: entries in the progress and grant maps\n");
     let _ = writeln!(
         md,
@@ -1073,6 +1094,28 @@ fn render(
         total as f64 / 1048576.0
     );
     md
+}
+
+/// A table of per-packet costs under their XDP_PASS baseline.
+fn cost_table(md: &mut String, pass: Stat, paths: &[PathCost], decimals: usize) {
+    let _ = writeln!(
+        md,
+        "| path | ns/packet (median) | range | vs XDP_PASS |\n| --- | ---: | ---: | ---: |"
+    );
+    let _ = writeln!(
+        md,
+        "| XDP_PASS program (baseline) | {} | 1.00 |",
+        pass.cells(decimals)
+    );
+    for p in paths {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} |",
+            p.path,
+            p.stat.cells(decimals),
+            p.vs_pass
+        );
+    }
 }
 
 fn chart(pass: Stat, paths: &[PathCost]) -> String {

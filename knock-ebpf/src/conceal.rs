@@ -57,7 +57,6 @@ const IPV6_HEADER_LEN: usize = 40;
 const TCP_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 const ICMP_HEADER_LEN: usize = 8;
-const IPV4_MORE_FRAGMENTS: u8 = 0x20;
 const IPV4_DONT_FRAGMENT: u8 = 0x40;
 const ECN_MASK: u8 = 0x03;
 /// `IPTOS_TOS_MASK` and `IPTOS_PREC_INTERNETCONTROL`: an ICMP error keeps
@@ -174,6 +173,9 @@ fn build(ctx: &XdpContext, settings: &Settings) -> Result<Answer, Silent> {
     if eth[0] & 1 != 0 || eth[6] & 1 != 0 {
         return Err(Silent);
     }
+    if !transport.whole {
+        return Err(Silent);
+    }
     let probe = read_probe(ctx, &transport)?;
     match transport.proto {
         IPPROTO_TCP => rst(ctx, settings, &probe),
@@ -210,12 +212,8 @@ fn read_probe(ctx: &XdpContext, transport: &Transport) -> Result<Probe, Silent> 
         let header = bytes_at::<IPV4_HEADER_LEN>(ctx, l3)?;
         let header_len = usize::from(header[0] & 0x0f) * 4;
         let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        // The kernel drops a bad header checksum, and reassembles fragments
-        // before it answers (non-first ones never get here).
-        if total < header_len
-            || header[6] & IPV4_MORE_FRAGMENTS != 0
-            || !sum_packet(ctx, l3, header_len)?.verifies()
-        {
+        // The kernel drops a bad header checksum.
+        if total < header_len || !sum_packet(ctx, l3, header_len)?.verifies() {
             return Err(Silent);
         }
         let src = [header[12], header[13], header[14], header[15]];

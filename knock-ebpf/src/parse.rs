@@ -18,6 +18,7 @@ const ETH_P_8021AD: u16 = 0x88a8;
 
 const IPV4_HEADER_MIN_LEN: usize = 20;
 const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+const IPV4_MORE_FRAGMENTS: u8 = 0x20;
 const IPV4_SOURCE: usize = 12;
 const IPV6_HEADER_LEN: usize = 40;
 const IPV6_SOURCE: usize = 8;
@@ -60,6 +61,10 @@ pub struct Transport {
     source: Source,
     /// Where the TCP or UDP header starts.
     header_at: usize,
+    /// Neither the first of several fragments nor behind an IPv6
+    /// authentication header: the kernel would take the packet as it is
+    /// (it reassembles fragments and drops AH it holds no SA for).
+    pub whole: bool,
 }
 
 /// Where the source address sits in the frame.
@@ -220,7 +225,8 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
         return Ok(Parsed::LaterFragment);
     }
     let source = Source::Ipv4(offset + IPV4_SOURCE);
-    parse_transport(ctx, offset + header_len, header[9], source)
+    let whole = header[6] & IPV4_MORE_FRAGMENTS == 0;
+    parse_transport(ctx, offset + header_len, header[9], source, whole)
 }
 
 #[inline(always)]
@@ -232,6 +238,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
     let source = Source::Ipv6(offset + IPV6_SOURCE);
     let mut next_header = header[6];
     let mut offset = offset + IPV6_HEADER_LEN;
+    let mut whole = true;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next_header {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MOBILITY
@@ -241,6 +248,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
                 offset += (usize::from(ext[1]) + 1) * 8;
             }
             IPPROTO_AH => {
+                whole = false;
                 let ext = bytes_at::<2>(ctx, offset)?;
                 next_header = ext[0];
                 offset += (usize::from(ext[1]) + 2) * 4;
@@ -250,16 +258,17 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
                 if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
                     return Ok(Parsed::LaterFragment);
                 }
+                whole = false;
                 next_header = ext[0];
                 offset += IPV6_FRAGMENT_HEADER_LEN;
             }
-            _ => return parse_transport(ctx, offset, next_header, source),
+            _ => return parse_transport(ctx, offset, next_header, source, whole),
         }
     }
     if is_ipv6_extension(next_header) {
         return Err(ParseError::ExtHeaderChainTooLong);
     }
-    parse_transport(ctx, offset, next_header, source)
+    parse_transport(ctx, offset, next_header, source, whole)
 }
 
 #[inline(always)]
@@ -283,6 +292,7 @@ fn parse_transport(
     offset: usize,
     proto: u8,
     source: Source,
+    whole: bool,
 ) -> Result<Parsed, ParseError> {
     let (dst_port, tcp_flags) = match proto {
         IPPROTO_TCP => {
@@ -301,5 +311,6 @@ fn parse_transport(
         tcp_flags,
         source,
         header_at: offset,
+        whole,
     }))
 }

@@ -290,6 +290,29 @@ impl Filter {
             .map_err(FilterError::Program)
     }
 
+    /// Runs the program once on `frame`; returns its XDP action and the
+    /// frame as the program left it (an answer, for XDP_TX).
+    pub fn test_run_output(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), FilterError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(knock_common::PROGRAM_NAME)
+            .expect("the object defines the xknock program")
+            .try_into()
+            .map_err(FilterError::Program)?;
+        // Room for an ICMP error that quotes the frame.
+        let mut out = vec![0u8; frame.len() + 128];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .map_err(FilterError::Program)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
     /// The loaded object, for tests and benchmarks that inspect or age the
     /// maps directly.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -341,28 +364,32 @@ impl Filter {
 
     /// Verdict counters summed over all CPUs, by reason.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, FilterError> {
-        let counters: PerCpuArray<_, u64> = self.map(map_names::COUNTERS)?;
-        Reason::ALL
-            .iter()
-            .map(|reason| {
-                let per_cpu = counters
-                    .get(&(*reason as u32), 0)
-                    .map_err(map_error(map_names::COUNTERS))?;
-                Ok((reason.name(), per_cpu.iter().sum()))
-            })
-            .collect()
+        self.per_cpu_totals(
+            map_names::COUNTERS,
+            Reason::ALL.map(|reason| (reason as u32, reason.name())),
+        )
     }
 
     /// What concealment did, by kind of answer, summed over CPUs.
     pub fn answers(&self) -> Result<BTreeMap<&'static str, u64>, FilterError> {
-        let answers: PerCpuArray<_, u64> = self.map(map_names::ANSWERS)?;
-        Answer::ALL
-            .iter()
-            .map(|answer| {
-                let per_cpu = answers
-                    .get(&(*answer as u32), 0)
-                    .map_err(map_error(map_names::ANSWERS))?;
-                Ok((answer.name(), per_cpu.iter().sum()))
+        self.per_cpu_totals(
+            map_names::ANSWERS,
+            Answer::ALL.map(|answer| (answer as u32, answer.name())),
+        )
+    }
+
+    /// The named slots of a per-CPU counter array, each summed over CPUs.
+    fn per_cpu_totals(
+        &self,
+        name: &'static str,
+        slots: impl IntoIterator<Item = (u32, &'static str)>,
+    ) -> Result<BTreeMap<&'static str, u64>, FilterError> {
+        let counters: PerCpuArray<_, u64> = self.map(name)?;
+        slots
+            .into_iter()
+            .map(|(index, label)| {
+                let per_cpu = counters.get(&index, 0).map_err(map_error(name))?;
+                Ok((label, per_cpu.iter().sum()))
             })
             .collect()
     }

@@ -1,8 +1,11 @@
 //! Hand-built Ethernet frames for the filter: VLAN tags, IPv4 options and
-//! fragments, IPv6 extension headers, TCP and UDP. Checksums are left zero:
-//! the XDP program never looks at them.
+//! fragments, IPv6 extension headers, TCP and UDP. Checksums are left zero
+//! unless asked for: the filter never looks at them, concealment does (a
+//! probe with a wrong checksum gets no answer, as from the kernel).
 
 use std::net::IpAddr;
+
+use knock_common::checksum::{Sum, pseudo_v4, pseudo_v6};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -50,6 +53,9 @@ pub struct Frame {
     pub ipv6_ext: Vec<u8>,
     pub fragment: Fragment,
     pub payload: usize,
+    /// Whether the IPv4 header and L4 checksums are filled in (otherwise
+    /// zero, which the filter never checks but concealment does).
+    pub checksums: bool,
 }
 
 impl Frame {
@@ -67,6 +73,7 @@ impl Frame {
             ipv6_ext: Vec::new(),
             fragment: Fragment::Whole,
             payload: 0,
+            checksums: false,
         }
     }
 
@@ -93,6 +100,7 @@ impl Frame {
         let ethertype: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86dd };
         out.extend_from_slice(&ethertype.to_be_bytes());
         boundaries.push(out.len());
+        let ip_start = out.len();
         let transport = self.transport();
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
@@ -155,12 +163,37 @@ impl Frame {
         boundaries.push(out.len());
         let transport_start = out.len();
         out.extend_from_slice(&transport);
+        if self.checksums {
+            self.fill_checksums(&mut out, ip_start, transport_start);
+        }
         // Inside the transport header: after the ports, and its end.
         boundaries.push(transport_start + 4);
         boundaries.push(transport_start + if self.proto == TCP { 20 } else { 8 });
         boundaries.sort_unstable();
         boundaries.dedup();
         (out, boundaries)
+    }
+
+    fn fill_checksums(&self, out: &mut [u8], ip_start: usize, transport_start: usize) {
+        let length = out.len() - transport_start;
+        let pseudo = match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                let header = ip_start..transport_start;
+                let sum = Sum::ZERO.slice(&out[header]).checksum();
+                out[ip_start + 10..ip_start + 12].copy_from_slice(&sum.to_be_bytes());
+                pseudo_v4(&src.octets(), &dst.octets(), self.proto, length as u16)
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                pseudo_v6(&src.octets(), &dst.octets(), self.proto, length as u32)
+            }
+            _ => unreachable!("checked in build"),
+        };
+        let at = transport_start + if self.proto == TCP { 16 } else { 6 };
+        let mut sum = pseudo.slice(&out[transport_start..]).checksum();
+        if self.proto == UDP && sum == 0 {
+            sum = 0xffff;
+        }
+        out[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     }
 
     fn transport(&self) -> Vec<u8> {

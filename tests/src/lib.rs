@@ -22,6 +22,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod answers;
 pub mod frames;
 pub mod model;
 pub mod wire;
@@ -166,32 +167,38 @@ pub struct Lab {
     /// The server's end of the veth pair, where xknock attaches.
     pub server_if: String,
     pub client_if: String,
-    /// An XDP_PASS program on the client's end: frames a native XDP program
+    /// An XDP program on the client's end (XDP_PASS unless asked otherwise): frames a native XDP program
     /// sends back with XDP_TX (xknock's closed-port answers) only reach a
     /// veth peer that runs XDP itself (turning GRO on was not enough on
     /// Linux 6.18). A real NIC needs nothing of the kind.
     _client_xdp: aya::Ebpf,
 }
 
-/// Loads the reference XDP_PASS program onto `iface` of the namespace the
-/// calling thread is in.
-fn attach_xdp_pass(iface: &str) -> aya::Ebpf {
-    let mut ebpf = aya::Ebpf::load(xknock::filter::BASELINE_OBJECT).expect("load xdp_pass");
-    let program: &mut aya::programs::Xdp = ebpf
-        .program_mut("xdp_pass")
-        .expect("the baseline object has xdp_pass")
+/// Loads `program` of the reference object onto `iface` of the namespace
+/// the calling thread is in.
+fn attach_reference(program: &str, iface: &str) -> aya::Ebpf {
+    let mut ebpf =
+        aya::Ebpf::load(xknock::filter::BASELINE_OBJECT).expect("load the reference object");
+    let xdp: &mut aya::programs::Xdp = ebpf
+        .program_mut(program)
+        .unwrap_or_else(|| panic!("the reference object has no {program}"))
         .try_into()
-        .expect("xdp_pass is an XDP program");
-    program.load().expect("load xdp_pass");
+        .expect("an XDP program");
+    xdp.load().unwrap_or_else(|e| panic!("load {program}: {e}"));
     let name = std::ffi::CString::new(iface).expect("interface name");
-    program
-        .attach(name.as_c_str(), aya::programs::XdpMode::Driver)
-        .unwrap_or_else(|e| panic!("attach xdp_pass to {iface}: {e}"));
+    xdp.attach(name.as_c_str(), aya::programs::XdpMode::Driver)
+        .unwrap_or_else(|e| panic!("attach {program} to {iface}: {e}"));
     ebpf
 }
 
 impl Lab {
     pub fn new() -> Lab {
+        Lab::with_client_program("xdp_pass")
+    }
+
+    /// A lab whose client end runs `program` of the reference object
+    /// (`xdp_pass`, or `xdp_drop` where answers should vanish cheaply).
+    pub fn with_client_program(program: &'static str) -> Lab {
         require_root();
         require_program("ip", "iproute2");
         let base = unique_name();
@@ -225,7 +232,7 @@ impl Lab {
             ns.ip(&["link", "set", iface, "up"]);
         }
         let iface = client_if.clone();
-        let _client_xdp = client.within(move || attach_xdp_pass(&iface));
+        let _client_xdp = client.within(move || attach_reference(program, &iface));
         Lab {
             server,
             client,

@@ -17,7 +17,11 @@ const LAST_HEADER_OFFSET: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Pass,
+    /// Malformed or unparsable framing: dropped without a word.
     Drop,
+    /// Stopped at a knock port or a protected port: concealment decides
+    /// what goes back (see `answers`).
+    Stopped,
 }
 
 /// A (protocol, port) pair.
@@ -295,10 +299,10 @@ impl Model {
         let target = (proto, dst_port);
         let opens = proto == 17 || flags & 0x12 == 0x02;
         if opens && self.knock(src, target) {
-            return Verdict::Drop;
+            return Verdict::Stopped;
         }
         if self.rules.iter().any(|r| r.sequence.contains(&target)) {
-            return Verdict::Drop;
+            return Verdict::Stopped;
         }
         let protecting: Vec<usize> = (0..self.rules.len())
             .filter(|&r| self.rules[r].protect.contains(&target))
@@ -332,7 +336,7 @@ impl Model {
             self.flows.remove(&flow_key);
         }
         if in_prefixes(&self.deny, src) {
-            return Verdict::Drop;
+            return Verdict::Stopped;
         }
         if in_prefixes(&self.allow, src) {
             return Verdict::Pass;
@@ -354,7 +358,7 @@ impl Model {
             }
             return Verdict::Pass;
         }
-        Verdict::Drop
+        Verdict::Stopped
     }
 
     /// Knock handling for a SYN or UDP datagram; true when it was a step.

@@ -1,6 +1,8 @@
 //! Differential tests: generated configurations and packet sequences run
-//! through the reference model (lab::model) and through the real XDP program
-//! via BPF_PROG_TEST_RUN; verdicts, progress and live grants must agree.
+//! through the reference model (lab::model, and lab::answers for what a
+//! stopped packet gets back) and through the real XDP program via
+//! BPF_PROG_TEST_RUN; verdicts, answers (byte by byte), progress and live
+//! grants must agree.
 //!
 //! Time is simulated on both sides: the model's clock advances, and every
 //! timestamp stored in the kernel maps is moved back by the same amount.
@@ -14,10 +16,11 @@ use std::{
 };
 
 use knock_common::{
-    Addr, Flow, FlowKey, Grant, HORIZON_UNIT_SHIFT, Penalty, Progress, SourceHorizon, SourceRule,
-    horizon_units, map_names,
+    Addr, Flow, FlowKey, Grant, HORIZON_UNIT_SHIFT, Penalty, Progress, Settings, SourceHorizon,
+    SourceRule, checksum::Sum, horizon_units, map_names, ratelimit::BURST_FACTOR,
 };
 use lab::{
+    answers::{Answer, Concealment, Host},
     frames::{
         AUTH, DEST_OPTS, Fragment, Frame, HOP_BY_HOP, ROUTING, TCP, TCP_ACK, TCP_FIN, TCP_PSH,
         TCP_RST, TCP_SYN, UDP,
@@ -27,12 +30,13 @@ use lab::{
 };
 use proptest::{prelude::*, test_runner::TestRunner};
 use xknock::{
-    config::{Config, KernelConfig},
+    config::{Conceal, Config, KernelConfig},
     filter::{Filter, key_addr, monotonic_ns},
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const SECOND: u64 = 1_000_000_000;
 
 const SERVER_V4: &str = "198.18.0.1";
@@ -111,11 +115,12 @@ fn config() -> impl Strategy<Value = String> {
         proptest::option::of(sequence()),
         proptest::sample::select(LISTS.to_vec()),
         proptest::sample::select(PENALTIES.to_vec()),
+        proptest::sample::select(vec!["", "", "", "conceal = \"drop\"\n"]),
     )
-        .prop_map(|(first, second, lists, penalty)| {
+        .prop_map(|(first, second, lists, penalty, conceal)| {
             // Small maps load fast; a case never holds more than a few entries.
             let mut text = format!(
-                "{lists}{penalty}[limits]\nfirst_step_entries = 512\nprogress_entries = 512\ngrant_entries = 512\nflow_entries = 512\npenalty_entries = 512\n[flows]\ntcp_idle = \"60500ms\"\ntcp_closing = \"5500ms\"\nudp_idle = \"20500ms\"\n"
+                "{conceal}{lists}{penalty}[limits]\nfirst_step_entries = 512\nprogress_entries = 512\ngrant_entries = 512\nflow_entries = 512\npenalty_entries = 512\n[flows]\ntcp_idle = \"60500ms\"\ntcp_closing = \"5500ms\"\nudp_idle = \"20500ms\"\n"
             );
             text += &rule_toml("a", &first, "\"tcp:22\", \"udp:51820\"");
             if let Some(second) = second {
@@ -152,6 +157,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         proptest::sample::select(vec![0usize, 0, 4, 40]),
         ext,
         fragment,
+        proptest::bool::weighted(0.8),
     )
         .prop_map(
             |(
@@ -163,6 +169,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 ipv4_options,
                 ipv6_ext,
                 fragment,
+                checksums,
             )| {
                 let src: IpAddr = SOURCES[source].parse().expect("literal");
                 let dst: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }
@@ -176,6 +183,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 frame.src_port = src_port;
                 frame.vlan_tags = vlan_tags;
                 frame.fragment = fragment;
+                frame.checksums = checksums;
                 if src.is_ipv4() {
                     frame.ipv4_options = ipv4_options;
                 } else {
@@ -229,10 +237,13 @@ fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
             steps
                 .iter()
                 .flat_map(|step| {
-                    let frame = if step.0.proto == TCP {
-                        Frame::tcp(src, dst, step.0.port, TCP_SYN)
-                    } else {
-                        Frame::udp(src, dst, step.0.port)
+                    let frame = Frame {
+                        checksums: true,
+                        ..if step.0.proto == TCP {
+                            Frame::tcp(src, dst, step.0.port, TCP_SYN)
+                        } else {
+                            Frame::udp(src, dst, step.0.port)
+                        }
                     };
                     std::iter::repeat_n(frame.build().0, copies)
                 })
@@ -362,7 +373,66 @@ fn kernel_live_grants(filter: &mut Filter) -> Vec<(Source, usize)> {
     live
 }
 
+/// What the program did with a frame, or what the models say it must.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Pass,
+    Drop,
+    /// XDP_TX of this frame: a closed port's answer.
+    Answer(Vec<u8>),
+}
+
+/// The per-peer interval the cases run with: long next to a case, so no
+/// token comes back while one runs.
+const ICMP_INTERVAL_MS: u32 = 20_000;
+
+/// Lifts the host's global ICMP budget and stretches the per-peer interval,
+/// so that the per-peer burst alone decides, the same in a case that takes
+/// a millisecond or a second; returns what the answers carry. A new peer
+/// starts with a minute's worth of tokens, as in the kernel: three here.
+fn per_peer_limit_only(filter: &mut Filter) -> Host {
+    let mut settings: aya::maps::Array<_, Settings> = filter
+        .ebpf_mut()
+        .map_mut(map_names::SETTINGS)
+        .expect("SETTINGS")
+        .try_into()
+        .expect("array");
+    let limited = Settings {
+        icmp_msgs_per_sec: 0,
+        icmp_ratelimit_ms: ICMP_INTERVAL_MS,
+        icmpv6_ratelimit_ms: ICMP_INTERVAL_MS,
+        ..settings.get(&0, 0).expect("settings")
+    };
+    settings.set(0, &limited, 0).expect("write settings");
+    Host {
+        ttl: limited.ttl,
+        hop_limit: limited.hop_limit,
+        seed: limited.source_seed,
+        burst: (BURST_FACTOR * ICMP_INTERVAL_MS).min(60_000) / ICMP_INTERVAL_MS,
+    }
+}
+
+/// The IP ID of an ICMP error over IPv4 is the kernel's random pick: the
+/// expected frame takes the program's, once its header checksum verifies
+/// over it.
+fn adopt_random_id(expected: &mut [u8], out: &[u8], id_at: usize) -> Result<(), TestCaseError> {
+    let l3 = id_at - 4;
+    prop_assert!(
+        out.len() >= l3 + 20 && expected.len() >= l3 + 20,
+        "short answer"
+    );
+    prop_assert!(
+        Sum::ZERO.slice(&out[l3..l3 + 20]).verifies(),
+        "the answer's IP header checksum is wrong: {:02x?}",
+        &out[l3..l3 + 20]
+    );
+    expected[id_at..id_at + 2].copy_from_slice(&out[id_at..id_at + 2]);
+    expected[l3 + 10..l3 + 12].copy_from_slice(&out[l3 + 10..l3 + 12]);
+    Ok(())
+}
+
 static CASES: AtomicU64 = AtomicU64::new(0);
+static ANSWERS: AtomicU64 = AtomicU64::new(0);
 static FRAMES: AtomicU64 = AtomicU64::new(0);
 static GRANTS_SEEN: AtomicU64 = AtomicU64::new(0);
 static PASSES: AtomicU64 = AtomicU64::new(0);
@@ -373,6 +443,10 @@ fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> 
     let kernel_config = KernelConfig::try_from(&config).expect("fits");
     let mut filter = Filter::load(&kernel_config).expect("load the XDP program");
     let mut model = Model::new(&config);
+    let mut concealment = Concealment::new(
+        config.conceal == Conceal::Closed,
+        per_peer_limit_only(&mut filter),
+    );
     for (index, action) in actions.iter().enumerate() {
         if let Action::Wait(secs) = action {
             model.advance(secs * SECOND);
@@ -383,24 +457,43 @@ fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> 
             if bytes.len() < 14 {
                 continue;
             }
-            let kernel = match filter.test_run(&bytes, 1).expect("test run").return_value {
-                XDP_PASS => Verdict::Pass,
-                XDP_DROP => Verdict::Drop,
+            let (action_code, output) = filter.test_run_output(&bytes).expect("test run");
+            let kernel = match action_code {
+                XDP_PASS => Outcome::Pass,
+                XDP_DROP => Outcome::Drop,
+                XDP_TX => Outcome::Answer(output),
                 other => panic!("unexpected XDP action {other}"),
             };
-            let expected = model.packet(&bytes);
+            let expected = match model.packet(&bytes) {
+                Verdict::Pass => Outcome::Pass,
+                Verdict::Drop => Outcome::Drop,
+                Verdict::Stopped => match concealment.answer(&bytes) {
+                    Answer::Silent => Outcome::Drop,
+                    Answer::Frame {
+                        mut bytes,
+                        random_id_at,
+                    } => {
+                        if let (Some(at), Outcome::Answer(out)) = (random_id_at, &kernel) {
+                            adopt_random_id(&mut bytes, out, at)?;
+                        }
+                        Outcome::Answer(bytes)
+                    }
+                },
+            };
             prop_assert_eq!(
-                kernel,
-                expected,
+                &kernel,
+                &expected,
                 "action {} {:?}\nframe {:02x?}",
                 index,
                 action,
                 bytes
             );
             FRAMES.fetch_add(1, Ordering::Relaxed);
-            if kernel == Verdict::Pass {
-                PASSES.fetch_add(1, Ordering::Relaxed);
-            }
+            match kernel {
+                Outcome::Pass => PASSES.fetch_add(1, Ordering::Relaxed),
+                Outcome::Answer(_) => ANSWERS.fetch_add(1, Ordering::Relaxed),
+                Outcome::Drop => 0,
+            };
         }
         prop_assert_eq!(
             kernel_progress(&mut filter),
@@ -440,23 +533,26 @@ fn model_and_xdp_program_agree_on_generated_sequences() {
     });
     let strategy = (config(), proptest::collection::vec(action(), 1..40));
     let result = runner.run(&strategy, |(config, actions)| run_case(&config, &actions));
-    let (cases, frames, grants, passes, penalized) = (
+    let (cases, frames, grants, passes, penalized, answers) = (
         CASES.load(Ordering::Relaxed),
         FRAMES.load(Ordering::Relaxed),
         GRANTS_SEEN.load(Ordering::Relaxed),
         PASSES.load(Ordering::Relaxed),
         PENALIZED.load(Ordering::Relaxed),
+        ANSWERS.load(Ordering::Relaxed),
     );
     eprintln!(
         "differential: {cases} sequences, {frames} frames compared ({passes} passed, \
-         {penalized} ignored under penalty), {grants} live-grant observations"
+         {answers} answered as closed ports, {penalized} ignored under penalty), \
+         {grants} live-grant observations"
     );
     if let Err(error) = result {
         panic!("{error}");
     }
     // The generator must reach the interesting states, or agreement says little.
     assert!(
-        grants > 0 && penalized > 0 && passes > 0 && passes < frames,
-        "generator too narrow: {grants} grants, {penalized} penalized, {passes}/{frames} passed"
+        grants > 0 && penalized > 0 && passes > 0 && passes < frames && answers > 0,
+        "generator too narrow: {grants} grants, {penalized} penalized, {passes}/{frames} passed, \
+         {answers} answered"
     );
 }

@@ -8,6 +8,7 @@ use lab::{
     CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, Xknock, article_config,
     frames::{AUTH, DEST_OPTS, Fragment, Frame, HOP_BY_HOP, ROUTING, TCP_ACK, TCP_SYN},
     require_root,
+    wire::Wire,
 };
 use xknock::{
     config::{Config, KernelConfig},
@@ -190,51 +191,22 @@ fn later_fragments_and_non_ip_frames_pass() {
     assert_eq!(counters["pass_not_ip"], 1, "{counters:?}");
 }
 
-/// Sends raw Ethernet frames out of `iface` (inside the current namespace),
-/// 5 ms apart so each knock step arrives in order and on time.
-fn send_raw(iface: &str, frames: &[Vec<u8>]) {
-    send_raw_paced(iface, frames, Duration::from_millis(5));
+/// Sends raw Ethernet frames out of the client's veth, 5 ms apart so each
+/// knock step arrives in order and on time.
+fn send_raw(lab: &Lab, frames: &[Vec<u8>]) {
+    send_raw_paced(lab, frames, Duration::from_millis(5));
 }
 
 /// Sends raw frames back to back.
-fn send_raw_fast(iface: &str, frames: &[Vec<u8>]) {
-    send_raw_paced(iface, frames, Duration::ZERO);
+fn send_raw_fast(lab: &Lab, frames: &[Vec<u8>]) {
+    send_raw_paced(lab, frames, Duration::ZERO);
 }
 
-fn send_raw_paced(iface: &str, frames: &[Vec<u8>], pause: Duration) {
-    let name = std::ffi::CString::new(iface).expect("name");
-    // SAFETY: plain socket calls on a fd this function owns and closes.
-    unsafe {
-        let index = libc::if_nametoindex(name.as_ptr());
-        assert_ne!(index, 0, "no interface {iface}");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = index as i32;
-        addr.sll_halen = 6;
-        for frame in frames {
-            let sent = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(
-                sent,
-                frame.len() as isize,
-                "sendto: {}",
-                std::io::Error::last_os_error()
-            );
-            std::thread::sleep(pause);
-        }
-        libc::close(fd);
+fn send_raw_paced(lab: &Lab, frames: &[Vec<u8>], pause: Duration) {
+    let wire = Wire::open(&lab.client, &lab.client_if);
+    for frame in frames {
+        wire.send(frame);
+        std::thread::sleep(pause);
     }
 }
 
@@ -252,8 +224,7 @@ fn tagged_and_extension_header_knocks_over_veth_open_the_door() {
         f.vlan_tags = vec![0x88a8, 0x8100];
         f.ipv4_options = 8;
     });
-    let iface = lab.client_if.clone();
-    lab.client.within(move || send_raw(&iface, &double_tagged));
+    send_raw(&lab, &double_tagged);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
 
     let chained = knock_frames(CLIENT_V6, SERVER_V6, &|f: &mut Frame| {
@@ -262,9 +233,7 @@ fn tagged_and_extension_header_knocks_over_veth_open_the_door() {
     let too_long = knock_frames(CLIENT_V6, SERVER_V6, &|f: &mut Frame| {
         f.ipv6_ext = vec![DEST_OPTS; 9]
     });
-    let iface = lab.client_if.clone();
-    lab.client
-        .within(move || send_raw(&iface, &[too_long, chained].concat()));
+    send_raw(&lab, &[too_long, chained].concat());
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
     assert_eq!(
         xknock
@@ -315,8 +284,7 @@ fn hostile_garbage_over_veth_leaves_the_filter_working() {
         let knock = &knocks[i % knocks.len()];
         garbage.push(knock[..14 + (next() as usize % (knock.len() - 14))].to_vec());
     }
-    let iface = lab.client_if.clone();
-    lab.client.within(move || send_raw_fast(&iface, &garbage));
+    send_raw_fast(&lab, &garbage);
     // Still attached, still deciding: a real knock opens the door.
     assert_eq!(lab.attached_xdp().as_deref(), Some("xdp"));
     lab::article_knock(&lab, SERVER_V4);
