@@ -792,6 +792,15 @@ fn generate(lab: &Lab, template: Vec<u8>, frames: u32) -> anyhow::Result<f64> {
         pin_to_cpu(0)?;
         let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
         baseline(&mut ebpf, "xdp_flood")?;
+        let frame: [u8; 54] = template
+            .as_slice()
+            .try_into()
+            .context("a 54-byte template")?;
+        let mut slot: aya::maps::Array<_, [u8; 54]> = ebpf
+            .map_mut("FLOOD_TEMPLATE")
+            .context("FLOOD_TEMPLATE")?
+            .try_into()?;
+        slot.set(0, &frame, 0)?;
         let program: &Xdp = ebpf.program("xdp_flood").context("xdp_flood")?.try_into()?;
         let name = std::ffi::CString::new(iface)?;
         // SAFETY: a valid NUL-terminated name.

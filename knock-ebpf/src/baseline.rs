@@ -4,9 +4,20 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_get_prandom_u32, macros::xdp,
+    bindings::xdp_action,
+    helpers::generated::bpf_get_prandom_u32,
+    macros::{map, xdp},
+    maps::Array,
     programs::XdpContext,
 };
+
+/// Bytes of the flood's frame: Ethernet, a 20-byte IPv4 header and a
+/// 20-byte TCP header.
+pub const FLOOD_FRAME_LEN: usize = 14 + 20 + 20;
+
+/// The frame `xdp_flood` sends, set by the bench before a run.
+#[map]
+static FLOOD_TEMPLATE: Array<[u8; FLOOD_FRAME_LEN]> = Array::with_max_entries(1, 0);
 
 /// The floor of per-packet cost: does nothing.
 #[xdp]
@@ -55,15 +66,23 @@ fn updated_checksum(checksum: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
     (!(sum as u16)).to_be_bytes()
 }
 
-/// Under BPF_PROG_TEST_RUN live frames: gives the template TCP/IPv4 frame a
-/// random source address, keeping both checksums valid so the kernel's
-/// stack and conntrack judge it like a real packet, and transmits it.
+/// Under BPF_PROG_TEST_RUN live frames: writes `FLOOD_TEMPLATE` over the
+/// frame, gives it a random source address, keeping both checksums valid so
+/// the kernel's stack and conntrack judge it like a real packet, and
+/// transmits it. The template goes in every time because live-frames mode
+/// recycles pages as they come back: a receiver that answers with XDP_TX
+/// (xknock's concealment) rewrites the very page the generator sends next.
 #[xdp]
 pub fn xdp_flood(ctx: XdpContext) -> u32 {
     let start = ctx.data();
-    if start + TCP_CHECKSUM + 2 > ctx.data_end() {
+    if start + FLOOD_FRAME_LEN > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
+    let Some(template) = FLOOD_TEMPLATE.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the check above keeps the write inside the frame.
+    unsafe { *(start as *mut [u8; FLOOD_FRAME_LEN]) = *template };
     // SAFETY: a helper without arguments.
     let new = unsafe { bpf_get_prandom_u32() }.to_be_bytes();
     // SAFETY: the check above keeps every access inside the frame; byte

@@ -47,8 +47,10 @@ static ICMP_GLOBAL: Array<GlobalIcmpBudget> = Array::with_max_entries(1, 0);
 #[map]
 static ICMP_PEERS: Array<PeerIcmpRate> = Array::with_max_entries(SOURCE_HORIZON_SLOTS, 0);
 /// Where `sum_packet` copies a chunk of the packet: the stack has no room.
+/// One word longer than a chunk, so the verifier sees that a chunk rounded
+/// up to whole words still fits.
 #[map]
-static SUM_SCRATCH: PerCpuArray<[u32; CHUNK / 4]> = PerCpuArray::with_max_entries(1, 0);
+static SUM_SCRATCH: PerCpuArray<[u32; CHUNK / 4 + 1]> = PerCpuArray::with_max_entries(1, 0);
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
@@ -634,9 +636,7 @@ struct Chunks {
 
 /// Sums the next chunk, copied out by `bpf_xdp_load_bytes` (which checks
 /// the bounds) into a per-CPU scratch buffer and summed by `bpf_csum_diff`.
-/// A short last chunk is padded with zeros, which add nothing, so an odd
-/// last byte counts as the high half of a word, as RFC 1071 wants. Returns
-/// 0 to go on, 1 to stop.
+/// Returns 0 to go on, 1 to stop.
 #[inline(never)]
 extern "C" fn sum_chunk(_round: u64, chunks: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer sum_packet gave it.
@@ -651,14 +651,13 @@ extern "C" fn sum_chunk(_round: u64, chunks: *mut c_void) -> i64 {
     // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
     let scratch = unsafe { &mut *scratch };
     let left = (chunks.end - chunks.at) as usize;
-    // 1..=CHUNK, in a form the verifier follows.
-    let take = (left.min(CHUNK).wrapping_sub(1) & (CHUNK - 1)) + 1;
-    if take < CHUNK {
-        *scratch = [0; CHUNK / 4];
-    }
-    // SAFETY: `scratch` is CHUNK bytes long and the helper writes at most
-    // `take` <= CHUNK bytes into it; it fails cleanly when the packet is
-    // shorter.
+    // The chunk's last byte, 0..CHUNK, in a form the verifier follows.
+    let last_byte = left.min(CHUNK).wrapping_sub(1) & (CHUNK - 1);
+    let take = last_byte + 1;
+    let last_word = last_byte / 4;
+    // SAFETY: `scratch` is CHUNK + 4 bytes long and the helper writes at
+    // most `take` <= CHUNK bytes into it; it fails cleanly when the packet
+    // is shorter.
     let loaded = unsafe {
         bpf_xdp_load_bytes(
             chunks.ctx,
@@ -667,13 +666,28 @@ extern "C" fn sum_chunk(_round: u64, chunks: *mut c_void) -> i64 {
             take as u32,
         )
     };
-    // SAFETY: the helper only reads the CHUNK bytes of `scratch`.
+    // bpf_csum_diff sums whole words: up to three zero bytes round the
+    // chunk up, and add nothing (an odd last byte so counts as the high
+    // half of a word, as RFC 1071 wants).
+    let word = scratch[last_word].to_ne_bytes();
+    let keep = take - last_word * 4;
+    let mut padded = [0u8; 4];
+    let mut i = 0;
+    while i < 4 {
+        if i < keep {
+            padded[i] = word[i];
+        }
+        i += 1;
+    }
+    scratch[last_word] = u32::from_ne_bytes(padded);
+    // SAFETY: the helper only reads the first `last_word + 1` <= CHUNK / 4
+    // words of `scratch`.
     let partial = unsafe {
         bpf_csum_diff(
             core::ptr::null_mut(),
             0,
             scratch.as_mut_ptr(),
-            CHUNK as u32,
+            ((last_word + 1) * 4) as u32,
             0,
         )
     };
