@@ -836,8 +836,11 @@ pub fn flood(effort: &Effort) -> anyhow::Result<Vec<FloodRow>> {
     }
     let mut benches = Vec::new();
     for receiver in Receiver::ALL {
-        // Answers coming back end at the client's XDP_DROP, not its stack.
-        let lab = Lab::with_client_program("xdp_drop");
+        // Answers coming back end at the client's XDP_DROP, not its stack;
+        // where nothing comes back the client runs no program, as before
+        // concealment.
+        let lab =
+            Lab::with_client_program((receiver == Receiver::XknockAnswering).then_some("xdp_drop"));
         let installed = install(&lab, receiver)?;
         separate_cpus(&lab)?;
         let port = if receiver == Receiver::XknockAnswering {

@@ -66,12 +66,12 @@ fn updated_checksum(checksum: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
     (!(sum as u16)).to_be_bytes()
 }
 
-/// Under BPF_PROG_TEST_RUN live frames: writes `FLOOD_TEMPLATE` over the
-/// frame, gives it a random source address, keeping both checksums valid so
+/// Under BPF_PROG_TEST_RUN live frames: writes `FLOOD_TEMPLATE` over a
+/// frame that is no longer the template, gives it a random source address, keeping both checksums valid so
 /// the kernel's stack and conntrack judge it like a real packet, and
-/// transmits it. The template goes in every time because live-frames mode
-/// recycles pages as they come back: a receiver that answers with XDP_TX
-/// (xknock's concealment) rewrites the very page the generator sends next.
+/// transmits it. Live-frames mode recycles pages as they come back, and a
+/// receiver that answers with XDP_TX (xknock's concealment) rewrites the
+/// very page the generator sends next.
 #[xdp]
 pub fn xdp_flood(ctx: XdpContext) -> u32 {
     let start = ctx.data();
@@ -81,8 +81,14 @@ pub fn xdp_flood(ctx: XdpContext) -> u32 {
     let Some(template) = FLOOD_TEMPLATE.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    // SAFETY: the check above keeps the write inside the frame.
-    unsafe { *(start as *mut [u8; FLOOD_FRAME_LEN]) = *template };
+    // SAFETY: the check above keeps every access inside the frame. An
+    // answer swaps the MAC addresses first of all: a page that comes back
+    // with the template's destination MAC is the template still.
+    unsafe {
+        if *(start as *const [u8; 6]) != template[..6] {
+            *(start as *mut [u8; FLOOD_FRAME_LEN]) = *template;
+        }
+    }
     // SAFETY: a helper without arguments.
     let new = unsafe { bpf_get_prandom_u32() }.to_be_bytes();
     // SAFETY: the check above keeps every access inside the frame; byte

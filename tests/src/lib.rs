@@ -171,7 +171,7 @@ pub struct Lab {
     /// sends back with XDP_TX (xknock's closed-port answers) only reach a
     /// veth peer that runs XDP itself (turning GRO on was not enough on
     /// Linux 6.18). A real NIC needs nothing of the kind.
-    _client_xdp: aya::Ebpf,
+    _client_xdp: Option<aya::Ebpf>,
 }
 
 /// Loads `program` of the reference object onto `iface` of the namespace
@@ -193,12 +193,13 @@ fn attach_reference(program: &str, iface: &str) -> aya::Ebpf {
 
 impl Lab {
     pub fn new() -> Lab {
-        Lab::with_client_program("xdp_pass")
+        Lab::with_client_program(Some("xdp_pass"))
     }
 
     /// A lab whose client end runs `program` of the reference object
-    /// (`xdp_pass`, or `xdp_drop` where answers should vanish cheaply).
-    pub fn with_client_program(program: &'static str) -> Lab {
+    /// (`xdp_drop` where answers should vanish cheaply), or nothing where
+    /// no answer needs to arrive (the bench's floods).
+    pub fn with_client_program(program: Option<&'static str>) -> Lab {
         require_root();
         require_program("ip", "iproute2");
         let base = unique_name();
@@ -232,7 +233,8 @@ impl Lab {
             ns.ip(&["link", "set", iface, "up"]);
         }
         let iface = client_if.clone();
-        let _client_xdp = client.within(move || attach_reference(program, &iface));
+        let _client_xdp =
+            program.map(|program| client.within(move || attach_reference(program, &iface)));
         Lab {
             server,
             client,
