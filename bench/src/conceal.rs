@@ -12,8 +12,8 @@ use lab::wire::{Probe, SYN};
 use xknock::filter::{BASELINE_OBJECT, Filter};
 
 use crate::{
-    CLIENT, CLIENT_V6, Effort, PathCost, SERVER, SERVER_V6, Stat, baseline, baseline_run,
-    bench_config, cost_table, ip, xknock_run,
+    CLIENT, CLIENT_V6, Effort, FloodRow, PathCost, SERVER, SERVER_V6, Stat, baseline, baseline_run,
+    bench_config, cost_table, ip, round_ratio, xknock_run,
 };
 
 /// Unicast addresses for the frames' Ethernet header.
@@ -111,7 +111,13 @@ pub fn answer_costs(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
 }
 
 /// The report's section on concealment.
-pub fn render(md: &mut String, effort: &Effort, pass: Stat, costs: &[PathCost]) {
+pub fn render(
+    md: &mut String,
+    effort: &Effort,
+    pass: Stat,
+    costs: &[PathCost],
+    answering: &[FloodRow],
+) {
     let _ = writeln!(
         md,
         "\n## Concealment: building a closed port's answer (BPF_PROG_TEST_RUN, run by run)\n\n\
@@ -122,4 +128,24 @@ pub fn render(md: &mut String, effort: &Effort, pass: Stat, costs: &[PathCost]) 
         effort.trials,
     );
     cost_table(md, pass, costs, 0);
+    let _ = writeln!(
+        md,
+        "\nA spoofed SYN flood at the first knock port, every SYN answered with an RST that \
+         goes back over veth to an XDP_DROP program on the client, in rounds of its own against \
+         a bare XDP_DROP receiver ({} rounds of {} frames).\n\n| receiver | pkt/s (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |",
+        effort.flood_rounds, effort.flood_frames
+    );
+    let limit = answering
+        .iter()
+        .find(|r| r.label.starts_with("bare XDP_DROP"));
+    for row in answering {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.1} % |",
+            row.label,
+            row.pps.cells(0),
+            limit.map_or(f64::NAN, |limit| round_ratio(row, limit)),
+            row.delivered * 100.0
+        );
+    }
 }

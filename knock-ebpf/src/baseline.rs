@@ -66,27 +66,41 @@ fn updated_checksum(checksum: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
     (!(sum as u16)).to_be_bytes()
 }
 
-/// Under BPF_PROG_TEST_RUN live frames: writes `FLOOD_TEMPLATE` over a
-/// frame that is no longer the template, gives it a random source address, keeping both checksums valid so
-/// the kernel's stack and conntrack judge it like a real packet, and
-/// transmits it. Live-frames mode recycles pages as they come back, and a
-/// receiver that answers with XDP_TX (xknock's concealment) rewrites the
-/// very page the generator sends next.
+/// Under BPF_PROG_TEST_RUN live frames: gives the template TCP/IPv4 frame a
+/// random source address, keeping both checksums valid so the kernel's
+/// stack and conntrack judge it like a real packet, and transmits it.
 #[xdp]
 pub fn xdp_flood(ctx: XdpContext) -> u32 {
+    flood(&ctx, false)
+}
+
+/// `xdp_flood` for a receiver that answers with XDP_TX (xknock's
+/// concealment): live-frames mode recycles pages as they come back, so the
+/// answer rewrote the very page sent next, and `FLOOD_TEMPLATE` goes back
+/// over it. Only here: reading the frame first slows the receivers that
+/// read it too (the line moves between the CPUs).
+#[xdp]
+pub fn xdp_flood_restoring(ctx: XdpContext) -> u32 {
+    flood(&ctx, true)
+}
+
+#[inline(always)]
+fn flood(ctx: &XdpContext, restore: bool) -> u32 {
     let start = ctx.data();
     if start + FLOOD_FRAME_LEN > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
-    let Some(template) = FLOOD_TEMPLATE.get(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // SAFETY: the check above keeps every access inside the frame. An
-    // answer swaps the MAC addresses first of all: a page that comes back
-    // with the template's destination MAC is the template still.
-    unsafe {
-        if *(start as *const [u8; 6]) != template[..6] {
-            *(start as *mut [u8; FLOOD_FRAME_LEN]) = *template;
+    if restore {
+        let Some(template) = FLOOD_TEMPLATE.get(0) else {
+            return xdp_action::XDP_ABORTED;
+        };
+        // SAFETY: the check above keeps every access inside the frame. An
+        // answer swaps the MAC addresses first of all: a page that comes
+        // back with the template's destination MAC is the template still.
+        unsafe {
+            if *(start as *const [u8; 6]) != template[..6] {
+                *(start as *mut [u8; FLOOD_FRAME_LEN]) = *template;
+            }
         }
     }
     // SAFETY: a helper without arguments.
