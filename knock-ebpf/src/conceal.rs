@@ -399,7 +399,6 @@ fn port_unreachable(
     let quote_len = probe.l3_len.min(limit - header_len - ICMP_HEADER_LEN);
     let quoted = sum_packet(ctx, probe.l3, quote_len)?;
     let icmp_len = ICMP_HEADER_LEN + quote_len;
-    let grow = header_len + ICMP_HEADER_LEN;
     if probe.v6 {
         let mut icmp = [1u8, 4, 0, 0, 0, 0, 0, 0];
         let checksum = probe
@@ -424,11 +423,7 @@ fn port_unreachable(
             IPPROTO_ICMPV6,
             settings.hop_limit,
         );
-        make_room(ctx, probe.l3, grow)?;
-        resize(ctx, probe.l3 + grow + quote_len)?;
-        swap_macs(ctx)?;
-        store_at(ctx, probe.l3, &ip)?;
-        store_at(ctx, probe.l3 + IPV6_HEADER_LEN, &icmp)?;
+        send_error(ctx, &probe, quote_len, &ip, &icmp)?;
     } else {
         let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
         let checksum = Sum::ZERO.bytes(&icmp).plus(quoted).checksum().to_be_bytes();
@@ -447,13 +442,29 @@ fn port_unreachable(
             IPPROTO_ICMP,
             settings.ttl,
         );
-        make_room(ctx, probe.l3, grow)?;
-        resize(ctx, probe.l3 + grow + quote_len)?;
-        swap_macs(ctx)?;
-        store_at(ctx, probe.l3, &ip)?;
-        store_at(ctx, probe.l3 + IPV4_HEADER_LEN, &icmp)?;
+        send_error(ctx, &probe, quote_len, &ip, &icmp)?;
     }
     Ok(Answer::Unreachable)
+}
+
+/// Turns the probe into its ICMP error: room for the new IP header (`H`
+/// bytes) and ICMP header in front of the probe's own IP packet, which
+/// stays where it is as the quote, cut to `quote_len`.
+#[inline(always)]
+fn send_error<const H: usize>(
+    ctx: &XdpContext,
+    probe: &Probe,
+    quote_len: usize,
+    ip: &[u8; H],
+    icmp: &[u8; ICMP_HEADER_LEN],
+) -> Result<(), Silent> {
+    let grow = H + ICMP_HEADER_LEN;
+    make_room(ctx, probe.l3, grow)?;
+    resize(ctx, probe.l3 + grow + quote_len)?;
+    swap_macs(ctx)?;
+    store_at(ctx, probe.l3, ip)?;
+    store_at(ctx, probe.l3 + H, icmp)?;
+    Ok(())
 }
 
 /// The kernel's two ICMP limits: the global budget, then the peer's bucket;

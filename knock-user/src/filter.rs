@@ -147,27 +147,27 @@ impl Filter {
             .map_err(FilterError::Load)?;
         let mut filter = Filter { ebpf };
         filter.populate(config)?;
-        let program: &mut Xdp = filter
+        filter.load_xdp(knock_common::PROGRAM_NAME)?;
+        filter.load_conceal()?;
+        Ok(filter)
+    }
+
+    /// Has the verifier check the object's XDP program `name`.
+    fn load_xdp(&mut self, name: &str) -> Result<&mut Xdp, FilterError> {
+        let program: &mut Xdp = self
             .ebpf
-            .program_mut(knock_common::PROGRAM_NAME)
-            .expect("the object defines the xknock program")
+            .program_mut(name)
+            .unwrap_or_else(|| panic!("the object defines {name}"))
             .try_into()
             .map_err(FilterError::Program)?;
         program.load().map_err(FilterError::Program)?;
-        filter.load_conceal()?;
-        Ok(filter)
+        Ok(program)
     }
 
     /// Loads the program that answers stopped packets and puts it where the
     /// filter tail-calls it.
     fn load_conceal(&mut self) -> Result<(), FilterError> {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(knock_common::CONCEAL_PROGRAM_NAME)
-            .expect("the object defines the concealment program")
-            .try_into()
-            .map_err(FilterError::Program)?;
-        program.load().map_err(FilterError::Program)?;
+        let program = self.load_xdp(knock_common::CONCEAL_PROGRAM_NAME)?;
         let fd = program
             .fd()
             .map_err(FilterError::Program)?
