@@ -59,7 +59,9 @@ const PORTS: [(u8, u16); 11] = [
     (TCP, 80),
     (UDP, 53),
 ];
-const FLAGS: [u8; 7] = [
+/// Flags of generated segments, with the scanners' FIN, NULL and Xmas
+/// probes (answered RST+ACK, acknowledging the FIN).
+const FLAGS: [u8; 10] = [
     TCP_SYN,
     TCP_SYN,
     TCP_SYN | TCP_ACK,
@@ -67,6 +69,9 @@ const FLAGS: [u8; 7] = [
     TCP_PSH | TCP_ACK,
     TCP_FIN | TCP_ACK,
     TCP_RST,
+    TCP_FIN,
+    0,
+    TCP_FIN | TCP_PSH | 0x20,
 ];
 const LISTS: [&str; 6] = [
     "",
