@@ -1,0 +1,351 @@
+//! Spoofed-SYN floods over veth: xknock against XDP_DROP, a port-reading
+//! XDP program, nftables and iptables, counted by each receiver.
+
+use super::*;
+
+/// What receives the flood on the server's veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Receiver {
+    Xknock,
+    XknockAnswering,
+    XdpDrop,
+    XdpReadDrop,
+    Nftables,
+    NftablesConntrack,
+    Iptables,
+}
+
+impl Receiver {
+    /// The receivers of the main flood; concealment's answering flood runs
+    /// in rounds of its own against XDP_DROP (`conceal`), so it cannot slow
+    /// these.
+    pub(crate) const ALL: [Receiver; 6] = [
+        Receiver::Xknock,
+        Receiver::XdpDrop,
+        Receiver::XdpReadDrop,
+        Receiver::Nftables,
+        Receiver::NftablesConntrack,
+        Receiver::Iptables,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Receiver::Xknock => "xknock (XDP native, protected tcp:22)",
+            Receiver::XknockAnswering => {
+                "xknock with conceal = \"closed\", flood at the first knock port: every SYN answered with an RST"
+            }
+            Receiver::XdpDrop => "bare XDP_DROP program (the limit)",
+            Receiver::XdpReadDrop => "XDP program that reads the port, then drops",
+            Receiver::Nftables => "nftables input hook: tcp dport 22 drop",
+            Receiver::NftablesConntrack => {
+                "nftables input with conntrack (ct state established accept)"
+            }
+            Receiver::Iptables => "iptables -A INPUT -p tcp --dport 22 -j DROP",
+        }
+    }
+}
+
+/// A receiver in place: whatever must stay alive while it drops.
+pub(crate) enum Installed {
+    Filter(Filter),
+    Program(#[expect(dead_code, reason = "held so the program stays attached")] Ebpf),
+    Netfilter,
+}
+
+pub(crate) struct FloodRow {
+    pub label: &'static str,
+    /// Spoofed SYNs dropped per second.
+    pub pps: Stat,
+    /// The same, per round, in round order.
+    pub rounds: Vec<f64>,
+    /// Of the frames generated, the share the receiver counted.
+    pub delivered: f64,
+}
+
+pub(crate) fn mac_of(ns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
+    let out = ns.ip(&["-o", "link", "show", "dev", iface]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .with_context(|| format!("no MAC for {iface}"))?;
+    let mut bytes = [0u8; 6];
+    for (byte, hex) in bytes.iter_mut().zip(mac.split(':')) {
+        *byte = u8::from_str_radix(hex, 16)?;
+    }
+    Ok(bytes)
+}
+
+/// The ones'-complement sum used by IPv4 and TCP, folded and inverted.
+pub(crate) fn internet_checksum(chunks: &[&[u8]]) -> [u8; 2] {
+    let mut sum: u32 = 0;
+    for chunk in chunks {
+        for pair in chunk.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// A TCP SYN to the server's `port` addressed to its veth MAC, with valid
+/// checksums (the generator keeps them valid as it rewrites the source).
+pub(crate) fn flood_template(lab: &Lab, port: u16) -> anyhow::Result<Vec<u8>> {
+    let mut frame = tcp(CLIENT, SERVER, port, TCP_SYN);
+    frame[0..6].copy_from_slice(&mac_of(&lab.server, &lab.server_if)?);
+    frame[6..12].copy_from_slice(&mac_of(&lab.client, &lab.client_if)?);
+    let ip_checksum = internet_checksum(&[&frame[14..34]]);
+    frame[24..26].copy_from_slice(&ip_checksum);
+    let tcp_len = (frame.len() - 34) as u16;
+    let pseudo = [&frame[26..34], &[0, 6], &tcp_len.to_be_bytes()[..]].concat();
+    let tcp_checksum = internet_checksum(&[&pseudo, &frame[34..]]);
+    frame[50..52].copy_from_slice(&tcp_checksum);
+    Ok(frame)
+}
+
+pub(crate) fn nft_ruleset(conntrack: bool) -> String {
+    let established = if conntrack {
+        "ct state established,related accept\n"
+    } else {
+        ""
+    };
+    format!(
+        "table inet bench {{\n chain input {{\n type filter hook input priority 0; policy accept;\n \
+         {established} tcp dport 22 counter drop\n }}\n}}\n"
+    )
+}
+
+pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed> {
+    let iface = lab.server_if.clone();
+    match receiver {
+        Receiver::Xknock | Receiver::XknockAnswering => {
+            let config = bench_config(if receiver == Receiver::Xknock {
+                SILENT
+            } else {
+                ""
+            });
+            lab.server.within(move || -> anyhow::Result<Installed> {
+                let mut filter = Filter::load(&config)?;
+                filter.attach(&iface, AttachMode::Native)?;
+                Ok(Installed::Filter(filter))
+            })
+        }
+        Receiver::XdpDrop | Receiver::XdpReadDrop => lab.server.within(move || {
+            let name = match receiver {
+                Receiver::XdpDrop => "xdp_drop",
+                _ => "xdp_read_drop",
+            };
+            let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+            baseline(&mut ebpf, name)?;
+            let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+            let name = std::ffi::CString::new(iface)?;
+            program.attach(name.as_c_str(), XdpMode::Driver)?;
+            Ok(Installed::Program(ebpf))
+        }),
+        Receiver::Nftables | Receiver::NftablesConntrack | Receiver::Iptables => {
+            // Without an XDP program, veth takes XDP frames only with GRO on.
+            run_in(&lab.server, "ethtool", &["-K", &lab.server_if, "gro", "on"])?;
+            match receiver {
+                Receiver::Iptables => {
+                    run_in(
+                        &lab.server,
+                        "iptables",
+                        &["-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "DROP"],
+                    )?;
+                }
+                _ => {
+                    let rules = nft_ruleset(matches!(receiver, Receiver::NftablesConntrack));
+                    let dir = tempfile::tempdir()?;
+                    let path = dir.path().join("bench.nft");
+                    fs::write(&path, rules)?;
+                    run_in(&lab.server, "nft", &["-f", path.to_str().context("utf-8")?])?;
+                }
+            }
+            Ok(Installed::Netfilter)
+        }
+    }
+}
+
+/// Moves the receiver's NAPI polling to a kernel thread of its own on CPU 1,
+/// so the generator (pinned to CPU 0) does not share a core with it.
+pub(crate) fn separate_cpus(lab: &Lab) -> anyhow::Result<()> {
+    let threaded = format!("echo 1 > /sys/class/net/{}/threaded", lab.server_if);
+    run_in(&lab.server, "sh", &["-c", &threaded])?;
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "pid,comm"])
+        .output()?;
+    let prefix = format!("napi/{}-", lab.server_if);
+    let pids: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (pid, comm) = l.trim().split_once(' ')?;
+            comm.trim().starts_with(&prefix).then(|| pid.to_owned())
+        })
+        .collect();
+    ensure!(!pids.is_empty(), "no NAPI thread for {}", lab.server_if);
+    for pid in pids {
+        let status = std::process::Command::new("taskset")
+            .args(["-pc", "1", &pid])
+            .stdout(Stdio::null())
+            .status()?;
+        ensure!(status.success(), "taskset {pid}");
+    }
+    Ok(())
+}
+
+/// Packets the receiver has dropped so far, by its own counters.
+pub(crate) fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> anyhow::Result<u64> {
+    match (receiver, installed) {
+        (Receiver::Xknock, Installed::Filter(filter)) => Ok(filter.counters()?["drop_protected"]),
+        // Answered or not, every packet that reached the answering program.
+        (Receiver::XknockAnswering, Installed::Filter(filter)) => {
+            Ok(filter.answers()?.values().sum())
+        }
+        (Receiver::XdpDrop | Receiver::XdpReadDrop, _) => {
+            let stats = run_in(&lab.server, "ethtool", &["-S", &lab.server_if])?;
+            stats
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("rx_queue_0_xdp_drops:"))
+                .context("no xdp_drops statistic")?
+                .trim()
+                .parse()
+                .map_err(Into::into)
+        }
+        (Receiver::Iptables, _) => {
+            let listing = run_in(&lab.server, "iptables", &["-L", "INPUT", "-v", "-x", "-n"])?;
+            let row = listing
+                .lines()
+                .find(|l| l.contains("dpt:22"))
+                .context("no iptables rule")?;
+            row.split_whitespace()
+                .next()
+                .context("no count")?
+                .parse()
+                .map_err(Into::into)
+        }
+        _ => {
+            let listing = run_in(&lab.server, "nft", &["list", "table", "inet", "bench"])?;
+            let counted = listing
+                .split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .context("no nft counter")?;
+            counted.parse().map_err(Into::into)
+        }
+    }
+}
+
+/// Sends `frames` spoofed SYNs out of the client's veth with BPF_PROG_TEST_RUN
+/// in live-frames mode; returns the seconds it took.
+pub(crate) fn generate(
+    lab: &Lab,
+    generator: &'static str,
+    template: Vec<u8>,
+    frames: u32,
+) -> anyhow::Result<f64> {
+    let iface = lab.client_if.clone();
+    lab.client.within(move || -> anyhow::Result<f64> {
+        pin_to_cpu(0)?;
+        let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+        baseline(&mut ebpf, generator)?;
+        let frame: [u8; 54] = template
+            .as_slice()
+            .try_into()
+            .context("a 54-byte template")?;
+        let mut slot: aya::maps::Array<_, [u8; 54]> = ebpf
+            .map_mut("FLOOD_TEMPLATE")
+            .context("FLOOD_TEMPLATE")?
+            .try_into()?;
+        slot.set(0, &frame, 0)?;
+        let program: &Xdp = ebpf.program(generator).context(generator)?.try_into()?;
+        let name = std::ffi::CString::new(iface)?;
+        // SAFETY: a valid NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        ensure!(index != 0, "no client interface");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(template.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&index.to_ne_bytes());
+        let start = Instant::now();
+        program.test_run(TestRunOptions {
+            data_in: Some(&template),
+            ctx_in: Some(&ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        })?;
+        Ok(start.elapsed().as_secs_f64())
+    })
+}
+
+/// Spoofed-SYN flood throughput of each receiver, in its own lab. The
+/// trials take turns across receivers, so a slow spell of the machine hits
+/// them all alike.
+pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<Vec<FloodRow>> {
+    struct Bench {
+        receiver: Receiver,
+        lab: Lab,
+        installed: Installed,
+        template: Vec<u8>,
+        rates: Vec<f64>,
+        counted: u64,
+    }
+    let mut benches = Vec::new();
+    for &receiver in receivers {
+        // Answers coming back end at the client's XDP_DROP, not its stack;
+        // where nothing comes back the client runs no program, as before
+        // concealment.
+        let lab =
+            Lab::with_client_program((receiver == Receiver::XknockAnswering).then_some("xdp_drop"));
+        let installed = install(&lab, receiver)?;
+        separate_cpus(&lab)?;
+        let port = if receiver == Receiver::XknockAnswering {
+            FIRST_STEP_PORT
+        } else {
+            22
+        };
+        let template = flood_template(&lab, port)?;
+        benches.push(Bench {
+            receiver,
+            lab,
+            installed,
+            template,
+            rates: Vec::new(),
+            counted: 0,
+        });
+    }
+    for _ in 0..effort.flood_rounds {
+        for bench in &mut benches {
+            let before = dropped(&bench.lab, bench.receiver, &bench.installed)?;
+            let generator = if bench.receiver == Receiver::XknockAnswering {
+                "xdp_flood_restoring"
+            } else {
+                "xdp_flood"
+            };
+            let seconds = generate(
+                &bench.lab,
+                generator,
+                bench.template.clone(),
+                effort.flood_frames,
+            )?;
+            // Let the receiver finish what is queued.
+            std::thread::sleep(Duration::from_millis(200));
+            let got = dropped(&bench.lab, bench.receiver, &bench.installed)? - before;
+            bench.counted += got;
+            bench.rates.push(got as f64 / seconds);
+        }
+    }
+    let generated = f64::from(effort.flood_frames) * effort.flood_rounds as f64;
+    Ok(benches
+        .into_iter()
+        .map(|bench| FloodRow {
+            label: bench.receiver.label(),
+            pps: Stat::of(bench.rates.clone()),
+            rounds: bench.rates,
+            delivered: bench.counted as f64 / generated,
+        })
+        .collect())
+}

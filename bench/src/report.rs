@@ -1,0 +1,208 @@
+//! The report (`target/bench/report.md`) and its chart.
+
+use super::*;
+
+pub(crate) fn render(
+    effort: &Effort,
+    pass: Stat,
+    paths: &[PathCost],
+    scale: &[ScaleRow],
+    memory: &BTreeMap<String, u64>,
+    open: &OpenTimes,
+    flood: &[FloodRow],
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# xknock benchmark\n\nMachine: {}.\nCommand: `cargo xtask bench`. Each figure is a median with its range: in-kernel costs over {} trials of {} runs, flood rates over {} rounds of {} frames.\n",
+        machine(),
+        effort.trials,
+        effort.repeat,
+        effort.flood_rounds,
+        effort.flood_frames
+    );
+    let _ = writeln!(
+        md,
+        "## In-kernel cost per packet (BPF_PROG_TEST_RUN)\n\nThe paths take turns trial by trial, and every \
+         trial of a path runs right after one of the XDP_PASS program, on the same CPU; \"vs XDP_PASS\" \
+         is the median over trials of the ratio within each pair.\n"
+    );
+    cost_table(&mut md, pass, paths, 1);
+    let _ = writeln!(md, "\n## Scale: entries in the progress and grant maps\n");
+    let _ = writeln!(
+        md,
+        "| entries | step of a source mid-sequence | ACK with live grant | SYN from an unknown source |\n| ---: | ---: | ---: | ---: |"
+    );
+    for r in scale {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} ns | {:.1} ns | {:.1} ns |",
+            r.entries, r.step.median, r.granted.median, r.miss.median
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Time to open: knock start to first TCP connect, same veth topology\n"
+    );
+    let _ = writeln!(
+        md,
+        "| server | median ms | range ms | tries |\n| --- | ---: | ---: | ---: |"
+    );
+    for (name, stat) in [
+        ("xknock (XDP, native)", open.xknock),
+        ("knockd + iptables", open.knockd),
+    ] {
+        let _ = writeln!(md, "| {name} | {} | {} |", stat.cells(3), effort.tries);
+    }
+    let _ = writeln!(
+        md,
+        "\nknockd takes {:.0} times as long (medians).",
+        open.knockd.median / open.xknock.median
+    );
+    let _ = writeln!(
+        md,
+        "\n## Spoofed SYN flood to the protected port (random sources, live-frames BPF_PROG_TEST_RUN over veth)\n"
+    );
+    let _ = writeln!(
+        md,
+        "The generator runs on CPU 0 and the receiving veth's NAPI thread on CPU 1. The rate is what the \
+         receiver itself counted per second; \"frames counted\" is the share of generated frames it saw \
+         (the rest overflowed veth's ring when the generator outran it). A round floods every receiver \
+         once, back to back; ratios are medians over rounds of the ratio within a round, so a slow \
+         spell of the machine does not favour one receiver.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| receiver | dropped pkt/s (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    let row = |start: &str| flood.iter().find(|r| r.label.starts_with(start));
+    // Median over rounds of a's rate over b's in the same round.
+    let ratio = |a: Option<&FloodRow>, b: Option<&FloodRow>| match (a, b) {
+        (Some(a), Some(b)) => round_ratio(a, b),
+        _ => f64::NAN,
+    };
+    let limit = row("bare XDP_DROP");
+    for receiver in flood {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.1} % |",
+            receiver.label,
+            receiver.pps.cells(0),
+            ratio(Some(receiver), limit),
+            receiver.delivered * 100.0
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n## Targets\n\n| target | measured | met |\n| --- | ---: | :---: |"
+    );
+    let xknock = |baseline: &str| ratio(row("xknock"), row(baseline));
+    let (vs_drop, vs_nft, vs_conntrack) = (
+        xknock("bare XDP_DROP"),
+        xknock("nftables input hook"),
+        xknock("nftables input with"),
+    );
+    let unprotected = paths
+        .iter()
+        .find(|p| p.path == "unprotected TCP ACK")
+        .map_or(f64::NAN, |p| p.vs_pass);
+    let targets = [
+        (
+            "unprotected TCP costs at most 1.2x XDP_PASS",
+            unprotected,
+            unprotected <= 1.2,
+        ),
+        (
+            "flood dropped at >= 0.9x the XDP_DROP rate",
+            vs_drop,
+            vs_drop >= 0.9,
+        ),
+        ("flood: >= 4.5x nftables input", vs_nft, vs_nft >= 4.5),
+        (
+            "flood: >= 7x nftables with conntrack",
+            vs_conntrack,
+            vs_conntrack >= 7.0,
+        ),
+        (
+            "time to open under 1 ms (ms)",
+            open.xknock.median,
+            open.xknock.median < 1.0,
+        ),
+    ];
+    for (target, measured, met) in targets {
+        let _ = writeln!(
+            md,
+            "| {target} | {measured:.2} | {} |",
+            if met { "yes" } else { "**no**" }
+        );
+    }
+    let total: u64 = memory.values().sum();
+    let _ = writeln!(
+        md,
+        "\n## Memory at the default sizes (kernel memlock)\n\n| map | bytes |\n| --- | ---: |"
+    );
+    for (name, bytes) in memory {
+        let _ = writeln!(md, "| {name} | {bytes} |");
+    }
+    let _ = writeln!(
+        md,
+        "| **total** | **{total}** ({:.1} MiB) |",
+        total as f64 / 1048576.0
+    );
+    md
+}
+
+/// The median over rounds of `a`'s rate over `b`'s in the same round.
+pub(crate) fn round_ratio(a: &FloodRow, b: &FloodRow) -> f64 {
+    let per_round = a.rounds.iter().zip(&b.rounds).map(|(a, b)| a / b);
+    Stat::of(per_round.collect()).median
+}
+
+/// A table of per-packet costs under their XDP_PASS baseline.
+pub(crate) fn cost_table(md: &mut String, pass: Stat, paths: &[PathCost], decimals: usize) {
+    let _ = writeln!(
+        md,
+        "| path | ns/packet (median) | range | vs XDP_PASS |\n| --- | ---: | ---: | ---: |"
+    );
+    let _ = writeln!(
+        md,
+        "| XDP_PASS program (baseline) | {} | 1.00 |",
+        pass.cells(decimals)
+    );
+    for p in paths {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} |",
+            p.path,
+            p.stat.cells(decimals),
+            p.vs_pass
+        );
+    }
+}
+
+pub(crate) fn chart(pass: Stat, paths: &[PathCost]) -> String {
+    let rows: Vec<(&str, f64)> = std::iter::once(("XDP_PASS baseline", pass.median))
+        .chain(paths.iter().map(|p| (p.path, p.stat.median)))
+        .collect();
+    let max = rows.iter().map(|r| r.1).fold(1.0, f64::max);
+    let (bar_x, width, row_h) = (330.0, 360.0, 26.0);
+    let height = 40.0 + row_h * rows.len() as f64;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"760\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"10\" y=\"20\" font-weight=\"bold\">xknock: in-kernel ns per packet (median)</text>\n"
+    );
+    for (i, (label, ns)) in rows.iter().enumerate() {
+        let y = 34.0 + row_h * i as f64;
+        let w = width * ns / max;
+        let colour = if i == 0 { "#999" } else { "#3a7" };
+        let _ = writeln!(
+            svg,
+            "<text x=\"10\" y=\"{:.0}\">{label}</text><rect x=\"{bar_x}\" y=\"{y:.0}\" width=\"{w:.1}\" height=\"18\" fill=\"{colour}\"/><text x=\"{:.1}\" y=\"{:.0}\">{ns:.1}</text>",
+            y + 13.0,
+            bar_x + w + 4.0,
+            y + 13.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
