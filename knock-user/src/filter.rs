@@ -272,16 +272,19 @@ impl Filter {
         }
     }
 
-    /// Runs the program on `frame` through BPF_PROG_TEST_RUN, `repeat` times,
-    /// as if it had arrived on an interface; nothing needs to be attached.
-    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult, FilterError> {
-        let program: &Xdp = self
-            .ebpf
+    /// The loaded filter program.
+    fn filter_program(&self) -> Result<&Xdp, FilterError> {
+        self.ebpf
             .program(knock_common::PROGRAM_NAME)
             .expect("the object defines the xknock program")
             .try_into()
-            .map_err(FilterError::Program)?;
-        program
+            .map_err(FilterError::Program)
+    }
+
+    /// Runs the program on `frame` through BPF_PROG_TEST_RUN, `repeat` times,
+    /// as if it had arrived on an interface; nothing needs to be attached.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunResult, FilterError> {
+        self.filter_program()?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 repeat,
@@ -293,15 +296,10 @@ impl Filter {
     /// Runs the program once on `frame`; returns its XDP action and the
     /// frame as the program left it (an answer, for XDP_TX).
     pub fn test_run_output(&self, frame: &[u8]) -> Result<(u32, Vec<u8>), FilterError> {
-        let program: &Xdp = self
-            .ebpf
-            .program(knock_common::PROGRAM_NAME)
-            .expect("the object defines the xknock program")
-            .try_into()
-            .map_err(FilterError::Program)?;
         // Room for an ICMP error that quotes the frame.
         let mut out = vec![0u8; frame.len() + 128];
-        let result = program
+        let result = self
+            .filter_program()?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
