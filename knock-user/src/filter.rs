@@ -183,10 +183,7 @@ impl Filter {
             source_seed: RandomState::new().hash_one(monotonic_ns()) as u32,
             ..HostAnswers::read().apply(config.settings)
         };
-        let mut settings: Array<_, Settings> = self.map_mut(map_names::SETTINGS)?;
-        settings
-            .set(0, &seeded, 0)
-            .map_err(map_error(map_names::SETTINGS))?;
+        self.set_settings(&seeded)?;
         let mut rules: Array<_, RuleConfig> = self.map_mut(map_names::RULES)?;
         for (index, rule) in config.rules.iter().enumerate() {
             rules
@@ -317,14 +314,25 @@ impl Filter {
         &mut self.ebpf
     }
 
+    /// The global settings as loaded: the configuration's, the host's
+    /// answer values and this load's seed.
+    pub fn settings(&self) -> Result<Settings, FilterError> {
+        let settings: Array<_, Settings> = self.map(map_names::SETTINGS)?;
+        settings.get(&0, 0).map_err(map_error(map_names::SETTINGS))
+    }
+
+    /// Replaces the global settings (at load; tests and benchmarks that
+    /// change the host's ICMP limits).
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<(), FilterError> {
+        let mut map: Array<_, Settings> = self.map_mut(map_names::SETTINGS)?;
+        map.set(0, settings, 0)
+            .map_err(map_error(map_names::SETTINGS))
+    }
+
     /// Where `addr`'s horizon lives in `SOURCE_HORIZONS` (the slot depends on
     /// the seed this load drew), and its value.
     pub fn source_horizon(&self, addr: &Addr) -> Result<(u32, SourceHorizon), FilterError> {
-        let settings: Array<_, Settings> = self.map(map_names::SETTINGS)?;
-        let seed = settings
-            .get(&0, 0)
-            .map_err(map_error(map_names::SETTINGS))?
-            .source_seed;
+        let seed = self.settings()?.source_seed;
         let slot = source_slot(&addr_words(addr), seed);
         let horizons: Array<_, SourceHorizon> = self.map(map_names::SOURCE_HORIZONS)?;
         let horizon = horizons

@@ -396,19 +396,13 @@ const ICMP_INTERVAL_MS: u32 = 20_000;
 /// a millisecond or a second; returns what the answers carry. A new peer
 /// starts with a minute's worth of tokens, as in the kernel: three here.
 fn per_peer_limit_only(filter: &mut Filter) -> Host {
-    let mut settings: aya::maps::Array<_, Settings> = filter
-        .ebpf_mut()
-        .map_mut(map_names::SETTINGS)
-        .expect("SETTINGS")
-        .try_into()
-        .expect("array");
     let limited = Settings {
         icmp_msgs_per_sec: 0,
         icmp_ratelimit_ms: ICMP_INTERVAL_MS,
         icmpv6_ratelimit_ms: ICMP_INTERVAL_MS,
-        ..settings.get(&0, 0).expect("settings")
+        ..filter.settings().expect("settings")
     };
-    settings.set(0, &limited, 0).expect("write settings");
+    filter.set_settings(&limited).expect("write settings");
     Host {
         ttl: limited.ttl,
         hop_limit: limited.hop_limit,
