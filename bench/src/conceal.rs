@@ -6,14 +6,14 @@
 
 use std::{fmt::Write as _, net::IpAddr, time::Duration};
 
-use aya::{Ebpf, maps::Array};
-use knock_common::{Settings, map_names};
+use aya::Ebpf;
+use knock_common::Settings;
 use lab::wire::{Probe, SYN};
 use xknock::filter::{BASELINE_OBJECT, Filter};
 
 use crate::{
     CLIENT, CLIENT_V6, Effort, FloodRow, PathCost, SERVER, SERVER_V6, Stat, baseline, baseline_run,
-    bench_config, cost_table, ip, round_ratio, xknock_run,
+    bench_config, cost_table, flood_table, ip, paired_trials, xknock_run,
 };
 
 /// Unicast addresses for the frames' Ethernet header.
@@ -24,18 +24,13 @@ const FROM: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 /// limits lifted, so every run builds a port unreachable.
 fn answering() -> anyhow::Result<Filter> {
     let mut filter = Filter::load(&bench_config(""))?;
-    let ebpf: &mut Ebpf = filter.ebpf_mut();
-    let mut settings: Array<_, Settings> = ebpf
-        .map_mut(map_names::SETTINGS)
-        .ok_or_else(|| anyhow::anyhow!("no SETTINGS map"))?
-        .try_into()?;
     let unlimited = Settings {
         icmp_msgs_per_sec: 0,
         icmp_ratelimit_ms: 0,
         icmpv6_ratelimit_ms: 0,
-        ..settings.get(&0, 0)?
+        ..filter.settings()?
     };
-    settings.set(0, &unlimited, 0)?;
+    filter.set_settings(&unlimited)?;
     Ok(filter)
 }
 
@@ -64,50 +59,31 @@ pub fn answer_costs(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
     let syn = |(src, dst): (IpAddr, IpAddr)| Probe::tcp(src, dst, 22, SYN).frame(TO, FROM);
     let udp = |(src, dst): (IpAddr, IpAddr)| Probe::udp(src, dst, 4728, 12).frame(TO, FROM);
     let plain = Probe::tcp(v4.0, v4.1, 80, SYN).frame(TO, FROM);
-    let paths: Vec<(&'static str, &Filter, Vec<u8>)> = vec![
+    let paths: Vec<(&'static str, (&Filter, Vec<u8>))> = vec![
         (
             "SYN to a protected port, stopped silently (conceal = \"drop\")",
-            &silent,
-            syn(v4),
+            (&silent, syn(v4)),
         ),
-        ("the same, answered with an RST", &answering, syn(v4)),
+        ("the same, answered with an RST", (&answering, syn(v4))),
         (
             "IPv6 SYN to a protected port, answered with an RST",
-            &answering,
-            syn(v6),
+            (&answering, syn(v6)),
         ),
         (
             "UDP to a knock port, answered with an ICMP port unreachable",
-            &answering,
-            udp(v4),
+            (&answering, udp(v4)),
         ),
         (
             "IPv6 UDP to a knock port, answered with ICMPv6",
-            &answering,
-            udp(v6),
+            (&answering, udp(v6)),
         ),
     ];
-    let mut pass_samples = Vec::new();
-    let mut samples = vec![(Vec::new(), Vec::new()); paths.len()];
-    for _ in 0..effort.trials {
-        for ((_, filter, frame), (costs, ratios)) in paths.iter().zip(&mut samples) {
-            let pass = single_runs(&pass_run, &plain, runs)?;
-            let cost = single_runs(&xknock_run(filter), frame, runs)?;
-            pass_samples.push(pass);
-            costs.push(cost);
-            ratios.push(cost / pass);
-        }
-    }
-    let costs = paths
-        .iter()
-        .zip(samples)
-        .map(|((path, _, _), (costs, ratios))| PathCost {
-            path,
-            stat: Stat::of(costs),
-            vs_pass: Stat::of(ratios).median,
-        })
-        .collect();
-    Ok((Stat::of(pass_samples), costs))
+    paired_trials(
+        effort.trials,
+        &paths,
+        || single_runs(&pass_run, &plain, runs),
+        |(filter, frame)| single_runs(&xknock_run(filter), frame, runs),
+    )
 }
 
 /// The report's section on concealment.
@@ -132,20 +108,8 @@ pub fn render(
         md,
         "\nA spoofed SYN flood at the first knock port, every SYN answered with an RST that \
          goes back over veth to an XDP_DROP program on the client, in rounds of its own against \
-         a bare XDP_DROP receiver ({} rounds of {} frames).\n\n| receiver | pkt/s (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |",
+         a bare XDP_DROP receiver ({} rounds of {} frames).\n",
         effort.flood_rounds, effort.flood_frames
     );
-    let limit = answering
-        .iter()
-        .find(|r| r.label.starts_with("bare XDP_DROP"));
-    for row in answering {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.2} | {:.1} % |",
-            row.label,
-            row.pps.cells(0),
-            limit.map_or(f64::NAN, |limit| round_ratio(row, limit)),
-            row.delivered * 100.0
-        );
-    }
+    flood_table(md, "pkt/s", answering);
 }

@@ -1,6 +1,8 @@
 //! Spoofed-SYN floods over veth: xknock against XDP_DROP, a port-reading
 //! XDP program, nftables and iptables, counted by each receiver.
 
+use lab::wire::mac_of;
+
 use super::*;
 
 /// What receives the flood on the server's veth.
@@ -62,48 +64,17 @@ pub(crate) struct FloodRow {
     pub delivered: f64,
 }
 
-pub(crate) fn mac_of(ns: &Netns, iface: &str) -> anyhow::Result<[u8; 6]> {
-    let out = ns.ip(&["-o", "link", "show", "dev", iface]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mac = text
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .with_context(|| format!("no MAC for {iface}"))?;
-    let mut bytes = [0u8; 6];
-    for (byte, hex) in bytes.iter_mut().zip(mac.split(':')) {
-        *byte = u8::from_str_radix(hex, 16)?;
-    }
-    Ok(bytes)
-}
-
-/// The ones'-complement sum used by IPv4 and TCP, folded and inverted.
-pub(crate) fn internet_checksum(chunks: &[&[u8]]) -> [u8; 2] {
-    let mut sum: u32 = 0;
-    for chunk in chunks {
-        for pair in chunk.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    (!(sum as u16)).to_be_bytes()
-}
-
 /// A TCP SYN to the server's `port` addressed to its veth MAC, with valid
 /// checksums (the generator keeps them valid as it rewrites the source).
-pub(crate) fn flood_template(lab: &Lab, port: u16) -> anyhow::Result<Vec<u8>> {
-    let mut frame = tcp(CLIENT, SERVER, port, TCP_SYN);
-    frame[0..6].copy_from_slice(&mac_of(&lab.server, &lab.server_if)?);
-    frame[6..12].copy_from_slice(&mac_of(&lab.client, &lab.client_if)?);
-    let ip_checksum = internet_checksum(&[&frame[14..34]]);
-    frame[24..26].copy_from_slice(&ip_checksum);
-    let tcp_len = (frame.len() - 34) as u16;
-    let pseudo = [&frame[26..34], &[0, 6], &tcp_len.to_be_bytes()[..]].concat();
-    let tcp_checksum = internet_checksum(&[&pseudo, &frame[34..]]);
-    frame[50..52].copy_from_slice(&tcp_checksum);
-    Ok(frame)
+pub(crate) fn flood_template(lab: &Lab, port: u16) -> Vec<u8> {
+    let syn = Frame {
+        checksums: true,
+        ..Frame::tcp(ip(CLIENT), ip(SERVER), port, TCP_SYN)
+    };
+    let mut frame = syn.build().0;
+    frame[0..6].copy_from_slice(&mac_of(&lab.server, &lab.server_if));
+    frame[6..12].copy_from_slice(&mac_of(&lab.client, &lab.client_if));
+    frame
 }
 
 pub(crate) fn nft_ruleset(conntrack: bool) -> String {
@@ -307,7 +278,7 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
         } else {
             22
         };
-        let template = flood_template(&lab, port)?;
+        let template = flood_template(&lab, port);
         benches.push(Bench {
             receiver,
             lab,

@@ -130,16 +130,31 @@ pub(crate) fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>
         ),
         ("unprotected TCP ACK, 802.1ad+802.1Q", tagged.build().0),
     ];
-    // Each trial of a path runs right after one of XDP_PASS, and the ratio
-    // is taken within the pair; the paths take turns, trial by trial, so a
-    // slow spell of the machine spreads over all of them.
     let xknock = xknock_run(&filter);
+    paired_trials(
+        effort.trials,
+        &paths,
+        || ns_per_packet(&pass_run, &plain, effort),
+        |frame| ns_per_packet(&xknock, frame, effort),
+    )
+}
+
+/// Each path's cost, `trials` times. Each trial of a path runs right after
+/// one of `pass` (XDP_PASS), and the ratio is taken within the pair; the
+/// paths take turns, trial by trial, so a slow spell of the machine spreads
+/// over all of them. Returns XDP_PASS's cost and the paths'.
+pub(crate) fn paired_trials<T>(
+    trials: usize,
+    paths: &[(&'static str, T)],
+    pass: impl Fn() -> anyhow::Result<f64>,
+    cost_of: impl Fn(&T) -> anyhow::Result<f64>,
+) -> anyhow::Result<(Stat, Vec<PathCost>)> {
     let mut pass_samples = Vec::new();
     let mut samples = vec![(Vec::new(), Vec::new()); paths.len()];
-    for _ in 0..effort.trials {
-        for ((_, frame), (costs, ratios)) in paths.iter().zip(&mut samples) {
-            let pass = ns_per_packet(&pass_run, &plain, effort)?;
-            let cost = ns_per_packet(&xknock, frame, effort)?;
+    for _ in 0..trials {
+        for ((_, path), (costs, ratios)) in paths.iter().zip(&mut samples) {
+            let pass = pass()?;
+            let cost = cost_of(path)?;
             pass_samples.push(pass);
             costs.push(cost);
             ratios.push(cost / pass);

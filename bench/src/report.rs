@@ -71,27 +71,13 @@ pub(crate) fn render(
          once, back to back; ratios are medians over rounds of the ratio within a round, so a slow \
          spell of the machine does not favour one receiver.\n"
     );
-    let _ = writeln!(
-        md,
-        "| receiver | dropped pkt/s (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |"
-    );
+    flood_table(&mut md, "dropped pkt/s", flood);
     let row = |start: &str| flood.iter().find(|r| r.label.starts_with(start));
     // Median over rounds of a's rate over b's in the same round.
     let ratio = |a: Option<&FloodRow>, b: Option<&FloodRow>| match (a, b) {
         (Some(a), Some(b)) => round_ratio(a, b),
         _ => f64::NAN,
     };
-    let limit = row("bare XDP_DROP");
-    for receiver in flood {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {:.2} | {:.1} % |",
-            receiver.label,
-            receiver.pps.cells(0),
-            ratio(Some(receiver), limit),
-            receiver.delivered * 100.0
-        );
-    }
     let _ = writeln!(
         md,
         "\n## Targets\n\n| target | measured | met |\n| --- | ---: | :---: |"
@@ -150,6 +136,26 @@ pub(crate) fn render(
         total as f64 / 1048576.0
     );
     md
+}
+
+/// A table of flood receivers: rate, range, ratio to the bare XDP_DROP
+/// receiver of the same rounds, and the share of frames counted.
+pub(crate) fn flood_table(md: &mut String, rate: &str, rows: &[FloodRow]) {
+    let _ = writeln!(
+        md,
+        "| receiver | {rate} (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    let limit = rows.iter().find(|r| r.label.starts_with("bare XDP_DROP"));
+    for row in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.1} % |",
+            row.label,
+            row.pps.cells(0),
+            limit.map_or(f64::NAN, |limit| round_ratio(row, limit)),
+            row.delivered * 100.0
+        );
+    }
 }
 
 /// The median over rounds of `a`'s rate over `b`'s in the same round.
