@@ -220,7 +220,7 @@ fn read_probe(ctx: &XdpContext, transport: &Transport) -> Result<Probe, Silent> 
         }
         let src = [header[12], header[13], header[14], header[15]];
         let dst = [header[16], header[17], header[18], header[19]];
-        if martian_v4(src) || martian_v4(dst) || dst == [255; 4] {
+        if martian_v4(src) || martian_v4(dst) {
             return Err(Silent);
         }
         (ipv4_mapped(src), ipv4_mapped(dst), header[1], total)
@@ -244,7 +244,7 @@ fn read_probe(ctx: &XdpContext, transport: &Transport) -> Result<Probe, Silent> 
 const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// Addresses never answered: this network (0/8), loopback (127/8),
-/// multicast and reserved (224/3 and up).
+/// multicast, reserved and the limited broadcast (224.0.0.0 and up).
 #[inline(always)]
 fn martian_v4(addr: [u8; 4]) -> bool {
     addr[0] == 0 || addr[0] == 127 || addr[0] >= 224

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use knock_common::{
+    addr_words,
     checksum::{Sum, pseudo_v4, pseudo_v6},
     flow_label, source_slot,
 };
@@ -53,14 +54,6 @@ const ACK: u8 = 0x10;
 
 fn be16(b: &[u8], at: usize) -> usize {
     usize::from(u16::from_be_bytes([b[at], b[at + 1]]))
-}
-
-fn words(addr: &[u8; 16]) -> [u32; 4] {
-    let mut out = [0u32; 4];
-    for (i, word) in out.iter_mut().enumerate() {
-        *word = u32::from_ne_bytes(addr[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-    }
-    out
 }
 
 fn mapped(v4: &[u8]) -> [u8; 16] {
@@ -152,8 +145,8 @@ impl Concealment {
         let header = if ip.v6 {
             let label = flow_label(
                 self.host.seed,
-                &words(&ip.src),
-                &words(&ip.dst),
+                &addr_words(&ip.src),
+                &addr_words(&ip.dst),
                 u32::from_be_bytes(seg[0..4].try_into().ok()?),
             );
             ipv6_header(ip, tos, label, 20, TCP, self.host.hop_limit)
@@ -182,7 +175,7 @@ impl Concealment {
         if (zero && ip.v6) || (!zero && !checksum_ok(ip, datagram, 6)) {
             return None;
         }
-        let slot = source_slot(&words(&ip.src), self.host.seed);
+        let slot = source_slot(&addr_words(&ip.src), self.host.seed);
         let sent = self.sent.entry(slot).or_default();
         if *sent >= self.host.burst {
             return None;
@@ -205,7 +198,12 @@ impl Concealment {
         icmp[2..4].copy_from_slice(&sum.to_be_bytes());
         let link = link_back(ip.link);
         let (header, random_id_at) = if ip.v6 {
-            let label = flow_label(self.host.seed, &words(&ip.src), &words(&ip.dst), 58);
+            let label = flow_label(
+                self.host.seed,
+                &addr_words(&ip.src),
+                &addr_words(&ip.dst),
+                58,
+            );
             let header = ipv6_header(ip, 0, label, icmp.len(), 58, self.host.hop_limit);
             (header, None)
         } else {
