@@ -28,9 +28,9 @@ fn answering() -> anyhow::Result<Filter> {
         icmp_msgs_per_sec: 0,
         icmp_ratelimit_ms: 0,
         icmpv6_ratelimit_ms: 0,
-        ..filter.settings()?
+        ..filter.maps().settings()?
     };
-    filter.set_settings(&unlimited)?;
+    filter.maps_mut().set_settings(&unlimited)?;
     Ok(filter)
 }
 

@@ -170,10 +170,12 @@ pub(crate) fn separate_cpus(lab: &Lab) -> anyhow::Result<()> {
 /// Packets the receiver has dropped so far, by its own counters.
 pub(crate) fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> anyhow::Result<u64> {
     match (receiver, installed) {
-        (Receiver::Xknock, Installed::Filter(filter)) => Ok(filter.counters()?["drop_protected"]),
+        (Receiver::Xknock, Installed::Filter(filter)) => {
+            Ok(filter.maps().counters()?["drop_protected"])
+        }
         // Answered or not, every packet that reached the answering program.
         (Receiver::XknockAnswering, Installed::Filter(filter)) => {
-            Ok(filter.answers()?.values().sum())
+            Ok(filter.maps().answers()?.values().sum())
         }
         (Receiver::XdpDrop | Receiver::XdpReadDrop, _) => {
             let stats = run_in(&lab.server, "ethtool", &["-S", &lab.server_if])?;

@@ -176,42 +176,25 @@ pub(crate) fn paired_trials<T>(
 /// entries each, from distinct sources.
 pub(crate) fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
     let now = monotonic_ns();
-    let ebpf = filter.ebpf_mut();
     let source = |i: u32| SourceRule {
         addr: ipv4_mapped((0x0a00_0000u32 + i).to_be_bytes()),
         rule: 0,
     };
-    let mut progress: HashMap<_, SourceRule, Progress> = ebpf
-        .map_mut(map_names::PROGRESS)
-        .context("PROGRESS")?
-        .try_into()?;
+    let maps = filter.maps_mut();
+    let sequence_tag = maps.rules()?[0].sequence_tag;
     for i in 0..n {
-        progress.insert(
-            &source(i),
-            &Progress {
-                started_ns: now,
-                next_step: 2,
-                _pad: 0,
-            },
-            0,
-        )?;
-    }
-    let mut grants: HashMap<_, SourceRule, Grant> = ebpf
-        .map_mut(map_names::GRANTS)
-        .context("GRANTS")?
-        .try_into()?;
-    for i in 0..n {
-        let key = SourceRule {
-            rule: 0,
-            ..source(i + n)
+        let progress = Progress {
+            started_ns: now,
+            next_step: 2,
+            sequence_tag,
         };
-        grants.insert(
-            &key,
-            &Grant {
-                expires_ns: now + 3600 * SECOND_NS,
-            },
-            0,
-        )?;
+        maps.plant_progress(&source(i), &progress)?;
+    }
+    for i in 0..n {
+        let grant = Grant {
+            expires_ns: now + 3600 * SECOND_NS,
+        };
+        maps.plant_grant(&source(i + n), &grant)?;
     }
     // Grants planted from here raise no horizon; the measured source's must be live.
     plant_live_horizon(filter, &source(n).addr)
@@ -220,12 +203,12 @@ pub(crate) fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
 /// Raises both of a source's horizons far into the future, as if it (or a
 /// source sharing its slot) held every kind of state.
 pub(crate) fn plant_live_horizon(filter: &mut Filter, addr: &Addr) -> anyhow::Result<()> {
-    let (slot, _) = filter.source_horizon(addr)?;
+    let (slot, _) = filter.maps().source_horizon(addr)?;
     let live = SourceHorizon {
         knocking_until: u32::MAX / 2,
         admitted_until: u32::MAX / 2,
     };
-    filter.set_source_horizon(slot, &live)?;
+    filter.maps_mut().set_source_horizon(slot, &live)?;
     Ok(())
 }
 
@@ -272,10 +255,9 @@ pub(crate) fn scale(effort: &Effort) -> anyhow::Result<Vec<ScaleRow>> {
 
 /// Bytes the kernel charges for each map of a filter at the default sizes.
 pub(crate) fn memory() -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut filter = Filter::load(&bench_config(""))?;
+    let filter = Filter::load(&bench_config(""))?;
     let mut sizes = BTreeMap::new();
-    for (name, map) in filter.ebpf_mut().maps() {
-        let fd = map_fd(map)?;
+    for (name, fd) in filter.map_fds() {
         let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
         let memlock = text
             .lines()
@@ -283,22 +265,7 @@ pub(crate) fn memory() -> anyhow::Result<BTreeMap<String, u64>> {
             .context("no memlock in fdinfo")?
             .trim()
             .parse()?;
-        sizes.insert(name.to_owned(), memlock);
+        sizes.insert(name, memlock);
     }
     Ok(sizes)
-}
-
-/// The fd behind a map, to read the kernel's fdinfo about it.
-pub(crate) fn map_fd(map: &aya::maps::Map) -> anyhow::Result<i32> {
-    let fd = match map {
-        aya::maps::Map::Array(data)
-        | aya::maps::Map::PerCpuArray(data)
-        | aya::maps::Map::LruHashMap(data)
-        | aya::maps::Map::LpmTrie(data)
-        | aya::maps::Map::RingBuf(data)
-        | aya::maps::Map::HashMap(data)
-        | aya::maps::Map::ProgramArray(data) => data.fd().as_fd().as_raw_fd(),
-        other => anyhow::bail!("unexpected map kind {other:?}"),
-    };
-    Ok(fd)
 }

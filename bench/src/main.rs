@@ -13,7 +13,6 @@ use std::{
     fmt::Write as _,
     fs,
     net::{IpAddr, SocketAddr, TcpStream},
-    os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
@@ -22,14 +21,11 @@ use std::{
 use anyhow::{Context as _, ensure};
 use aya::{
     Ebpf,
-    maps::HashMap,
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use flood::*;
 use kernel::*;
-use knock_common::{
-    Addr, Flow, FlowKey, Grant, Progress, SourceHorizon, SourceRule, ipv4_mapped, map_names,
-};
+use knock_common::{Addr, Grant, Progress, SourceHorizon, SourceRule, ipv4_mapped};
 use lab::{
     Lab, Netns,
     frames::{Frame, TCP_ACK, TCP_SYN},

@@ -33,23 +33,6 @@ pub(crate) fn open_time(lab: &Lab) -> anyhow::Result<f64> {
     })
 }
 
-/// Removes every entry of a hash map of `filter`.
-pub(crate) fn clear<K: aya::Pod, V: aya::Pod>(
-    filter: &mut Filter,
-    name: &str,
-) -> anyhow::Result<()> {
-    let mut map: HashMap<_, K, V> = filter
-        .ebpf_mut()
-        .map_mut(name)
-        .context(name.to_owned())?
-        .try_into()?;
-    let keys: Vec<K> = map.keys().collect::<Result<_, _>>()?;
-    for key in keys {
-        map.remove(&key)?;
-    }
-    Ok(())
-}
-
 /// Time to open with xknock attached natively to the server's veth.
 pub(crate) fn time_to_open_xknock(tries: usize) -> anyhow::Result<Stat> {
     let lab = Lab::new();
@@ -65,8 +48,7 @@ pub(crate) fn time_to_open_xknock(tries: usize) -> anyhow::Result<Stat> {
     let mut samples = Vec::with_capacity(tries);
     for _ in 0..tries {
         samples.push(open_time(&lab)?);
-        clear::<SourceRule, Grant>(&mut filter, map_names::GRANTS)?;
-        clear::<FlowKey, Flow>(&mut filter, map_names::FLOWS)?;
+        filter.maps_mut().clear_grants_and_flows()?;
     }
     Ok(Stat::of(samples))
 }

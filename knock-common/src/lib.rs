@@ -45,6 +45,78 @@ pub mod map_names {
     pub const ICMP_GLOBAL: &str = "ICMP_GLOBAL";
     pub const ICMP_PEERS: &str = "ICMP_PEERS";
     pub const CONCEAL: &str = "CONCEAL";
+    pub const INSTANCE: &str = "INSTANCE";
+    pub const LOST_EVENTS: &str = "LOST_EVENTS";
+}
+
+/// Version of the pinned layout: the maps under a `pin_dir`, their keys,
+/// values and sizes. Bump it with any change to a pinned map's type, so a
+/// new loader never reinterprets maps an older one left behind (the
+/// `layout_fingerprint` test fails until it is bumped).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Bytes of a rule's name kept in `Instance`.
+pub const RULE_NAME_BYTES: usize = 31;
+
+/// A rule's name as the pinned `INSTANCE` keeps it; empty: a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleName {
+    pub len: u8,
+    pub bytes: [u8; RULE_NAME_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<RuleName>() == 32);
+
+impl RuleName {
+    /// `None` when `name` is longer than `RULE_NAME_BYTES`.
+    pub fn new(name: &str) -> Option<RuleName> {
+        let mut bytes = [0; RULE_NAME_BYTES];
+        bytes
+            .get_mut(..name.len())?
+            .copy_from_slice(name.as_bytes());
+        Some(RuleName {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name, or `None` for a free slot (or bytes that are not one).
+    pub fn get(&self) -> Option<&str> {
+        let bytes = self.bytes.get(..usize::from(self.len))?;
+        core::str::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+    }
+}
+
+/// Index 0 of the pinned `INSTANCE` array: what every loader of one
+/// `pin_dir` shares and the XDP program never reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Instance {
+    /// `LAYOUT_VERSION` of the loader that created the maps; zero: fresh.
+    pub layout: u32,
+    /// `Settings::source_seed`, drawn once: horizons stay where they are
+    /// across loads.
+    pub source_seed: u32,
+    /// Counts the configurations loaded; names their pin directory.
+    pub generation: u64,
+    /// Which rule owns each rule index. A rule keeps its index across
+    /// reloads, so its grants, flows and progress (keyed by index) stay its
+    /// own.
+    pub rules: [RuleName; MAX_RULES],
+}
+const _: () = assert!(core::mem::size_of::<Instance>() == 16 + 32 * MAX_RULES);
+
+/// `RuleConfig::sequence_tag` of a sequence: progress stored under another
+/// tag belongs to a sequence the rule no longer has, and counts for nothing.
+/// Never zero (a free slot's).
+pub fn sequence_tag(sequence: &[Knock]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for step in sequence {
+        for byte in step.port.to_le_bytes().into_iter().chain([step.proto]) {
+            hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+        }
+    }
+    hash.max(1)
 }
 
 /// Name of the XDP program in the BPF object.
@@ -140,9 +212,10 @@ pub const CONCEAL_DROP: u32 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleConfig {
     pub sequence: [Knock; MAX_STEPS],
-    /// How many entries of `sequence` are in use (at least 1).
+    /// How many entries of `sequence` are in use; zero: a free slot.
     pub steps: u32,
-    pub _pad: u32,
+    /// `sequence_tag(sequence)`, stamped on the progress it makes.
+    pub sequence_tag: u32,
     pub sequence_timeout_ns: u64,
     pub open_for_ns: u64,
 }
@@ -200,7 +273,8 @@ pub struct Progress {
     pub started_ns: u64,
     /// Index of the step expected next; steps before it were accepted.
     pub next_step: u32,
-    pub _pad: u32,
+    /// The rule's `sequence_tag` when the progress was made.
+    pub sequence_tag: u32,
 }
 const _: () = assert!(core::mem::size_of::<Progress>() == 16);
 
@@ -611,6 +685,7 @@ mod pod {
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::Penalty {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Instance {}
     unsafe impl aya::Pod for super::ratelimit::GlobalIcmpBudget {}
     unsafe impl aya::Pod for super::ratelimit::PeerIcmpRate {}
 }
@@ -757,5 +832,55 @@ mod budget_tests {
         let mut budget = EventBudget::default();
         assert_eq!(offer(&mut budget, 0, 1000, 10 * SECOND).0, 0);
         assert_eq!(offer(&mut budget, 0, 1000, 20 * SECOND).0, 0);
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+    use core::mem::size_of;
+
+    /// The sizes of everything pinned, recorded with the layout version
+    /// they belong to: a change here without a new `LAYOUT_VERSION` would
+    /// have a new loader misread an older loader's maps.
+    #[test]
+    fn layout_fingerprint() {
+        let sizes = [
+            size_of::<SourceRule>(),
+            size_of::<Progress>(),
+            size_of::<Grant>(),
+            size_of::<FlowKey>(),
+            size_of::<Flow>(),
+            size_of::<Penalty>(),
+            size_of::<SourceHorizon>(),
+            size_of::<EventBudget>(),
+            size_of::<Event>(),
+            size_of::<Instance>(),
+            size_of::<ratelimit::GlobalIcmpBudget>(),
+            size_of::<ratelimit::PeerIcmpRate>(),
+            Reason::COUNT as usize,
+            Answer::COUNT as usize,
+            MAX_RULES,
+            SOURCE_HORIZON_SLOTS as usize,
+        ];
+        assert_eq!(
+            (LAYOUT_VERSION, sizes),
+            (
+                1,
+                [
+                    20, 16, 8, 24, 16, 24, 8, 16, 32, 528, 8, 8, 17, 5, 16, 65536
+                ]
+            ),
+            "a pinned type changed: bump LAYOUT_VERSION and record the new sizes"
+        );
+    }
+
+    #[test]
+    fn rule_names_fit_or_are_refused() {
+        let name = RuleName::new("ssh").expect("fits");
+        assert_eq!(name.get(), Some("ssh"));
+        assert_eq!(RuleName::default().get(), None);
+        assert!(RuleName::new(&"x".repeat(RULE_NAME_BYTES)).is_some());
+        assert!(RuleName::new(&"x".repeat(RULE_NAME_BYTES + 1)).is_none());
     }
 }

@@ -53,6 +53,9 @@ pub fn on_packet(
         MAX_STEPS
     };
     let mut reset = None;
+    // Progress made through a sequence the rule has since changed (a
+    // reload) is no progress at all.
+    let progress = progress.filter(|p| p.sequence_tag == rule.sequence_tag);
     if let Some(progress) = progress {
         let next = progress.next_step as usize;
         if now_ns.wrapping_sub(progress.started_ns) > rule.sequence_timeout_ns {
@@ -66,7 +69,7 @@ pub fn on_packet(
         } else if next < steps && step_at(&rule.sequence, next) == Some(knock) {
             return Transition {
                 reset: None,
-                outcome: accept(steps, progress.started_ns, next),
+                outcome: accept(rule, steps, progress.started_ns, next),
             };
         } else if next > 0 && next <= steps && step_at(&rule.sequence, next - 1) == Some(knock) {
             return Transition {
@@ -78,7 +81,7 @@ pub fn on_packet(
         }
     }
     let outcome = if steps > 0 && rule.sequence[0] == knock {
-        accept(steps, now_ns, 0)
+        accept(rule, steps, now_ns, 0)
     } else {
         Outcome::Idle
     };
@@ -98,14 +101,14 @@ fn step_at(sequence: &[Knock; MAX_STEPS], index: usize) -> Option<Knock> {
 }
 
 #[inline(always)]
-fn accept(steps: usize, started_ns: u64, accepted: usize) -> Outcome {
+fn accept(rule: &RuleConfig, steps: usize, started_ns: u64, accepted: usize) -> Outcome {
     if accepted + 1 >= steps {
         Outcome::Granted
     } else {
         Outcome::Advanced(Progress {
             started_ns,
             next_step: accepted as u32 + 1,
-            _pad: 0,
+            sequence_tag: rule.sequence_tag,
         })
     }
 }
@@ -121,6 +124,7 @@ mod tests {
             steps: sequence.len() as u32,
             sequence_timeout_ns: 10 * SECOND,
             open_for_ns: 60 * SECOND,
+            sequence_tag: crate::sequence_tag(sequence),
             ..Default::default()
         };
         rule.sequence[..sequence.len()].copy_from_slice(sequence);
@@ -171,7 +175,7 @@ mod tests {
             Outcome::Advanced(Progress {
                 started_ns: 0,
                 next_step: 1,
-                _pad: 0
+                sequence_tag: r.sequence_tag
             })
         );
         assert_eq!(
@@ -179,7 +183,7 @@ mod tests {
             Outcome::Advanced(Progress {
                 started_ns: 0,
                 next_step: 2,
-                _pad: 0
+                sequence_tag: r.sequence_tag
             })
         );
         assert_eq!(t[2].outcome, Outcome::Granted);
@@ -254,7 +258,7 @@ mod tests {
             Outcome::Advanced(Progress {
                 started_ns: 2,
                 next_step: 1,
-                _pad: 0
+                sequence_tag: r.sequence_tag
             })
         );
         assert_eq!(t[3].reset, Some(reset_cause::WRONG_PACKET));
@@ -375,7 +379,7 @@ mod tests {
             Some(&Progress {
                 started_ns: 0,
                 next_step: 2,
-                _pad: 0,
+                sequence_tag: r.sequence_tag,
             }),
             Knock::tcp(3721),
             true,
@@ -387,7 +391,7 @@ mod tests {
             Outcome::Advanced(Progress {
                 started_ns: 20 * SECOND,
                 next_step: 1,
-                _pad: 0
+                sequence_tag: r.sequence_tag
             })
         );
     }
@@ -408,10 +412,41 @@ mod tests {
             let p = Progress {
                 started_ns: 0,
                 next_step,
-                _pad: 0,
+                sequence_tag: r.sequence_tag,
             };
             let t = on_packet(&r, Some(&p), Knock::tcp(6742), true, 1);
             assert_eq!(t.reset, Some(reset_cause::WRONG_PACKET));
         }
+    }
+
+    #[test]
+    fn progress_through_a_changed_sequence_counts_for_nothing() {
+        let old = rule(&[Knock::tcp(3721), Knock::udp(4728), Knock::tcp(6742)]);
+        let r = rule(&[Knock::tcp(1111), Knock::udp(2222), Knock::tcp(6742)]);
+        assert_ne!(old.sequence_tag, r.sequence_tag);
+        let progress = Progress {
+            started_ns: 0,
+            next_step: 2,
+            sequence_tag: old.sequence_tag,
+        };
+        // The old sequence's last step, which is also the new one's: no grant.
+        let t = on_packet(&r, Some(&progress), Knock::tcp(6742), true, SECOND);
+        assert_eq!(
+            t,
+            Transition {
+                reset: None,
+                outcome: Outcome::Idle
+            }
+        );
+        // The new sequence starts afresh and its progress carries its tag.
+        let t = on_packet(&r, Some(&progress), Knock::tcp(1111), true, SECOND);
+        assert_eq!(
+            t.outcome,
+            Outcome::Advanced(Progress {
+                started_ns: SECOND,
+                next_step: 1,
+                sequence_tag: r.sequence_tag
+            })
+        );
     }
 }

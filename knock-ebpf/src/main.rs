@@ -14,9 +14,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, CONCEAL_CLOSED, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Knock, MAX_RULES,
-    PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig, SOURCE_HORIZON_SLOTS,
-    Settings, SourceHorizon, SourceRule, event_kind, horizon_units,
+    Addr, CONCEAL_CLOSED, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Instance, Knock,
+    MAX_RULES, PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig,
+    SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, SourceRule, event_kind, horizon_units,
     machine::{self, Outcome},
     port_roles_index, record_failure, source_slot,
 };
@@ -51,6 +51,13 @@ static DENY: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1, 0);
 static SOURCE_HORIZONS: Array<SourceHorizon> = Array::with_max_entries(SOURCE_HORIZON_SLOTS, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+/// Events the full ring buffer could not take.
+#[map]
+static LOST_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// What the loaders of one pin directory share (the seed, which rule owns
+/// which index); never read here.
+#[map]
+static INSTANCE: Array<Instance> = Array::with_max_entries(1, 0);
 
 #[xdp]
 pub fn xknock(ctx: XdpContext) -> u32 {
@@ -572,7 +579,12 @@ fn emit(kind: u8, detail: u8, addr: &Addr, knock: Knock, rule: u32, step: u8, ex
         rule: rule as u16,
     };
     // A full ring buffer loses the event, never the verdict.
-    let _ = EVENTS.output(&event, 0);
+    if EVENTS.output(&event, 0).is_err()
+        && let Some(lost) = LOST_EVENTS.get_ptr_mut(0)
+    {
+        // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
+        unsafe { *lost += 1 };
+    }
 }
 
 // The crate only builds for BPF (xtask lints it there); host tools that open

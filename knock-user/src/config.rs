@@ -4,12 +4,21 @@
 //! Every problem names the line and the key; nothing is applied from a file
 //! with any problem.
 
-use std::{collections::HashMap, fmt, net::IpAddr, ops::Range, str::FromStr, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use ipnet::IpNet;
 use knock_common::{
     Addr, CONCEAL_CLOSED, CONCEAL_DROP, IPPROTO_TCP, IPPROTO_UDP, Knock, MAX_RULES, MAX_STEPS,
-    PortRoles, RuleConfig, Settings, horizon_span, ipv4_mapped, port_roles_index,
+    PortRoles, RULE_NAME_BYTES, RuleConfig, Settings, horizon_span, ipv4_mapped, port_roles_index,
+    sequence_tag,
 };
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
@@ -19,6 +28,8 @@ const MIN_STEPS: usize = 2;
 const RECOMMENDED_STEPS: usize = 3;
 /// Largest map size accepted (keeps a typo from asking for gigabytes).
 const MAX_MAP_ENTRIES: u32 = 1 << 24;
+/// Where the filter is pinned unless `pin_dir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xknock";
 
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +160,8 @@ struct File {
     #[serde(default)]
     interfaces: Vec<Spanned<String>>,
     #[serde(default)]
+    pin_dir: Option<Spanned<PathBuf>>,
+    #[serde(default)]
     allow: Vec<Spanned<Prefix>>,
     #[serde(default)]
     deny: Vec<Spanned<Prefix>>,
@@ -266,6 +279,8 @@ pub enum Conceal {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub interfaces: Vec<String>,
+    /// Where the filter's maps and links are pinned (bpffs).
+    pub pin_dir: PathBuf,
     pub allow: Vec<Prefix>,
     pub deny: Vec<Prefix>,
     pub flood_events_per_second: u32,
@@ -309,6 +324,19 @@ impl Config {
                     iface.span(),
                     "interfaces",
                     format!("`{name}` is not an interface name"),
+                ));
+            }
+        }
+        if let Some(dir) = &file.pin_dir {
+            let path = dir.get_ref();
+            if !path.is_absolute() || path == Path::new("/") {
+                return Err(invalid(
+                    dir.span(),
+                    "pin_dir",
+                    format!(
+                        "`{}` is not an absolute directory below a bpffs mount such as {DEFAULT_PIN_DIR}",
+                        path.display()
+                    ),
                 ));
             }
         }
@@ -365,6 +393,13 @@ impl Config {
                     rule.name.span(),
                     "name",
                     "a rule needs a name".into(),
+                ));
+            }
+            if name.len() > RULE_NAME_BYTES {
+                return Err(invalid(
+                    rule.name.span(),
+                    "name",
+                    format!("`{name}` is longer than {RULE_NAME_BYTES} bytes"),
                 ));
             }
             if rules.iter().any(|r: &Rule| r.name == name) {
@@ -478,6 +513,9 @@ impl Config {
                 .into_iter()
                 .map(Spanned::into_inner)
                 .collect(),
+            pin_dir: file
+                .pin_dir
+                .map_or_else(|| PathBuf::from(DEFAULT_PIN_DIR), Spanned::into_inner),
             allow: file.allow.into_iter().map(Spanned::into_inner).collect(),
             deny: file.deny.into_iter().map(Spanned::into_inner).collect(),
             flood_events_per_second: file
@@ -497,7 +535,11 @@ impl Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelConfig {
     pub settings: Settings,
+    /// Indexed by rule index; an index no rule owns holds a free slot
+    /// (`steps == 0`).
     pub rules: Vec<RuleConfig>,
+    /// The rule index of each of the configuration's rules, in file order.
+    pub slots: Vec<u32>,
     /// `PORT_ROLES` entries that are not all zero.
     pub port_roles: Vec<(u32, PortRoles)>,
     pub allow: Vec<(u32, Addr)>,
@@ -527,10 +569,24 @@ fn nanos(key: &str, duration: Duration) -> Result<u64, KernelConfigError> {
 impl TryFrom<&Config> for KernelConfig {
     type Error = KernelConfigError;
 
+    /// The rules at indexes in file order.
     fn try_from(config: &Config) -> Result<Self, Self::Error> {
-        let mut rules = Vec::with_capacity(config.rules.len());
+        let slots: Vec<u32> = (0..config.rules.len() as u32).collect();
+        KernelConfig::placed(config, &slots)
+    }
+}
+
+impl KernelConfig {
+    /// The configuration with its rules at the given indexes (`slots[i]`
+    /// for `config.rules[i]`, each below `MAX_RULES`, none twice), where a
+    /// running filter keeps the state of rules it already has.
+    pub fn placed(config: &Config, slots: &[u32]) -> Result<Self, KernelConfigError> {
+        assert_eq!(slots.len(), config.rules.len(), "one slot per rule");
+        let used = slots.iter().max().map_or(0, |&max| max as usize + 1);
+        assert!(used <= MAX_RULES, "slots are below MAX_RULES");
+        let mut rules = vec![RuleConfig::default(); used];
         let mut roles: HashMap<u32, PortRoles> = HashMap::new();
-        for (index, rule) in config.rules.iter().enumerate() {
+        for (&index, rule) in slots.iter().zip(&config.rules) {
             let bit = 1u16 << index;
             let mut kernel_rule = RuleConfig {
                 steps: rule.sequence.len() as u32,
@@ -544,7 +600,9 @@ impl TryFrom<&Config> for KernelConfig {
             for (slot, step) in kernel_rule.sequence.iter_mut().zip(&rule.sequence) {
                 *slot = step.0;
             }
-            rules.push(kernel_rule);
+            let steps: Vec<Knock> = rule.sequence.iter().map(|s| s.0).collect();
+            kernel_rule.sequence_tag = sequence_tag(&steps);
+            rules[index as usize] = kernel_rule;
             let index_of = |spec: &PortSpec| {
                 port_roles_index(spec.0.proto, spec.0.port).expect("config only holds tcp and udp")
             };
@@ -563,6 +621,7 @@ impl TryFrom<&Config> for KernelConfig {
         let tcp_closing_ns = nanos("flows.tcp_closing", config.flows.tcp_closing.0)?;
         let udp_idle_ns = nanos("flows.udp_idle", config.flows.udp_idle.0)?;
         let longest_sequence = rules.iter().map(|r| r.sequence_timeout_ns).max();
+        let rules_in_use = rules.len() as u32;
         let longest_admission = rules
             .iter()
             .map(|r| r.open_for_ns)
@@ -570,7 +629,7 @@ impl TryFrom<&Config> for KernelConfig {
             .max();
         Ok(KernelConfig {
             settings: Settings {
-                rules: rules.len() as u32,
+                rules: rules_in_use,
                 flood_events_per_sec: config.flood_events_per_second,
                 allow_entries: allow.len() as u32,
                 deny_entries: deny.len() as u32,
@@ -582,7 +641,7 @@ impl TryFrom<&Config> for KernelConfig {
                 penalty_window_ns: nanos("penalty.window", config.penalty.window.0)?,
                 penalty_ns: nanos("penalty.duration", config.penalty.duration.0)?,
                 admitted_horizon: horizon_span(longest_admission.unwrap_or(0)),
-                // The loader draws it afresh on every load.
+                // The loader keeps the one its pin directory holds.
                 source_seed: 0,
                 conceal: match config.conceal {
                     Conceal::Closed => CONCEAL_CLOSED,
@@ -592,6 +651,7 @@ impl TryFrom<&Config> for KernelConfig {
                 ..Settings::default()
             },
             rules,
+            slots: slots.to_vec(),
             port_roles,
             allow,
             deny,

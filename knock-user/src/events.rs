@@ -10,6 +10,37 @@ use crate::{
     filter::{ExpiredGrant, display_addr, monotonic_ns},
 };
 
+/// The rules of the running configuration by rule index, which is what the
+/// kernel's events name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleBook {
+    /// Name and number of steps at each index.
+    by_index: Vec<Option<(String, usize)>>,
+}
+
+impl RuleBook {
+    /// `config`'s rules, placed at `slots` (`slots[i]` for `config.rules[i]`).
+    pub fn new(config: &Config, slots: &[u32]) -> RuleBook {
+        let mut by_index = vec![None; slots.iter().max().map_or(0, |&m| m as usize + 1)];
+        for (rule, &slot) in config.rules.iter().zip(slots) {
+            by_index[slot as usize] = Some((rule.name.clone(), rule.sequence.len()));
+        }
+        RuleBook { by_index }
+    }
+
+    /// `config`'s rules at indexes in file order.
+    pub fn in_order(config: &Config) -> RuleBook {
+        let slots: Vec<u32> = (0..config.rules.len() as u32).collect();
+        RuleBook::new(config, &slots)
+    }
+
+    /// The name and steps of the rule at `index`.
+    pub fn get(&self, index: u32) -> Option<(&str, usize)> {
+        let (name, steps) = self.by_index.get(index as usize)?.as_ref()?;
+        Some((name, *steps))
+    }
+}
+
 /// How `run` prints events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventFormat {
@@ -67,14 +98,14 @@ fn now_rfc3339() -> String {
 
 impl Record {
     /// Decodes one ring-buffer record.
-    pub fn from_kernel(bytes: &[u8], config: &Config) -> Result<Record, DecodeError> {
+    pub fn from_kernel(bytes: &[u8], rules: &RuleBook) -> Result<Record, DecodeError> {
         if bytes.len() != size_of::<Event>() {
             return Err(DecodeError::Size(bytes.len()));
         }
         // SAFETY: the length matches and `Event` is plain old data, so any
         // bytes are a valid value; read_unaligned copes with any alignment.
         let event: Event = unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() };
-        let rule = config.rules.get(usize::from(event.rule));
+        let rule = rules.get(u32::from(event.rule));
         let port = PortSpec(Knock {
             port: event.port,
             proto: event.proto,
@@ -84,11 +115,11 @@ impl Record {
         let mut record = Record {
             time: now_rfc3339(),
             event: "",
-            rule: rule.map(|r| r.name.clone()),
+            rule: rule.map(|(name, _)| name.to_owned()),
             source: display_addr(&event.addr),
             port: Some(port),
             step: None,
-            steps: rule.map(|r| r.sequence.len()),
+            steps: rule.map(|(_, steps)| steps),
             reason: None,
             expires_in_secs: None,
             ignored_for_secs: None,
@@ -124,14 +155,11 @@ impl Record {
     }
 
     /// A grant the sweeper removed.
-    pub fn expired(grant: &ExpiredGrant, config: &Config) -> Record {
+    pub fn expired(grant: &ExpiredGrant, rules: &RuleBook) -> Record {
         Record {
             time: now_rfc3339(),
             event: "expired",
-            rule: config
-                .rules
-                .get(grant.rule as usize)
-                .map(|r| r.name.clone()),
+            rule: rules.get(grant.rule).map(|(name, _)| name.to_owned()),
             source: display_addr(&grant.source),
             port: None,
             step: None,
@@ -177,12 +205,14 @@ mod tests {
 
     use super::*;
 
-    fn config() -> Config {
-        Config::parse(
-            "[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:7291\", \"udp:4728\", \"tcp:6742\"]\n\
+    fn config() -> RuleBook {
+        RuleBook::in_order(
+            &Config::parse(
+                "[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:7291\", \"udp:4728\", \"tcp:6742\"]\n\
              sequence_timeout = \"10s\"\nopen_for = \"60s\"\nprotect = [\"tcp:22\"]\n",
+            )
+            .expect("valid"),
         )
-        .expect("valid")
     }
 
     fn bytes(event: &Event) -> Vec<u8> {

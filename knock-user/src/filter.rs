@@ -2,28 +2,32 @@
 //! filling its maps, attaching it, and reading its state back.
 
 use std::{
-    collections::BTreeMap,
     ffi::CString,
     fmt,
     hash::{BuildHasher, RandomState},
-    net::IpAddr,
+    path::PathBuf,
     time::Duration,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, ProgramArray, RingBuf,
-        lpm_trie::Key,
+    maps::{MapError, ProgramArray},
+    programs::{
+        ProgramError, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
     },
-    programs::{ProgramError, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode},
 };
-use knock_common::{
-    Addr, Answer, Flow, FlowKey, Grant, PortRoles, Reason, RuleConfig, Settings, SourceHorizon,
-    SourceRule, addr_words, map_names, source_slot,
-};
+use knock_common::{Instance, LAYOUT_VERSION, MAX_RULES, RuleName, Settings, map_names};
 
-use crate::{config::KernelConfig, host::HostAnswers};
+pub use crate::maps::{ExpiredGrant, display_addr, key_addr};
+use crate::{
+    config::{Config, KernelConfig, KernelConfigError},
+    host::HostAnswers,
+    maps::{Maps, MapsError},
+    pins::{GENERATION_MAPS, Lock, PinDir, PinError, STATE_MAPS},
+    slots::{NoFreeSlot, Placement, place},
+};
 
 /// The XDP program, built by build.rs from knock-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
@@ -45,8 +49,8 @@ pub fn embedded_program() -> Option<usize> {
     is_bpf_elf.then_some(BPF_OBJECT.len())
 }
 
-/// Why the filter could not be put in place. Whatever failed, nothing stays
-/// attached: dropping a half-built `Filter` detaches it.
+/// Why the filter could not be put in place. Whatever failed, the filter
+/// that was running keeps running as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
     /// This binary was built with `XKNOCK_WITHOUT_EBPF=1`, so it carries no program.
@@ -55,28 +59,57 @@ pub enum FilterError {
     )]
     NoProgram,
     /// The kernel refused the BPF object or one of its maps.
-    #[error("loading the BPF object failed: {0}")]
+    #[error("loading the BPF object failed")]
     Load(#[source] aya::EbpfError),
-    /// The verifier rejected the program; its log is in the source error.
-    #[error("the kernel refused the XDP program: {0}")]
-    Program(#[source] ProgramError),
-    /// A map is missing from the object or could not be read or written.
-    #[error("BPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
+    /// A pinned map's size or type differs from what the configuration asks.
+    #[error(
+        "{key}: the running filter's {map} map has {property} {pinned}, the configuration asks for {wanted}; a map cannot change while the filter runs: keep the old value, or take the filter off (`xknock detach`, which forgets every grant, flow and knock in progress) and run again"
+    )]
+    PinnedMapChanged {
+        key: &'static str,
+        map: String,
+        property: &'static str,
+        pinned: u64,
+        wanted: u64,
     },
+    /// The verifier rejected the program; its log is in the source error.
+    #[error("the kernel refused the XDP program")]
+    Program(#[source] ProgramError),
+    /// A map could not be read or written.
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    /// The configuration does not fit the kernel's representation.
+    #[error(transparent)]
+    Config(#[from] KernelConfigError),
+    /// The pin directory cannot be used.
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    /// The configuration does not fit the running filter's rule indexes.
+    #[error(transparent)]
+    Slots(#[from] NoFreeSlot),
     /// The named interface does not exist in this network namespace.
     #[error("no interface named `{0}` on this host")]
     UnknownInterface(String),
     /// The kernel would not attach the program in the requested mode.
-    #[error("cannot attach to `{iface}` in {mode} mode: {source}")]
+    #[error("cannot attach to `{iface}` in {mode} mode")]
     Attach {
         iface: String,
         mode: AttachMode,
         #[source]
         source: ProgramError,
+    },
+    /// Only a BPF link survives its loader; a netlink attachment would
+    /// come off when this process ends.
+    #[error(
+        "`{iface}`: the kernel gave no BPF link for XDP (Linux 5.9 or later is needed); xknock will not attach a filter that a crash of this process would remove"
+    )]
+    NoPinnableLink { iface: String },
+    /// The pinned link could not be used or made.
+    #[error("the pinned XDP link of `{iface}`")]
+    Link {
+        iface: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -111,42 +144,175 @@ pub fn check_interface(iface: &str) -> Result<(), FilterError> {
     Ok(())
 }
 
-/// A grant that the sweeper found expired and removed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExpiredGrant {
-    pub source: Addr,
-    pub rule: u32,
-}
-
-/// The loaded program and its maps.
+/// The loaded programs and their maps.
 pub struct Filter {
     ebpf: Ebpf,
+    maps: Maps,
+    /// For a pinned filter: what `commit` makes official once every link
+    /// runs this program.
+    pending: Option<Box<Pending>>,
+    /// The rule index of each of the configuration's rules.
+    slots: Vec<u32>,
 }
 
-fn map_error(name: &'static str) -> impl FnOnce(MapError) -> FilterError {
-    move |source| FilterError::Map { name, source }
+/// A pinned load not yet committed.
+struct Pending {
+    placement: Placement,
+    generation: u64,
+    /// Removes the generation's pins if the load goes no further.
+    unused: Option<PathBuf>,
+}
+
+/// What happened on an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// Attached where no filter was, in this mode.
+    Attached(AttachMode),
+    /// The program on the interface's pinned link was replaced by this one,
+    /// in one step (the link keeps the mode it was made with).
+    Replaced(String),
+}
+
+/// Which map limit a pinned map's size comes from.
+fn limit_key(map: &str) -> &'static str {
+    match map {
+        map_names::FIRST_STEPS => "limits.first_step_entries",
+        map_names::PROGRESS => "limits.progress_entries",
+        map_names::GRANTS => "limits.grant_entries",
+        map_names::FLOWS => "limits.flow_entries",
+        map_names::PENALTIES => "limits.penalty_entries",
+        _ => "the xknock version (its maps changed without a new layout)",
+    }
 }
 
 impl Filter {
     /// Loads the program with `config`'s map sizes, fills every map, and has
-    /// the verifier check the program; nothing is attached yet.
+    /// the verifier check it; nothing is pinned or attached (tests and
+    /// benchmarks).
     pub fn load(config: &KernelConfig) -> Result<Filter, FilterError> {
-        if embedded_program().is_none() {
-            return Err(FilterError::NoProgram);
-        }
+        let ebpf = Filter::loader(config)
+            .load(BPF_OBJECT)
+            .map_err(load_error)?;
+        let mut ebpf = ebpf;
+        let maps = Maps::take(&mut ebpf);
+        Filter::finish_with(ebpf, maps, config, random_seed())
+    }
+
+    fn loader(config: &KernelConfig) -> EbpfLoader<'static> {
         let lpm_size = |entries: usize| u32::try_from(entries.max(1)).unwrap_or(u32::MAX);
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map_names::FIRST_STEPS, config.first_step_entries)
             .map_max_entries(map_names::PROGRESS, config.progress_entries)
             .map_max_entries(map_names::GRANTS, config.grant_entries)
             .map_max_entries(map_names::FLOWS, config.flow_entries)
             .map_max_entries(map_names::PENALTIES, config.penalty_entries)
             .map_max_entries(map_names::ALLOW, lpm_size(config.allow.len()))
-            .map_max_entries(map_names::DENY, lpm_size(config.deny.len()))
-            .load(BPF_OBJECT)
-            .map_err(FilterError::Load)?;
-        let mut filter = Filter { ebpf };
-        filter.populate(config)?;
+            .map_max_entries(map_names::DENY, lpm_size(config.deny.len()));
+        loader
+    }
+
+    /// Loads `config` as the next generation of the filter pinned at
+    /// `pins` (or as its first): the state maps are the pinned ones, kept as
+    /// they are; the configuration gets maps of its own. Nothing the
+    /// running filter uses changes until `install` swaps the programs; the
+    /// caller holds the directory's lock.
+    pub fn load_pinned(
+        config: &Config,
+        pins: &PinDir,
+        _lock: &Lock,
+    ) -> Result<Filter, FilterError> {
+        if embedded_program().is_none() {
+            return Err(FilterError::NoProgram);
+        }
+        let sizes = KernelConfig::try_from(config)?;
+        let previous = read_instance(pins)?.map_or(0, |i| i.generation);
+        let generation = previous + 1;
+        let dir = pins.new_generation(generation)?;
+        let mut pending = Pending {
+            placement: place(&[RuleName::default(); MAX_RULES], &[])?,
+            generation,
+            unused: Some(dir.clone()),
+        };
+        let mut loader = Filter::loader(&sizes);
+        let state_paths: Vec<(&str, PathBuf)> = STATE_MAPS
+            .iter()
+            .map(|name| (*name, pins.map(name)))
+            .collect();
+        for (name, path) in &state_paths {
+            loader.map_pin_path(name, path.clone());
+        }
+        for name in GENERATION_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        let result = (|| {
+            let mut ebpf = loader.load(BPF_OBJECT).map_err(load_error)?;
+            let mut maps = Maps::take(&mut ebpf);
+            let mut instance = maps.instance()?;
+            if instance.layout == 0 {
+                instance = Instance {
+                    layout: LAYOUT_VERSION,
+                    source_seed: random_seed(),
+                    generation: 0,
+                    rules: [RuleName::default(); MAX_RULES],
+                };
+            }
+            let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+            let placement = place(&instance.rules, &names)?;
+            // Indexes new to this configuration may hold what a loader that
+            // died mid-change left; the running program has no rule there.
+            let fresh: Vec<u32> = placement
+                .slots
+                .iter()
+                .copied()
+                .filter(|&slot| instance.rules[slot as usize].get().is_none())
+                .collect();
+            maps.clear_rules(&fresh)?;
+            // Until the swap, both configurations' rules own their indexes.
+            for &slot in &placement.slots {
+                instance.rules[slot as usize] = placement.names[slot as usize];
+            }
+            maps.set_instance(&instance)?;
+            let kernel = KernelConfig::placed(config, &placement.slots)?;
+            pending.placement = placement;
+            Filter::finish_with(ebpf, maps, &kernel, instance.source_seed)
+        })();
+        match result {
+            Ok(mut filter) => {
+                filter.pending = Some(Box::new(pending));
+                Ok(filter)
+            }
+            Err(error) => {
+                drop(pending);
+                Err(error)
+            }
+        }
+    }
+
+    /// Fills the configuration maps and loads both programs.
+    fn finish_with(
+        ebpf: Ebpf,
+        maps: Maps,
+        config: &KernelConfig,
+        seed: u32,
+    ) -> Result<Filter, FilterError> {
+        let mut filter = Filter {
+            ebpf,
+            maps,
+            pending: None,
+            slots: config.slots.clone(),
+        };
+        // Spoofers who cannot guess the seed cannot aim at a client's horizon.
+        let settings = Settings {
+            source_seed: seed,
+            ..HostAnswers::read().apply(config.settings)
+        };
+        filter.maps.set_settings(&settings)?;
+        filter.maps.write_rules(&config.rules, &config.port_roles)?;
+        filter
+            .maps
+            .write_prefixes(map_names::ALLOW, &config.allow)?;
+        filter.maps.write_prefixes(map_names::DENY, &config.deny)?;
         filter.load_xdp(knock_common::PROGRAM_NAME)?;
         filter.load_conceal()?;
         Ok(filter)
@@ -173,79 +339,40 @@ impl Filter {
             .map_err(FilterError::Program)?
             .try_clone()
             .map_err(|error| FilterError::Program(ProgramError::IOError(error)))?;
-        let mut slots: ProgramArray<_> = self.map_mut(map_names::CONCEAL)?;
-        slots.set(0, &fd, 0).map_err(map_error(map_names::CONCEAL))
-    }
-
-    fn populate(&mut self, config: &KernelConfig) -> Result<(), FilterError> {
-        // Spoofers who cannot guess the seed cannot aim at a client's horizon.
-        let seeded = Settings {
-            source_seed: RandomState::new().hash_one(monotonic_ns()) as u32,
-            ..HostAnswers::read().apply(config.settings)
-        };
-        self.set_settings(&seeded)?;
-        let mut rules: Array<_, RuleConfig> = self.map_mut(map_names::RULES)?;
-        for (index, rule) in config.rules.iter().enumerate() {
-            rules
-                .set(index as u32, rule, 0)
-                .map_err(map_error(map_names::RULES))?;
-        }
-        let mut roles: Array<_, PortRoles> = self.map_mut(map_names::PORT_ROLES)?;
-        for (index, role) in &config.port_roles {
-            roles
-                .set(*index, role, 0)
-                .map_err(map_error(map_names::PORT_ROLES))?;
-        }
-        for (name, prefixes) in [
-            (map_names::ALLOW, &config.allow),
-            (map_names::DENY, &config.deny),
-        ] {
-            let mut trie: LpmTrie<_, Addr, u8> = self.map_mut(name)?;
-            for (prefix_len, addr) in prefixes {
-                trie.insert(&Key::new(*prefix_len, *addr), &1, 0)
-                    .map_err(map_error(name))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, FilterError>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
-    {
-        let map = self.ebpf.map_mut(name).ok_or(FilterError::Map {
+        let name = map_names::CONCEAL;
+        let map = self.ebpf.map_mut(name).ok_or(MapsError {
             name,
-            source: MapError::InvalidName {
-                name: name.to_owned(),
-            },
+            source: MapError::InvalidName { name: name.into() },
         })?;
-        T::try_from(map).map_err(map_error(name))
+        let mut slots = ProgramArray::try_from(map).map_err(|source| MapsError { name, source })?;
+        slots
+            .set(0, &fd, 0)
+            .map_err(|source| MapsError { name, source }.into())
     }
 
-    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, FilterError>
-    where
-        T: TryFrom<&'a aya::maps::Map, Error = MapError>,
-    {
-        let map = self.ebpf.map(name).ok_or(FilterError::Map {
-            name,
-            source: MapError::InvalidName {
-                name: name.to_owned(),
-            },
-        })?;
-        T::try_from(map).map_err(map_error(name))
-    }
-
-    /// Attaches to `iface`; returns the mode actually used (`auto` falls back
-    /// to generic where the driver has no native XDP).
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, FilterError> {
-        check_interface(iface)?;
-        let name = CString::new(iface).map_err(|_| FilterError::UnknownInterface(iface.into()))?;
-        let program: &mut Xdp = self
-            .ebpf
+    fn program_mut(&mut self) -> Result<&mut Xdp, FilterError> {
+        self.ebpf
             .program_mut(knock_common::PROGRAM_NAME)
             .expect("the object defines the xknock program")
             .try_into()
-            .map_err(FilterError::Program)?;
+            .map_err(FilterError::Program)
+    }
+
+    /// Attaches to `iface` without pinning (tests and benchmarks: it comes
+    /// off when the filter is dropped); returns the mode actually used.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, FilterError> {
+        self.attach_link(iface, mode).map(|(_, mode)| mode)
+    }
+
+    /// Attaches in `mode` (`auto`: native, else generic); returns the link.
+    fn attach_link(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(XdpLinkId, AttachMode), FilterError> {
+        check_interface(iface)?;
+        let name = CString::new(iface).map_err(|_| FilterError::UnknownInterface(iface.into()))?;
+        let program = self.program_mut()?;
         let try_mode = |program: &mut Xdp, mode: AttachMode| {
             let xdp_mode = match mode {
                 AttachMode::Generic => XdpMode::Skb,
@@ -253,7 +380,7 @@ impl Filter {
             };
             program
                 .attach(name.as_c_str(), xdp_mode)
-                .map(|_| mode)
+                .map(|id| (id, mode))
                 .map_err(|source| FilterError::Attach {
                     iface: iface.to_owned(),
                     mode,
@@ -269,6 +396,78 @@ impl Filter {
         }
     }
 
+    /// Puts this program on `iface` for good: on the interface's pinned
+    /// link, replacing the program there in one step, or on a new link,
+    /// pinned before this returns. Either way the filter stays when this
+    /// process ends.
+    pub fn install(
+        &mut self,
+        pins: &PinDir,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<Installed, FilterError> {
+        let link_error = |source: std::io::Error| FilterError::Link {
+            iface: iface.to_owned(),
+            source,
+        };
+        if let Some(pinned) = pins.links()?.into_iter().find(|l| l.iface == iface) {
+            let link = PinnedLink::from_pin(&pinned.path)
+                .map_err(|e| link_error(std::io::Error::other(e)))?;
+            let link = XdpLink::try_from(FdLink::from(link))
+                .map_err(|e| link_error(std::io::Error::other(e)))?;
+            match self.program_mut()?.attach_to_link(link) {
+                Ok(_) => return Ok(Installed::Replaced(pinned.mode)),
+                // The interface went away and took the link's attachment
+                // with it: the pin is stale.
+                Err(error) => {
+                    eprintln!(
+                        "xknock: the pinned link of `{iface}` is no longer usable ({error}); attaching anew"
+                    );
+                    std::fs::remove_file(&pinned.path).map_err(link_error)?;
+                }
+            }
+        }
+        let (id, used) = self.attach_link(iface, mode)?;
+        let link = self
+            .program_mut()?
+            .take_link(id)
+            .map_err(FilterError::Program)?;
+        // A netlink attachment (no BPF link) is detached as the conversion fails.
+        let link = FdLink::try_from(link).map_err(|_| FilterError::NoPinnableLink {
+            iface: iface.to_owned(),
+        })?;
+        let mode_name = match used {
+            AttachMode::Generic => "generic",
+            _ => "native",
+        };
+        // On failure the link is dropped, which detaches it.
+        link.pin(pins.link(iface, mode_name))
+            .map_err(|e| link_error(std::io::Error::other(e)))?;
+        Ok(Installed::Attached(used))
+    }
+
+    /// Makes a pinned load official once every link runs it: the rules own
+    /// their new indexes, removed rules' state goes, and older generations'
+    /// pins are removed.
+    pub fn commit(&mut self, pins: &PinDir) -> Result<(), FilterError> {
+        let Some(mut pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let mut instance = self.maps.instance()?;
+        instance.rules = pending.placement.names;
+        instance.generation = pending.generation;
+        self.maps.set_instance(&instance)?;
+        self.maps.clear_rules(&pending.placement.retired)?;
+        pending.unused = None;
+        pins.remove_generations_but(pending.generation)?;
+        Ok(())
+    }
+
+    /// The rule index of each of the configuration's rules.
+    pub fn slots(&self) -> &[u32] {
+        &self.slots
+    }
+
     /// The loaded filter program.
     fn filter_program(&self) -> Result<&Xdp, FilterError> {
         self.ebpf
@@ -276,6 +475,15 @@ impl Filter {
             .expect("the object defines the xknock program")
             .try_into()
             .map_err(FilterError::Program)
+    }
+
+    /// The kernel's id of the filter program.
+    pub fn program_id(&self) -> Result<u32, FilterError> {
+        let info = self
+            .filter_program()?
+            .info()
+            .map_err(FilterError::Program)?;
+        Ok(info.id())
     }
 
     /// Runs the program on `frame` through BPF_PROG_TEST_RUN, `repeat` times,
@@ -308,137 +516,73 @@ impl Filter {
         Ok((result.return_value, out))
     }
 
-    /// The loaded object, for tests and benchmarks that inspect or age the
-    /// maps directly.
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+    /// The filter's maps.
+    pub fn maps(&self) -> &Maps {
+        &self.maps
     }
 
-    /// The global settings as loaded: the configuration's, the host's
-    /// answer values and this load's seed.
-    pub fn settings(&self) -> Result<Settings, FilterError> {
-        let settings: Array<_, Settings> = self.map(map_names::SETTINGS)?;
-        settings.get(&0, 0).map_err(map_error(map_names::SETTINGS))
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
     }
 
-    /// Replaces the global settings (at load; tests and benchmarks that
-    /// change the host's ICMP limits).
-    pub fn set_settings(&mut self, settings: &Settings) -> Result<(), FilterError> {
-        let mut map: Array<_, Settings> = self.map_mut(map_names::SETTINGS)?;
-        map.set(0, settings, 0)
-            .map_err(map_error(map_names::SETTINGS))
-    }
-
-    /// Where `addr`'s horizon lives in `SOURCE_HORIZONS` (the slot depends on
-    /// the seed this load drew), and its value.
-    pub fn source_horizon(&self, addr: &Addr) -> Result<(u32, SourceHorizon), FilterError> {
-        let seed = self.settings()?.source_seed;
-        let slot = source_slot(&addr_words(addr), seed);
-        let horizons: Array<_, SourceHorizon> = self.map(map_names::SOURCE_HORIZONS)?;
-        let horizon = horizons
-            .get(&slot, 0)
-            .map_err(map_error(map_names::SOURCE_HORIZONS))?;
-        Ok((slot, horizon))
-    }
-
-    /// Overwrites a `SOURCE_HORIZONS` slot: for tests and benchmarks that
-    /// age state or plant it from here.
-    pub fn set_source_horizon(
-        &mut self,
-        slot: u32,
-        horizon: &SourceHorizon,
-    ) -> Result<(), FilterError> {
-        let mut horizons: Array<_, SourceHorizon> = self.map_mut(map_names::SOURCE_HORIZONS)?;
-        horizons
-            .set(slot, horizon, 0)
-            .map_err(map_error(map_names::SOURCE_HORIZONS))
-    }
-
-    /// The event ring buffer; the caller owns it from now on.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, FilterError> {
-        let map = self
-            .ebpf
-            .take_map(map_names::EVENTS)
-            .ok_or(FilterError::Map {
-                name: map_names::EVENTS,
-                source: MapError::InvalidName {
-                    name: map_names::EVENTS.to_owned(),
-                },
-            })?;
-        RingBuf::try_from(map).map_err(map_error(map_names::EVENTS))
-    }
-
-    /// Verdict counters summed over all CPUs, by reason.
-    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, FilterError> {
-        self.per_cpu_totals(
-            map_names::COUNTERS,
-            Reason::ALL.map(|reason| (reason as u32, reason.name())),
-        )
-    }
-
-    /// What concealment did, by kind of answer, summed over CPUs.
-    pub fn answers(&self) -> Result<BTreeMap<&'static str, u64>, FilterError> {
-        self.per_cpu_totals(
-            map_names::ANSWERS,
-            Answer::ALL.map(|answer| (answer as u32, answer.name())),
-        )
-    }
-
-    /// The named slots of a per-CPU counter array, each summed over CPUs.
-    fn per_cpu_totals(
-        &self,
-        name: &'static str,
-        slots: impl IntoIterator<Item = (u32, &'static str)>,
-    ) -> Result<BTreeMap<&'static str, u64>, FilterError> {
-        let counters: PerCpuArray<_, u64> = self.map(name)?;
-        slots
+    /// The fd of every map of the object, by name (the typed layer's and
+    /// the programs' own), to read what the kernel charges for each.
+    #[cfg(feature = "testing")]
+    pub fn map_fds(&self) -> std::collections::BTreeMap<String, std::os::fd::RawFd> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let mut fds: std::collections::BTreeMap<String, _> = self
+            .maps
+            .fds()
             .into_iter()
-            .map(|(index, label)| {
-                let per_cpu = counters.get(&index, 0).map_err(map_error(name))?;
-                Ok((label, per_cpu.iter().sum()))
-            })
-            .collect()
+            .map(|(name, fd)| (name.to_owned(), fd))
+            .collect();
+        for (name, map) in self.ebpf.maps() {
+            if let aya::maps::Map::ProgramArray(data) | aya::maps::Map::PerCpuArray(data) = map {
+                fds.insert(name.to_owned(), data.fd().as_fd().as_raw_fd());
+            }
+        }
+        fds
     }
+}
 
-    /// Removes grants that expired and flows idle past their timeout; returns
-    /// the expired grants so they can be reported.
-    pub fn sweep(&mut self, config: &KernelConfig) -> Result<Vec<ExpiredGrant>, FilterError> {
-        let now = monotonic_ns();
-        let mut grants: HashMap<_, SourceRule, Grant> = self.map_mut(map_names::GRANTS)?;
-        let expired: Vec<SourceRule> = grants
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, grant)| grant.expires_ns <= now)
-            .map(|(key, _)| key)
-            .collect();
-        for key in &expired {
-            // Gone already (evicted, or removed by a racing sweep) is fine.
-            let _ = grants.remove(key);
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(dir) = self.unused.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
-        let mut flows: HashMap<_, FlowKey, Flow> = self.map_mut(map_names::FLOWS)?;
-        let idle: Vec<FlowKey> = flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, flow)| {
-                let timeout = match (key.proto, flow.closing) {
-                    (knock_common::IPPROTO_UDP, _) => config.settings.udp_idle_ns,
-                    (_, 0) => config.settings.tcp_idle_ns,
-                    _ => config.settings.tcp_closing_ns,
-                };
-                now.saturating_sub(flow.last_seen_ns) > timeout
-            })
-            .map(|(key, _)| key)
-            .collect();
-        for key in &idle {
-            let _ = flows.remove(key);
-        }
-        Ok(expired
-            .into_iter()
-            .map(|key| ExpiredGrant {
-                source: key.addr,
-                rule: key.rule,
-            })
-            .collect())
+    }
+}
+
+/// The instance record of a pinned filter, if one is pinned.
+pub fn read_instance(pins: &PinDir) -> Result<Option<Instance>, FilterError> {
+    let path = pins.map(map_names::INSTANCE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let maps = Maps::open_instance(&path)?;
+    Ok(Some(maps.instance()?))
+}
+
+/// A seed for the horizon hash that spoofers cannot guess.
+fn random_seed() -> u32 {
+    RandomState::new().hash_one(monotonic_ns()) as u32
+}
+
+fn load_error(error: aya::EbpfError) -> FilterError {
+    match error {
+        aya::EbpfError::MapError(MapError::IncompatiblePinnedMap {
+            name,
+            property,
+            expected,
+            actual,
+        }) => FilterError::PinnedMapChanged {
+            key: limit_key(&name),
+            map: name,
+            property,
+            pinned: actual,
+            wanted: expected,
+        },
+        other => FilterError::Load(other),
     }
 }
 
@@ -451,21 +595,4 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: `ts` is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_nanos() as u64
-}
-
-/// An address in the one key form (IPv4 mapped into IPv6).
-pub fn key_addr(ip: IpAddr) -> Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// Shows a key address as IPv4 when it is IPv4-mapped.
-pub fn display_addr(addr: &Addr) -> IpAddr {
-    let v6 = std::net::Ipv6Addr::from(*addr);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
 }

@@ -1,8 +1,15 @@
 //! xknock's userspace: configuration, the loader of the XDP filter, event
 //! decoding and the knock client. The `xknock` binary is a thin CLI on top.
 
+pub mod cli;
 pub mod config;
 pub mod events;
 pub mod filter;
 pub mod host;
 pub mod knock;
+pub mod maps;
+pub mod metrics;
+pub mod pins;
+pub mod run;
+pub mod slots;
+pub mod status;

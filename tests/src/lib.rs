@@ -7,25 +7,23 @@
 use std::{
     env,
     fs::{self, File},
-    io::{BufRead, BufReader, ErrorKind},
+    io::ErrorKind,
     net::{SocketAddr, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
-    process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::{
-        Arc, Condvar, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
-
-use serde_json::Value;
 
 pub mod answers;
 pub mod frames;
 pub mod model;
 pub mod wire;
+mod xknock_run;
+
+pub use xknock_run::{TestFilter, Xknock, event_matches};
 
 pub const SERVER_V4: &str = "198.18.0.1";
 pub const CLIENT_V4: &str = "198.18.0.2";
@@ -92,7 +90,7 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call, fit for interface names
 /// (at most 15 bytes with a one-letter suffix).
-fn unique_name() -> String {
+pub(crate) fn unique_name() -> String {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     format!("xk{:05x}{:02x}", std::process::id() & 0xfffff, id & 0xff)
 }
@@ -117,10 +115,15 @@ impl Netns {
         run("ip", &full)
     }
 
-    /// A command that runs inside this namespace.
+    /// A command that runs inside this namespace. Through nsenter, which
+    /// changes the network namespace only: `ip netns exec` also remounts
+    /// /sys, which hides the BPF filesystem and its pins.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
         command
     }
 
@@ -337,178 +340,6 @@ pub enum Reach {
     Silent,
     /// A RST or port unreachable came back.
     Refused,
-}
-
-/// Lines a child process printed, shared with the thread reading them.
-#[derive(Clone, Default)]
-struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
-
-impl Lines {
-    fn follow(&self, stream: impl std::io::Read + Send + 'static, echo: Option<&'static str>) {
-        let lines = self.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if let Some(prefix) = echo {
-                    println!("{prefix}{line}");
-                }
-                let (list, changed) = &*lines.0;
-                list.lock().expect("lines").push(line);
-                changed.notify_all();
-            }
-        });
-    }
-
-    fn snapshot(&self) -> Vec<String> {
-        self.0.0.lock().expect("lines").clone()
-    }
-
-    /// Waits until a line satisfies `pred`; returns it, or None on timeout.
-    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let (list, changed) = &*self.0;
-        let mut guard = list.lock().expect("lines");
-        loop {
-            if let Some(line) = guard.iter().find(|l| pred(l)) {
-                return Some(line.clone());
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            guard = changed.wait_timeout(guard, left).expect("lines").0;
-        }
-    }
-}
-
-/// Whether an event has every (key, value) in `fields`; a value that is not
-/// a string is compared as the JSON it spells (`"1"` matches the number 1).
-pub fn event_matches(event: &Value, fields: &[(&str, &str)]) -> bool {
-    fields.iter().all(|(key, value)| match &event[*key] {
-        Value::String(s) => s == value,
-        other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
-    })
-}
-
-/// `xknock run` inside the server namespace, with JSON events.
-pub struct Xknock {
-    child: Child,
-    events: Lines,
-    log: Lines,
-    _dir: tempfile::TempDir,
-}
-
-impl Xknock {
-    /// Starts xknock on the lab's server interface with `config` (TOML) and
-    /// waits until it has attached. `echo` prints its output as it comes.
-    pub fn start(lab: &Lab, config: &str, extra_args: &[&str], echo: bool) -> Xknock {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("xknock.toml");
-        fs::write(&path, config).expect("write config");
-        let mut child = lab
-            .server
-            .command(xknock_bin())
-            .args(["run", "--config"])
-            .arg(&path)
-            .args(["--iface", &lab.server_if, "--events", "json"])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn xknock");
-        let events = Lines::default();
-        let log = Lines::default();
-        events.follow(
-            child.stdout.take().expect("stdout"),
-            echo.then_some("  event | "),
-        );
-        log.follow(
-            child.stderr.take().expect("stderr"),
-            echo.then_some("  xknock| "),
-        );
-        let xknock = Xknock {
-            child,
-            events,
-            log,
-            _dir: dir,
-        };
-        let attached = xknock.log.wait_for(Duration::from_secs(30), |l| {
-            l.contains("attached to") || l.contains("error")
-        });
-        assert!(
-            attached
-                .as_deref()
-                .is_some_and(|l| l.contains("attached to")),
-            "xknock did not attach: {:?}",
-            xknock.log.snapshot()
-        );
-        xknock
-    }
-
-    /// Waits for an event whose fields include every (key, value) in `fields`.
-    pub fn wait_event(&self, fields: &[(&str, &str)], timeout: Duration) -> Option<Value> {
-        let matches = |line: &str| {
-            serde_json::from_str::<Value>(line).is_ok_and(|event| event_matches(&event, fields))
-        };
-        self.events
-            .wait_for(timeout, matches)
-            .map(|line| serde_json::from_str(&line).expect("json"))
-    }
-
-    /// How many events so far match `fields`.
-    pub fn count_events(&self, fields: &[(&str, &str)]) -> usize {
-        self.events()
-            .iter()
-            .filter(|e| event_matches(e, fields))
-            .count()
-    }
-
-    /// Like `wait_event`, panicking with every event seen when none matches.
-    pub fn expect_event(&self, fields: &[(&str, &str)]) -> Value {
-        self.wait_event(fields, Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("no event {fields:?}; events: {:#?}", self.events()))
-    }
-
-    /// Every event so far, parsed.
-    pub fn events(&self) -> Vec<Value> {
-        self.events
-            .snapshot()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-            .collect()
-    }
-
-    /// What xknock wrote to stderr so far.
-    pub fn log(&self) -> Vec<String> {
-        self.log.snapshot()
-    }
-
-    /// Sends SIGINT and waits for xknock to exit; returns its status.
-    pub fn stop(mut self) -> (ExitStatus, Vec<String>) {
-        // SAFETY: plain signal delivery to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                // Let the readers drain the last lines.
-                let _ = self
-                    .log
-                    .wait_for(Duration::from_secs(2), |l| l.contains("verdicts:"));
-                return (status, self.log.snapshot());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "xknock ignored SIGINT: {:?}",
-                self.log.snapshot()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Xknock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A real OpenSSH server in the lab's server namespace, and a client key

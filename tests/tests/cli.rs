@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use lab::{Lab, article_config, xknock_bin};
+use lab::{Lab, TestFilter, article_config, xknock_bin};
 
 fn xknock_in(lab: &Lab, args: &[&str]) -> Output {
     lab.server
@@ -66,26 +66,28 @@ fn check_config_accepts_a_good_file_and_names_line_and_key_of_a_bad_one() {
 #[test]
 fn run_with_a_bad_config_attaches_nothing() {
     let lab = Lab::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bad = write_config(&dir, "bad.toml", &article_config("60s", "\"udp:0\""));
-    let out = xknock_in(&lab, &["run", "--config", &bad, "--iface", &lab.server_if]);
+    let bad = TestFilter::new(&article_config("60s", "\"udp:0\""));
+    let out = bad.xknock(
+        &lab,
+        &["run", "--config", bad.arg(), "--iface", &lab.server_if],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("line 6"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("line 7"), "{}", stderr(&out));
     assert_eq!(lab.attached_xdp(), None);
+    assert!(!bad.pin_dir.exists(), "nothing may be pinned");
 }
 
 #[test]
 fn run_on_an_unknown_interface_attaches_nowhere() {
     let lab = Lab::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let good = write_config(&dir, "good.toml", &article_config("60s", "\"tcp:22\""));
+    let good = TestFilter::new(&article_config("60s", "\"tcp:22\""));
     // The good interface first: the bad second one must stop both.
-    let out = xknock_in(
+    let out = good.xknock(
         &lab,
         &[
             "run",
             "--config",
-            &good,
+            good.arg(),
             "--iface",
             &lab.server_if,
             "--iface",
@@ -99,16 +101,13 @@ fn run_on_an_unknown_interface_attaches_nowhere() {
         stderr(&out)
     );
     assert_eq!(lab.attached_xdp(), None);
+    assert!(!good.pin_dir.exists(), "nothing may be pinned");
 
-    let in_file = write_config(
-        &dir,
-        "iface.toml",
-        &format!(
-            "interfaces = [\"xknone1\"]\n{}",
-            article_config("60s", "\"tcp:22\"")
-        ),
-    );
-    let out = xknock_in(&lab, &["run", "--config", &in_file]);
+    let in_file = TestFilter::new(&format!(
+        "interfaces = [\"xknone1\"]\n{}",
+        article_config("60s", "\"tcp:22\"")
+    ));
+    let out = in_file.xknock(&lab, &["run", "--config", in_file.arg()]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("interfaces") && stderr(&out).contains("xknone1"),

@@ -15,10 +15,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use knock_common::{
-    Addr, Flow, FlowKey, Grant, HORIZON_UNIT_SHIFT, Penalty, Progress, Settings, SourceHorizon,
-    SourceRule, checksum::Sum, horizon_units, map_names, ratelimit::BURST_FACTOR,
-};
+use knock_common::{Addr, Settings, checksum::Sum, horizon_units, ratelimit::BURST_FACTOR};
 use lab::{
     answers::{Answer, Concealment, Host},
     frames::{
@@ -259,53 +256,11 @@ fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
     }
 }
 
-/// Rewrites every value of the hash map `name` with `change`.
-fn rewrite<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str, change: impl Fn(&mut V)) {
-    let entries: Vec<(K, V)> = entries(filter, name);
-    let mut map: aya::maps::HashMap<_, K, V> = filter
-        .ebpf_mut()
-        .map_mut(name)
-        .expect(name)
-        .try_into()
-        .expect("hash map");
-    for (key, mut value) in entries {
-        change(&mut value);
-        map.insert(&key, &value, 0).expect("write");
-    }
-}
-
 /// Moves every timestamp the kernel stored back by `ns`, as if that much
-/// time had passed (the program compares with wrapping arithmetic, except
-/// grant and penalty ends, which must not wrap into the future).
+/// time had passed.
 fn age(filter: &mut Filter, ns: u64) {
-    for map in [map_names::FIRST_STEPS, map_names::PROGRESS] {
-        rewrite::<SourceRule, Progress>(filter, map, |p| {
-            p.started_ns = p.started_ns.wrapping_sub(ns)
-        });
-    }
-    rewrite::<SourceRule, Grant>(filter, map_names::GRANTS, |g| {
-        g.expires_ns = g.expires_ns.saturating_sub(ns)
-    });
-    rewrite::<Addr, Penalty>(filter, map_names::PENALTIES, |p| {
-        p.window_start_ns = p.window_start_ns.wrapping_sub(ns);
-        p.ignored_until_ns = p.ignored_until_ns.saturating_sub(ns);
-    });
-    rewrite::<FlowKey, Flow>(filter, map_names::FLOWS, |f| {
-        f.last_seen_ns = f.last_seen_ns.wrapping_sub(ns)
-    });
-    // Whole units only, rounded down, so horizons still cover what they
-    // covered. Each slot once, though sources may share one.
-    let units = (ns >> HORIZON_UNIT_SHIFT) as u32;
-    let slots: BTreeMap<u32, SourceHorizon> = source_addrs()
-        .map(|addr| filter.source_horizon(&addr).expect("horizon"))
-        .collect();
-    for (slot, horizon) in slots {
-        let aged = SourceHorizon {
-            knocking_until: horizon.knocking_until.saturating_sub(units),
-            admitted_until: horizon.admitted_until.saturating_sub(units),
-        };
-        filter.set_source_horizon(slot, &aged).expect("age horizon");
-    }
+    let sources: Vec<Addr> = source_addrs().collect();
+    filter.maps_mut().age(ns, &sources).expect("age the maps");
 }
 
 fn source_addrs() -> impl Iterator<Item = Addr> {
@@ -321,12 +276,17 @@ fn check_horizons(filter: &mut Filter, config: &Config) -> Result<(), TestCaseEr
     let longest_timeout = config.rules.iter().map(|r| r.sequence_timeout).max();
     let longest_timeout = longest_timeout.expect("a rule").as_nanos() as u64;
     for addr in source_addrs() {
-        let (_, horizon) = filter.source_horizon(&addr).expect("horizon");
-        let knocking = [map_names::FIRST_STEPS, map_names::PROGRESS]
+        let (_, horizon) = filter.maps().source_horizon(&addr).expect("horizon");
+        let knocking = filter
+            .maps()
+            .progress()
+            .expect("progress")
             .into_iter()
-            .flat_map(|name| entries::<SourceRule, Progress>(filter, name))
             .any(|(k, p)| k.addr == addr && now - p.started_ns <= longest_timeout);
-        let admitted = entries::<SourceRule, Grant>(filter, map_names::GRANTS)
+        let admitted = filter
+            .maps()
+            .grants()
+            .expect("grants")
             .into_iter()
             .any(|(k, g)| k.addr == addr && g.expires_ns > now);
         let now_units = horizon_units(now);
@@ -342,34 +302,25 @@ fn check_horizons(filter: &mut Filter, config: &Config) -> Result<(), TestCaseEr
     Ok(())
 }
 
-fn entries<K: aya::Pod, V: aya::Pod>(filter: &mut Filter, name: &str) -> Vec<(K, V)> {
-    let map: aya::maps::HashMap<_, K, V> = filter
-        .ebpf_mut()
-        .map(name)
-        .expect(name)
-        .try_into()
-        .expect("hash map");
-    map.iter().map(|e| e.expect("read")).collect()
-}
-
 /// Progress as the kernel holds it, in both maps (first steps and later).
 fn kernel_progress(filter: &mut Filter) -> BTreeMap<(Source, usize), usize> {
     let mut all = BTreeMap::new();
-    for name in [map_names::FIRST_STEPS, map_names::PROGRESS] {
-        for (key, value) in entries::<SourceRule, Progress>(filter, name) {
-            let previous = all.insert(
-                (u128::from_be_bytes(key.addr), key.rule as usize),
-                value.next_step as usize,
-            );
-            assert!(previous.is_none(), "{key:?} is in both progress maps");
-        }
+    for (key, value) in filter.maps().progress().expect("progress") {
+        let previous = all.insert(
+            (u128::from_be_bytes(key.addr), key.rule as usize),
+            value.next_step as usize,
+        );
+        assert!(previous.is_none(), "{key:?} is in both progress maps");
     }
     all
 }
 
 fn kernel_live_grants(filter: &mut Filter) -> Vec<(Source, usize)> {
     let now = monotonic_ns();
-    let mut live: Vec<_> = entries::<SourceRule, Grant>(filter, map_names::GRANTS)
+    let mut live: Vec<_> = filter
+        .maps()
+        .grants()
+        .expect("grants")
         .into_iter()
         .filter(|(_, g)| g.expires_ns > now)
         .map(|(k, _)| (u128::from_be_bytes(k.addr), k.rule as usize))
@@ -400,9 +351,12 @@ fn per_peer_limit_only(filter: &mut Filter) -> Host {
         icmp_msgs_per_sec: 0,
         icmp_ratelimit_ms: ICMP_INTERVAL_MS,
         icmpv6_ratelimit_ms: ICMP_INTERVAL_MS,
-        ..filter.settings().expect("settings")
+        ..filter.maps().settings().expect("settings")
     };
-    filter.set_settings(&limited).expect("write settings");
+    filter
+        .maps_mut()
+        .set_settings(&limited)
+        .expect("write settings");
     Host {
         ttl: limited.ttl,
         hop_limit: limited.hop_limit,
@@ -512,7 +466,7 @@ fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> 
         GRANTS_SEEN.fetch_add(live.len() as u64, Ordering::Relaxed);
         check_horizons(&mut filter, &config)?;
     }
-    let counters = filter.counters().expect("counters");
+    let counters = filter.maps().counters().expect("counters");
     PENALIZED.fetch_add(counters["drop_penalized"], Ordering::Relaxed);
     CASES.fetch_add(1, Ordering::Relaxed);
     Ok(())

@@ -62,10 +62,19 @@ fn ssh_is_invisible_until_knock_and_again_after_open_for() {
         "ssh after open_for must time out, got {expired:?}"
     );
 
+    let filter = xknock.filter().clone();
     let (status, log) = xknock.stop();
     assert!(status.success(), "xknock exit: {status:?} {log:?}");
-    assert!(log.iter().any(|l| l.contains("detached")), "{log:?}");
-    assert_eq!(lab.attached_xdp(), None, "SIGINT must detach the program");
+    assert!(log.iter().any(|l| l.contains("stays on")), "{log:?}");
+    assert_eq!(
+        lab.attached_xdp().as_deref(),
+        Some("xdp"),
+        "SIGINT must leave the filter attached"
+    );
+    let out = filter.xknock(&lab, &["detach", "--config", filter.arg()]);
+    assert!(out.status.success(), "detach: {out:?}");
+    assert_eq!(lab.attached_xdp(), None, "detach takes the filter off");
+    assert!(!filter.pin_dir.exists(), "detach removes the pins");
 }
 
 #[test]
@@ -212,9 +221,14 @@ fn generic_mode_attaches_as_xdpgeneric_and_answers_as_a_closed_port() {
         "{:?}",
         xknock.log()
     );
+    let _filter = xknock.filter().clone();
     let (status, _) = xknock.stop();
     assert!(status.success());
-    assert_eq!(lab.attached_xdp(), None);
+    assert_eq!(
+        lab.attached_xdp().as_deref(),
+        Some("xdpgeneric"),
+        "stopping leaves the filter"
+    );
 }
 
 #[test]

@@ -101,7 +101,7 @@ fn knocks_in_every_supported_framing_open_the_port() {
             XDP_PASS,
             "{name}: SYN to 22 after knocking"
         );
-        let counters = filter.counters().expect("counters");
+        let counters = filter.maps().counters().expect("counters");
         assert_eq!(counters["drop_knock_granted"], 1, "{name}: {counters:?}");
     }
 }
@@ -153,7 +153,7 @@ fn frames_that_cannot_be_parsed_to_their_ports_are_dropped() {
         "short first fragment"
     );
 
-    let counters = filter.counters().expect("counters");
+    let counters = filter.maps().counters().expect("counters");
     assert!(counters["drop_too_many_vlan_tags"] >= 1, "{counters:?}");
     assert!(
         counters["drop_ext_header_chain_too_long"] >= 1,
@@ -186,7 +186,7 @@ fn later_fragments_and_non_ip_frames_pass() {
     arp.extend_from_slice(&[0x08, 0x06]);
     arp.extend_from_slice(&[0; 28]);
     assert_eq!(verdict(&filter, &arp), XDP_PASS);
-    let counters = filter.counters().expect("counters");
+    let counters = filter.maps().counters().expect("counters");
     assert_eq!(counters["pass_later_fragment"], 4, "{counters:?}");
     assert_eq!(counters["pass_not_ip"], 1, "{counters:?}");
 }

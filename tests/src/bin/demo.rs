@@ -85,9 +85,22 @@ fn main() -> anyhow::Result<()> {
         "ssh should have been refused after the grant expired"
     );
 
-    say("Stopping xknock (SIGINT): it detaches and prints its verdict counters");
+    say("Stopping xknock run (SIGINT): it prints its verdict counters; the filter stays");
+    let filter = xknock.filter().clone();
     let (status, _) = xknock.stop();
     ensure!(status.success(), "xknock exited with {status}");
+    let still = ssh(&sshd, &lab)?;
+    ensure!(
+        ssh_refused(&still),
+        "ssh should still be refused with xknock run stopped"
+    );
+    say("xknock detach: the only way the filter comes off");
+    let detached = filter.xknock(&lab, &["detach", "--config", filter.arg()]);
+    ensure!(
+        detached.status.success(),
+        "xknock detach failed: {detached:?}"
+    );
+    print!("{}", String::from_utf8_lossy(&detached.stderr));
     say("Demo complete; namespaces removed.");
     Ok(())
 }

@@ -1,0 +1,115 @@
+//! The command line, as clap defines it: parsed by the `xknock` binary,
+//! and the source of its man page and shell completions.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+use crate::{config::PortSpec, events::EventFormat, filter::AttachMode};
+
+/// Port knocking at XDP: protected ports stay invisible until a source sends
+/// the right knock sequence.
+#[derive(Parser)]
+#[command(name = "xknock", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Put the filter on interfaces (or take over the one pinned there) and
+    /// stream its events. When it ends, however it ends, the filter stays
+    /// attached and enforcing; SIGHUP reloads the configuration.
+    Run {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Interface to filter (repeatable); overrides `interfaces` in the file.
+        #[arg(long = "iface", value_name = "IF")]
+        ifaces: Vec<String>,
+        /// How to print events.
+        #[arg(long, value_enum, default_value_t = EventFormat::Text)]
+        events: EventFormat,
+        /// XDP attach mode: native (in the driver), generic (any interface), or auto.
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        mode: AttachMode,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// Validate a configuration file: exit 0 when valid, else non-zero with the reason.
+    CheckConfig {
+        /// The configuration file.
+        config: PathBuf,
+    },
+    /// Send a knock sequence to HOST: a rule's from a config file, or the steps given.
+    Knock {
+        /// Address or name of the server.
+        host: String,
+        /// Steps such as tcp:3721 udp:4728 tcp:6742 (instead of --config/--rule).
+        #[arg(value_name = "STEP", conflicts_with_all = ["config", "rule"])]
+        steps: Vec<PortSpec>,
+        /// Configuration file holding the rule.
+        #[arg(long, requires = "rule")]
+        config: Option<PathBuf>,
+        /// Name of the rule whose sequence to send.
+        #[arg(long, requires = "config")]
+        rule: Option<String>,
+        /// Pause between knocks, such as 20ms or 1s.
+        #[arg(long, default_value = "20ms", value_parser = parse_delay)]
+        delay: Duration,
+    },
+    /// Show the running filter: interfaces, rules, live grants, flows, map
+    /// occupancy and counters (whether or not `xknock run` is alive).
+    Status {
+        /// The configuration file (its `pin_dir` locates the filter).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Admit ADDR to a rule's protected ports, as a completed knock would.
+    Grant {
+        /// The source address to admit.
+        addr: IpAddr,
+        /// The configuration file (its `pin_dir` locates the filter).
+        #[arg(long)]
+        config: PathBuf,
+        /// The rule whose ports to open.
+        #[arg(long)]
+        rule: String,
+        /// How long, such as 60s or 2h (default: the rule's open_for).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_delay)]
+        duration: Option<Duration>,
+    },
+    /// Withdraw ADDR's grants (connections already admitted live on unless --flows).
+    Revoke {
+        /// The source address.
+        addr: IpAddr,
+        /// The configuration file (its `pin_dir` locates the filter).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this rule's grant.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Also end the connections the grants admitted.
+        #[arg(long)]
+        flows: bool,
+    },
+    /// Take the filter off every interface and remove its pins: the only way
+    /// it comes off. Stop `xknock run` first.
+    Detach {
+        /// The configuration file (its `pin_dir` locates the filter).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+pub fn parse_delay(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e})"))
+}

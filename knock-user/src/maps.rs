@@ -1,0 +1,551 @@
+//! The one typed layer over the filter's maps: `run`, `status`, `grant`,
+//! `revoke`, the tests and the bench all read and write the kernel's state
+//! through it, whether the maps come from a program just loaded or from the
+//! pins of a filter no process holds.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+};
+use knock_common::{
+    Addr, Answer, Flow, FlowKey, Grant, IPPROTO_UDP, Instance, PortRoles, Progress, Reason,
+    RuleConfig, Settings, SourceHorizon, SourceRule, addr_words, horizon_units, map_names,
+    source_slot,
+};
+
+use crate::pins::{GENERATION_MAPS, PinDir, STATE_MAPS};
+
+/// A map is missing, or could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("BPF map {name}")]
+pub struct MapsError {
+    pub name: &'static str,
+    #[source]
+    pub source: MapError,
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError { name, source }
+}
+
+/// The maps a loaded or pinned filter reads and writes, by name.
+pub struct Maps {
+    maps: BTreeMap<&'static str, Map>,
+}
+
+/// A grant the sweeper found expired and removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpiredGrant {
+    pub source: Addr,
+    pub rule: u32,
+}
+
+/// How full a map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Occupancy {
+    pub entries: u32,
+    pub max_entries: u32,
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object (the programs keep
+    /// their own references).
+    pub fn take(ebpf: &mut Ebpf) -> Maps {
+        let maps = STATE_MAPS
+            .iter()
+            .chain(&GENERATION_MAPS)
+            .filter(|name| **name != map_names::CONCEAL)
+            .filter_map(|name| Some((*name, ebpf.take_map(name)?)))
+            .collect();
+        Maps { maps }
+    }
+
+    /// Opens the maps of a pinned filter: its state, and the configuration
+    /// of `generation`.
+    pub fn open(pins: &PinDir, generation: u64) -> Result<Maps, MapsError> {
+        let generation_dir = pins.generation(generation);
+        let mut maps = BTreeMap::new();
+        let paths = STATE_MAPS.iter().map(|name| (*name, pins.map(name))).chain(
+            GENERATION_MAPS
+                .iter()
+                .filter(|name| **name != map_names::CONCEAL)
+                .map(|name| (*name, generation_dir.join(name))),
+        );
+        for (name, path) in paths {
+            maps.insert(name, open_pinned(name, &path)?);
+        }
+        Ok(Maps { maps })
+    }
+
+    /// Just the instance record of a pinned filter.
+    pub fn open_instance(path: &Path) -> Result<Maps, MapsError> {
+        let name = map_names::INSTANCE;
+        let maps = BTreeMap::from([(name, open_pinned(name, path)?)]);
+        Ok(Maps { maps })
+    }
+
+    fn get<'a, T>(&'a self, name: &'static str) -> Result<T, MapsError>
+    where
+        T: TryFrom<&'a Map, Error = MapError>,
+    {
+        let map = self.maps.get(name).ok_or_else(|| missing(name))?;
+        T::try_from(map).map_err(map_error(name))
+    }
+
+    fn get_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, MapsError>
+    where
+        T: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        let map = self.maps.get_mut(name).ok_or_else(|| missing(name))?;
+        T::try_from(map).map_err(map_error(name))
+    }
+
+    /// The event ring buffer; the caller owns it from now on.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, MapsError> {
+        let name = map_names::EVENTS;
+        let map = self.maps.remove(name).ok_or_else(|| missing(name))?;
+        RingBuf::try_from(map).map_err(map_error(name))
+    }
+
+    /// Index 0 of a one-element array.
+    fn single<T: aya::Pod>(&self, name: &'static str) -> Result<T, MapsError> {
+        let array: Array<_, T> = self.get(name)?;
+        array.get(&0, 0).map_err(map_error(name))
+    }
+
+    fn set_single<T: aya::Pod>(&mut self, name: &'static str, value: &T) -> Result<(), MapsError> {
+        let mut array: Array<_, T> = self.get_mut(name)?;
+        array.set(0, value, 0).map_err(map_error(name))
+    }
+
+    /// The global settings of this configuration.
+    pub fn settings(&self) -> Result<Settings, MapsError> {
+        self.single(map_names::SETTINGS)
+    }
+
+    /// Replaces the global settings (at load; tests and benchmarks that
+    /// change the host's ICMP limits).
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<(), MapsError> {
+        self.set_single(map_names::SETTINGS, settings)
+    }
+
+    /// What every loader of this pin directory shares.
+    pub fn instance(&self) -> Result<Instance, MapsError> {
+        self.single(map_names::INSTANCE)
+    }
+
+    pub fn set_instance(&mut self, instance: &Instance) -> Result<(), MapsError> {
+        self.set_single(map_names::INSTANCE, instance)
+    }
+
+    /// The rule at each index of this configuration (free ones included).
+    pub fn rules(&self) -> Result<Vec<RuleConfig>, MapsError> {
+        let settings = self.settings()?;
+        let rules: Array<_, RuleConfig> = self.get(map_names::RULES)?;
+        (0..settings.rules)
+            .map(|index| rules.get(&index, 0).map_err(map_error(map_names::RULES)))
+            .collect()
+    }
+
+    /// Fills the configuration maps of a new generation.
+    pub fn write_rules(
+        &mut self,
+        rules: &[RuleConfig],
+        port_roles: &[(u32, PortRoles)],
+    ) -> Result<(), MapsError> {
+        let mut array: Array<_, RuleConfig> = self.get_mut(map_names::RULES)?;
+        for (index, rule) in rules.iter().enumerate() {
+            array
+                .set(index as u32, rule, 0)
+                .map_err(map_error(map_names::RULES))?;
+        }
+        let mut roles: Array<_, PortRoles> = self.get_mut(map_names::PORT_ROLES)?;
+        for (index, role) in port_roles {
+            roles
+                .set(*index, role, 0)
+                .map_err(map_error(map_names::PORT_ROLES))?;
+        }
+        Ok(())
+    }
+
+    /// Fills the allow or deny list of a new generation.
+    pub fn write_prefixes(
+        &mut self,
+        name: &'static str,
+        prefixes: &[(u32, Addr)],
+    ) -> Result<(), MapsError> {
+        let mut trie: aya::maps::LpmTrie<_, Addr, u8> = self.get_mut(name)?;
+        for (prefix_len, addr) in prefixes {
+            trie.insert(&aya::maps::lpm_trie::Key::new(*prefix_len, *addr), &1, 0)
+                .map_err(map_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Verdict counters summed over all CPUs, by reason.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, MapsError> {
+        self.per_cpu_totals(
+            map_names::COUNTERS,
+            Reason::ALL.map(|reason| (reason as u32, reason.name())),
+        )
+    }
+
+    /// What concealment did, by kind of answer, summed over CPUs.
+    pub fn answers(&self) -> Result<BTreeMap<&'static str, u64>, MapsError> {
+        self.per_cpu_totals(
+            map_names::ANSWERS,
+            Answer::ALL.map(|answer| (answer as u32, answer.name())),
+        )
+    }
+
+    /// Events the full ring buffer could not take, since the filter was made.
+    pub fn lost_events(&self) -> Result<u64, MapsError> {
+        let totals = self.per_cpu_totals(map_names::LOST_EVENTS, [(0, "lost")])?;
+        Ok(totals["lost"])
+    }
+
+    /// The named slots of a per-CPU counter array, each summed over CPUs.
+    fn per_cpu_totals(
+        &self,
+        name: &'static str,
+        slots: impl IntoIterator<Item = (u32, &'static str)>,
+    ) -> Result<BTreeMap<&'static str, u64>, MapsError> {
+        let counters: PerCpuArray<_, u64> = self.get(name)?;
+        slots
+            .into_iter()
+            .map(|(index, label)| {
+                let per_cpu = counters.get(&index, 0).map_err(map_error(name))?;
+                Ok((label, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    fn entries<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>, MapsError> {
+        let map: HashMap<_, K, V> = self.get(name)?;
+        // Entries the kernel evicts while we walk are simply not listed.
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Removes the entries of hash map `name` that `doomed` picks; returns them.
+    fn remove_where<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        doomed: impl Fn(&K, &V) -> bool,
+    ) -> Result<Vec<(K, V)>, MapsError> {
+        let gone: Vec<(K, V)> = self
+            .entries(name)?
+            .into_iter()
+            .filter(|(k, v)| doomed(k, v))
+            .collect();
+        let mut map: HashMap<_, K, V> = self.get_mut(name)?;
+        for (key, _) in &gone {
+            // Gone already (evicted, or removed by the kernel) is fine.
+            let _ = map.remove(key);
+        }
+        Ok(gone)
+    }
+
+    /// Every grant, live or expired but not yet swept.
+    pub fn grants(&self) -> Result<Vec<(SourceRule, Grant)>, MapsError> {
+        self.entries(map_names::GRANTS)
+    }
+
+    /// Every admitted flow.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, MapsError> {
+        self.entries(map_names::FLOWS)
+    }
+
+    /// Sources' progress, both maps: those after a first step, those further.
+    pub fn progress(&self) -> Result<Vec<(SourceRule, Progress)>, MapsError> {
+        let mut all = self.entries(map_names::FIRST_STEPS)?;
+        all.extend(self.entries::<SourceRule, Progress>(map_names::PROGRESS)?);
+        Ok(all)
+    }
+
+    /// How full each bounded state map is.
+    pub fn occupancy(&self) -> Result<BTreeMap<&'static str, Occupancy>, MapsError> {
+        let mut all = BTreeMap::new();
+        for name in [
+            map_names::FIRST_STEPS,
+            map_names::PROGRESS,
+            map_names::GRANTS,
+            map_names::FLOWS,
+            map_names::PENALTIES,
+        ] {
+            let map = self.maps.get(name).ok_or_else(|| missing(name))?;
+            let max_entries = map_data(map).info().map_err(map_error(name))?.max_entries();
+            let keys = match name {
+                map_names::FLOWS => self.get::<HashMap<_, FlowKey, Flow>>(name)?.keys().count(),
+                map_names::PENALTIES => self
+                    .get::<HashMap<_, Addr, knock_common::Penalty>>(name)?
+                    .keys()
+                    .count(),
+                map_names::GRANTS => self
+                    .get::<HashMap<_, SourceRule, Grant>>(name)?
+                    .keys()
+                    .count(),
+                _ => self
+                    .get::<HashMap<_, SourceRule, Progress>>(name)?
+                    .keys()
+                    .count(),
+            };
+            all.insert(
+                name,
+                Occupancy {
+                    entries: keys as u32,
+                    max_entries,
+                },
+            );
+        }
+        Ok(all)
+    }
+
+    /// Where `addr`'s horizons live in `SOURCE_HORIZONS` (the slot depends
+    /// on the instance's seed), and their value.
+    pub fn source_horizon(&self, addr: &Addr) -> Result<(u32, SourceHorizon), MapsError> {
+        let seed = self.settings()?.source_seed;
+        let slot = source_slot(&addr_words(addr), seed);
+        let horizons: Array<_, SourceHorizon> = self.get(map_names::SOURCE_HORIZONS)?;
+        let horizon = horizons
+            .get(&slot, 0)
+            .map_err(map_error(map_names::SOURCE_HORIZONS))?;
+        Ok((slot, horizon))
+    }
+
+    /// Overwrites a `SOURCE_HORIZONS` slot.
+    pub fn set_source_horizon(
+        &mut self,
+        slot: u32,
+        horizon: &SourceHorizon,
+    ) -> Result<(), MapsError> {
+        let mut horizons: Array<_, SourceHorizon> = self.get_mut(map_names::SOURCE_HORIZONS)?;
+        horizons
+            .set(slot, horizon, 0)
+            .map_err(map_error(map_names::SOURCE_HORIZONS))
+    }
+
+    /// Grants `addr` rule `rule` until `expires_ns` (kernel clock), as the
+    /// kernel does when a sequence completes: the source's admitted horizon
+    /// first (else the filter could skip the lookup that finds the grant),
+    /// then the grant.
+    pub fn grant(&mut self, addr: &Addr, rule: u32, expires_ns: u64) -> Result<(), MapsError> {
+        let (slot, mut horizon) = self.source_horizon(addr)?;
+        // Past the grant's end, as `horizon_span` would raise it from now.
+        let until = horizon_units(expires_ns).saturating_add(2);
+        if horizon.admitted_until < until {
+            horizon.admitted_until = until;
+            // A plain write: a kernel raise racing it may be lost, which
+            // only costs that source a lookup it then takes again.
+            self.set_source_horizon(slot, &horizon)?;
+        }
+        let mut grants: HashMap<_, SourceRule, Grant> = self.get_mut(map_names::GRANTS)?;
+        grants
+            .insert(&SourceRule { addr: *addr, rule }, &Grant { expires_ns }, 0)
+            .map_err(map_error(map_names::GRANTS))
+    }
+
+    /// Removes `addr`'s grants (of `rule` only, if given) and, with
+    /// `flows`, the connections they admitted; returns how many of each.
+    pub fn revoke(
+        &mut self,
+        addr: &Addr,
+        rule: Option<u32>,
+        flows: bool,
+    ) -> Result<(usize, usize), MapsError> {
+        let of_rule = |r: u32| rule.is_none_or(|wanted| wanted == r);
+        let grants = self.remove_where::<SourceRule, Grant>(map_names::GRANTS, |k, _| {
+            k.addr == *addr && of_rule(k.rule)
+        })?;
+        let flows = if flows {
+            self.remove_where::<FlowKey, Flow>(map_names::FLOWS, |k, f| {
+                k.addr == *addr && of_rule(f.rule)
+            })?
+            .len()
+        } else {
+            0
+        };
+        Ok((grants.len(), flows))
+    }
+
+    /// Removes every grant, flow and progress of the rule indexes `rules`.
+    pub fn clear_rules(&mut self, rules: &[u32]) -> Result<(), MapsError> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        for name in [map_names::FIRST_STEPS, map_names::PROGRESS] {
+            self.remove_where::<SourceRule, Progress>(name, |k, _| rules.contains(&k.rule))?;
+        }
+        self.remove_where::<SourceRule, Grant>(map_names::GRANTS, |k, _| rules.contains(&k.rule))?;
+        self.remove_where::<FlowKey, Flow>(map_names::FLOWS, |_, f| rules.contains(&f.rule))?;
+        Ok(())
+    }
+
+    /// Removes grants that expired and flows idle past their timeout at
+    /// `now` (kernel clock); returns the expired grants so they can be
+    /// reported.
+    pub fn sweep(&mut self, now: u64) -> Result<Vec<ExpiredGrant>, MapsError> {
+        let settings = self.settings()?;
+        let expired =
+            self.remove_where::<SourceRule, Grant>(map_names::GRANTS, |_, g| g.expires_ns <= now)?;
+        self.remove_where::<FlowKey, Flow>(map_names::FLOWS, |key, flow| {
+            let timeout = match (key.proto, flow.closing) {
+                (IPPROTO_UDP, _) => settings.udp_idle_ns,
+                (_, 0) => settings.tcp_idle_ns,
+                _ => settings.tcp_closing_ns,
+            };
+            now.saturating_sub(flow.last_seen_ns) > timeout
+        })?;
+        Ok(expired
+            .into_iter()
+            .map(|(key, _)| ExpiredGrant {
+                source: key.addr,
+                rule: key.rule,
+            })
+            .collect())
+    }
+}
+
+/// Test-only access: moving the kernel's timestamps, planting state.
+#[cfg(feature = "testing")]
+impl Maps {
+    /// Rewrites every value of hash map `name` with `change`.
+    fn rewrite<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        change: impl Fn(&mut V),
+    ) -> Result<(), MapsError> {
+        let entries: Vec<(K, V)> = self.entries(name)?;
+        let mut map: HashMap<_, K, V> = self.get_mut(name)?;
+        for (key, mut value) in entries {
+            change(&mut value);
+            map.insert(&key, &value, 0).map_err(map_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Moves every timestamp the kernel stored back by `ns`, as if that much
+    /// time had passed (the program compares with wrapping arithmetic, except
+    /// grant and penalty ends, which must not wrap into the future); the
+    /// horizons of `sources` move back by whole units, rounded down, so they
+    /// still cover what they covered.
+    pub fn age(&mut self, ns: u64, sources: &[Addr]) -> Result<(), MapsError> {
+        for name in [map_names::FIRST_STEPS, map_names::PROGRESS] {
+            self.rewrite::<SourceRule, Progress>(name, |p| {
+                p.started_ns = p.started_ns.wrapping_sub(ns)
+            })?;
+        }
+        self.rewrite::<SourceRule, Grant>(map_names::GRANTS, |g| {
+            g.expires_ns = g.expires_ns.saturating_sub(ns)
+        })?;
+        self.rewrite::<Addr, knock_common::Penalty>(map_names::PENALTIES, |p| {
+            p.window_start_ns = p.window_start_ns.wrapping_sub(ns);
+            p.ignored_until_ns = p.ignored_until_ns.saturating_sub(ns);
+        })?;
+        self.rewrite::<FlowKey, Flow>(map_names::FLOWS, |f| {
+            f.last_seen_ns = f.last_seen_ns.wrapping_sub(ns)
+        })?;
+        let units = (ns >> knock_common::HORIZON_UNIT_SHIFT) as u32;
+        // Each slot once, though sources may share one.
+        let mut slots = BTreeMap::new();
+        for addr in sources {
+            let (slot, horizon) = self.source_horizon(addr)?;
+            slots.insert(slot, horizon);
+        }
+        for (slot, horizon) in slots {
+            let aged = SourceHorizon {
+                knocking_until: horizon.knocking_until.saturating_sub(units),
+                admitted_until: horizon.admitted_until.saturating_sub(units),
+            };
+            self.set_source_horizon(slot, &aged)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every grant and flow.
+    pub fn clear_grants_and_flows(&mut self) -> Result<(), MapsError> {
+        self.remove_where::<SourceRule, Grant>(map_names::GRANTS, |_, _| true)?;
+        self.remove_where::<FlowKey, Flow>(map_names::FLOWS, |_, _| true)?;
+        Ok(())
+    }
+
+    /// Stores progress as if the kernel had made it.
+    pub fn plant_progress(
+        &mut self,
+        key: &SourceRule,
+        progress: &Progress,
+    ) -> Result<(), MapsError> {
+        let name = if progress.next_step <= 1 {
+            map_names::FIRST_STEPS
+        } else {
+            map_names::PROGRESS
+        };
+        let mut map: HashMap<_, SourceRule, Progress> = self.get_mut(name)?;
+        map.insert(key, progress, 0).map_err(map_error(name))
+    }
+
+    /// Stores a grant without raising its source's horizon.
+    pub fn plant_grant(&mut self, key: &SourceRule, grant: &Grant) -> Result<(), MapsError> {
+        let mut map: HashMap<_, SourceRule, Grant> = self.get_mut(map_names::GRANTS)?;
+        map.insert(key, grant, 0)
+            .map_err(map_error(map_names::GRANTS))
+    }
+
+    /// The fd of every map, by name, to read what the kernel charges for it.
+    pub fn fds(&self) -> BTreeMap<&'static str, std::os::fd::RawFd> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.maps
+            .iter()
+            .map(|(name, map)| (*name, map_data(map).fd().as_fd().as_raw_fd()))
+            .collect()
+    }
+}
+
+fn missing(name: &'static str) -> MapsError {
+    MapsError {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    }
+}
+
+fn open_pinned(name: &'static str, path: &Path) -> Result<Map, MapsError> {
+    let data = MapData::from_pin(path).map_err(map_error(name))?;
+    Map::from_map_data(data).map_err(map_error(name))
+}
+
+/// The data behind any kind of map this filter uses.
+fn map_data(map: &Map) -> &MapData {
+    match map {
+        Map::Array(data)
+        | Map::PerCpuArray(data)
+        | Map::LruHashMap(data)
+        | Map::HashMap(data)
+        | Map::LpmTrie(data)
+        | Map::RingBuf(data)
+        | Map::ProgramArray(data) => data,
+        other => unreachable!("xknock has no map of kind {other:?}"),
+    }
+}
+
+/// An address in the one key form (IPv4 mapped into IPv6).
+pub fn key_addr(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Shows a key address as IPv4 when it is IPv4-mapped.
+pub fn display_addr(addr: &Addr) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}

@@ -1,0 +1,297 @@
+//! Where a filter lives between loaders: its pin directory on bpffs.
+//!
+//! ```text
+//! PIN_DIR/                         one filter instance; flock()ed by its loader
+//!   layout-1/                      LAYOUT_VERSION: an older or newer layout is
+//!     maps/NAME                    detected, never reinterpreted
+//!       state that outlives loaders: progress, grants, flows, penalties,
+//!       horizons, counters, events, ICMP limits, the instance record
+//!     gen-N/NAME                   one configuration: settings, rules, port
+//!       roles, lists, the concealment program slot (a packet sees one
+//!       generation or the next, never a mix: they swap with the program)
+//!     links/MODE:IFACE             the XDP link of each interface (bpffs
+//!                                  refuses dots: IFACE's are written %2e)
+//! ```
+
+use std::{
+    fs::{self, File},
+    io,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use knock_common::{LAYOUT_VERSION, map_names};
+
+/// Maps whose contents outlive any one loader and configuration.
+pub const STATE_MAPS: [&str; 14] = [
+    map_names::FIRST_STEPS,
+    map_names::PROGRESS,
+    map_names::GRANTS,
+    map_names::FLOWS,
+    map_names::PENALTIES,
+    map_names::SOURCE_HORIZONS,
+    map_names::COUNTERS,
+    map_names::FLOOD_EVENT_BUDGET,
+    map_names::EVENTS,
+    map_names::LOST_EVENTS,
+    map_names::INSTANCE,
+    map_names::ANSWERS,
+    map_names::ICMP_GLOBAL,
+    map_names::ICMP_PEERS,
+];
+
+/// Maps that hold one configuration; each load makes a new set.
+pub const GENERATION_MAPS: [&str; 6] = [
+    map_names::SETTINGS,
+    map_names::RULES,
+    map_names::PORT_ROLES,
+    map_names::ALLOW,
+    map_names::DENY,
+    map_names::CONCEAL,
+];
+
+/// bpffs's magic number in statfs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Why the pin directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Pins only survive on bpffs.
+    #[error("{0} is not on a BPF filesystem (mount one: mount -t bpf bpf /sys/fs/bpf)")]
+    NotBpffs(PathBuf),
+    /// Another loader holds the directory.
+    #[error(
+        "{0} is in use by another xknock (a running `xknock run`, or a command changing the filter); stop it first"
+    )]
+    Busy(PathBuf),
+    /// An xknock of another version pinned its maps here.
+    #[error(
+        "{dir} holds a filter of pinned layout {found}; this xknock uses layout {LAYOUT_VERSION} and will not reinterpret it: take it off with the xknock that made it (`xknock detach`), or remove {dir}"
+    )]
+    OtherLayout { dir: PathBuf, found: String },
+    /// Nothing is pinned there.
+    #[error("no filter is pinned at {0} (is `pin_dir` right, and was `xknock run` started?)")]
+    NoFilter(PathBuf),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
+    move |source| PinError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// One filter's pin directory.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+    layout: PathBuf,
+}
+
+/// Exclusive use of a pin directory, until dropped (or the process ends,
+/// however it ends).
+#[derive(Debug)]
+pub struct Lock {
+    _dir: File,
+}
+
+/// One pinned XDP link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedLinkPath {
+    pub iface: String,
+    /// The attach mode the link was made with: "native" or "generic".
+    pub mode: String,
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> PinDir {
+        let root = root.into();
+        let layout = root.join(format!("layout-{LAYOUT_VERSION}"));
+        PinDir { root, layout }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the directory (on bpffs), refuses one holding another
+    /// layout, and takes it for this process; fails at once if another
+    /// process has it.
+    pub fn lock(&self) -> Result<Lock, PinError> {
+        let lock = self.lock_any_layout()?;
+        self.check_layout()?;
+        for dir in [self.maps_dir(), self.links_dir()] {
+            fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        }
+        Ok(lock)
+    }
+
+    /// Takes the directory whatever layout it holds (to remove it).
+    pub fn lock_any_layout(&self) -> Result<Lock, PinError> {
+        // Nothing is made outside bpffs, where pins could not live anyway;
+        // and the directory is below a mount, never the mount itself (whose
+        // other pins `detach` would remove).
+        let existing = self
+            .root
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .ancestors()
+            .find(|dir| dir.exists())
+            .unwrap_or(Path::new("/"));
+        check_bpffs(existing, &self.root)?;
+        fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
+        let dir = File::open(&self.root).map_err(io_error(&self.root))?;
+        // SAFETY: a valid fd; flock only acts on it.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = io::Error::last_os_error();
+            return Err(if error.kind() == io::ErrorKind::WouldBlock {
+                PinError::Busy(self.root.clone())
+            } else {
+                PinError::Io {
+                    path: self.root.clone(),
+                    source: error,
+                }
+            });
+        }
+        Ok(Lock { _dir: dir })
+    }
+
+    /// Refuses a directory where another layout version is pinned.
+    fn check_layout(&self) -> Result<(), PinError> {
+        let ours = self.layout.file_name().expect("a file name");
+        for entry in fs::read_dir(&self.root).map_err(io_error(&self.root))? {
+            let name = entry.map_err(io_error(&self.root))?.file_name();
+            if name != ours && name.to_string_lossy().starts_with("layout-") {
+                return Err(PinError::OtherLayout {
+                    dir: self.root.clone(),
+                    found: name.to_string_lossy().trim_start_matches("layout-").into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails unless a filter of this layout is pinned here.
+    pub fn require_filter(&self) -> Result<(), PinError> {
+        if self.root.is_dir() {
+            self.check_layout()?;
+        }
+        if !self.map(map_names::INSTANCE).exists() {
+            return Err(PinError::NoFilter(self.root.clone()));
+        }
+        Ok(())
+    }
+
+    fn maps_dir(&self) -> PathBuf {
+        self.layout.join("maps")
+    }
+
+    fn links_dir(&self) -> PathBuf {
+        self.layout.join("links")
+    }
+
+    /// The pin of a state map.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    /// The directory of configuration generation `generation`.
+    pub fn generation(&self, generation: u64) -> PathBuf {
+        self.layout.join(format!("gen-{generation}"))
+    }
+
+    /// Makes the directory of a new generation, empty.
+    pub fn new_generation(&self, generation: u64) -> Result<PathBuf, PinError> {
+        let dir = self.generation(generation);
+        // A leftover of a loader that died before using it.
+        remove_tree(&dir)?;
+        fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        Ok(dir)
+    }
+
+    /// Removes every generation but `keep`: once every link runs `keep`'s
+    /// program, nothing uses the others.
+    pub fn remove_generations_but(&self, keep: u64) -> Result<(), PinError> {
+        let keep = self.generation(keep);
+        for entry in fs::read_dir(&self.layout).map_err(io_error(&self.layout))? {
+            let path = entry.map_err(io_error(&self.layout))?.path();
+            let is_generation = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("gen-"));
+            if is_generation && path != keep {
+                remove_tree(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the link of `iface`, made in `mode`, is pinned.
+    pub fn link(&self, iface: &str, mode: &str) -> PathBuf {
+        let iface = iface.replace('%', "%25").replace('.', "%2e");
+        self.links_dir().join(format!("{mode}:{iface}"))
+    }
+
+    /// Every pinned link.
+    pub fn links(&self) -> Result<Vec<PinnedLinkPath>, PinError> {
+        let dir = self.links_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(io_error(&dir)(error)),
+        };
+        let mut links = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io_error(&dir))?.path();
+            let name = path.file_name().expect("a file name").to_string_lossy();
+            // Interface names cannot hold a colon.
+            if let Some((mode, iface)) = name.split_once(':') {
+                links.push(PinnedLinkPath {
+                    iface: iface.replace("%2e", ".").replace("%25", "%"),
+                    mode: mode.to_owned(),
+                    path: path.clone(),
+                });
+            }
+        }
+        links.sort_by(|a, b| a.iface.cmp(&b.iface));
+        Ok(links)
+    }
+
+    /// Unpins everything below the directory and removes it: the links
+    /// detach (no process holds them) and the maps go with the programs.
+    pub fn remove(&self) -> Result<(), PinError> {
+        remove_tree(&self.root)
+    }
+}
+
+/// Fails unless `path` (where `root` is, or will be) is on bpffs.
+fn check_bpffs(path: &Path, root: &Path) -> Result<(), PinError> {
+    let not_bpffs = || PinError::NotBpffs(root.to_owned());
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| not_bpffs())?;
+    // SAFETY: an all-zero statfs is a valid value for the call to overwrite.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a writable struct.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io_error(path)(io::Error::last_os_error()));
+    }
+    if stat.f_type as i64 != BPF_FS_MAGIC {
+        return Err(not_bpffs());
+    }
+    Ok(())
+}
+
+/// Removes a directory tree of pins; a missing one is fine.
+fn remove_tree(path: &Path) -> Result<(), PinError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error(path)(error)),
+    }
+}

@@ -1,0 +1,354 @@
+//! What the filter pinned at a `pin_dir` is doing, read from its pins (a
+//! `run` process may or may not be alive), and the commands that change
+//! its state from outside: `grant`, `revoke`, `detach`.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
+
+use aya::{
+    maps::Array,
+    programs::links::{FdLink, PinnedLink},
+};
+use knock_common::{Instance, MAX_RULES, PORT_ROLES_ENTRIES, PortRoles, RuleConfig};
+use serde::Serialize;
+
+use crate::{
+    config::PortSpec,
+    filter::{FilterError, monotonic_ns, read_instance},
+    maps::{Maps, Occupancy, display_addr, key_addr},
+    pins::{PinDir, PinError},
+};
+
+/// Why a command against the pinned filter failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Maps(#[from] crate::maps::MapsError),
+    #[error("the pinned XDP link {0}")]
+    Link(String, #[source] aya::programs::links::LinkError),
+    #[error("the running filter has no rule named `{0}` (its rules: {1})")]
+    NoSuchRule(String, String),
+}
+
+/// An interface the filter is on.
+#[derive(Debug, Serialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub mode: String,
+    pub link_id: u32,
+    pub program_id: u32,
+}
+
+/// A rule as the running filter holds it.
+#[derive(Debug, Serialize)]
+pub struct RuleStatus {
+    pub index: u32,
+    pub name: String,
+    pub sequence: Vec<String>,
+    pub sequence_timeout_secs: f64,
+    pub open_for_secs: f64,
+    pub protect: Vec<String>,
+}
+
+/// A live grant.
+#[derive(Debug, Serialize)]
+pub struct GrantStatus {
+    pub source: IpAddr,
+    pub rule: String,
+    pub expires_in_secs: f64,
+}
+
+/// Everything `xknock status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub pin_dir: String,
+    pub layout: u32,
+    pub generation: u64,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub rules: Vec<RuleStatus>,
+    pub grants: Vec<GrantStatus>,
+    pub admitted_flows: usize,
+    pub maps: BTreeMap<&'static str, Occupancy>,
+    pub verdicts: BTreeMap<&'static str, u64>,
+    pub answers: BTreeMap<&'static str, u64>,
+    pub events_lost: u64,
+}
+
+/// A pinned filter opened for reading or changing its state.
+pub struct Pinned {
+    pub instance: Instance,
+    pub maps: Maps,
+}
+
+impl Pinned {
+    pub fn open(pins: &PinDir) -> Result<Pinned, StatusError> {
+        pins.require_filter()?;
+        let instance =
+            read_instance(pins)?.ok_or_else(|| PinError::NoFilter(pins.root().into()))?;
+        let maps = Maps::open(pins, instance.generation)?;
+        Ok(Pinned { instance, maps })
+    }
+
+    /// The index of the rule named `name`.
+    pub fn rule_index(&self, name: &str) -> Result<u32, StatusError> {
+        let names: Vec<&str> = self.instance.rules.iter().filter_map(|r| r.get()).collect();
+        self.instance
+            .rules
+            .iter()
+            .position(|r| r.get() == Some(name))
+            .map(|i| i as u32)
+            .ok_or_else(|| StatusError::NoSuchRule(name.to_owned(), names.join(", ")))
+    }
+
+    fn rule_name(&self, index: u32) -> String {
+        self.instance
+            .rules
+            .get(index as usize)
+            .and_then(|r| r.get())
+            .map_or_else(|| format!("#{index}"), str::to_owned)
+    }
+
+    /// The rule config at `index` in the running configuration.
+    fn rule(&self, index: u32) -> Result<RuleConfig, StatusError> {
+        Ok(self
+            .maps
+            .rules()?
+            .get(index as usize)
+            .copied()
+            .unwrap_or_default())
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    (ns as f64 / 1e8).round() / 10.0
+}
+
+/// The protected ports of each rule index, from the configuration's port roles.
+fn protected_ports(pins: &PinDir, generation: u64) -> Result<Vec<Vec<String>>, StatusError> {
+    let path = pins
+        .generation(generation)
+        .join(knock_common::map_names::PORT_ROLES);
+    let data = aya::maps::MapData::from_pin(&path).map_err(|source| crate::maps::MapsError {
+        name: knock_common::map_names::PORT_ROLES,
+        source,
+    })?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|source| crate::maps::MapsError {
+        name: knock_common::map_names::PORT_ROLES,
+        source,
+    })?;
+    let roles: Array<_, PortRoles> =
+        Array::try_from(map).map_err(|source| crate::maps::MapsError {
+            name: knock_common::map_names::PORT_ROLES,
+            source,
+        })?;
+    let mut ports = vec![Vec::new(); MAX_RULES];
+    for index in 0..PORT_ROLES_ENTRIES {
+        let Ok(role) = roles.get(&index, 0) else {
+            continue;
+        };
+        if role.protect_rules == 0 {
+            continue;
+        }
+        let (proto, port) = if index < 65536 {
+            (knock_common::IPPROTO_TCP, index as u16)
+        } else {
+            (knock_common::IPPROTO_UDP, (index - 65536) as u16)
+        };
+        let spec = PortSpec(knock_common::Knock {
+            port,
+            proto,
+            _pad: 0,
+        })
+        .to_string();
+        for (rule, list) in ports.iter_mut().enumerate() {
+            if role.protect_rules & (1 << rule) != 0 {
+                list.push(spec.clone());
+            }
+        }
+    }
+    Ok(ports)
+}
+
+impl Status {
+    pub fn read(pins: &PinDir) -> Result<Status, StatusError> {
+        let pinned = Pinned::open(pins)?;
+        let mut interfaces = Vec::new();
+        for link in pins.links()? {
+            let error = |e| StatusError::Link(link.path.display().to_string(), e);
+            let info = FdLink::from(PinnedLink::from_pin(&link.path).map_err(error)?)
+                .info()
+                .map_err(error)?;
+            interfaces.push(InterfaceStatus {
+                name: link.iface,
+                mode: link.mode,
+                link_id: info.id(),
+                program_id: info.program_id(),
+            });
+        }
+        let protect = protected_ports(pins, pinned.instance.generation)?;
+        let mut rules = Vec::new();
+        for (index, rule) in pinned.maps.rules()?.iter().enumerate() {
+            let Some(name) = pinned.instance.rules[index].get() else {
+                continue;
+            };
+            let steps = (rule.steps as usize).min(rule.sequence.len());
+            rules.push(RuleStatus {
+                index: index as u32,
+                name: name.to_owned(),
+                sequence: rule.sequence[..steps]
+                    .iter()
+                    .map(|k| PortSpec(*k).to_string())
+                    .collect(),
+                sequence_timeout_secs: secs(rule.sequence_timeout_ns),
+                open_for_secs: secs(rule.open_for_ns),
+                protect: protect[index].clone(),
+            });
+        }
+        let now = monotonic_ns();
+        let mut grants: Vec<GrantStatus> = pinned
+            .maps
+            .grants()?
+            .into_iter()
+            .filter(|(_, grant)| grant.expires_ns > now)
+            .map(|(key, grant)| GrantStatus {
+                source: display_addr(&key.addr),
+                rule: pinned.rule_name(key.rule),
+                expires_in_secs: secs(grant.expires_ns - now),
+            })
+            .collect();
+        grants.sort_by(|a, b| (a.source, &a.rule).cmp(&(b.source, &b.rule)));
+        let settings = pinned.maps.settings()?;
+        let admitted_flows = pinned
+            .maps
+            .flows()?
+            .iter()
+            .filter(|(key, flow)| {
+                let idle = match (key.proto, flow.closing) {
+                    (knock_common::IPPROTO_UDP, _) => settings.udp_idle_ns,
+                    (_, 0) => settings.tcp_idle_ns,
+                    _ => settings.tcp_closing_ns,
+                };
+                now.saturating_sub(flow.last_seen_ns) <= idle
+            })
+            .count();
+        Ok(Status {
+            pin_dir: pins.root().display().to_string(),
+            layout: pinned.instance.layout,
+            generation: pinned.instance.generation,
+            interfaces,
+            rules,
+            grants,
+            admitted_flows,
+            maps: pinned.maps.occupancy()?,
+            verdicts: pinned.maps.counters()?,
+            answers: pinned.maps.answers()?,
+            events_lost: pinned.maps.lost_events()?,
+        })
+    }
+
+    /// The report for a person.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "filter pinned at {} (layout {}, configuration {})",
+            self.pin_dir, self.layout, self.generation
+        );
+        if self.interfaces.is_empty() {
+            let _ = writeln!(
+                out,
+                "interfaces: none (the filter is not attached anywhere)"
+            );
+        }
+        for iface in &self.interfaces {
+            let _ = writeln!(
+                out,
+                "interface {} ({} mode): program {}, link {}",
+                iface.name, iface.mode, iface.program_id, iface.link_id
+            );
+        }
+        for rule in &self.rules {
+            let _ = writeln!(
+                out,
+                "rule {}: {} within {}s opens {} for {}s",
+                rule.name,
+                rule.sequence.join(" "),
+                rule.sequence_timeout_secs,
+                rule.protect.join(" "),
+                rule.open_for_secs
+            );
+        }
+        let _ = writeln!(out, "grants: {}", self.grants.len());
+        for grant in &self.grants {
+            let _ = writeln!(
+                out,
+                "  {} rule={} expires_in={}s",
+                grant.source, grant.rule, grant.expires_in_secs
+            );
+        }
+        let _ = writeln!(out, "admitted flows: {}", self.admitted_flows);
+        let maps: Vec<String> = self
+            .maps
+            .iter()
+            .map(|(name, o)| format!("{}={}/{}", name.to_lowercase(), o.entries, o.max_entries))
+            .collect();
+        let _ = writeln!(out, "maps: {}", maps.join(" "));
+        let nonzero = |counts: &BTreeMap<&str, u64>| -> String {
+            let listed: Vec<String> = counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            listed.join(" ")
+        };
+        let _ = writeln!(out, "verdicts: {}", nonzero(&self.verdicts));
+        let _ = writeln!(out, "answers: {}", nonzero(&self.answers));
+        let _ = writeln!(out, "events lost: {}", self.events_lost);
+        out
+    }
+}
+
+/// `xknock grant`: admits `addr` to rule `rule` for `duration` (the rule's
+/// `open_for` if none); returns the duration granted.
+pub fn grant(
+    pins: &PinDir,
+    addr: IpAddr,
+    rule: &str,
+    duration: Option<Duration>,
+) -> Result<Duration, StatusError> {
+    let mut pinned = Pinned::open(pins)?;
+    let index = pinned.rule_index(rule)?;
+    let duration = duration
+        .unwrap_or_else(|| Duration::from_nanos(pinned.rule(index).map_or(0, |r| r.open_for_ns)));
+    let expires_ns = monotonic_ns().saturating_add(duration.as_nanos() as u64);
+    pinned.maps.grant(&key_addr(addr), index, expires_ns)?;
+    Ok(duration)
+}
+
+/// `xknock revoke`: removes `addr`'s grants (of `rule` only, if given) and,
+/// with `flows`, the connections they admitted; returns how many of each.
+pub fn revoke(
+    pins: &PinDir,
+    addr: IpAddr,
+    rule: Option<&str>,
+    flows: bool,
+) -> Result<(usize, usize), StatusError> {
+    let mut pinned = Pinned::open(pins)?;
+    let index = rule.map(|r| pinned.rule_index(r)).transpose()?;
+    Ok(pinned.maps.revoke(&key_addr(addr), index, flows)?)
+}
+
+/// `xknock detach`: takes the filter off every interface and removes its
+/// pins; false when nothing was pinned there.
+pub fn detach(pins: &PinDir) -> Result<bool, StatusError> {
+    if !pins.root().exists() {
+        return Ok(false);
+    }
+    let _lock = pins.lock_any_layout()?;
+    let had_links = !pins.links()?.is_empty() || read_instance(pins).ok().flatten().is_some();
+    pins.remove()?;
+    Ok(had_links)
+}
