@@ -113,3 +113,66 @@ pub fn parse_delay(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e})"))
 }
+
+/// The systemd unit, kept in the repository as operators read it.
+pub const SYSTEMD_UNIT: &str = include_str!("../../dist/xknock.service");
+
+/// Writes what an installation needs besides the binary, generated from
+/// the definitions above so they never drift from the real command line:
+/// `man/xknock.1` and a page per subcommand, `completions/` for bash, zsh
+/// and fish, and `xknock.service`.
+pub fn write_assets(out: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory as _;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for dir in [out, &man, &completions] {
+        std::fs::create_dir_all(dir)?;
+    }
+    let command = Cli::command();
+    clap_mangen::generate_to(command.clone(), &man)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut command.clone(), "xknock", &completions)?;
+    }
+    std::fs::write(out.join("xknock.service"), SYSTEMD_UNIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn man_pages_and_completions_cover_every_subcommand() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_assets(dir.path()).expect("write assets");
+        let page = std::fs::read_to_string(dir.path().join("man/xknock.1")).expect("xknock.1");
+        let bash = std::fs::read_to_string(dir.path().join("completions/xknock.bash"))
+            .expect("bash completions");
+        for sub in [
+            "run",
+            "check-config",
+            "knock",
+            "status",
+            "grant",
+            "revoke",
+            "detach",
+        ] {
+            // roff escapes hyphens.
+            let in_roff = format!("xknock\\-{}(1)", sub.replace('-', "\\-"));
+            assert!(page.contains(&in_roff), "xknock.1 lacks {in_roff}");
+            assert!(
+                dir.path().join(format!("man/xknock-{sub}.1")).is_file(),
+                "no page for {sub}"
+            );
+            assert!(bash.contains(sub), "bash completions lack {sub}");
+        }
+        assert!(bash.contains("--metrics"));
+        assert!(dir.path().join("completions/_xknock").is_file());
+        assert!(dir.path().join("completions/xknock.fish").is_file());
+        let unit = std::fs::read_to_string(dir.path().join("xknock.service")).expect("unit");
+        assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    }
+}

@@ -35,6 +35,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     // `ps`, which the bench uses to find NAPI threads.
     "procps",
+    // The metrics test scrapes with a real HTTP client.
+    "curl",
+    // `systemd-analyze verify` checks the unit.
+    "systemd",
 ];
 
 #[derive(Parser)]
@@ -54,6 +58,9 @@ enum Task {
     Demo,
     /// Set up, then measure xknock against its baselines; writes target/bench/.
     Bench,
+    /// Set up, then build what an installation needs in target/dist: the
+    /// release binary, its man pages, shell completions and systemd unit.
+    Dist,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,7 +87,45 @@ fn main() -> anyhow::Result<()> {
             cargo(&["build", "--package", "knock-user", "--package", "bench"])?;
             run_built("bench")
         }
+        Task::Dist => {
+            setup()?;
+            dist()
+        }
     }
+}
+
+/// target/dist: xknock (release), man/, completions/, xknock.service.
+fn dist() -> anyhow::Result<()> {
+    let target = workspace_root().join("target");
+    let out = target.join("dist");
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "knock-user",
+        "--bin",
+        "xknock",
+    ])?;
+    let xknock = target.join("release").join("xknock");
+    ensure_carries_program(&xknock)?;
+    let out_arg = out.to_str().context("a UTF-8 target path")?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "--package",
+        "knock-user",
+        "--example",
+        "assets",
+        "--",
+        out_arg,
+    ])?;
+    std::fs::copy(&xknock, out.join("xknock"))
+        .with_context(|| format!("copying {}", xknock.display()))?;
+    eprintln!(
+        "xtask: {} is ready (README: Running it as a service)",
+        out.display()
+    );
+    Ok(())
 }
 
 fn debug_dir(target_dir: &Path) -> PathBuf {
