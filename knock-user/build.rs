@@ -20,7 +20,7 @@ use anyhow::{Context as _, anyhow, bail};
 const BPF_TOOLCHAIN: &str = "nightly-2026-07-01";
 const EBPF_PACKAGE: &str = "knock-ebpf";
 /// The objects knock-ebpf's binaries become, each embedded in the library.
-const OBJECTS: [&str; 2] = [EBPF_PACKAGE, "knock-baseline"];
+const OBJECTS: [&str; 3] = [EBPF_PACKAGE, "knock-traced", "knock-baseline"];
 /// Set to 1 for a check-only or lint-only build without the XDP program.
 const WITHOUT_EBPF: &str = "XKNOCK_WITHOUT_EBPF";
 

@@ -7,6 +7,7 @@ mod flood;
 mod kernel;
 mod open;
 mod report;
+mod trace;
 
 use std::{
     collections::BTreeMap,
@@ -187,6 +188,16 @@ fn main() -> anyhow::Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("the answer cost thread panicked"))?
     })?;
+    eprintln!("bench: tracing");
+    let (trace_pass, traces, instructions) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<_> {
+                pin_to_cpu(1)?;
+                trace::trace_costs(&effort)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the trace cost thread panicked"))?
+    })?;
     eprintln!("bench: memory");
     let memory = memory()?;
     eprintln!("bench: time to open ({} tries each)", effort.tries);
@@ -203,6 +214,7 @@ fn main() -> anyhow::Result<()> {
     let answering = self::flood(&effort, &[Receiver::XknockAnswering, Receiver::XdpDrop])?;
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
     conceal::render(&mut report, &effort, answer_pass, &answers, &answering);
+    trace::render(&mut report, trace_pass, &traces, &instructions);
     write(&out.join("report.md"), &report)?;
     write(&out.join("chart.svg"), &chart(pass, &paths))?;
     println!("{report}");

@@ -34,7 +34,7 @@ use knock_common::{
 };
 
 use crate::{
-    SETTINGS,
+    filter::SETTINGS,
     parse::{self, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, bytes_at, store_at},
 };
 

@@ -98,6 +98,19 @@ pub enum Command {
         #[arg(long)]
         flows: bool,
     },
+    /// Print every decision the kernel makes about ADDR (framing, port roles,
+    /// state found, verdict) until Ctrl-C, from a traced copy of the filter
+    /// swapped in for the trace; the filter's own program carries no trace code.
+    Trace {
+        /// The source address to trace.
+        addr: IpAddr,
+        /// The configuration file (its `pin_dir` locates the filter).
+        #[arg(long)]
+        config: PathBuf,
+        /// End the trace after this long, such as 30s.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_delay)]
+        duration: Option<Duration>,
+    },
     /// Take the filter off every interface and remove its pins: the only way
     /// it comes off. Stop `xknock run` first.
     Detach {

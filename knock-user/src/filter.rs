@@ -32,6 +32,14 @@ use crate::{
 /// The XDP program, built by build.rs from knock-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
 
+/// The same filter with every decision about one source logged (aya-log),
+/// which `xknock trace` swaps in while it runs.
+pub static TRACED_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-traced"));
+
+/// The pin of a generation's filter program, in its directory.
+pub const PROGRAM_PIN: &str = "PROGRAM";
+
 /// Reference programs for the benchmarks (`xdp_pass`, `xdp_drop`) and their
 /// flood generator (`xdp_flood`), built alongside the filter.
 pub static BASELINE_OBJECT: &[u8] =
@@ -275,7 +283,15 @@ impl Filter {
             maps.set_instance(&instance)?;
             let kernel = KernelConfig::placed(config, &placement.slots)?;
             pending.placement = placement;
-            Filter::finish_with(ebpf, maps, &kernel, instance.source_seed)
+            let mut filter = Filter::finish_with(ebpf, maps, &kernel, instance.source_seed)?;
+            // What a trace puts back when it ends.
+            filter
+                .program_mut()?
+                .pin(dir.join(PROGRAM_PIN))
+                .map_err(|e| {
+                    FilterError::Program(ProgramError::IOError(std::io::Error::other(e)))
+                })?;
+            Ok(filter)
         })();
         match result {
             Ok(mut filter) => {
@@ -287,6 +303,23 @@ impl Filter {
                 Err(error)
             }
         }
+    }
+
+    /// The traced variant, loaded like `load` and set to trace `source`
+    /// (benchmarks: what every packet pays while a trace runs).
+    #[cfg(feature = "testing")]
+    pub fn load_traced(
+        config: &KernelConfig,
+        source: &knock_common::Addr,
+    ) -> Result<Filter, FilterError> {
+        let words = knock_common::addr_words(source);
+        let mut loader = Filter::loader(config);
+        loader.override_global(TRACE_SOURCE, &words, true);
+        let mut ebpf = loader.load(TRACED_OBJECT).map_err(load_error)?;
+        let maps = Maps::take(&mut ebpf);
+        let mut filter = Filter::finish_with(ebpf, maps, config, random_seed())?;
+        set_trace_program(&mut filter.ebpf)?;
+        Ok(filter)
     }
 
     /// Fills the configuration maps and loads both programs.
@@ -477,6 +510,16 @@ impl Filter {
             .map_err(FilterError::Program)
     }
 
+    /// How many instructions the kernel runs the filter program as
+    /// (after the verifier's rewrites).
+    pub fn instructions(&self) -> Result<u32, FilterError> {
+        let info = self
+            .filter_program()?
+            .info()
+            .map_err(FilterError::Program)?;
+        Ok(info.size_translated().unwrap_or(0) / 8)
+    }
+
     /// The kernel's id of the filter program.
     pub fn program_id(&self) -> Result<u32, FilterError> {
         let info = self
@@ -561,6 +604,36 @@ pub fn read_instance(pins: &PinDir) -> Result<Option<Instance>, FilterError> {
     }
     let maps = Maps::open_instance(&path)?;
     Ok(Some(maps.instance()?))
+}
+
+/// The traced object's global naming the traced source (`AddrWords`).
+pub const TRACE_SOURCE: &str = "TRACE_SOURCE";
+
+/// Loads the traced object's logging program into the slot its filter hands
+/// every verdict to.
+pub fn set_trace_program(ebpf: &mut Ebpf) -> Result<(), FilterError> {
+    const PROGRAM: &str = "xknock_trace";
+    const SLOT: &str = "TRACE_PROGRAM";
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM)
+        .unwrap_or_else(|| panic!("the traced object defines {PROGRAM}"))
+        .try_into()
+        .map_err(FilterError::Program)?;
+    program.load().map_err(FilterError::Program)?;
+    let fd = program
+        .fd()
+        .map_err(FilterError::Program)?
+        .try_clone()
+        .map_err(|error| FilterError::Program(ProgramError::IOError(error)))?;
+    let map = ebpf.map_mut(SLOT).ok_or(MapsError {
+        name: SLOT,
+        source: MapError::InvalidName { name: SLOT.into() },
+    })?;
+    let mut slots =
+        ProgramArray::try_from(map).map_err(|source| MapsError { name: SLOT, source })?;
+    slots
+        .set(0, &fd, 0)
+        .map_err(|source| MapsError { name: SLOT, source }.into())
 }
 
 /// A seed for the horizon hash that spoofers cannot guess.

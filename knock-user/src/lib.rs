@@ -13,3 +13,4 @@ pub mod pins;
 pub mod run;
 pub mod slots;
 pub mod status;
+pub mod trace;

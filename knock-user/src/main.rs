@@ -94,6 +94,11 @@ fn main() -> ExitCode {
             eprintln!("xknock: revoked {grants} grant(s) of {addr}; ended {ended} flow(s)");
             Ok(())
         }),
+        Command::Trace {
+            addr,
+            config,
+            duration,
+        } => pins_of(&config).and_then(|pins| xknock::trace::trace(&pins, addr, duration)),
         Command::Detach { config } => pins_of(&config).and_then(|pins| {
             if status::detach(&pins)? {
                 eprintln!("xknock: detached; removed {}", pins.root().display());

@@ -1,14 +1,17 @@
 //! Where a filter lives between loaders: its pin directory on bpffs.
 //!
 //! ```text
-//! PIN_DIR/                         one filter instance; flock()ed by its loader
+//! PIN_DIR/                         one filter instance; flock()ed by `run`
 //!   layout-1/                      LAYOUT_VERSION: an older or newer layout is
-//!     maps/NAME                    detected, never reinterpreted
+//!                                  detected, never reinterpreted; flock()ed
+//!                                  while what is pinned changes
+//!     maps/NAME
 //!       state that outlives loaders: progress, grants, flows, penalties,
 //!       horizons, counters, events, ICMP limits, the instance record
 //!     gen-N/NAME                   one configuration: settings, rules, port
-//!       roles, lists, the concealment program slot (a packet sees one
-//!       generation or the next, never a mix: they swap with the program)
+//!       roles, lists, the concealment program slot, and PROGRAM, the filter
+//!       program made for them (a packet sees one generation or the next,
+//!       never a mix: they swap with the program)
 //!     links/MODE:IFACE             the XDP link of each interface (bpffs
 //!                                  refuses dots: IFACE's are written %2e)
 //! ```
@@ -122,10 +125,10 @@ impl PinDir {
     }
 
     /// Creates the directory (on bpffs), refuses one holding another
-    /// layout, and takes it for this process; fails at once if another
-    /// process has it.
-    pub fn lock(&self) -> Result<Lock, PinError> {
-        let lock = self.lock_any_layout()?;
+    /// layout, and takes it for this process (`xknock run` holds it for its
+    /// life); fails at once if another process has it.
+    pub fn own(&self) -> Result<Lock, PinError> {
+        let lock = self.own_any_layout()?;
         self.check_layout()?;
         for dir in [self.maps_dir(), self.links_dir()] {
             fs::create_dir_all(&dir).map_err(io_error(&dir))?;
@@ -133,8 +136,22 @@ impl PinDir {
         Ok(lock)
     }
 
+    /// The right to change what is pinned (load a generation, swap programs
+    /// on the links); waits up to `patience` for another change to end.
+    pub fn change(&self, patience: std::time::Duration) -> Result<Lock, PinError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match flock(&self.layout) {
+                Err(PinError::Busy(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Takes the directory whatever layout it holds (to remove it).
-    pub fn lock_any_layout(&self) -> Result<Lock, PinError> {
+    pub fn own_any_layout(&self) -> Result<Lock, PinError> {
         // Nothing is made outside bpffs, where pins could not live anyway;
         // and the directory is below a mount, never the mount itself (whose
         // other pins `detach` would remove).
@@ -147,20 +164,7 @@ impl PinDir {
             .unwrap_or(Path::new("/"));
         check_bpffs(existing, &self.root)?;
         fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
-        let dir = File::open(&self.root).map_err(io_error(&self.root))?;
-        // SAFETY: a valid fd; flock only acts on it.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = io::Error::last_os_error();
-            return Err(if error.kind() == io::ErrorKind::WouldBlock {
-                PinError::Busy(self.root.clone())
-            } else {
-                PinError::Io {
-                    path: self.root.clone(),
-                    source: error,
-                }
-            });
-        }
-        Ok(Lock { _dir: dir })
+        flock(&self.root)
     }
 
     /// Refuses a directory where another layout version is pinned.
@@ -268,6 +272,24 @@ impl PinDir {
     pub fn remove(&self) -> Result<(), PinError> {
         remove_tree(&self.root)
     }
+}
+
+/// An exclusive flock on the directory `path`, or `Busy` at once.
+fn flock(path: &Path) -> Result<Lock, PinError> {
+    let dir = File::open(path).map_err(io_error(path))?;
+    // SAFETY: a valid fd; flock only acts on it.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        return Err(if error.kind() == io::ErrorKind::WouldBlock {
+            PinError::Busy(path.to_owned())
+        } else {
+            PinError::Io {
+                path: path.to_owned(),
+                source: error,
+            }
+        });
+    }
+    Ok(Lock { _dir: dir })
 }
 
 /// Fails unless `path` (where `root` is, or will be) is on bpffs.

@@ -127,8 +127,12 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     let pins = PinDir::new(&config.pin_dir);
     let fresh = read_instance(&pins).ok().flatten().is_none();
-    let lock = pins.lock()?;
-    let mut running = match apply(config, &ifaces, options.mode, &pins, &lock) {
+    // Held until this process ends: one `run` per filter.
+    let _owner = pins.own()?;
+    let change = pins.change(CHANGE_PATIENCE)?;
+    let applied = apply(config, &ifaces, options.mode, &pins, &change);
+    drop(change);
+    let mut running = match applied {
         Ok(running) => running,
         Err(error) => {
             // A first run that failed leaves nothing behind; a filter that
@@ -143,7 +147,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    let streamed = runtime.block_on(serve(&mut running, &options, &ifaces, &pins, &lock));
+    let streamed = runtime.block_on(serve(&mut running, &options, &ifaces, &pins));
     let maps = running.filter.maps();
     let counted = |counts: std::collections::BTreeMap<&str, u64>| -> String {
         let counted: Vec<String> = counts
@@ -163,6 +167,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     streamed
 }
 
+/// How long a load waits for another change (a trace swapping programs) to end.
+pub const CHANGE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Events printed before the loop looks at signals and the sweeper again.
 const EVENTS_PER_TURN: usize = 1024;
 
@@ -174,7 +181,6 @@ async fn serve(
     options: &RunOptions,
     ifaces: &[String],
     pins: &PinDir,
-    lock: &Lock,
 ) -> anyhow::Result<()> {
     let ring = running.filter.maps_mut().take_events()?;
     let fd = ring.as_raw_fd();
@@ -231,7 +237,7 @@ async fn serve(
                 }
             }
             _ = sighup.recv() => {
-                let result = reload(running, options, ifaces, pins, lock);
+                let result = reload(running, options, ifaces, pins);
                 reloads.record(result.is_ok());
                 match result {
                     Ok(()) => eprintln!(
@@ -257,7 +263,6 @@ fn reload(
     options: &RunOptions,
     ifaces: &[String],
     pins: &PinDir,
-    lock: &Lock,
 ) -> anyhow::Result<()> {
     let config = load_config(&options.config)?;
     let ifaces = if options.ifaces.is_empty() {
@@ -275,7 +280,8 @@ fn reload(
             config.pin_dir.display()
         );
     }
-    let next = apply(config, &ifaces, options.mode, pins, lock)?;
+    let change = pins.change(CHANGE_PATIENCE)?;
+    let next = apply(config, &ifaces, options.mode, pins, &change)?;
     // The old generation's programs are unloaded as it drops; the links
     // already run the new one.
     *running = next;

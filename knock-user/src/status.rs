@@ -347,7 +347,7 @@ pub fn detach(pins: &PinDir) -> Result<bool, StatusError> {
     if !pins.root().exists() {
         return Ok(false);
     }
-    let _lock = pins.lock_any_layout()?;
+    let _owner = pins.own_any_layout()?;
     let had_links = !pins.links()?.is_empty() || read_instance(pins).ok().flatten().is_some();
     pins.remove()?;
     Ok(had_links)

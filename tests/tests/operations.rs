@@ -569,3 +569,85 @@ fn metrics_are_served_in_prometheus_text_format() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
 }
+
+#[test]
+fn trace_shows_each_decision_about_one_source_and_puts_the_filter_back() {
+    let lab = Lab::new();
+    lab.tcp_listener(2222);
+    let xknock = Xknock::start(&lab, &article_config("60s", "\"tcp:2222\""), &[], false);
+    let filter = xknock.filter().clone();
+    let own = program_id(&status(&lab, &filter));
+    let mut trace = lab
+        .server
+        .command(lab::xknock_bin())
+        .args(["trace", CLIENT_V4, "--config", filter.arg()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn xknock trace");
+    let stderr = BufReader::new(trace.stderr.take().expect("stderr"));
+    let mut stderr_lines = stderr.lines();
+    let started = stderr_lines
+        .next()
+        .expect("a line from trace")
+        .expect("utf-8");
+    assert!(started.contains("tracing 198.18.0.2"), "{started}");
+    assert_ne!(
+        program_id(&status(&lab, &filter)),
+        own,
+        "the traced program runs"
+    );
+
+    assert_eq!(lab.tcp_connect(SERVER_V4, 2222), Reach::Refused);
+    assert_eq!(
+        lab.tcp_connect(SERVER_V6, 2222),
+        Reach::Refused,
+        "not traced"
+    );
+    lab::article_knock(&lab, SERVER_V4);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 2222), Reach::Open);
+    thread::sleep(Duration::from_millis(500));
+    // SAFETY: plain signal delivery to our own child.
+    unsafe { libc::kill(trace.id() as i32, libc::SIGINT) };
+    let out = trace.wait_with_output().expect("trace");
+    let rest: Vec<String> = stderr_lines.map_while(Result::ok).collect();
+    assert!(out.status.success(), "trace: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("program is back on 1 link")),
+        "{rest:?}"
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    eprintln!("xknock trace {CLIENT_V4}:\n{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("source ::ffff:198.18.0.2 ")),
+        "only the traced source: {lines:#?}"
+    );
+    for verdict in [
+        "| drop_protected",
+        "| drop_knock_advanced",
+        "| drop_knock_granted",
+        "| pass_granted",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.ends_with(verdict)),
+            "no {verdict:?} in {lines:#?}"
+        );
+    }
+    let granted = lines
+        .iter()
+        .find(|l| l.ends_with("| drop_knock_granted"))
+        .expect("the grant");
+    assert!(granted.contains("port 6742 flags 2"), "{granted}");
+    assert_eq!(
+        program_id(&status(&lab, &filter)),
+        own,
+        "the filter's own program is back"
+    );
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
+}

@@ -1,0 +1,132 @@
+//! Logs every decision the filter makes about one source through aya-log:
+//! the framing it parsed, the roles of the port, the state it found, and the
+//! verdict. Only the traced object (`traced.rs`) has this module; the
+//! filter that normally runs carries no trace code.
+//!
+//! The source comes from the loader at load time (`TRACE_SOURCE`, a
+//! read-only global), as does aya-log's level.
+
+use aya_ebpf::{
+    Global,
+    macros::{map, xdp},
+    maps::{PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+use aya_log_ebpf::info;
+use knock_common::{
+    AddrWords, FlowKey, MAX_RULES, Reason, SourceRule, horizon_units, port_roles_index, source_slot,
+};
+
+use crate::{
+    filter::{self, FIRST_STEPS, FLOWS, GRANTS, PORT_ROLES, PROGRESS, SETTINGS, SOURCE_HORIZONS},
+    parse::{self, Parsed},
+};
+
+/// The traced source, in the one key form, as `AddrWords`.
+#[unsafe(no_mangle)]
+static TRACE_SOURCE: Global<AddrWords> = Global::new([0; 4]);
+
+/// Logs the decision `reason` about the packet in `ctx` if it comes from
+/// the traced source. The packet is parsed again: the filter's own path
+/// stays exactly as it is without tracing.
+/// The program that logs and then acts on the verdict (`xknock_trace`),
+/// set by the loader for the length of a trace.
+#[map]
+static TRACE_PROGRAM: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// The verdict, handed from the filter to `xknock_trace`.
+#[map]
+static TRACE_REASON: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Hands the packet and its verdict to `xknock_trace`, which logs the
+/// decision if the packet comes from the traced source and then does with
+/// the packet what the filter would. Returns only if that program is not in
+/// place (the trace's loader is gone): the filter then acts on its own.
+///
+/// A program of its own, because the verifier checks it once: inlined, it
+/// would be checked on every path to a verdict, past the verifier's limit.
+#[inline(always)]
+pub fn decision(ctx: &XdpContext, reason: Reason) {
+    if let Some(slot) = TRACE_REASON.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
+        unsafe { *slot = reason as u32 };
+    }
+    // SAFETY: the slot holds `xknock_trace` of this object or nothing.
+    unsafe { TRACE_PROGRAM.tail_call(ctx, 0) };
+}
+
+/// Logs the decision `decision` handed over, then acts on it.
+#[xdp]
+pub fn xknock_trace(ctx: XdpContext) -> u32 {
+    // A verdict that cannot be read fails closed.
+    let reason = TRACE_REASON
+        .get(0)
+        .and_then(|index| Reason::ALL.get(*index as usize))
+        .copied()
+        .unwrap_or(Reason::DropMalformed);
+    let _ = traced(&ctx, reason);
+    filter::act(&ctx, reason)
+}
+
+#[inline(always)]
+fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
+    let Ok(Parsed::Transport(l4)) = parse::parse(ctx) else {
+        return None;
+    };
+    let packet = l4.with_source(ctx).ok()?;
+    if packet.src_words != TRACE_SOURCE.load() {
+        return None;
+    }
+    let settings = SETTINGS.get(0)?;
+    let roles = port_roles_index(packet.l4.proto, packet.l4.dst_port())
+        .and_then(|index| PORT_ROLES.get(index))
+        .copied()
+        .unwrap_or_default();
+    let slot = source_slot(&packet.src_words, settings.source_seed);
+    let horizon = SOURCE_HORIZONS.get(slot).copied().unwrap_or_default();
+    // SAFETY: a helper without arguments, allowed for XDP programs.
+    let now = horizon_units(unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() });
+    let src = packet.src();
+    let mut progress: u32 = 0;
+    let mut grants: u32 = 0;
+    for rule in 0..MAX_RULES as u32 {
+        let key = SourceRule { addr: src, rule };
+        // SAFETY: read-only copies of values the lookups just returned.
+        if unsafe { PROGRESS.get(&key).is_some() || FIRST_STEPS.get(&key).is_some() } {
+            progress |= 1 << rule;
+        }
+        if unsafe { GRANTS.get(&key) }.is_some() {
+            grants |= 1 << rule;
+        }
+    }
+    let flow = FlowKey {
+        addr: src,
+        src_port: packet.src_port,
+        dst_port: packet.l4.dst_port,
+        proto: packet.l4.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: only tests whether the lookup found something.
+    let in_flow = u8::from(unsafe { FLOWS.get(&flow) }.is_some());
+    let (l3, ipv6) = packet.l4.network();
+    info!(
+        ctx,
+        "source {:i} proto {} port {} flags {:x} | ipv6 {} ip at {} l4 at {} | knock rules {:x} protect rules {:x} | horizons knocking {} admitted {} now {} | progress rules {:x} grant rules {:x} flow {} | {}",
+        src,
+        packet.l4.proto,
+        packet.l4.dst_port(),
+        packet.l4.tcp_flags,
+        u8::from(ipv6),
+        l3 as u32,
+        packet.l4.header_at() as u32,
+        roles.knock_rules,
+        roles.protect_rules,
+        horizon.knocking_until,
+        horizon.admitted_until,
+        now,
+        progress,
+        grants,
+        in_flow,
+        reason.name()
+    );
+    Some(())
+}
