@@ -144,7 +144,16 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
 /// so the generator (pinned to CPU 0) does not share a core with it.
 pub(crate) fn separate_cpus(lab: &Lab) -> anyhow::Result<()> {
     let threaded = format!("echo 1 > /sys/class/net/{}/threaded", lab.server_if);
-    run_in(&lab.server, "sh", &["-c", &threaded])?;
+    let out = lab
+        .server
+        .command_with_sysfs("sh")
+        .args(["-c", &threaded])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{threaded}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ps = std::process::Command::new("ps")
         .args(["-eo", "pid,comm"])
         .output()?;

@@ -165,39 +165,15 @@ fn main() -> anyhow::Result<()> {
         "bench: per-packet cost ({} trials x {} runs)",
         effort.trials, effort.repeat
     );
-    // Test runs execute on the calling CPU: keep them all on one, so that
-    // baselines and paths see the same core.
-    let (pass, paths, scale) = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> anyhow::Result<_> {
-                pin_to_cpu(1)?;
-                let (pass, paths) = per_packet(&effort)?;
-                eprintln!("bench: scale");
-                Ok((pass, paths, scale(&effort)?))
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the in-kernel cost thread panicked"))?
+    let (pass, paths, scale) = on_cpu_1(|| {
+        let (pass, paths) = per_packet(&effort)?;
+        eprintln!("bench: scale");
+        Ok((pass, paths, scale(&effort)?))
     })?;
     eprintln!("bench: building closed-port answers");
-    let (answer_pass, answers) = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> anyhow::Result<_> {
-                pin_to_cpu(1)?;
-                conceal::answer_costs(&effort)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the answer cost thread panicked"))?
-    })?;
+    let (answer_pass, answers) = on_cpu_1(|| conceal::answer_costs(&effort))?;
     eprintln!("bench: tracing");
-    let (trace_pass, traces, instructions) = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> anyhow::Result<_> {
-                pin_to_cpu(1)?;
-                trace::trace_costs(&effort)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the trace cost thread panicked"))?
-    })?;
+    let (trace_pass, traces, instructions) = on_cpu_1(|| trace::trace_costs(&effort))?;
     eprintln!("bench: memory");
     let memory = memory()?;
     eprintln!("bench: time to open ({} tries each)", effort.tries);
@@ -219,6 +195,20 @@ fn main() -> anyhow::Result<()> {
     write(&out.join("chart.svg"), &chart(pass, &paths))?;
     println!("{report}");
     Ok(())
+}
+
+/// Runs `work` on a thread pinned to CPU 1: test runs execute on the
+/// calling CPU, and baselines and paths must see the same core.
+fn on_cpu_1<T: Send>(work: impl FnOnce() -> anyhow::Result<T> + Send) -> anyhow::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin_to_cpu(1)?;
+                work()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a measuring thread panicked"))?
+    })
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod object;
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_get_prandom_u32,
@@ -118,13 +120,3 @@ fn flood(ctx: &XdpContext, restore: bool) -> u32 {
     }
     xdp_action::XDP_TX
 }
-
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

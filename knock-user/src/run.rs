@@ -26,6 +26,7 @@ use crate::{
     },
     metrics::{self, Reloads},
     pins::{Lock, PinDir},
+    status::nonzero,
 };
 
 /// What `xknock run` was asked to do.
@@ -149,16 +150,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         .context("starting the event loop")?;
     let streamed = runtime.block_on(serve(&mut running, &options, &ifaces, &pins));
     let maps = running.filter.maps();
-    let counted = |counts: std::collections::BTreeMap<&str, u64>| -> String {
-        let counted: Vec<String> = counts
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(name, n)| format!("{name}={n}"))
-            .collect();
-        counted.join(" ")
-    };
-    eprintln!("xknock: verdicts: {}", counted(maps.counters()?));
-    eprintln!("xknock: answers: {}", counted(maps.answers()?));
+    eprintln!("xknock: verdicts: {}", nonzero(&maps.counters()?));
+    eprintln!("xknock: answers: {}", nonzero(&maps.answers()?));
     eprintln!(
         "xknock: stopped; the filter stays on {} and keeps enforcing (`xknock detach --config {}` takes it off)",
         running.ifaces.join(", "),

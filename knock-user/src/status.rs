@@ -296,19 +296,21 @@ impl Status {
             .map(|(name, o)| format!("{}={}/{}", name.to_lowercase(), o.entries, o.max_entries))
             .collect();
         let _ = writeln!(out, "maps: {}", maps.join(" "));
-        let nonzero = |counts: &BTreeMap<&str, u64>| -> String {
-            let listed: Vec<String> = counts
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect();
-            listed.join(" ")
-        };
         let _ = writeln!(out, "verdicts: {}", nonzero(&self.verdicts));
         let _ = writeln!(out, "answers: {}", nonzero(&self.answers));
         let _ = writeln!(out, "events lost: {}", self.events_lost);
         out
     }
+}
+
+/// The counters that moved, as `name=count` words.
+pub fn nonzero(counts: &BTreeMap<&str, u64>) -> String {
+    let listed: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    listed.join(" ")
 }
 
 /// `xknock grant`: admits `addr` to rule `rule` for `duration` (the rule's

@@ -127,6 +127,15 @@ impl Netns {
         command
     }
 
+    /// A command that runs inside this namespace with the namespace's own
+    /// /sys mounted (`ip netns exec`), for what reads or writes an
+    /// interface's sysfs files; it does not see the BPF filesystem.
+    pub fn command_with_sysfs(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
     /// Runs `f` on a thread that has entered this namespace; sockets it
     /// creates belong to the namespace for their whole life.
     pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
