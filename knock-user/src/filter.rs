@@ -167,9 +167,11 @@ pub struct Filter {
 struct Pending {
     placement: Placement,
     generation: u64,
-    /// Removes the generation's pins if the load goes no further.
-    unused: Option<PathBuf>,
+    unused: UnusedGeneration,
 }
+
+/// A generation's pin directory, removed on drop unless taken into use.
+struct UnusedGeneration(Option<PathBuf>);
 
 /// What happened on an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -237,11 +239,8 @@ impl Filter {
         let previous = read_instance(pins)?.map_or(0, |i| i.generation);
         let generation = previous + 1;
         let dir = pins.new_generation(generation)?;
-        let mut pending = Pending {
-            placement: place(&[RuleName::default(); MAX_RULES], &[])?,
-            generation,
-            unused: Some(dir.clone()),
-        };
+        // Removed again if the load goes no further.
+        let unused = UnusedGeneration(Some(dir.clone()));
         let mut loader = Filter::loader(&sizes);
         let state_paths: Vec<(&str, PathBuf)> = STATE_MAPS
             .iter()
@@ -253,56 +252,46 @@ impl Filter {
         for name in GENERATION_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
-        let result = (|| {
-            let mut ebpf = loader.load(BPF_OBJECT).map_err(load_error)?;
-            let mut maps = Maps::take(&mut ebpf);
-            let mut instance = maps.instance()?;
-            if instance.layout == 0 {
-                instance = Instance {
-                    layout: LAYOUT_VERSION,
-                    source_seed: random_seed(),
-                    generation: 0,
-                    rules: [RuleName::default(); MAX_RULES],
-                };
-            }
-            let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
-            let placement = place(&instance.rules, &names)?;
-            // Indexes new to this configuration may hold what a loader that
-            // died mid-change left; the running program has no rule there.
-            let fresh: Vec<u32> = placement
-                .slots
-                .iter()
-                .copied()
-                .filter(|&slot| instance.rules[slot as usize].get().is_none())
-                .collect();
-            maps.clear_rules(&fresh)?;
-            // Until the swap, both configurations' rules own their indexes.
-            for &slot in &placement.slots {
-                instance.rules[slot as usize] = placement.names[slot as usize];
-            }
-            maps.set_instance(&instance)?;
-            let kernel = KernelConfig::placed(config, &placement.slots)?;
-            pending.placement = placement;
-            let mut filter = Filter::finish_with(ebpf, maps, &kernel, instance.source_seed)?;
-            // What a trace puts back when it ends.
-            filter
-                .program_mut()?
-                .pin(dir.join(PROGRAM_PIN))
-                .map_err(|e| {
-                    FilterError::Program(ProgramError::IOError(std::io::Error::other(e)))
-                })?;
-            Ok(filter)
-        })();
-        match result {
-            Ok(mut filter) => {
-                filter.pending = Some(Box::new(pending));
-                Ok(filter)
-            }
-            Err(error) => {
-                drop(pending);
-                Err(error)
-            }
+        let mut ebpf = loader.load(BPF_OBJECT).map_err(load_error)?;
+        let mut maps = Maps::take(&mut ebpf);
+        let mut instance = maps.instance()?;
+        if instance.layout == 0 {
+            instance = Instance {
+                layout: LAYOUT_VERSION,
+                source_seed: random_seed(),
+                generation: 0,
+                rules: [RuleName::default(); MAX_RULES],
+            };
         }
+        let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+        let placement = place(&instance.rules, &names)?;
+        // Indexes new to this configuration may hold what a loader that
+        // died mid-change left; the running program has no rule there.
+        let fresh: Vec<u32> = placement
+            .slots
+            .iter()
+            .copied()
+            .filter(|&slot| instance.rules[slot as usize].get().is_none())
+            .collect();
+        maps.clear_rules(&fresh)?;
+        // Until the swap, both configurations' rules own their indexes.
+        for &slot in &placement.slots {
+            instance.rules[slot as usize] = placement.names[slot as usize];
+        }
+        maps.set_instance(&instance)?;
+        let kernel = KernelConfig::placed(config, &placement.slots)?;
+        let mut filter = Filter::finish_with(ebpf, maps, &kernel, instance.source_seed)?;
+        // What a trace puts back when it ends.
+        filter
+            .program_mut()?
+            .pin(dir.join(PROGRAM_PIN))
+            .map_err(|e| FilterError::Program(ProgramError::IOError(std::io::Error::other(e))))?;
+        filter.pending = Some(Box::new(Pending {
+            placement,
+            generation,
+            unused,
+        }));
+        Ok(filter)
     }
 
     /// The traced variant, loaded like `load` and set to trace `source`
@@ -491,7 +480,7 @@ impl Filter {
         instance.generation = pending.generation;
         self.maps.set_instance(&instance)?;
         self.maps.clear_rules(&pending.placement.retired)?;
-        pending.unused = None;
+        pending.unused.0 = None;
         pins.remove_generations_but(pending.generation)?;
         Ok(())
     }
@@ -588,9 +577,9 @@ impl Filter {
     }
 }
 
-impl Drop for Pending {
+impl Drop for UnusedGeneration {
     fn drop(&mut self) {
-        if let Some(dir) = self.unused.take() {
+        if let Some(dir) = self.0.take() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }

@@ -4,24 +4,21 @@
 //! Every problem names the line and the key; nothing is applied from a file
 //! with any problem.
 
+mod kernel;
+mod values;
+
 use std::{
     collections::HashMap,
-    fmt,
-    net::IpAddr,
     ops::Range,
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
-use ipnet::IpNet;
-use knock_common::{
-    Addr, CONCEAL_CLOSED, CONCEAL_DROP, IPPROTO_TCP, IPPROTO_UDP, Knock, MAX_RULES, MAX_STEPS,
-    PortRoles, RULE_NAME_BYTES, RuleConfig, Settings, horizon_span, ipv4_mapped, port_roles_index,
-    sequence_tag,
-};
-use serde::{Deserialize, Deserializer, de};
+pub use kernel::{KernelConfig, KernelConfigError};
+use knock_common::{MAX_RULES, MAX_STEPS, RULE_NAME_BYTES};
+use serde::Deserialize;
 use toml::Spanned;
+pub use values::{ConfigDuration, PortSpec, Prefix, parse_duration};
 
 /// Shortest sequence accepted, and the length below which a warning is given.
 const MIN_STEPS: usize = 2;
@@ -45,112 +42,6 @@ pub enum ConfigError {
         key: String,
         problem: String,
     },
-}
-
-/// A knock step or protected port written `tcp:PORT` or `udp:PORT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PortSpec(pub Knock);
-
-impl FromStr for PortSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (proto, port) = s
-            .split_once(':')
-            .ok_or_else(|| format!("`{s}` is not of the form tcp:PORT or udp:PORT"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("`{port}` in `{s}` is not a port (1-65535)"))?;
-        match proto {
-            "tcp" => Ok(PortSpec(Knock::tcp(port))),
-            "udp" => Ok(PortSpec(Knock::udp(port))),
-            _ => Err(format!("`{proto}` in `{s}` is not a protocol (tcp or udp)")),
-        }
-    }
-}
-
-impl fmt::Display for PortSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.0.proto {
-            IPPROTO_TCP => "tcp",
-            IPPROTO_UDP => "udp",
-            _ => "?",
-        };
-        write!(f, "{proto}:{}", self.0.port)
-    }
-}
-
-/// Parses "500ms", "10s", "5m", "1h" (and combinations such as "1h 30m").
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration such as 500ms, 10s, 5m or 1h ({e})"))?;
-    if duration.is_zero() {
-        return Err(format!("`{s}` is zero; it must be longer"));
-    }
-    Ok(duration)
-}
-
-fn from_str_de<'de, D: Deserializer<'de>, T, E: fmt::Display>(
-    deserializer: D,
-    parse: impl FnOnce(&str) -> Result<T, E>,
-) -> Result<T, D::Error> {
-    let s = String::deserialize(deserializer)?;
-    parse(&s).map_err(de::Error::custom)
-}
-
-impl<'de> Deserialize<'de> for PortSpec {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_str_de(deserializer, str::parse)
-    }
-}
-
-/// A duration as written in the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_str_de(deserializer, parse_duration).map(ConfigDuration)
-    }
-}
-
-/// An allow/deny entry: an address or a CIDR prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Prefix(pub IpNet);
-
-impl<'de> Deserialize<'de> for Prefix {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_str_de(deserializer, |s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map(|net| Prefix(net.trunc()))
-                .map_err(|_| format!("`{s}` is not an address or CIDR prefix"))
-        })
-    }
-}
-
-impl Prefix {
-    /// An IPv6 prefix wide enough to hold ::ffff:0:0/96, where IPv4 lives.
-    pub fn covers_all_ipv4(&self) -> bool {
-        let IpNet::V6(net) = self.0 else {
-            return false;
-        };
-        let ipv4_space = ipnet::Ipv6Net::new(ipv4_mapped([0; 4]).into(), 96).expect("valid");
-        net.contains(&ipv4_space)
-    }
-
-    /// The prefix in the one key form: IPv4 mapped into IPv6.
-    pub fn mapped(&self) -> (u32, Addr) {
-        match self.0 {
-            IpNet::V4(net) => (
-                u32::from(net.prefix_len()) + 96,
-                ipv4_mapped(net.addr().octets()),
-            ),
-            IpNet::V6(net) => (u32::from(net.prefix_len()), net.addr().octets()),
-        }
-    }
 }
 
 /// The file as written.
@@ -531,141 +422,13 @@ impl Config {
     }
 }
 
-/// What the XDP program's maps hold for a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelConfig {
-    pub settings: Settings,
-    /// Indexed by rule index; an index no rule owns holds a free slot
-    /// (`steps == 0`).
-    pub rules: Vec<RuleConfig>,
-    /// The rule index of each of the configuration's rules, in file order.
-    pub slots: Vec<u32>,
-    /// `PORT_ROLES` entries that are not all zero.
-    pub port_roles: Vec<(u32, PortRoles)>,
-    pub allow: Vec<(u32, Addr)>,
-    pub deny: Vec<(u32, Addr)>,
-    pub first_step_entries: u32,
-    pub progress_entries: u32,
-    pub grant_entries: u32,
-    pub flow_entries: u32,
-    pub penalty_entries: u32,
-}
-
-/// A configuration that the kernel cannot represent.
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: {problem}")]
-pub struct KernelConfigError {
-    pub key: String,
-    pub problem: String,
-}
-
-fn nanos(key: &str, duration: Duration) -> Result<u64, KernelConfigError> {
-    u64::try_from(duration.as_nanos()).map_err(|_| KernelConfigError {
-        key: key.to_owned(),
-        problem: format!("{duration:?} is too long"),
-    })
-}
-
-impl TryFrom<&Config> for KernelConfig {
-    type Error = KernelConfigError;
-
-    /// The rules at indexes in file order.
-    fn try_from(config: &Config) -> Result<Self, Self::Error> {
-        let slots: Vec<u32> = (0..config.rules.len() as u32).collect();
-        KernelConfig::placed(config, &slots)
-    }
-}
-
-impl KernelConfig {
-    /// The configuration with its rules at the given indexes (`slots[i]`
-    /// for `config.rules[i]`, each below `MAX_RULES`, none twice), where a
-    /// running filter keeps the state of rules it already has.
-    pub fn placed(config: &Config, slots: &[u32]) -> Result<Self, KernelConfigError> {
-        assert_eq!(slots.len(), config.rules.len(), "one slot per rule");
-        let used = slots.iter().max().map_or(0, |&max| max as usize + 1);
-        assert!(used <= MAX_RULES, "slots are below MAX_RULES");
-        let mut rules = vec![RuleConfig::default(); used];
-        let mut roles: HashMap<u32, PortRoles> = HashMap::new();
-        for (&index, rule) in slots.iter().zip(&config.rules) {
-            let bit = 1u16 << index;
-            let mut kernel_rule = RuleConfig {
-                steps: rule.sequence.len() as u32,
-                sequence_timeout_ns: nanos(
-                    &format!("rule `{}`: sequence_timeout", rule.name),
-                    rule.sequence_timeout,
-                )?,
-                open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
-                ..Default::default()
-            };
-            for (slot, step) in kernel_rule.sequence.iter_mut().zip(&rule.sequence) {
-                *slot = step.0;
-            }
-            let steps: Vec<Knock> = rule.sequence.iter().map(|s| s.0).collect();
-            kernel_rule.sequence_tag = sequence_tag(&steps);
-            rules[index as usize] = kernel_rule;
-            let index_of = |spec: &PortSpec| {
-                port_roles_index(spec.0.proto, spec.0.port).expect("config only holds tcp and udp")
-            };
-            for step in &rule.sequence {
-                roles.entry(index_of(step)).or_default().knock_rules |= bit;
-            }
-            for port in &rule.protect {
-                roles.entry(index_of(port)).or_default().protect_rules |= bit;
-            }
-        }
-        let mut port_roles: Vec<_> = roles.into_iter().collect();
-        port_roles.sort_by_key(|(index, _)| *index);
-        let allow: Vec<_> = config.allow.iter().map(Prefix::mapped).collect();
-        let deny: Vec<_> = config.deny.iter().map(Prefix::mapped).collect();
-        let tcp_idle_ns = nanos("flows.tcp_idle", config.flows.tcp_idle.0)?;
-        let tcp_closing_ns = nanos("flows.tcp_closing", config.flows.tcp_closing.0)?;
-        let udp_idle_ns = nanos("flows.udp_idle", config.flows.udp_idle.0)?;
-        let longest_sequence = rules.iter().map(|r| r.sequence_timeout_ns).max();
-        let rules_in_use = rules.len() as u32;
-        let longest_admission = rules
-            .iter()
-            .map(|r| r.open_for_ns)
-            .chain([tcp_idle_ns, tcp_closing_ns, udp_idle_ns])
-            .max();
-        Ok(KernelConfig {
-            settings: Settings {
-                rules: rules_in_use,
-                flood_events_per_sec: config.flood_events_per_second,
-                allow_entries: allow.len() as u32,
-                deny_entries: deny.len() as u32,
-                tcp_idle_ns,
-                tcp_closing_ns,
-                udp_idle_ns,
-                penalty_failures: config.penalty.failures,
-                knocking_horizon: horizon_span(longest_sequence.unwrap_or(0)),
-                penalty_window_ns: nanos("penalty.window", config.penalty.window.0)?,
-                penalty_ns: nanos("penalty.duration", config.penalty.duration.0)?,
-                admitted_horizon: horizon_span(longest_admission.unwrap_or(0)),
-                // The loader keeps the one its pin directory holds.
-                source_seed: 0,
-                conceal: match config.conceal {
-                    Conceal::Closed => CONCEAL_CLOSED,
-                    Conceal::Drop => CONCEAL_DROP,
-                },
-                // The loader reads the host's own values at load.
-                ..Settings::default()
-            },
-            rules,
-            slots: slots.to_vec(),
-            port_roles,
-            allow,
-            deny,
-            first_step_entries: *config.limits.first_step_entries.get_ref(),
-            progress_entries: *config.limits.progress_entries.get_ref(),
-            grant_entries: *config.limits.grant_entries.get_ref(),
-            flow_entries: *config.limits.flow_entries.get_ref(),
-            penalty_entries: *config.limits.penalty_entries.get_ref(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use knock_common::{
+        CONCEAL_CLOSED, CONCEAL_DROP, IPPROTO_TCP, IPPROTO_UDP, Knock, PortRoles, horizon_span,
+        ipv4_mapped, port_roles_index,
+    };
+
     use super::*;
 
     const EXAMPLE: &str = r#"# xknock.toml

@@ -1,0 +1,144 @@
+//! A validated configuration flattened into what the XDP program's maps
+//! hold.
+
+use std::{collections::HashMap, time::Duration};
+
+use knock_common::{
+    Addr, CONCEAL_CLOSED, CONCEAL_DROP, Knock, MAX_RULES, PortRoles, RuleConfig, Settings,
+    horizon_span, port_roles_index, sequence_tag,
+};
+
+use super::{Conceal, Config, PortSpec, Prefix};
+
+/// What the XDP program's maps hold for a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    pub settings: Settings,
+    /// Indexed by rule index; an index no rule owns holds a free slot
+    /// (`steps == 0`).
+    pub rules: Vec<RuleConfig>,
+    /// The rule index of each of the configuration's rules, in file order.
+    pub slots: Vec<u32>,
+    /// `PORT_ROLES` entries that are not all zero.
+    pub port_roles: Vec<(u32, PortRoles)>,
+    pub allow: Vec<(u32, Addr)>,
+    pub deny: Vec<(u32, Addr)>,
+    pub first_step_entries: u32,
+    pub progress_entries: u32,
+    pub grant_entries: u32,
+    pub flow_entries: u32,
+    pub penalty_entries: u32,
+}
+
+/// A configuration that the kernel cannot represent.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct KernelConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+fn nanos(key: &str, duration: Duration) -> Result<u64, KernelConfigError> {
+    u64::try_from(duration.as_nanos()).map_err(|_| KernelConfigError {
+        key: key.to_owned(),
+        problem: format!("{duration:?} is too long"),
+    })
+}
+
+impl TryFrom<&Config> for KernelConfig {
+    type Error = KernelConfigError;
+
+    /// The rules at indexes in file order.
+    fn try_from(config: &Config) -> Result<Self, Self::Error> {
+        let slots: Vec<u32> = (0..config.rules.len() as u32).collect();
+        KernelConfig::placed(config, &slots)
+    }
+}
+
+impl KernelConfig {
+    /// The configuration with its rules at the given indexes (`slots[i]`
+    /// for `config.rules[i]`, each below `MAX_RULES`, none twice), where a
+    /// running filter keeps the state of rules it already has.
+    pub fn placed(config: &Config, slots: &[u32]) -> Result<Self, KernelConfigError> {
+        assert_eq!(slots.len(), config.rules.len(), "one slot per rule");
+        let used = slots.iter().max().map_or(0, |&max| max as usize + 1);
+        assert!(used <= MAX_RULES, "slots are below MAX_RULES");
+        let mut rules = vec![RuleConfig::default(); used];
+        let mut roles: HashMap<u32, PortRoles> = HashMap::new();
+        for (&index, rule) in slots.iter().zip(&config.rules) {
+            let bit = 1u16 << index;
+            let mut kernel_rule = RuleConfig {
+                steps: rule.sequence.len() as u32,
+                sequence_timeout_ns: nanos(
+                    &format!("rule `{}`: sequence_timeout", rule.name),
+                    rule.sequence_timeout,
+                )?,
+                open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
+                ..Default::default()
+            };
+            for (slot, step) in kernel_rule.sequence.iter_mut().zip(&rule.sequence) {
+                *slot = step.0;
+            }
+            let steps: Vec<Knock> = rule.sequence.iter().map(|s| s.0).collect();
+            kernel_rule.sequence_tag = sequence_tag(&steps);
+            rules[index as usize] = kernel_rule;
+            let index_of = |spec: &PortSpec| {
+                port_roles_index(spec.0.proto, spec.0.port).expect("config only holds tcp and udp")
+            };
+            for step in &rule.sequence {
+                roles.entry(index_of(step)).or_default().knock_rules |= bit;
+            }
+            for port in &rule.protect {
+                roles.entry(index_of(port)).or_default().protect_rules |= bit;
+            }
+        }
+        let mut port_roles: Vec<_> = roles.into_iter().collect();
+        port_roles.sort_by_key(|(index, _)| *index);
+        let allow: Vec<_> = config.allow.iter().map(Prefix::mapped).collect();
+        let deny: Vec<_> = config.deny.iter().map(Prefix::mapped).collect();
+        let tcp_idle_ns = nanos("flows.tcp_idle", config.flows.tcp_idle.0)?;
+        let tcp_closing_ns = nanos("flows.tcp_closing", config.flows.tcp_closing.0)?;
+        let udp_idle_ns = nanos("flows.udp_idle", config.flows.udp_idle.0)?;
+        let longest_sequence = rules.iter().map(|r| r.sequence_timeout_ns).max();
+        let rules_in_use = rules.len() as u32;
+        let longest_admission = rules
+            .iter()
+            .map(|r| r.open_for_ns)
+            .chain([tcp_idle_ns, tcp_closing_ns, udp_idle_ns])
+            .max();
+        Ok(KernelConfig {
+            settings: Settings {
+                rules: rules_in_use,
+                flood_events_per_sec: config.flood_events_per_second,
+                allow_entries: allow.len() as u32,
+                deny_entries: deny.len() as u32,
+                tcp_idle_ns,
+                tcp_closing_ns,
+                udp_idle_ns,
+                penalty_failures: config.penalty.failures,
+                knocking_horizon: horizon_span(longest_sequence.unwrap_or(0)),
+                penalty_window_ns: nanos("penalty.window", config.penalty.window.0)?,
+                penalty_ns: nanos("penalty.duration", config.penalty.duration.0)?,
+                admitted_horizon: horizon_span(longest_admission.unwrap_or(0)),
+                // The loader keeps the one its pin directory holds.
+                source_seed: 0,
+                conceal: match config.conceal {
+                    Conceal::Closed => CONCEAL_CLOSED,
+                    Conceal::Drop => CONCEAL_DROP,
+                },
+                // The loader reads the host's own values at load.
+                ..Settings::default()
+            },
+            rules,
+            slots: slots.to_vec(),
+            port_roles,
+            allow,
+            deny,
+            first_step_entries: *config.limits.first_step_entries.get_ref(),
+            progress_entries: *config.limits.progress_entries.get_ref(),
+            grant_entries: *config.limits.grant_entries.get_ref(),
+            flow_entries: *config.limits.flow_entries.get_ref(),
+            penalty_entries: *config.limits.penalty_entries.get_ref(),
+        })
+    }
+}

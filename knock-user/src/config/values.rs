@@ -1,0 +1,114 @@
+//! The values a configuration file is written with: steps and ports
+//! (`tcp:22`), durations (`10s`), address prefixes (`192.0.2.0/24`).
+
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+
+use ipnet::IpNet;
+use knock_common::{Addr, IPPROTO_TCP, IPPROTO_UDP, Knock, ipv4_mapped};
+use serde::{Deserialize, Deserializer, de};
+
+/// A knock step or protected port written `tcp:PORT` or `udp:PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortSpec(pub Knock);
+
+impl FromStr for PortSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (proto, port) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not of the form tcp:PORT or udp:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("`{port}` in `{s}` is not a port (1-65535)"))?;
+        match proto {
+            "tcp" => Ok(PortSpec(Knock::tcp(port))),
+            "udp" => Ok(PortSpec(Knock::udp(port))),
+            _ => Err(format!("`{proto}` in `{s}` is not a protocol (tcp or udp)")),
+        }
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.0.proto {
+            IPPROTO_TCP => "tcp",
+            IPPROTO_UDP => "udp",
+            _ => "?",
+        };
+        write!(f, "{proto}:{}", self.0.port)
+    }
+}
+
+/// Parses "500ms", "10s", "5m", "1h" (and combinations such as "1h 30m").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration such as 500ms, 10s, 5m or 1h ({e})"))?;
+    if duration.is_zero() {
+        return Err(format!("`{s}` is zero; it must be longer"));
+    }
+    Ok(duration)
+}
+
+fn from_str_de<'de, D: Deserializer<'de>, T, E: fmt::Display>(
+    deserializer: D,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error> {
+    let s = String::deserialize(deserializer)?;
+    parse(&s).map_err(de::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str_de(deserializer, str::parse)
+    }
+}
+
+/// A duration as written in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str_de(deserializer, parse_duration).map(ConfigDuration)
+    }
+}
+
+/// An allow/deny entry: an address or a CIDR prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix(pub IpNet);
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        from_str_de(deserializer, |s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map(|net| Prefix(net.trunc()))
+                .map_err(|_| format!("`{s}` is not an address or CIDR prefix"))
+        })
+    }
+}
+
+impl Prefix {
+    /// An IPv6 prefix wide enough to hold ::ffff:0:0/96, where IPv4 lives.
+    pub fn covers_all_ipv4(&self) -> bool {
+        let IpNet::V6(net) = self.0 else {
+            return false;
+        };
+        let ipv4_space = ipnet::Ipv6Net::new(ipv4_mapped([0; 4]).into(), 96).expect("valid");
+        net.contains(&ipv4_space)
+    }
+
+    /// The prefix in the one key form: IPv4 mapped into IPv6.
+    pub fn mapped(&self) -> (u32, Addr) {
+        match self.0 {
+            IpNet::V4(net) => (
+                u32::from(net.prefix_len()) + 96,
+                ipv4_mapped(net.addr().octets()),
+            ),
+            IpNet::V6(net) => (u32::from(net.prefix_len()), net.addr().octets()),
+        }
+    }
+}
