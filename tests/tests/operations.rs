@@ -651,3 +651,50 @@ fn trace_shows_each_decision_about_one_source_and_puts_the_filter_back() {
     );
     assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
 }
+
+#[test]
+fn a_reload_resets_progress_through_a_changed_sequence_and_keeps_it_through_an_unchanged_one() {
+    let lab = Lab::new();
+    lab.tcp_listener(2222);
+    // Two rules; "ssh" changes its first steps but keeps its last one.
+    let config = |ssh: &str| {
+        format!(
+            "{}[[rule]]\nname = \"web\"\nsequence = [\"udp:7001\", \"tcp:7002\", \"udp:7003\"]\n\
+             sequence_timeout = \"30s\"\nopen_for = \"60s\"\nprotect = [\"tcp:8080\"]\n",
+            rule_with(ssh, "").replace("sequence_timeout = \"10s\"", "sequence_timeout = \"30s\"")
+        )
+    };
+    let xknock = Xknock::start(
+        &lab,
+        &config("\"tcp:3721\", \"udp:4728\", \"tcp:6742\""),
+        &[],
+        false,
+    );
+    let filter = xknock.filter().clone();
+    // Two steps of each rule, each from a source of its own (another packet
+    // from the same source would reset the other rule's progress).
+    let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
+    lab::knock(&lab, &[&v4, "tcp:3721", "udp:4728"]);
+    lab::knock(&lab, &[&v6, "udp:7001", "tcp:7002"]);
+    xknock.expect_event(&[("event", "progress"), ("rule", "web"), ("step", "2")]);
+    filter.rewrite(&config("\"udp:5911\", \"tcp:1388\", \"tcp:6742\""));
+    // SAFETY: plain signal delivery to our own child.
+    unsafe { libc::kill(xknock.pid(), libc::SIGHUP) };
+    assert!(
+        xknock
+            .wait_log("reloaded", Duration::from_secs(30))
+            .is_some()
+    );
+    // The old sequence's progress would complete the new one with its last
+    // step; it must count for nothing.
+    lab::knock(&lab, &[&v4, "tcp:6742"]);
+    // The unchanged rule's progress is kept: its last step grants.
+    lab::knock(&lab, &[&v6, "udp:7003"]);
+    xknock.expect_event(&[("event", "grant"), ("rule", "web"), ("source", CLIENT_V6)]);
+    assert_eq!(
+        grants(&status(&lab, &filter)),
+        [(CLIENT_V6.to_owned(), "web".to_owned())],
+        "only the unchanged rule's knock completed"
+    );
+    assert_eq!(lab.tcp_connect(SERVER_V4, 2222), Reach::Refused);
+}
