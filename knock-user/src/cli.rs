@@ -171,6 +171,7 @@ mod tests {
             "status",
             "grant",
             "revoke",
+            "trace",
             "detach",
         ] {
             // roff escapes hyphens.
