@@ -129,6 +129,10 @@ pub(crate) fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>
             tcp(CLIENT_V6, SERVER_V6, 80, TCP_ACK),
         ),
         ("unprotected TCP ACK, 802.1ad+802.1Q", tagged.build().0),
+        (
+            "echo request (ping), no knock size",
+            Frame::echo(ip(CLIENT), ip(SERVER), 56).build().0,
+        ),
     ];
     let xknock = xknock_run(&filter);
     paired_trials(

@@ -24,6 +24,10 @@ pub const MAX_HEADER_OFFSET: usize = 4096;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// ICMP; as a `Knock::proto`, an echo request of either family (ICMP over
+/// IPv4, ICMPv6 over IPv6), whose `port` is its payload size.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Names of the maps in the BPF object, looked up by the loader.
 pub mod map_names {
@@ -45,6 +49,7 @@ pub mod map_names {
     pub const ICMP_GLOBAL: &str = "ICMP_GLOBAL";
     pub const ICMP_PEERS: &str = "ICMP_PEERS";
     pub const CONCEAL: &str = "CONCEAL";
+    pub const ECHO: &str = "ECHO";
     pub const INSTANCE: &str = "INSTANCE";
     pub const LOST_EVENTS: &str = "LOST_EVENTS";
 }
@@ -53,7 +58,7 @@ pub mod map_names {
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the
 /// `layout_fingerprint` test fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Bytes of a rule's name kept in `Instance`.
 pub const RULE_NAME_BYTES: usize = 31;
@@ -124,13 +129,17 @@ pub const PROGRAM_NAME: &str = "xknock";
 /// The program that answers stopped packets as closed ports do; the filter
 /// tail-calls it through slot 0 of the `CONCEAL` program array.
 pub const CONCEAL_PROGRAM_NAME: &str = "xknock_conceal";
+/// The program that runs echo requests through the knock rules; the filter
+/// tail-calls it through slot 0 of the `ECHO` program array.
+pub const ECHO_PROGRAM_NAME: &str = "xknock_echo";
 
-/// One knock step or protected port: a protocol and a port (host byte order).
+/// One knock step or protected port: a protocol and a port (host byte
+/// order); for an ICMP echo request, the size of its payload.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Knock {
     pub port: u16,
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    /// `IPPROTO_TCP`, `IPPROTO_UDP` or `IPPROTO_ICMP`.
     pub proto: u8,
     pub _pad: u8,
 }
@@ -148,6 +157,14 @@ impl Knock {
         Self {
             port,
             proto: IPPROTO_UDP,
+            _pad: 0,
+        }
+    }
+    /// An ICMP or ICMPv6 echo request with `size` bytes of payload.
+    pub const fn icmp(size: u16) -> Self {
+        Self {
+            port: size,
+            proto: IPPROTO_ICMP,
             _pad: 0,
         }
     }
@@ -232,14 +249,16 @@ pub struct PortRoles {
 }
 const _: () = assert!(core::mem::size_of::<PortRoles>() == 4);
 
-/// `PORT_ROLES` is an array indexed by protocol and port: TCP ports first, then UDP.
-pub const PORT_ROLES_ENTRIES: u32 = 2 * 65536;
+/// `PORT_ROLES` is an array indexed by protocol and port: TCP ports first,
+/// then UDP, then ICMP echo payload sizes.
+pub const PORT_ROLES_ENTRIES: u32 = 3 * 65536;
 
 /// Index of a (protocol, port) in `PORT_ROLES`; `None` for other protocols.
 pub const fn port_roles_index(proto: u8, port: u16) -> Option<u32> {
     match proto {
         IPPROTO_TCP => Some(port as u32),
         IPPROTO_UDP => Some(65536 + port as u32),
+        IPPROTO_ICMP => Some(2 * 65536 + port as u32),
         _ => None,
     }
 }
@@ -372,6 +391,9 @@ pub enum Reason {
     PassAdmittedFlow,
     /// To a protected port, from an address on the allowlist.
     PassAllowlisted,
+    /// An ICMP echo request that was a knock step: it passes, and the host
+    /// answers it as it answers every ping.
+    PassEchoKnock,
     /// A knock step that advanced a sequence (dropped like every knock).
     DropKnockAdvanced,
     /// A knock step that completed a sequence and created a grant.
@@ -404,6 +426,7 @@ impl Reason {
         Reason::PassGranted,
         Reason::PassAdmittedFlow,
         Reason::PassAllowlisted,
+        Reason::PassEchoKnock,
         Reason::DropKnockAdvanced,
         Reason::DropKnockGranted,
         Reason::DropKnockDuplicate,
@@ -417,7 +440,7 @@ impl Reason {
     ];
 
     pub const fn passes(self) -> bool {
-        (self as u32) <= Reason::PassAllowlisted as u32
+        (self as u32) <= Reason::PassEchoKnock as u32
     }
 
     /// Stopped at a knock port or a protected port: with `conceal =
@@ -436,6 +459,7 @@ impl Reason {
             Reason::PassGranted => "pass_granted",
             Reason::PassAdmittedFlow => "pass_admitted_flow",
             Reason::PassAllowlisted => "pass_allowlisted",
+            Reason::PassEchoKnock => "pass_echo_knock",
             Reason::DropKnockAdvanced => "drop_knock_advanced",
             Reason::DropKnockGranted => "drop_knock_granted",
             Reason::DropKnockDuplicate => "drop_knock_duplicate",
@@ -866,9 +890,9 @@ mod layout_tests {
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                1,
+                2,
                 [
-                    20, 16, 8, 24, 16, 24, 8, 16, 32, 528, 8, 8, 17, 5, 16, 65536
+                    20, 16, 8, 24, 16, 24, 8, 16, 32, 528, 8, 8, 18, 5, 16, 65536
                 ]
             ),
             "a pinned type changed: bump LAYOUT_VERSION and record the new sizes"

@@ -1,12 +1,14 @@
 //! Parsing a frame down to what the filter needs: source address, protocol,
-//! ports and TCP flags. Every read goes through `bytes_at`; every loop is
-//! bounded by a constant; anything that cannot be parsed to the ports of a
-//! TCP/UDP packet is an error, which the caller drops (fail closed).
+//! ports and TCP flags, or an ICMP echo request's payload size. Every read
+//! goes through `bytes_at`; every loop is bounded by a constant; anything
+//! that cannot be parsed to the ports of a TCP/UDP packet is an error, which
+//! the caller drops (fail closed). Other ICMP, and echo requests that are
+//! fragmented or malformed, pass as other protocols do.
 
 use aya_ebpf::programs::XdpContext;
 use knock_common::{
-    Addr, AddrWords, IPPROTO_TCP, IPPROTO_UDP, MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS,
-    MAX_VLAN_DEPTH, Reason, addr_words, ipv4_mapped, words_addr,
+    Addr, AddrWords, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_HEADER_OFFSET,
+    MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, Reason, addr_words, ipv4_mapped, words_addr,
 };
 
 const ETH_HEADER_LEN: usize = 14;
@@ -35,6 +37,9 @@ const IPPROTO_SHIM6: u8 = 140;
 
 const TCP_HEADER_MIN_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
+const ICMP_HEADER_LEN: usize = 8;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -50,11 +55,14 @@ pub struct Packet {
     pub l4: Transport,
 }
 
-/// A TCP or UDP header, and where its source address is: most packets are
-/// decided by their port alone, and never need the address read.
+/// A TCP or UDP header, or an ICMP echo request, and where its source
+/// address is: most packets are decided by their port alone, and never need
+/// the address read.
 pub struct Transport {
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or `IPPROTO_ICMP` for an echo request
+    /// of either family.
     pub proto: u8,
-    /// Network byte order.
+    /// Network byte order; an echo request's payload size.
     pub dst_port: [u8; 2],
     /// Zero for UDP.
     pub tcp_flags: u8,
@@ -124,10 +132,17 @@ impl Transport {
         self.header_at
     }
 
-    /// A TCP SYN without ACK, or any UDP datagram: what knocks and what opens
-    /// a new connection.
+    /// A TCP SYN without ACK, any UDP datagram, or an echo request: what
+    /// knocks (and, but for echo requests, what opens a new connection).
     pub fn opens_connection(&self) -> bool {
-        self.proto == IPPROTO_UDP || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        self.proto == IPPROTO_UDP
+            || self.proto == IPPROTO_ICMP
+            || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// An ICMP or ICMPv6 echo request.
+    pub fn is_echo(&self) -> bool {
+        self.proto == IPPROTO_ICMP
     }
 }
 
@@ -226,7 +241,14 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
     }
     let source = Source::Ipv4(offset + IPV4_SOURCE);
     let whole = header[6] & IPV4_MORE_FRAGMENTS == 0;
-    parse_transport(ctx, offset + header_len, header[9], source, whole)
+    let ip_end = offset + usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let network = Network {
+        source,
+        whole,
+        ip_end,
+        echo_request: (IPPROTO_ICMP, ICMP_ECHO_REQUEST),
+    };
+    parse_transport(ctx, offset + header_len, header[9], network)
 }
 
 #[inline(always)]
@@ -236,6 +258,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
         return Err(ParseError::BadIpHeader);
     }
     let source = Source::Ipv6(offset + IPV6_SOURCE);
+    let ip_end = offset + IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([header[4], header[5]]));
     let mut next_header = header[6];
     let mut offset = offset + IPV6_HEADER_LEN;
     let mut whole = true;
@@ -262,13 +285,30 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
                 next_header = ext[0];
                 offset += IPV6_FRAGMENT_HEADER_LEN;
             }
-            _ => return parse_transport(ctx, offset, next_header, source, whole),
+            _ => break,
         }
     }
     if is_ipv6_extension(next_header) {
         return Err(ParseError::ExtHeaderChainTooLong);
     }
-    parse_transport(ctx, offset, next_header, source, whole)
+    let network = Network {
+        source,
+        whole,
+        ip_end,
+        echo_request: (IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST),
+    };
+    parse_transport(ctx, offset, next_header, network)
+}
+
+/// What the IP layer tells the transport parser.
+struct Network {
+    source: Source,
+    /// Not a fragment and not behind AH (see `Transport::whole`).
+    whole: bool,
+    /// Where the IP packet ends, by its own length field.
+    ip_end: usize,
+    /// The protocol and type of an echo request in this family.
+    echo_request: (u8, u8),
 }
 
 #[inline(always)]
@@ -291,26 +331,42 @@ fn parse_transport(
     ctx: &XdpContext,
     offset: usize,
     proto: u8,
-    source: Source,
-    whole: bool,
+    network: Network,
 ) -> Result<Parsed, ParseError> {
-    let (dst_port, tcp_flags) = match proto {
+    let (proto, dst_port, tcp_flags) = match proto {
         IPPROTO_TCP => {
             let header = bytes_at::<TCP_HEADER_MIN_LEN>(ctx, offset)?;
-            ([header[2], header[3]], header[13])
+            (proto, [header[2], header[3]], header[13])
         }
         IPPROTO_UDP => {
             let header = bytes_at::<UDP_HEADER_LEN>(ctx, offset)?;
-            ([header[2], header[3]], 0)
+            (proto, [header[2], header[3]], 0)
         }
+        _ if proto == network.echo_request.0 => match echo_size(ctx, offset, &network) {
+            Some(size) => (IPPROTO_ICMP, size.to_be_bytes(), 0),
+            None => return Ok(Parsed::OtherProtocol),
+        },
         _ => return Ok(Parsed::OtherProtocol),
     };
     Ok(Parsed::Transport(Transport {
         proto,
         dst_port,
         tcp_flags,
-        source,
+        source: network.source,
         header_at: offset,
-        whole,
+        whole: network.whole,
     }))
+}
+
+/// The payload size of a whole echo request whose ICMP header starts at
+/// `offset`; `None` for any other ICMP message, a fragment, or lengths that
+/// do not add up (such packets pass, as ICMP always did).
+#[inline(always)]
+fn echo_size(ctx: &XdpContext, offset: usize, network: &Network) -> Option<u16> {
+    let header = bytes_at::<ICMP_HEADER_LEN>(ctx, offset).ok()?;
+    if header[0] != network.echo_request.1 || header[1] != 0 || !network.whole {
+        return None;
+    }
+    let size = network.ip_end.checked_sub(offset + ICMP_HEADER_LEN)?;
+    u16::try_from(size).ok()
 }

@@ -336,7 +336,8 @@ impl Filter {
             .write_prefixes(map_names::ALLOW, &config.allow)?;
         filter.maps.write_prefixes(map_names::DENY, &config.deny)?;
         filter.load_xdp(knock_common::PROGRAM_NAME)?;
-        filter.load_conceal()?;
+        filter.load_tail_call(knock_common::CONCEAL_PROGRAM_NAME, map_names::CONCEAL)?;
+        filter.load_tail_call(knock_common::ECHO_PROGRAM_NAME, map_names::ECHO)?;
         Ok(filter)
     }
 
@@ -352,16 +353,16 @@ impl Filter {
         Ok(program)
     }
 
-    /// Loads the program that answers stopped packets and puts it where the
-    /// filter tail-calls it.
-    fn load_conceal(&mut self) -> Result<(), FilterError> {
-        let program = self.load_xdp(knock_common::CONCEAL_PROGRAM_NAME)?;
+    /// Loads a program the filter tail-calls (`xknock_conceal`, which
+    /// answers stopped packets; `xknock_echo`, which knocks with echo
+    /// requests) and puts it in its slot, the program array `name`.
+    fn load_tail_call(&mut self, program: &str, name: &'static str) -> Result<(), FilterError> {
+        let program = self.load_xdp(program)?;
         let fd = program
             .fd()
             .map_err(FilterError::Program)?
             .try_clone()
             .map_err(|error| FilterError::Program(ProgramError::IOError(error)))?;
-        let name = map_names::CONCEAL;
         let map = self.ebpf.map_mut(name).ok_or(MapsError {
             name,
             source: MapError::InvalidName { name: name.into() },

@@ -1,4 +1,5 @@
-//! The knock client: sends a sequence of TCP SYNs and UDP datagrams.
+//! The knock client: sends a sequence of TCP SYNs, UDP datagrams and ICMP
+//! echo requests.
 
 use std::{
     io,
@@ -7,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use knock_common::IPPROTO_TCP;
+use knock_common::{IPPROTO_ICMP, IPPROTO_TCP, checksum::Sum};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::PortSpec;
@@ -37,6 +38,8 @@ pub fn send_sequence(target: IpAddr, knocks: &[PortSpec], delay: Duration) -> io
         let addr = SocketAddr::new(target, knock.0.port);
         if knock.0.proto == IPPROTO_TCP {
             send_syn(addr)?;
+        } else if knock.0.proto == IPPROTO_ICMP {
+            send_echo(target, knock.0.port)?;
         } else {
             let bind: SocketAddr = match target {
                 IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
@@ -59,4 +62,24 @@ fn send_syn(addr: SocketAddr) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Sends one echo request with `size` bytes of payload, as `ping -s SIZE`
+/// does: through a ping socket where the host allows this user one
+/// (net.ipv4.ping_group_range), else a raw socket (root or CAP_NET_RAW).
+fn send_echo(target: IpAddr, size: u16) -> io::Result<()> {
+    let (domain, protocol, echo_request) = match target {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6, 128),
+    };
+    let mut message = vec![0x61u8; 8 + usize::from(size)];
+    message[..8].copy_from_slice(&[echo_request, 0, 0, 0, 0, 0, 0, 1]);
+    // A raw ICMPv4 socket sends the checksum as given; ping sockets and
+    // ICMPv6 fill in their own.
+    let checksum = Sum::ZERO.slice(&message).checksum();
+    message[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let socket = Socket::new(domain, Type::DGRAM, Some(protocol))
+        .or_else(|_| Socket::new(domain, Type::RAW, Some(protocol)))?;
+    socket.send_to(&message, &SocketAddr::new(target, 0).into())?;
+    Ok(())
 }

@@ -56,7 +56,7 @@ impl Maps {
         let maps = STATE_MAPS
             .iter()
             .chain(&GENERATION_MAPS)
-            .filter(|name| **name != map_names::CONCEAL)
+            .filter(|name| !is_program_slot(name))
             .filter_map(|name| Some((*name, ebpf.take_map(name)?)))
             .collect();
         Maps { maps }
@@ -503,6 +503,11 @@ impl Maps {
             .map(|(name, map)| (*name, map_data(map).fd().as_fd().as_raw_fd()))
             .collect()
     }
+}
+
+/// The program arrays, which stay with the programs that tail-call them.
+fn is_program_slot(name: &str) -> bool {
+    name == map_names::CONCEAL || name == map_names::ECHO
 }
 
 fn missing(name: &'static str) -> MapsError {

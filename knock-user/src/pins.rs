@@ -9,7 +9,7 @@
 //!       state that outlives loaders: progress, grants, flows, penalties,
 //!       horizons, counters, events, ICMP limits, the instance record
 //!     gen-N/NAME                   one configuration: settings, rules, port
-//!       roles, lists, the concealment program slot, and PROGRAM, the filter
+//!       roles, lists, the concealment and echo program slots, and PROGRAM, the filter
 //!       program made for them (a packet sees one generation or the next,
 //!       never a mix: they swap with the program)
 //!     links/MODE:IFACE             the XDP link of each interface (bpffs
@@ -44,13 +44,14 @@ pub const STATE_MAPS: [&str; 14] = [
 ];
 
 /// Maps that hold one configuration; each load makes a new set.
-pub const GENERATION_MAPS: [&str; 6] = [
+pub const GENERATION_MAPS: [&str; 7] = [
     map_names::SETTINGS,
     map_names::RULES,
     map_names::PORT_ROLES,
     map_names::ALLOW,
     map_names::DENY,
     map_names::CONCEAL,
+    map_names::ECHO,
 ];
 
 /// bpffs's magic number in statfs.

@@ -9,6 +9,8 @@ use knock_common::checksum::{Sum, pseudo_v4, pseudo_v6};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -87,6 +89,20 @@ impl Frame {
 
     /// The frame's bytes, and the offsets where each header starts and the
     /// transport header ends (truncating at one of them cuts a header off).
+    /// An echo request (ICMP or ICMPv6, by the family) with `size` bytes of
+    /// payload, as `ping -s SIZE` sends.
+    pub fn echo(src: IpAddr, dst: IpAddr, size: usize) -> Frame {
+        Frame {
+            proto: if src.is_ipv4() { ICMP } else { ICMPV6 },
+            payload: size,
+            ..Frame::tcp(src, dst, 0, 0)
+        }
+    }
+
+    fn is_icmp(&self) -> bool {
+        self.proto == ICMP || self.proto == ICMPV6
+    }
+
     pub fn build(&self) -> (Vec<u8>, Vec<usize>) {
         let mut out = Vec::with_capacity(128);
         let mut boundaries = vec![0];
@@ -181,14 +197,24 @@ impl Frame {
                 let header = ip_start..transport_start;
                 let sum = Sum::ZERO.slice(&out[header]).checksum();
                 out[ip_start + 10..ip_start + 12].copy_from_slice(&sum.to_be_bytes());
-                pseudo_v4(&src.octets(), &dst.octets(), self.proto, length as u16)
+                if self.proto == ICMP {
+                    // ICMP over IPv4 sums its message alone.
+                    Sum::ZERO
+                } else {
+                    pseudo_v4(&src.octets(), &dst.octets(), self.proto, length as u16)
+                }
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 pseudo_v6(&src.octets(), &dst.octets(), self.proto, length as u32)
             }
             _ => unreachable!("checked in build"),
         };
-        let at = transport_start + if self.proto == TCP { 16 } else { 6 };
+        let at = transport_start
+            + match self.proto {
+                TCP => 16,
+                UDP => 6,
+                _ => 2,
+            };
         let mut sum = pseudo.slice(&out[transport_start..]).checksum();
         if self.proto == UDP && sum == 0 {
             sum = 0xffff;
@@ -198,6 +224,12 @@ impl Frame {
 
     fn transport(&self) -> Vec<u8> {
         let mut out = Vec::new();
+        if self.is_icmp() {
+            let echo_request = if self.proto == ICMP { 8 } else { 128 };
+            out.extend_from_slice(&[echo_request, 0, 0, 0, 0x12, 0x34, 0, 1]);
+            out.extend(std::iter::repeat_n(0x61u8, self.payload));
+            return out;
+        }
         out.extend_from_slice(&self.src_port.to_be_bytes());
         out.extend_from_slice(&self.dst_port.to_be_bytes());
         if self.proto == TCP {

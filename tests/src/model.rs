@@ -13,6 +13,9 @@ const VLAN_TAGS_WALKED: usize = 2;
 const IPV6_EXT_HEADERS_WALKED: usize = 8;
 /// Headers starting beyond this offset count as truncated.
 const LAST_HEADER_OFFSET: usize = 4096;
+/// A step's protocol for an echo request of either family (ICMP or ICMPv6),
+/// whose "port" is its payload size.
+const ECHO: u8 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -135,8 +138,11 @@ fn view(frame: &[u8]) -> View {
         ethertype = be16(&tag[2..4]);
         tags += 1;
     }
-    let (src, proto) = match ethertype {
+    // Where the IP packet ends by its length field, whether it is whole
+    // (no fragment of it, no AH), and the echo request of its family.
+    let (src, proto, ip_end, whole, echo) = match ethertype {
         0x0800 => {
+            let start = cur.at;
             let Some(ip) = cur.take(20) else {
                 return View::Drop;
             };
@@ -148,9 +154,12 @@ fn view(frame: &[u8]) -> View {
                 return View::Pass; // a later fragment
             }
             cur.skip(ihl - 20);
-            (mapped_v4(&ip[12..16]), ip[9])
+            let whole = ip[6] & 0x20 == 0;
+            let end = start + usize::from(be16(&ip[2..4]));
+            (mapped_v4(&ip[12..16]), ip[9], end, whole, (1, 8))
         }
         0x86dd => {
+            let start = cur.at;
             let Some(ip) = cur.take(40) else {
                 return View::Drop;
             };
@@ -158,6 +167,8 @@ fn view(frame: &[u8]) -> View {
                 return View::Drop;
             }
             let src = u128::from_be_bytes(ip[8..24].try_into().expect("16 bytes"));
+            let end = start + 40 + usize::from(be16(&ip[4..6]));
+            let mut whole = true;
             let mut next = ip[6];
             let mut walked = 0;
             loop {
@@ -177,12 +188,14 @@ fn view(frame: &[u8]) -> View {
                     if be16(&frag[2..4]) >> 3 != 0 {
                         return View::Pass; // a later fragment
                     }
+                    whole = false;
                     next = frag[0];
                 } else {
                     let Some(head) = cur.take(2) else {
                         return View::Drop;
                     };
                     let len = if next == 51 {
+                        whole = false;
                         (usize::from(head[1]) + 2) * 4
                     } else {
                         (usize::from(head[1]) + 1) * 8
@@ -191,10 +204,31 @@ fn view(frame: &[u8]) -> View {
                     cur.at = start + len;
                 }
             }
-            (src, next)
+            (src, next, end, whole, (58, 128))
         }
         _ => return View::Pass, // not IP
     };
+    if proto == echo.0 {
+        // An echo request knocks with its payload size; any other ICMP,
+        // and one that is fragmented or whose lengths do not add up, passes.
+        let at = cur.at;
+        let Some(header) = cur.take(8) else {
+            return View::Pass;
+        };
+        if header[0] != echo.1 || header[1] != 0 || !whole || ip_end < at + 8 {
+            return View::Pass;
+        }
+        let Ok(size) = u16::try_from(ip_end - at - 8) else {
+            return View::Pass;
+        };
+        return View::Transport {
+            src,
+            proto: ECHO,
+            src_port: 0,
+            dst_port: size,
+            flags: 0,
+        };
+    }
     let header = match proto {
         6 => cur.take(20),
         17 => cur.take(8),
@@ -297,6 +331,11 @@ impl Model {
             } => (src, proto, src_port, dst_port, flags),
         };
         let target = (proto, dst_port);
+        if proto == ECHO {
+            // Echo requests take part in knocking and pass whatever they did.
+            self.knock(src, target);
+            return Verdict::Pass;
+        }
         let opens = proto == 17 || flags & 0x12 == 0x02;
         if opens && self.knock(src, target) {
             return Verdict::Stopped;

@@ -35,15 +35,21 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const SECOND: u64 = 1_000_000_000;
+/// In `PORTS`: an echo request of the family of the source.
+const ECHO: u8 = 1;
 
 const SERVER_V4: &str = "198.18.0.1";
 const SERVER_V6: &str = "fd18::1";
 const SOURCES: [&str; 3] = ["198.18.0.2", "198.18.0.3", "fd18::2"];
-const STEPS: [&str; 6] = [
-    "tcp:1000", "udp:1000", "tcp:2000", "udp:3000", "tcp:4000", "udp:4000",
+const STEPS: [&str; 8] = [
+    "tcp:1000", "udp:1000", "tcp:2000", "udp:3000", "tcp:4000", "udp:4000", "icmp:64", "icmp:512",
 ];
-/// Ports packets go to: every step, protected ones, and others.
-const PORTS: [(u8, u16); 11] = [
+/// Ports packets go to: every step, protected ones, and others; `ECHO`
+/// stands for an echo request (ICMP or ICMPv6) of that payload size.
+const PORTS: [(u8, u16); 14] = [
+    (ECHO, 64),
+    (ECHO, 512),
+    (ECHO, 56),
     (TCP, 1000),
     (UDP, 1000),
     (TCP, 2000),
@@ -177,10 +183,10 @@ fn frame() -> impl Strategy<Value = Frame> {
                 let dst: IpAddr = if src.is_ipv4() { SERVER_V4 } else { SERVER_V6 }
                     .parse()
                     .expect("literal");
-                let mut frame = if proto == TCP {
-                    Frame::tcp(src, dst, port, flags)
-                } else {
-                    Frame::udp(src, dst, port)
+                let mut frame = match proto {
+                    TCP => Frame::tcp(src, dst, port, flags),
+                    ECHO => Frame::echo(src, dst, usize::from(port)),
+                    _ => Frame::udp(src, dst, port),
                 };
                 frame.src_port = src_port;
                 frame.vlan_tags = vlan_tags;
@@ -241,10 +247,10 @@ fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
                 .flat_map(|step| {
                     let frame = Frame {
                         checksums: true,
-                        ..if step.0.proto == TCP {
-                            Frame::tcp(src, dst, step.0.port, TCP_SYN)
-                        } else {
-                            Frame::udp(src, dst, step.0.port)
+                        ..match step.0.proto {
+                            TCP => Frame::tcp(src, dst, step.0.port, TCP_SYN),
+                            ECHO => Frame::echo(src, dst, usize::from(step.0.port)),
+                            _ => Frame::udp(src, dst, step.0.port),
                         }
                     };
                     std::iter::repeat_n(frame.build().0, copies)

@@ -280,3 +280,55 @@ fn a_source_that_keeps_failing_is_ignored_for_the_penalty() {
     // no progress and drop as knock-port packets.
     assert!(verdicts.contains("drop_penalized=1"), "{verdicts}");
 }
+
+/// `ping -c 1 -s SIZE HOST` from the client; whether a reply came back.
+fn ping(lab: &Lab, host: &str, size: usize) -> bool {
+    lab.client
+        .command("ping")
+        .args(["-c", "1", "-W", "2", "-s", &size.to_string(), host])
+        .output()
+        .expect("run ping")
+        .status
+        .success()
+}
+
+#[test]
+fn a_stock_ping_knocks_and_every_ping_is_still_answered() {
+    require_program("ping", "iputils-ping");
+    let lab = Lab::new();
+    lab.tcp_listener(8443);
+    let config = "[[rule]]\nname = \"web-admin\"\nsequence = [\"icmp:512\", \"udp:4728\", \"tcp:6742\"]\n\
+                  sequence_timeout = \"10s\"\nopen_for = \"30s\"\nprotect = [\"tcp:8443\"]\n";
+    let xknock = Xknock::start(&lab, config, &[], false);
+    for (server, client) in [(SERVER_V4, CLIENT_V4), (SERVER_V6, CLIENT_V6)] {
+        assert_eq!(lab.tcp_connect(server, 8443), Reach::Refused);
+        // The knock's ping is answered like any other.
+        assert!(ping(&lab, server, 512), "the knocking ping got no reply");
+        xknock.expect_event(&[
+            ("event", "progress"),
+            ("port", "icmp:512"),
+            ("step", "1"),
+            ("source", client),
+        ]);
+        knock(&lab, &[&lab::knock_host(server), "udp:4728", "tcp:6742"]);
+        xknock.expect_event(&[("event", "grant"), ("source", client)]);
+        assert_eq!(lab.tcp_connect(server, 8443), Reach::Open);
+    }
+    // A ping of another size mid-sequence resets it (strict progress), and
+    // is answered too.
+    let (host, client) = (lab::knock_host(SERVER_V4), CLIENT_V4);
+    let resets = xknock.count_events(&[("event", "reset"), ("source", client)]);
+    assert!(ping(&lab, SERVER_V4, 512));
+    assert!(ping(&lab, SERVER_V4, 100), "another size got no reply");
+    knock(&lab, &[&host, "udp:4728", "tcp:6742"]);
+    xknock.expect_event(&[
+        ("event", "reset"),
+        ("reason", "wrong_packet"),
+        ("port", "icmp:100"),
+    ]);
+    assert!(xknock.count_events(&[("event", "reset"), ("source", client)]) > resets);
+    // xknock's own client sends the echo request too.
+    knock(&lab, &[&host, "icmp:512", "udp:4728", "tcp:6742"]);
+    let grants = xknock.count_events(&[("event", "grant"), ("source", client)]);
+    assert_eq!(grants, 2, "{:#?}", xknock.events());
+}

@@ -37,6 +37,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // The metrics test scrapes with a real HTTP client.
     "curl",
+    // `ping -s SIZE` knocks on ICMP steps.
+    "iputils-ping",
     // `systemd-analyze verify` checks the unit.
     "systemd",
 ];

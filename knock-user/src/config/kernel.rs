@@ -83,7 +83,8 @@ impl KernelConfig {
             kernel_rule.sequence_tag = sequence_tag(&steps);
             rules[index as usize] = kernel_rule;
             let index_of = |spec: &PortSpec| {
-                port_roles_index(spec.0.proto, spec.0.port).expect("config only holds tcp and udp")
+                port_roles_index(spec.0.proto, spec.0.port)
+                    .expect("config only holds tcp, udp and icmp")
             };
             for step in &rule.sequence {
                 roles.entry(index_of(step)).or_default().knock_rules |= bit;

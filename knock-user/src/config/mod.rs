@@ -18,7 +18,7 @@ pub use kernel::{KernelConfig, KernelConfigError};
 use knock_common::{MAX_RULES, MAX_STEPS, RULE_NAME_BYTES};
 use serde::Deserialize;
 use toml::Spanned;
-pub use values::{ConfigDuration, PortSpec, Prefix, parse_duration};
+pub use values::{ConfigDuration, MAX_ICMP_KNOCK_SIZE, PortSpec, Prefix, parse_duration};
 
 /// Shortest sequence accepted, and the length below which a warning is given.
 const MIN_STEPS: usize = 2;
@@ -371,6 +371,11 @@ impl Config {
                 return Err(at("protects nothing; list ports such as \"tcp:22\"".into()));
             }
             for (i, port) in protect.iter().enumerate() {
+                if port.is_icmp() {
+                    return Err(at(format!(
+                        "{port} is a knock step form; protect TCP or UDP ports"
+                    )));
+                }
                 if protect[..i].contains(port) {
                     return Err(at(format!("{port} is listed twice")));
                 }
@@ -771,6 +776,40 @@ protect = ["tcp:22"]
         assert_eq!(
             kernel.settings.admitted_horizon,
             horizon_span(3 * 3600 * second)
+        );
+    }
+
+    #[test]
+    fn icmp_steps_take_a_payload_size_and_are_never_protected() {
+        let ok = with_rule(&format!(
+            "sequence = [\"icmp:512\", \"udp:4728\", \"tcp:6742\"]\n{TIMES}protect = [\"tcp:8443\"]\n"
+        ));
+        let config = Config::parse(&ok).expect("valid");
+        assert_eq!(config.rules[0].sequence[0], PortSpec(Knock::icmp(512)));
+        assert_eq!(config.rules[0].sequence[0].to_string(), "icmp:512");
+        let kernel = KernelConfig::try_from(&config).expect("fits");
+        let index = port_roles_index(knock_common::IPPROTO_ICMP, 512).expect("icmp");
+        assert!(
+            kernel
+                .port_roles
+                .iter()
+                .any(|(i, r)| *i == index && r.knock_rules == 1)
+        );
+        for (bad, needle) in [
+            ("icmp:1453", "not an echo payload size"),
+            ("icmp:x", "not an echo payload size"),
+            ("gre:1", "not a protocol (tcp, udp or icmp)"),
+        ] {
+            let text = with_rule(&format!(
+                "sequence = [\"{bad}\", \"udp:4728\", \"tcp:6742\"]\n{TIMES}protect = [\"tcp:22\"]\n"
+            ));
+            assert!(error(&text).contains(needle), "{bad}: {}", error(&text));
+        }
+        let protected = with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"icmp:64\"]\n"));
+        assert!(
+            error(&protected).contains("protect TCP or UDP ports"),
+            "{}",
+            error(&protected)
         );
     }
 }

@@ -4,29 +4,57 @@
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use ipnet::IpNet;
-use knock_common::{Addr, IPPROTO_TCP, IPPROTO_UDP, Knock, ipv4_mapped};
+use knock_common::{Addr, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Knock, ipv4_mapped};
 use serde::{Deserialize, Deserializer, de};
 
-/// A knock step or protected port written `tcp:PORT` or `udp:PORT`.
+/// Largest payload of an ICMP knock: what one unfragmented ICMPv6 echo
+/// request carries in a 1500-byte MTU (the filter cannot size a fragmented
+/// one, and `ping -s` beyond it fragments).
+pub const MAX_ICMP_KNOCK_SIZE: u16 = 1500 - 40 - 8;
+
+/// A knock step or protected port written `tcp:PORT` or `udp:PORT`, or a
+/// knock step `icmp:SIZE`: an echo request (ICMP or ICMPv6) with SIZE bytes
+/// of payload, as `ping -s SIZE` sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PortSpec(pub Knock);
+
+impl PortSpec {
+    /// An ICMP echo step, which knocks but has nothing to protect.
+    pub fn is_icmp(&self) -> bool {
+        self.0.proto == IPPROTO_ICMP
+    }
+}
 
 impl FromStr for PortSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (proto, port) = s
+        let (proto, number) = s
             .split_once(':')
-            .ok_or_else(|| format!("`{s}` is not of the form tcp:PORT or udp:PORT"))?;
-        let port: u16 = port
+            .ok_or_else(|| format!("`{s}` is not of the form tcp:PORT, udp:PORT or icmp:SIZE"))?;
+        if proto == "icmp" {
+            let size = number
+                .parse::<u16>()
+                .ok()
+                .filter(|&size| size <= MAX_ICMP_KNOCK_SIZE)
+                .ok_or_else(|| {
+                    format!(
+                        "`{number}` in `{s}` is not an echo payload size (0-{MAX_ICMP_KNOCK_SIZE}, what fits one unfragmented packet)"
+                    )
+                })?;
+            return Ok(PortSpec(Knock::icmp(size)));
+        }
+        let port: u16 = number
             .parse()
             .ok()
             .filter(|&p| p != 0)
-            .ok_or_else(|| format!("`{port}` in `{s}` is not a port (1-65535)"))?;
+            .ok_or_else(|| format!("`{number}` in `{s}` is not a port (1-65535)"))?;
         match proto {
             "tcp" => Ok(PortSpec(Knock::tcp(port))),
             "udp" => Ok(PortSpec(Knock::udp(port))),
-            _ => Err(format!("`{proto}` in `{s}` is not a protocol (tcp or udp)")),
+            _ => Err(format!(
+                "`{proto}` in `{s}` is not a protocol (tcp, udp or icmp)"
+            )),
         }
     }
 }
@@ -36,6 +64,7 @@ impl fmt::Display for PortSpec {
         let proto = match self.0.proto {
             IPPROTO_TCP => "tcp",
             IPPROTO_UDP => "udp",
+            IPPROTO_ICMP => "icmp",
             _ => "?",
         };
         write!(f, "{proto}:{}", self.0.port)
