@@ -50,6 +50,7 @@ pub mod map_names {
     pub const ICMP_PEERS: &str = "ICMP_PEERS";
     pub const CONCEAL: &str = "CONCEAL";
     pub const ECHO: &str = "ECHO";
+    pub const KNOCK: &str = "KNOCK";
     pub const INSTANCE: &str = "INSTANCE";
     pub const LOST_EVENTS: &str = "LOST_EVENTS";
 }
@@ -132,6 +133,9 @@ pub const CONCEAL_PROGRAM_NAME: &str = "xknock_conceal";
 /// The program that runs echo requests through the knock rules; the filter
 /// tail-calls it through slot 0 of the `ECHO` program array.
 pub const ECHO_PROGRAM_NAME: &str = "xknock_echo";
+/// The program that runs possible knock steps through the rules; the
+/// filter tail-calls it through slot 0 of the `KNOCK` program array.
+pub const KNOCK_PROGRAM_NAME: &str = "xknock_knock";
 
 /// One knock step or protected port: a protocol and a port (host byte
 /// order); for an ICMP echo request, the size of its payload.

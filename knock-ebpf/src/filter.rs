@@ -151,26 +151,107 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
     let slot = source_slot(&packet.src_words, settings.source_seed);
     let horizon = horizon_at(slot);
     let knock_port = roles.knock_rules != 0;
-    if opens
-        && (knock_port || covered_now(horizon.knocking_until).is_some())
-        && let Some(reason) =
-            run_knock_rules(settings, packet.src(), knock_of(&packet), knock_port, slot)
-    {
-        return Ok(reason);
+    if opens && (knock_port || covered_now(horizon.knocking_until).is_some()) {
+        if let Some(slot_ptr) = KNOCK_HANDOVER.get_ptr_mut(0) {
+            // SAFETY: a per-CPU slot, only touched by this CPU while it runs
+            // us and the program we hand over to.
+            unsafe {
+                *slot_ptr = KnockHandover {
+                    packet,
+                    roles,
+                    slot,
+                    admitted_until: horizon.admitted_until,
+                }
+            };
+        }
+        // Does not return when the knock program takes over. If it is not
+        // in place the knock rules cannot run: the packet is judged as no
+        // knock (a knock port drops it).
+        // SAFETY: the slot holds an XDP program of this object or nothing.
+        unsafe { KNOCK.tail_call(ctx, 0) };
     }
-    if knock_port {
-        return Ok(Reason::DropKnockPort);
+    Ok(beyond_knocks(
+        settings,
+        &packet,
+        roles,
+        slot,
+        horizon.admitted_until,
+    ))
+}
+
+/// The verdict on a packet that is no knock step: a knock port stops it, a
+/// protected port guards, and any other port lets it pass.
+#[inline(always)]
+fn beyond_knocks(
+    settings: &Settings,
+    packet: &Packet,
+    roles: PortRoles,
+    slot: u32,
+    admitted_until: u32,
+) -> Reason {
+    if roles.knock_rules != 0 {
+        return Reason::DropKnockPort;
     }
     if roles.protect_rules != 0 {
-        return Ok(guard_protected(
-            settings,
-            &packet,
-            roles.protect_rules,
-            slot,
-            horizon.admitted_until,
-        ));
+        return guard_protected(settings, packet, roles.protect_rules, slot, admitted_until);
     }
-    Ok(Reason::PassUnprotected)
+    Reason::PassUnprotected
+}
+
+/// `xknock_knock`, in slot 0; set by the loader.
+#[map]
+static KNOCK: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// A packet that may be a knock step, as the filter hands it to
+/// `xknock_knock` with what it already found.
+#[derive(Clone, Copy)]
+struct KnockHandover {
+    packet: Packet,
+    roles: PortRoles,
+    slot: u32,
+    admitted_until: u32,
+}
+
+/// The packet being handed over, per CPU.
+#[map]
+static KNOCK_HANDOVER: PerCpuArray<KnockHandover> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs a TCP SYN or UDP datagram that may be a knock step through every
+/// rule's state machine, then decides it as the filter would. A program of
+/// its own (the filter tail-calls it for packets to knock ports and from
+/// sources mid-sequence) so the verifier checks the knock rules once, apart
+/// from the filter's many parsing paths: together they passed its limit.
+#[xdp]
+pub fn xknock_knock(ctx: XdpContext) -> u32 {
+    // Nothing handed over cannot happen; if it did, fail closed.
+    let reason = try_knock().unwrap_or(Reason::DropMalformed);
+    count(reason);
+    trace::decision(&ctx, reason);
+    act(&ctx, reason)
+}
+
+#[inline(always)]
+fn try_knock() -> Option<Reason> {
+    let handover = *KNOCK_HANDOVER.get(0)?;
+    let settings = SETTINGS.get(0)?;
+    let packet = handover.packet;
+    let knock_port = handover.roles.knock_rules != 0;
+    if let Some(reason) = run_knock_rules(
+        settings,
+        packet.src(),
+        knock_of(&packet),
+        knock_port,
+        handover.slot,
+    ) {
+        return Some(reason);
+    }
+    Some(beyond_knocks(
+        settings,
+        &packet,
+        handover.roles,
+        handover.slot,
+        handover.admitted_until,
+    ))
 }
 
 /// `xknock_echo`, in slot 0; set by the loader.

@@ -47,6 +47,7 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP segment or UDP datagram, as far as the filter cares.
+#[derive(Clone, Copy)]
 pub struct Packet {
     /// The source address in the one key form, as words (see `src`).
     pub src_words: AddrWords,
@@ -58,6 +59,7 @@ pub struct Packet {
 /// A TCP or UDP header, or an ICMP echo request, and where its source
 /// address is: most packets are decided by their port alone, and never need
 /// the address read.
+#[derive(Clone, Copy)]
 pub struct Transport {
     /// `IPPROTO_TCP`, `IPPROTO_UDP`, or `IPPROTO_ICMP` for an echo request
     /// of either family.

@@ -336,8 +336,7 @@ impl Filter {
             .write_prefixes(map_names::ALLOW, &config.allow)?;
         filter.maps.write_prefixes(map_names::DENY, &config.deny)?;
         filter.load_xdp(knock_common::PROGRAM_NAME)?;
-        filter.load_tail_call(knock_common::CONCEAL_PROGRAM_NAME, map_names::CONCEAL)?;
-        filter.load_tail_call(knock_common::ECHO_PROGRAM_NAME, map_names::ECHO)?;
+        set_tail_calls(&mut filter.ebpf)?;
         Ok(filter)
     }
 
@@ -351,26 +350,6 @@ impl Filter {
             .map_err(FilterError::Program)?;
         program.load().map_err(FilterError::Program)?;
         Ok(program)
-    }
-
-    /// Loads a program the filter tail-calls (`xknock_conceal`, which
-    /// answers stopped packets; `xknock_echo`, which knocks with echo
-    /// requests) and puts it in its slot, the program array `name`.
-    fn load_tail_call(&mut self, program: &str, name: &'static str) -> Result<(), FilterError> {
-        let program = self.load_xdp(program)?;
-        let fd = program
-            .fd()
-            .map_err(FilterError::Program)?
-            .try_clone()
-            .map_err(|error| FilterError::Program(ProgramError::IOError(error)))?;
-        let map = self.ebpf.map_mut(name).ok_or(MapsError {
-            name,
-            source: MapError::InvalidName { name: name.into() },
-        })?;
-        let mut slots = ProgramArray::try_from(map).map_err(|source| MapsError { name, source })?;
-        slots
-            .set(0, &fd, 0)
-            .map_err(|source| MapsError { name, source }.into())
     }
 
     fn program_mut(&mut self) -> Result<&mut Xdp, FilterError> {
@@ -599,31 +578,52 @@ pub fn read_instance(pins: &PinDir) -> Result<Option<Instance>, FilterError> {
 /// The traced object's global naming the traced source (`AddrWords`).
 pub const TRACE_SOURCE: &str = "TRACE_SOURCE";
 
+/// The programs the filter tail-calls, each with its slot (a program array
+/// of one): `xknock_conceal` answers stopped packets, `xknock_echo` knocks
+/// with echo requests, `xknock_knock` runs possible knock steps.
+pub const TAIL_CALLS: [(&str, &str); 3] = [
+    (knock_common::CONCEAL_PROGRAM_NAME, map_names::CONCEAL),
+    (knock_common::ECHO_PROGRAM_NAME, map_names::ECHO),
+    (knock_common::KNOCK_PROGRAM_NAME, map_names::KNOCK),
+];
+
+/// Loads every program the filter tail-calls into its slot.
+pub fn set_tail_calls(ebpf: &mut Ebpf) -> Result<(), FilterError> {
+    for (program, slot) in TAIL_CALLS {
+        set_tail_call(ebpf, program, slot)?;
+    }
+    Ok(())
+}
+
 /// Loads the traced object's logging program into the slot its filter hands
 /// every verdict to.
 pub fn set_trace_program(ebpf: &mut Ebpf) -> Result<(), FilterError> {
-    const PROGRAM: &str = "xknock_trace";
-    const SLOT: &str = "TRACE_PROGRAM";
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM)
-        .unwrap_or_else(|| panic!("the traced object defines {PROGRAM}"))
+    set_tail_call(ebpf, "xknock_trace", "TRACE_PROGRAM")
+}
+
+/// Loads XDP program `program` of the object and puts it in slot 0 of the
+/// program array `slot`.
+fn set_tail_call(ebpf: &mut Ebpf, program: &str, slot: &'static str) -> Result<(), FilterError> {
+    let loaded: &mut Xdp = ebpf
+        .program_mut(program)
+        .unwrap_or_else(|| panic!("the object defines {program}"))
         .try_into()
         .map_err(FilterError::Program)?;
-    program.load().map_err(FilterError::Program)?;
-    let fd = program
+    loaded.load().map_err(FilterError::Program)?;
+    let fd = loaded
         .fd()
         .map_err(FilterError::Program)?
         .try_clone()
         .map_err(|error| FilterError::Program(ProgramError::IOError(error)))?;
-    let map = ebpf.map_mut(SLOT).ok_or(MapsError {
-        name: SLOT,
-        source: MapError::InvalidName { name: SLOT.into() },
+    let map = ebpf.map_mut(slot).ok_or(MapsError {
+        name: slot,
+        source: MapError::InvalidName { name: slot.into() },
     })?;
     let mut slots =
-        ProgramArray::try_from(map).map_err(|source| MapsError { name: SLOT, source })?;
+        ProgramArray::try_from(map).map_err(|source| MapsError { name: slot, source })?;
     slots
         .set(0, &fd, 0)
-        .map_err(|source| MapsError { name: SLOT, source }.into())
+        .map_err(|source| MapsError { name: slot, source }.into())
 }
 
 /// A seed for the horizon hash that spoofers cannot guess.

@@ -507,7 +507,9 @@ impl Maps {
 
 /// The program arrays, which stay with the programs that tail-call them.
 fn is_program_slot(name: &str) -> bool {
-    name == map_names::CONCEAL || name == map_names::ECHO
+    crate::filter::TAIL_CALLS
+        .iter()
+        .any(|(_, slot)| *slot == name)
 }
 
 fn missing(name: &'static str) -> MapsError {

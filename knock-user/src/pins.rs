@@ -9,7 +9,8 @@
 //!       state that outlives loaders: progress, grants, flows, penalties,
 //!       horizons, counters, events, ICMP limits, the instance record
 //!     gen-N/NAME                   one configuration: settings, rules, port
-//!       roles, lists, the concealment and echo program slots, and PROGRAM, the filter
+//!       roles, lists, the slots of the programs the filter tail-calls
+//!       (concealment, echo requests, knocks), and PROGRAM, the filter
 //!       program made for them (a packet sees one generation or the next,
 //!       never a mix: they swap with the program)
 //!     links/MODE:IFACE             the XDP link of each interface (bpffs
@@ -44,7 +45,7 @@ pub const STATE_MAPS: [&str; 14] = [
 ];
 
 /// Maps that hold one configuration; each load makes a new set.
-pub const GENERATION_MAPS: [&str; 7] = [
+pub const GENERATION_MAPS: [&str; 8] = [
     map_names::SETTINGS,
     map_names::RULES,
     map_names::PORT_ROLES,
@@ -52,6 +53,7 @@ pub const GENERATION_MAPS: [&str; 7] = [
     map_names::DENY,
     map_names::CONCEAL,
     map_names::ECHO,
+    map_names::KNOCK,
 ];
 
 /// bpffs's magic number in statfs.

@@ -29,7 +29,10 @@ use tokio::{
 };
 
 use crate::{
-    filter::{PROGRAM_PIN, TRACE_SOURCE, TRACED_OBJECT, read_instance, set_trace_program},
+    filter::{
+        PROGRAM_PIN, TAIL_CALLS, TRACE_SOURCE, TRACED_OBJECT, read_instance, set_tail_calls,
+        set_trace_program,
+    },
     maps::key_addr,
     pins::{GENERATION_MAPS, PinDir, PinError, STATE_MAPS},
     run::CHANGE_PATIENCE,
@@ -109,6 +112,11 @@ fn swap_in(pins: &PinDir, addr: IpAddr) -> anyhow::Result<Traced> {
         )
         .collect();
     for (name, path) in &paths {
+        // The traced object fills slots of its own with its own programs,
+        // which log too.
+        if TAIL_CALLS.iter().any(|(_, slot)| slot == name) {
+            continue;
+        }
         loader.map_pin_path(name, path.clone());
         if SIZED_MAPS.contains(name) {
             let info = MapInfo::from_pin(path).with_context(|| format!("{}", path.display()))?;
@@ -120,8 +128,13 @@ fn swap_in(pins: &PinDir, addr: IpAddr) -> anyhow::Result<Traced> {
     let mut ebpf = loader
         .load(TRACED_OBJECT)
         .context("loading the traced program over the pinned filter")?;
-    // The logging program first, in the slot the filter hands packets to.
+    // The programs it tail-calls first: the logging one, in the slot the
+    // filter hands every verdict to, and its own knock, echo and
+    // concealment programs (this process holds their slots; if it dies,
+    // they empty and the traced filter judges every packet as no knock
+    // until a reload or restart puts the filter's own program back).
     set_trace_program(&mut ebpf)?;
+    set_tail_calls(&mut ebpf)?;
     let program: &mut Xdp = ebpf
         .program_mut(knock_common::PROGRAM_NAME)
         .ok_or_else(|| anyhow!("the traced object has no filter program"))?
