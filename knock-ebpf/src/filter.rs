@@ -69,10 +69,17 @@ pub fn xknock(ctx: XdpContext) -> u32 {
         Ok(reason) => reason,
         Err(error) => error.reason(),
     };
+    conclude(&ctx, reason)
+}
+
+/// Counts the verdict, lets a running trace see it (the trace then acts on
+/// it), and acts on it.
+#[inline(always)]
+fn conclude(ctx: &XdpContext, reason: Reason) -> u32 {
     count(reason);
     // Returns unless a trace takes the packet over (and acts as below).
-    trace::decision(&ctx, reason);
-    act(&ctx, reason)
+    trace::decision(ctx, reason);
+    act(ctx, reason)
 }
 
 /// Counts a verdict by its reason.
@@ -225,9 +232,7 @@ static KNOCK_HANDOVER: PerCpuArray<KnockHandover> = PerCpuArray::with_max_entrie
 pub fn xknock_knock(ctx: XdpContext) -> u32 {
     // Nothing handed over cannot happen; if it did, fail closed.
     let reason = try_knock().unwrap_or(Reason::DropMalformed);
-    count(reason);
-    trace::decision(&ctx, reason);
-    act(&ctx, reason)
+    conclude(&ctx, reason)
 }
 
 #[inline(always)]
@@ -285,9 +290,7 @@ fn hand_over_echo(ctx: &XdpContext) {
 #[xdp]
 pub fn xknock_echo(ctx: XdpContext) -> u32 {
     let reason = try_echo().unwrap_or(Reason::PassOtherProtocol);
-    count(reason);
-    trace::decision(&ctx, reason);
-    act(&ctx, reason)
+    conclude(&ctx, reason)
 }
 
 #[inline(always)]
