@@ -51,6 +51,7 @@ pub mod map_names {
     pub const CONCEAL: &str = "CONCEAL";
     pub const ECHO: &str = "ECHO";
     pub const KNOCK: &str = "KNOCK";
+    pub const SPENT: &str = "SPENT";
     pub const INSTANCE: &str = "INSTANCE";
     pub const LOST_EVENTS: &str = "LOST_EVENTS";
 }
@@ -59,7 +60,7 @@ pub mod map_names {
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the
 /// `layout_fingerprint` test fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Bytes of a rule's name kept in `Instance`.
 pub const RULE_NAME_BYTES: usize = 31;
@@ -239,8 +240,27 @@ pub struct RuleConfig {
     pub sequence_tag: u32,
     pub sequence_timeout_ns: u64,
     pub open_for_ns: u64,
+    /// Non-zero: the sequence opens once (a one-time or rotating sequence);
+    /// completing it again after that grants nothing (see `SpentKey`).
+    pub once: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<RuleConfig>() == 4 * MAX_STEPS + 24);
+const _: () = assert!(core::mem::size_of::<RuleConfig>() == 4 * MAX_STEPS + 32);
+
+/// Key of the pinned `SPENT` map: a sequence of a rule that has opened once
+/// (its value: when, kernel clock). Only completed knocks insert, so no
+/// flood can evict an entry; a sequence the loader has since replaced needs
+/// none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpentKey {
+    pub rule: u32,
+    pub sequence_tag: u32,
+}
+const _: () = assert!(core::mem::size_of::<SpentKey>() == 8);
+
+/// Entries of `SPENT`.
+pub const SPENT_ENTRIES: u32 = 4096;
 
 /// What a (protocol, port) is to the rules: bit `r` set means rule `r`.
 #[repr(C)]
@@ -538,6 +558,8 @@ pub mod reset_cause {
     pub const WRONG_PACKET: u8 = 1;
     /// The sequence was not completed within the rule's timeout.
     pub const TIMEOUT: u8 = 2;
+    /// The sequence opens once, and it already has.
+    pub const SPENT: u8 = 3;
 }
 
 /// One record on the `EVENTS` ring buffer.
@@ -714,6 +736,7 @@ mod pod {
     unsafe impl aya::Pod for super::Penalty {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Instance {}
+    unsafe impl aya::Pod for super::SpentKey {}
     unsafe impl aya::Pod for super::ratelimit::GlobalIcmpBudget {}
     unsafe impl aya::Pod for super::ratelimit::PeerIcmpRate {}
 }
@@ -890,13 +913,15 @@ mod layout_tests {
             Answer::COUNT as usize,
             MAX_RULES,
             SOURCE_HORIZON_SLOTS as usize,
+            size_of::<SpentKey>(),
+            SPENT_ENTRIES as usize,
         ];
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                2,
+                3,
                 [
-                    20, 16, 8, 24, 16, 24, 8, 16, 32, 528, 8, 8, 18, 5, 16, 65536
+                    20, 16, 8, 24, 16, 24, 8, 16, 32, 528, 8, 8, 18, 5, 16, 65536, 8, 4096
                 ]
             ),
             "a pinned type changed: bump LAYOUT_VERSION and record the new sizes"

@@ -17,10 +17,10 @@ use aya_ebpf::{
 use knock_common::{
     Addr, AddrWords, CONCEAL_CLOSED, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP,
     Instance, Knock, MAX_RULES, PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason,
-    RuleConfig, SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, SourceRule, event_kind,
-    horizon_units,
+    RuleConfig, SOURCE_HORIZON_SLOTS, SPENT_ENTRIES, Settings, SourceHorizon, SourceRule, SpentKey,
+    event_kind, horizon_units,
     machine::{self, Outcome},
-    port_roles_index, record_failure, source_slot, words_addr,
+    port_roles_index, record_failure, reset_cause, source_slot, words_addr,
 };
 
 // Sizes here are defaults; the loader sets the configured ones before loading.
@@ -488,6 +488,22 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         }
         Outcome::Granted => {
             stored.forget(&key);
+            if rule.once != 0 && spend(rule_index, rule.sequence_tag, now) {
+                emit(
+                    event_kind::RESET,
+                    reset_cause::SPENT,
+                    &scan.src,
+                    knock,
+                    rule_index,
+                    0,
+                    0,
+                );
+                count_failure(settings, penalty, &scan.src, knock, now);
+                if scan.verdict.is_none() {
+                    scan.verdict = Some(Reason::DropKnockPort);
+                }
+                return 0;
+            }
             let expires_ns = now + rule.open_for_ns;
             let _ = GRANTS.insert(&key, &Grant { expires_ns }, 0);
             raise_horizon(settings, scan.horizon_slot, Horizon::Admitted, now);
@@ -508,6 +524,24 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         scan.verdict = Some(reason);
     }
     0
+}
+
+/// Sequences of rules that open once and have: a replay of one, however
+/// soon, grants nothing.
+#[map]
+static SPENT: LruHashMap<SpentKey, u64> = LruHashMap::with_max_entries(SPENT_ENTRIES, 0);
+
+/// Marks a rule's sequence as used; true if it already was.
+#[inline(always)]
+fn spend(rule: u32, sequence_tag: u32, now: u64) -> bool {
+    let key = SpentKey { rule, sequence_tag };
+    // SAFETY: only tests whether the lookup found something.
+    if unsafe { SPENT.get(&key) }.is_some() {
+        return true;
+    }
+    // BPF_NOEXIST: of two CPUs completing it at once, one grants.
+    const BPF_NOEXIST: u64 = 1;
+    SPENT.insert(&key, &now, BPF_NOEXIST).is_err()
 }
 
 /// Where a source's progress through a rule is stored: sources that sent only

@@ -133,6 +133,7 @@ impl Record {
                 record.event = "reset";
                 record.reason = Some(match event.detail {
                     reset_cause::TIMEOUT => "timeout",
+                    reset_cause::SPENT => "spent",
                     _ => "wrong_packet",
                 });
             }

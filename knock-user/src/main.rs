@@ -127,15 +127,20 @@ fn send_knock(
     rule: Option<String>,
     delay: Duration,
 ) -> anyhow::Result<()> {
+    let mut once = None;
     let steps = match (config, rule) {
         (Some(path), Some(name)) => {
             let config = load_config(&path)?;
-            config
+            let rule = config
                 .rules
                 .into_iter()
                 .find(|r| r.name == name)
-                .map(|r| r.sequence)
-                .ok_or_else(|| anyhow!("{} has no rule named `{name}`", path.display()))?
+                .ok_or_else(|| anyhow!("{} has no rule named `{name}`", path.display()))?;
+            if rule.sequence.is_empty() {
+                bail!("rule `{name}` has no unused one-time sequence left");
+            }
+            once = rule.once;
+            rule.sequence
         }
         _ if steps.is_empty() => {
             bail!("give the steps (tcp:PORT udp:PORT ...) or --config and --rule")
@@ -144,6 +149,12 @@ fn send_knock(
     };
     let target = knock::resolve(host).with_context(|| format!("cannot resolve `{host}`"))?;
     knock::send_sequence(target, &steps, delay).with_context(|| format!("knocking on {target}"))?;
+    // A one-time sequence is spent once sent: the next knock takes the next.
+    if let Some(used) = once {
+        xknock::config::one_time::mark_used(&used.path, used.line).with_context(|| {
+            format!("marking line {} of {} used", used.line, used.path.display())
+        })?;
+    }
     let steps: Vec<String> = steps.iter().map(ToString::to_string).collect();
     eprintln!("xknock: knocked on {target}: {}", steps.join(" "));
     Ok(())

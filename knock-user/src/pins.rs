@@ -7,7 +7,8 @@
 //!                                  while what is pinned changes
 //!     maps/NAME
 //!       state that outlives loaders: progress, grants, flows, penalties,
-//!       horizons, counters, events, ICMP limits, the instance record
+//!       horizons, counters, events, ICMP limits, spent sequences, the
+//!       instance record
 //!     gen-N/NAME                   one configuration: settings, rules, port
 //!       roles, lists, the slots of the programs the filter tail-calls
 //!       (concealment, echo requests, knocks), and PROGRAM, the filter
@@ -27,7 +28,7 @@ use std::{
 use knock_common::{LAYOUT_VERSION, map_names};
 
 /// Maps whose contents outlive any one loader and configuration.
-pub const STATE_MAPS: [&str; 14] = [
+pub const STATE_MAPS: [&str; 15] = [
     map_names::FIRST_STEPS,
     map_names::PROGRESS,
     map_names::GRANTS,
@@ -42,6 +43,7 @@ pub const STATE_MAPS: [&str; 14] = [
     map_names::ANSWERS,
     map_names::ICMP_GLOBAL,
     map_names::ICMP_PEERS,
+    map_names::SPENT,
 ];
 
 /// Maps that hold one configuration; each load makes a new set.

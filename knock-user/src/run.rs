@@ -18,7 +18,10 @@ use tokio::{
 };
 
 use crate::{
-    config::Config,
+    config::{
+        Config,
+        one_time::{self, OneTime},
+    },
     events::{EventFormat, Record, RuleBook},
     filter::{
         AttachMode, Filter, FilterError, Installed, check_interface, embedded_program,
@@ -53,7 +56,8 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 pub fn read_config(path: &Path) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Config::parse(&text).with_context(|| format!("{} is not valid", path.display()))
+    let dir = path.parent().unwrap_or(Path::new("."));
+    Config::parse_in(&text, dir).with_context(|| format!("{} is not valid", path.display()))
 }
 
 /// The filter this process put in place, and what it was made from.
@@ -195,6 +199,7 @@ async fn serve(
         );
         metrics::spawn(listener, pins.clone(), reloads.clone())?;
     }
+    let mut spent: Vec<OneTime> = Vec::new();
     // A closed stdout (say `xknock run | head`) ends the run cleanly.
     let print = |record: Record| -> anyhow::Result<()> {
         writeln!(
@@ -215,13 +220,39 @@ async fn serve(
                 while drained < EVENTS_PER_TURN {
                     let Some(item) = ring.next() else { break };
                     match Record::from_kernel(&item, &running.rules) {
-                        Ok(record) => print(record)?,
+                        Ok(record) => {
+                            if record.event == "grant" {
+                                spent.extend(one_time_source(&running.config, record.rule.as_deref()));
+                            }
+                            print(record)?;
+                        }
                         Err(error) => eprintln!("xknock: skipping an event: {error}"),
                     }
                     drained += 1;
                 }
                 if drained < EVENTS_PER_TURN {
                     guard.clear_ready();
+                }
+                // A one-time sequence that opened is marked used, and the
+                // next one put in place (the kernel already refuses it again).
+                if !spent.is_empty() {
+                    for used in spent.drain(..) {
+                        if let Err(error) = one_time::mark_used(&used.path, used.line) {
+                            eprintln!(
+                                "xknock: error: marking line {} of {} used: {error}",
+                                used.line,
+                                used.path.display()
+                            );
+                        }
+                    }
+                    let result = reload(running, options, ifaces, pins);
+                    reloads.record(result.is_ok());
+                    match result {
+                        Ok(()) => eprintln!("xknock: next one-time sequence in place"),
+                        Err(error) => eprintln!(
+                            "xknock: error: putting the next one-time sequence in place failed, the used one stays refused: {error:#}"
+                        ),
+                    }
                 }
             }
             _ = sweep.tick() => {
@@ -247,6 +278,15 @@ async fn serve(
             _ = sigterm.recv() => return Ok(()),
         }
     }
+}
+
+/// The one-time sequence the rule `name` opened with, if it has one.
+fn one_time_source(config: &Config, name: Option<&str>) -> Option<OneTime> {
+    let rule = config
+        .rules
+        .iter()
+        .find(|r| Some(r.name.as_str()) == name)?;
+    rule.once.clone().filter(|once| once.line > 0)
 }
 
 /// Re-reads the configuration and, if it is valid and fits the running

@@ -74,6 +74,7 @@ impl KernelConfig {
                     rule.sequence_timeout,
                 )?,
                 open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
+                once: u32::from(rule.once.is_some()),
                 ..Default::default()
             };
             for (slot, step) in kernel_rule.sequence.iter_mut().zip(&rule.sequence) {

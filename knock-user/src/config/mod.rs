@@ -5,6 +5,7 @@
 //! with any problem.
 
 mod kernel;
+pub mod one_time;
 mod values;
 
 use std::{
@@ -74,7 +75,10 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct FileRule {
     name: Spanned<String>,
-    sequence: Spanned<Vec<PortSpec>>,
+    #[serde(default)]
+    sequence: Option<Spanned<Vec<PortSpec>>>,
+    #[serde(default)]
+    sequences_file: Option<Spanned<PathBuf>>,
     sequence_timeout: ConfigDuration,
     open_for: ConfigDuration,
     protect: Spanned<Vec<PortSpec>>,
@@ -147,7 +151,12 @@ impl Default for FlowTimeouts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
+    /// The live sequence; empty when a one-time file has no unused line
+    /// (the rule then opens nothing).
     pub sequence: Vec<PortSpec>,
+    /// Where a one-time sequence came from: it opens once, and is then
+    /// marked used and replaced.
+    pub once: Option<one_time::OneTime>,
     pub sequence_timeout: Duration,
     pub open_for: Duration,
     pub protect: Vec<PortSpec>,
@@ -196,9 +205,36 @@ impl Lines<'_> {
     }
 }
 
+/// A sequence's length and steps, wherever it was written.
+fn check_sequence(sequence: &[PortSpec]) -> Result<(), String> {
+    if sequence.len() < MIN_STEPS {
+        return Err(format!(
+            "{} step(s) is too short to be secret; use at least {RECOMMENDED_STEPS}",
+            sequence.len()
+        ));
+    }
+    if sequence.len() > MAX_STEPS {
+        return Err(format!("at most {MAX_STEPS} steps are supported"));
+    }
+    for (i, step) in sequence.iter().enumerate() {
+        if sequence[..i].contains(step) {
+            return Err(format!(
+                "{step} appears twice; copies of a step look like retransmissions"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Parses and validates a whole file.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    /// Parses a file whose relative paths (`sequences_file`) are relative to
+    /// `dir`, the directory it is in.
+    pub fn parse_in(text: &str, dir: &Path) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(ConfigError::Syntax)?;
         let lines = Lines(text);
         let invalid = |span: Range<usize>, key: &str, problem: String| ConfigError::Invalid {
@@ -275,7 +311,9 @@ impl Config {
         // Where each protected port, first step and sequence is used, to find collisions.
         let mut protected_by: HashMap<PortSpec, &str> = HashMap::new();
         let mut first_steps: HashMap<PortSpec, &str> = HashMap::new();
-        let mut sequences: HashMap<&[PortSpec], &str> = HashMap::new();
+        let mut sequences: HashMap<Vec<PortSpec>, &str> = HashMap::new();
+        // Where each rule's sequence was written, for errors found later.
+        let mut sequence_spans: Vec<Range<usize>> = Vec::new();
         let mut rules = Vec::with_capacity(file.rules.len());
         for rule in &file.rules {
             let name = rule.name.get_ref().as_str();
@@ -300,52 +338,77 @@ impl Config {
                     format!("rule `{name}` is defined twice"),
                 ));
             }
-            let sequence = rule.sequence.get_ref();
-            let at = |key: &str, problem: String| {
-                invalid(
-                    rule.sequence.span(),
-                    &format!("rule `{name}`: {key}"),
-                    problem,
-                )
+            let (sequence, span, once) = match (&rule.sequence, &rule.sequences_file) {
+                (Some(sequence), None) => (sequence.get_ref().clone(), sequence.span(), None),
+                (None, Some(file)) => {
+                    let path = dir.join(file.get_ref());
+                    let at = |problem: String| {
+                        invalid(
+                            file.span(),
+                            &format!("rule `{name}`: sequences_file"),
+                            format!("{}: {problem}", path.display()),
+                        )
+                    };
+                    let unused = one_time::unused_lines(&path).map_err(|e| at(e.to_string()))?;
+                    // Every line must be usable, not only the live one.
+                    let mut parsed = Vec::with_capacity(unused.len());
+                    for (number, line) in &unused {
+                        let steps = one_time::parse_line(line)
+                            .and_then(|steps| check_sequence(&steps).map(|()| steps))
+                            .map_err(|problem| at(format!("line {number}: {problem}")))?;
+                        parsed.push((*number, steps));
+                    }
+                    match parsed.into_iter().next() {
+                        Some((line, steps)) => {
+                            (steps, file.span(), Some(one_time::OneTime { path, line }))
+                        }
+                        None => {
+                            warnings.push(format!(
+                                "line {}: rule `{name}`: sequences_file: {} has no unused sequence left; the rule opens nothing until one is added",
+                                lines.of(file.span()),
+                                path.display()
+                            ));
+                            sequence_spans.push(file.span());
+                            rules.push(Rule {
+                                name: name.to_owned(),
+                                sequence: Vec::new(),
+                                once: Some(one_time::OneTime { path, line: 0 }),
+                                sequence_timeout: rule.sequence_timeout.0,
+                                open_for: rule.open_for.0,
+                                protect: rule.protect.get_ref().clone(),
+                            });
+                            continue;
+                        }
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        rule.name.span(),
+                        &format!("rule `{name}`"),
+                        "give either `sequence` or `sequences_file`".into(),
+                    ));
+                }
             };
-            if sequence.len() < MIN_STEPS {
-                return Err(at(
-                    "sequence",
-                    format!(
-                        "{} step(s) is too short to be secret; use at least {RECOMMENDED_STEPS}",
-                        sequence.len()
-                    ),
-                ));
-            }
-            if sequence.len() > MAX_STEPS {
-                return Err(at(
-                    "sequence",
-                    format!("at most {MAX_STEPS} steps are supported"),
-                ));
-            }
+            let sequence = &sequence;
+            let at = |key: &str, problem: String| {
+                invalid(span.clone(), &format!("rule `{name}`: {key}"), problem)
+            };
+            check_sequence(sequence).map_err(|problem| at("sequence", problem))?;
             if sequence.len() < RECOMMENDED_STEPS {
                 warnings.push(format!(
                     "line {}: rule `{name}`: sequence: only {} steps; {RECOMMENDED_STEPS} or more are much harder to guess",
-                    lines.of(rule.sequence.span()),
+                    lines.of(span.clone()),
                     sequence.len()
                 ));
-            }
-            for (i, step) in sequence.iter().enumerate() {
-                if sequence[..i].contains(step) {
-                    return Err(at(
-                        "sequence",
-                        format!("{step} appears twice; copies of a step look like retransmissions"),
-                    ));
-                }
             }
             let ports: Vec<u16> = sequence.iter().map(|s| s.0.port).collect();
             if ports.windows(2).all(|w| w[0] < w[1]) || ports.windows(2).all(|w| w[0] > w[1]) {
                 warnings.push(format!(
                     "line {}: rule `{name}`: sequence: ports are monotonic, the order a port scan uses; shuffle them",
-                    lines.of(rule.sequence.span())
+                    lines.of(span.clone())
                 ));
             }
-            if let Some(other) = sequences.insert(sequence, name) {
+            if let Some(other) = sequences.insert(sequence.clone(), name) {
                 return Err(at(
                     "sequence",
                     format!("the same sequence as rule `{other}`"),
@@ -354,7 +417,7 @@ impl Config {
             if let Some(other) = first_steps.insert(sequence[0], name) {
                 warnings.push(format!(
                     "line {}: rule `{name}`: sequence: starts with {} like rule `{other}`; each rule still needs its own full sequence",
-                    lines.of(rule.sequence.span()),
+                    lines.of(span.clone()),
                     sequence[0]
                 ));
             }
@@ -381,20 +444,22 @@ impl Config {
                 }
                 protected_by.entry(*port).or_insert(name);
             }
+            sequence_spans.push(span.clone());
             rules.push(Rule {
                 name: name.to_owned(),
                 sequence: sequence.clone(),
+                once,
                 sequence_timeout: rule.sequence_timeout.0,
                 open_for: rule.open_for.0,
                 protect: protect.clone(),
             });
         }
-        for rule in &file.rules {
-            for step in rule.sequence.get_ref() {
+        for (rule, span) in rules.iter().zip(&sequence_spans) {
+            for step in &rule.sequence {
                 if let Some(protector) = protected_by.get(step) {
                     return Err(invalid(
-                        rule.sequence.span(),
-                        &format!("rule `{}`: sequence", rule.name.get_ref()),
+                        span.clone(),
+                        &format!("rule `{}`: sequence", rule.name),
                         format!(
                             "{step} is a knock step and also protected by rule `{protector}`; a knock port must not be a service port"
                         ),
@@ -810,6 +875,61 @@ protect = ["tcp:22"]
             error(&protected).contains("protect TCP or UDP ports"),
             "{}",
             error(&protected)
+        );
+    }
+
+    #[test]
+    fn a_one_time_rule_takes_the_first_unused_line_and_checks_them_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let otp = dir.path().join("ssh.otp");
+        std::fs::write(
+            &otp,
+            "#7001,7002,7003\n8001:udp,8002,8003:udp\n9001,9002,9003\n",
+        )
+        .expect("write");
+        let text = with_rule(&format!(
+            "sequences_file = \"ssh.otp\"\n{TIMES}protect = [\"tcp:22\"]\n"
+        ));
+        let config = Config::parse_in(&text, dir.path()).expect("valid");
+        let rule = &config.rules[0];
+        assert_eq!(
+            rule.sequence,
+            [
+                PortSpec(Knock::udp(8001)),
+                PortSpec(Knock::tcp(8002)),
+                PortSpec(Knock::udp(8003))
+            ]
+        );
+        assert_eq!(rule.once.as_ref().map(|o| o.line), Some(2));
+        assert_eq!(
+            KernelConfig::try_from(&config).expect("fits").rules[0].once,
+            1
+        );
+        // A bad later line is found now, not when its turn comes.
+        std::fs::write(&otp, "7001,7002,7003\n8001,8001,8003\n").expect("write");
+        let error = Config::parse_in(&text, dir.path())
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("line 2: tcp:8001 appears twice"), "{error}");
+        // Both forms at once, or neither, are refused.
+        let both = with_rule(&format!(
+            "{SEQUENCE}sequences_file = \"ssh.otp\"\n{TIMES}protect = [\"tcp:22\"]\n"
+        ));
+        assert!(
+            Config::parse_in(&both, dir.path())
+                .expect_err("refused")
+                .to_string()
+                .contains("either `sequence` or `sequences_file`")
+        );
+        // Every line used: the rule opens nothing, with a warning.
+        std::fs::write(&otp, "#7001,7002,7003\n").expect("write");
+        let config = Config::parse_in(&text, dir.path()).expect("valid");
+        assert!(config.rules[0].sequence.is_empty());
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.contains("no unused sequence"))
         );
     }
 }
