@@ -111,6 +111,12 @@ pub enum Command {
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_delay)]
         duration: Option<Duration>,
     },
+    /// Convert a knockd configuration into an xknock one on stdout; what
+    /// cannot be carried over is a warning on stderr, naming its line.
+    ImportKnockd {
+        /// knockd's configuration file, such as /etc/knockd.conf.
+        knockd_conf: PathBuf,
+    },
     /// Take the filter off every interface and remove its pins: the only way
     /// it comes off. Stop `xknock run` first.
     Detach {
@@ -172,6 +178,7 @@ mod tests {
             "grant",
             "revoke",
             "trace",
+            "import-knockd",
             "detach",
         ] {
             // roff escapes hyphens.

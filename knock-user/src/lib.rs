@@ -6,6 +6,7 @@ pub mod config;
 pub mod events;
 pub mod filter;
 pub mod host;
+pub mod import;
 pub mod knock;
 pub mod maps;
 pub mod metrics;

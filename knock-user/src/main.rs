@@ -99,6 +99,17 @@ fn main() -> ExitCode {
             config,
             duration,
         } => pins_of(&config).and_then(|pins| xknock::trace::trace(&pins, addr, duration)),
+        Command::ImportKnockd { knockd_conf } => (|| {
+            let text = std::fs::read_to_string(&knockd_conf)
+                .with_context(|| format!("cannot read {}", knockd_conf.display()))?;
+            let imported = xknock::import::import_knockd(&text)
+                .with_context(|| format!("converting {}", knockd_conf.display()))?;
+            for warning in &imported.warnings {
+                eprintln!("xknock: warning: {}: {warning}", knockd_conf.display());
+            }
+            print!("{}", imported.toml);
+            Ok(())
+        })(),
         Command::Detach { config } => pins_of(&config).and_then(|pins| {
             if status::detach(&pins)? {
                 eprintln!("xknock: detached; removed {}", pins.root().display());

@@ -135,3 +135,38 @@ fn knock_refuses_bad_steps_and_unknown_rules() {
         stderr(&out)
     );
 }
+
+#[test]
+fn import_knockd_converts_the_debian_packages_own_example() {
+    lab::require_program("knockd", "knockd");
+    let example = "/etc/knockd.conf";
+    let out = std::process::Command::new(xknock_bin())
+        .args(["import-knockd", example])
+        .output()
+        .expect("run xknock");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let converted = dir.path().join("xknock.toml");
+    std::fs::write(&converted, &out.stdout).expect("write");
+    let check = std::process::Command::new(xknock_bin())
+        .arg("check-config")
+        .arg(&converted)
+        .output()
+        .expect("run xknock");
+    assert!(
+        check.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&check)
+    );
+    let toml = String::from_utf8_lossy(&out.stdout);
+    assert!(toml.contains("name = \"openSSH\""), "{toml}");
+    assert!(toml.contains("protect = [\"tcp:22\"]"), "{toml}");
+    // The section that closes the port is reported, not converted.
+    assert!(!toml.contains("closeSSH"), "{toml}");
+    assert!(
+        stderr(&out).contains("[closeSSH] command: it closes a port"),
+        "{}",
+        stderr(&out)
+    );
+}
