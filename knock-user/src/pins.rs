@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! PIN_DIR/                         one filter instance; flock()ed by `run`
-//!   layout-1/                      LAYOUT_VERSION: an older or newer layout is
+//!   layout-N/                      N = LAYOUT_VERSION: an older or newer layout is
 //!                                  detected, never reinterpreted; flock()ed
 //!                                  while what is pinned changes
 //!     maps/NAME
