@@ -49,7 +49,6 @@ pub mod map_names {
     pub const ICMP_GLOBAL: &str = "ICMP_GLOBAL";
     pub const ICMP_PEERS: &str = "ICMP_PEERS";
     pub const CONCEAL: &str = "CONCEAL";
-    pub const ECHO: &str = "ECHO";
     pub const KNOCK: &str = "KNOCK";
     pub const SPENT: &str = "SPENT";
     pub const INSTANCE: &str = "INSTANCE";
@@ -131,11 +130,9 @@ pub const PROGRAM_NAME: &str = "xknock";
 /// The program that answers stopped packets as closed ports do; the filter
 /// tail-calls it through slot 0 of the `CONCEAL` program array.
 pub const CONCEAL_PROGRAM_NAME: &str = "xknock_conceal";
-/// The program that runs echo requests through the knock rules; the filter
-/// tail-calls it through slot 0 of the `ECHO` program array.
-pub const ECHO_PROGRAM_NAME: &str = "xknock_echo";
-/// The program that runs possible knock steps through the rules; the
-/// filter tail-calls it through slot 0 of the `KNOCK` program array.
+/// The program that runs possible knock steps (echo requests too) through
+/// the rules; the filter tail-calls it through slot 0 of the `KNOCK`
+/// program array.
 pub const KNOCK_PROGRAM_NAME: &str = "xknock_knock";
 
 /// One knock step or protected port: a protocol and a port (host byte

@@ -15,12 +15,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, AddrWords, CONCEAL_CLOSED, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP,
-    Instance, Knock, MAX_RULES, PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason,
-    RuleConfig, SOURCE_HORIZON_SLOTS, SPENT_ENTRIES, Settings, SourceHorizon, SourceRule, SpentKey,
-    event_kind, horizon_units,
+    Addr, CONCEAL_CLOSED, Event, EventBudget, Flow, FlowKey, Grant, IPPROTO_UDP, Instance, Knock,
+    MAX_RULES, PORT_ROLES_ENTRIES, Penalty, PortRoles, Progress, Reason, RuleConfig,
+    SOURCE_HORIZON_SLOTS, SPENT_ENTRIES, Settings, SourceHorizon, SourceRule, SpentKey, event_kind,
+    horizon_units,
     machine::{self, Outcome},
-    port_roles_index, record_failure, reset_cause, source_slot, words_addr,
+    port_roles_index, record_failure, reset_cause, source_slot,
 };
 
 // Sizes here are defaults; the loader sets the configured ones before loading.
@@ -126,23 +126,7 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
         Parsed::LaterFragment => return Ok(Reason::PassLaterFragment),
         Parsed::Transport(l4) => l4,
     };
-    if l4.is_echo() {
-        let packet = l4.with_source(ctx)?;
-        if let Some(scratch) = ECHO_KNOCK.get_ptr_mut(0) {
-            // SAFETY: a per-CPU slot, only touched by this CPU while it runs
-            // us and the program we hand over to.
-            unsafe {
-                *scratch = EchoKnock {
-                    src_words: packet.src_words,
-                    size: u32::from(packet.l4.dst_port()),
-                }
-            };
-        }
-        // Does not return when the echo program takes over; if it is not
-        // in place, the ping passes without knocking.
-        hand_over_echo(ctx);
-        return Ok(Reason::PassOtherProtocol);
-    }
+    let echo = l4.is_echo();
     let roles = port_roles_index(l4.proto, l4.dst_port())
         .and_then(|index| PORT_ROLES.get(index))
         .copied()
@@ -176,6 +160,9 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
         // knock (a knock port drops it).
         // SAFETY: the slot holds an XDP program of this object or nothing.
         unsafe { KNOCK.tail_call(ctx, 0) };
+    }
+    if echo {
+        return Ok(Reason::PassOtherProtocol);
     }
     Ok(beyond_knocks(
         settings,
@@ -223,8 +210,8 @@ struct KnockHandover {
 #[map]
 static KNOCK_HANDOVER: PerCpuArray<KnockHandover> = PerCpuArray::with_max_entries(1, 0);
 
-/// Runs a TCP SYN or UDP datagram that may be a knock step through every
-/// rule's state machine, then decides it as the filter would. A program of
+/// Runs a TCP SYN, UDP datagram or echo request that may be a knock step
+/// through every rule's state machine, then decides it as the filter would. A program of
 /// its own (the filter tail-calls it for packets to knock ports and from
 /// sources mid-sequence) so the verifier checks the knock rules once, apart
 /// from the filter's many parsing paths: together they passed its limit.
@@ -241,84 +228,36 @@ fn try_knock() -> Option<Reason> {
     let settings = SETTINGS.get(0)?;
     let packet = handover.packet;
     let knock_port = handover.roles.knock_rules != 0;
-    if let Some(reason) = run_knock_rules(
+    let reason = run_knock_rules(
         settings,
         packet.src(),
         knock_of(&packet),
         knock_port,
         handover.slot,
-    ) {
-        return Some(reason);
-    }
-    Some(beyond_knocks(
-        settings,
-        &packet,
-        handover.roles,
-        handover.slot,
-        handover.admitted_until,
-    ))
-}
-
-/// `xknock_echo`, in slot 0; set by the loader.
-#[map]
-static ECHO: ProgramArray = ProgramArray::with_max_entries(1, 0);
-
-/// An echo request, as the filter hands it to `xknock_echo`.
-#[derive(Clone, Copy)]
-struct EchoKnock {
-    src_words: AddrWords,
-    /// The payload size.
-    size: u32,
-}
-
-/// The echo request being handed over, per CPU: `xknock_echo` need not
-/// parse the frame again.
-#[map]
-static ECHO_KNOCK: PerCpuArray<EchoKnock> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn hand_over_echo(ctx: &XdpContext) {
-    // SAFETY: the slot holds an XDP program of this object or nothing.
-    unsafe { ECHO.tail_call(ctx, 0) };
-}
-
-/// Runs an echo request through the knock rules, then passes it: the host
-/// answers it as it answers every ping, so no size of echo request looks
-/// different from another. A program of its own (the filter tail-calls
-/// it), so the verifier checks the knock rules for echo requests once,
-/// apart from the filter's paths.
-#[xdp]
-pub fn xknock_echo(ctx: XdpContext) -> u32 {
-    let reason = try_echo().unwrap_or(Reason::PassOtherProtocol);
-    conclude(&ctx, reason)
-}
-
-#[inline(always)]
-fn try_echo() -> Option<Reason> {
-    let echo = *ECHO_KNOCK.get(0)?;
-    let knock = Knock::icmp(echo.size as u16);
-    let roles = port_roles_index(knock.proto, knock.port)
-        .and_then(|index| PORT_ROLES.get(index))
-        .copied()
-        .unwrap_or_default();
-    let settings = SETTINGS.get(0)?;
-    let slot = source_slot(&echo.src_words, settings.source_seed);
-    let knock_port = roles.knock_rules != 0;
-    if !knock_port && covered_now(horizon_at(slot).knocking_until).is_none() {
-        return None;
-    }
-    let src = words_addr(&echo.src_words);
-    Some(
-        match run_knock_rules(settings, src, knock, knock_port, slot) {
+    );
+    if packet.l4.is_echo() {
+        // A ping passes whatever it did to knock progress, and the host
+        // answers it as it answers every ping: no size of echo request
+        // looks different from another.
+        return Some(match reason {
             Some(
                 Reason::DropKnockAdvanced | Reason::DropKnockGranted | Reason::DropKnockDuplicate,
             ) => Reason::PassEchoKnock,
             _ => Reason::PassOtherProtocol,
-        },
-    )
+        });
+    }
+    Some(reason.unwrap_or_else(|| {
+        beyond_knocks(
+            settings,
+            &packet,
+            handover.roles,
+            handover.slot,
+            handover.admitted_until,
+        )
+    }))
 }
 
-/// The knock a TCP segment or UDP datagram makes.
+/// The knock a TCP segment, UDP datagram or echo request makes.
 #[inline(always)]
 fn knock_of(packet: &Packet) -> Knock {
     Knock {

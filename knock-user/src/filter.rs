@@ -579,11 +579,10 @@ pub fn read_instance(pins: &PinDir) -> Result<Option<Instance>, FilterError> {
 pub const TRACE_SOURCE: &str = "TRACE_SOURCE";
 
 /// The programs the filter tail-calls, each with its slot (a program array
-/// of one): `xknock_conceal` answers stopped packets, `xknock_echo` knocks
-/// with echo requests, `xknock_knock` runs possible knock steps.
-pub const TAIL_CALLS: [(&str, &str); 3] = [
+/// of one): `xknock_conceal` answers stopped packets, `xknock_knock` runs
+/// possible knock steps (echo requests too).
+pub const TAIL_CALLS: [(&str, &str); 2] = [
     (knock_common::CONCEAL_PROGRAM_NAME, map_names::CONCEAL),
-    (knock_common::ECHO_PROGRAM_NAME, map_names::ECHO),
     (knock_common::KNOCK_PROGRAM_NAME, map_names::KNOCK),
 ];
 

@@ -11,7 +11,7 @@
 //!       instance record
 //!     gen-N/NAME                   one configuration: settings, rules, port
 //!       roles, lists, the slots of the programs the filter tail-calls
-//!       (concealment, echo requests, knocks), and PROGRAM, the filter
+//!       (concealment, knocks), and PROGRAM, the filter
 //!       program made for them (a packet sees one generation or the next,
 //!       never a mix: they swap with the program)
 //!     links/MODE:IFACE             the XDP link of each interface (bpffs
@@ -47,14 +47,13 @@ pub const STATE_MAPS: [&str; 15] = [
 ];
 
 /// Maps that hold one configuration; each load makes a new set.
-pub const GENERATION_MAPS: [&str; 8] = [
+pub const GENERATION_MAPS: [&str; 7] = [
     map_names::SETTINGS,
     map_names::RULES,
     map_names::PORT_ROLES,
     map_names::ALLOW,
     map_names::DENY,
     map_names::CONCEAL,
-    map_names::ECHO,
     map_names::KNOCK,
 ];
 
