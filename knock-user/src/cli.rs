@@ -43,7 +43,8 @@ pub enum Command {
         /// The configuration file.
         config: PathBuf,
     },
-    /// Send a knock sequence to HOST: a rule's from a config file, or the steps given.
+    /// Send a knock sequence to HOST: a rule's from a config file (a rotating
+    /// rule's for the current window), or the steps given.
     Knock {
         /// Address or name of the server.
         host: String,
@@ -117,6 +118,10 @@ pub enum Command {
         /// knockd's configuration file, such as /etc/knockd.conf.
         knockd_conf: PathBuf,
     },
+    /// Print a new secret for a rotating rule (256 random bits, base64):
+    /// `xknock keygen > ssh.key`, then `chmod 600 ssh.key` and copy it to
+    /// the clients with the configuration.
+    Keygen,
     /// Take the filter off every interface and remove its pins: the only way
     /// it comes off. Stop `xknock run` first.
     Detach {

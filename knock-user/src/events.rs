@@ -19,19 +19,26 @@ pub struct RuleBook {
 }
 
 impl RuleBook {
-    /// `config`'s rules, placed at `slots` (`slots[i]` for `config.rules[i]`).
-    pub fn new(config: &Config, slots: &[u32]) -> RuleBook {
-        let mut by_index = vec![None; slots.iter().max().map_or(0, |&m| m as usize + 1)];
-        for (rule, &slot) in config.rules.iter().zip(slots) {
-            by_index[slot as usize] = Some((rule.name.clone(), rule.sequence.len()));
+    /// `config`'s rules, placed at `slots` (`slots[i]` for the parts of
+    /// `config.rules[i]`).
+    pub fn new(config: &Config, slots: &[Vec<u32>]) -> RuleBook {
+        let used = slots.iter().flatten().max().map_or(0, |&m| m as usize + 1);
+        let mut by_index = vec![None; used];
+        for (rule, parts) in config.rules.iter().zip(slots) {
+            let steps = rule
+                .rotating
+                .as_ref()
+                .map_or(rule.sequence.len(), |r| r.steps);
+            for &slot in parts {
+                by_index[slot as usize] = Some((rule.name.clone(), steps));
+            }
         }
         RuleBook { by_index }
     }
 
     /// `config`'s rules at indexes in file order.
     pub fn in_order(config: &Config) -> RuleBook {
-        let slots: Vec<u32> = (0..config.rules.len() as u32).collect();
-        RuleBook::new(config, &slots)
+        RuleBook::new(config, &config.slots_in_order())
     }
 
     /// The name and steps of the rule at `index`.

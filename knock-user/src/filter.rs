@@ -6,7 +6,7 @@ use std::{
     fmt,
     hash::{BuildHasher, RandomState},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use aya::{
@@ -159,8 +159,8 @@ pub struct Filter {
     /// For a pinned filter: what `commit` makes official once every link
     /// runs this program.
     pending: Option<Box<Pending>>,
-    /// The rule index of each of the configuration's rules.
-    slots: Vec<u32>,
+    /// The rule indexes of each of the configuration's rules.
+    slots: Vec<Vec<u32>>,
 }
 
 /// A pinned load not yet committed.
@@ -226,11 +226,13 @@ impl Filter {
     /// `pins` (or as its first): the state maps are the pinned ones, kept as
     /// they are; the configuration gets maps of its own. Nothing the
     /// running filter uses changes until `install` swaps the programs; the
-    /// caller holds the directory's lock.
+    /// caller holds the directory's lock. Rotating sequences are those of
+    /// `now`.
     pub fn load_pinned(
         config: &Config,
         pins: &PinDir,
         _lock: &Lock,
+        now: SystemTime,
     ) -> Result<Filter, FilterError> {
         if embedded_program().is_none() {
             return Err(FilterError::NoProgram);
@@ -263,23 +265,28 @@ impl Filter {
                 rules: [RuleName::default(); MAX_RULES],
             };
         }
-        let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+        let names: Vec<(&str, usize)> = config
+            .rules
+            .iter()
+            .map(|r| (r.name.as_str(), r.parts()))
+            .collect();
         let placement = place(&instance.rules, &names)?;
         // Indexes new to this configuration may hold what a loader that
         // died mid-change left; the running program has no rule there.
         let fresh: Vec<u32> = placement
             .slots
             .iter()
+            .flatten()
             .copied()
             .filter(|&slot| instance.rules[slot as usize].get().is_none())
             .collect();
         maps.clear_rules(&fresh)?;
         // Until the swap, both configurations' rules own their indexes.
-        for &slot in &placement.slots {
+        for &slot in placement.slots.iter().flatten() {
             instance.rules[slot as usize] = placement.names[slot as usize];
         }
         maps.set_instance(&instance)?;
-        let kernel = KernelConfig::placed(config, &placement.slots)?;
+        let kernel = KernelConfig::placed(config, &placement.slots, now)?;
         let mut filter = Filter::finish_with(ebpf, maps, &kernel, instance.source_seed)?;
         // What a trace puts back when it ends.
         filter
@@ -465,8 +472,8 @@ impl Filter {
         Ok(())
     }
 
-    /// The rule index of each of the configuration's rules.
-    pub fn slots(&self) -> &[u32] {
+    /// The rule indexes of each of the configuration's rules.
+    pub fn slots(&self) -> &[Vec<u32>] {
         &self.slots
     }
 

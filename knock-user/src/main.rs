@@ -11,6 +11,7 @@ use xknock::{
     knock,
     pins::PinDir,
     run::{RunOptions, load_config, read_config, run},
+    sent,
     status::{self, Status},
 };
 
@@ -110,6 +111,9 @@ fn main() -> ExitCode {
             print!("{}", imported.toml);
             Ok(())
         })(),
+        Command::Keygen => xknock::config::rotating::keygen()
+            .map(|secret| println!("{secret}"))
+            .map_err(|e| anyhow!("no random bytes from the kernel: {e}")),
         Command::Detach { config } => pins_of(&config).and_then(|pins| {
             if status::detach(&pins)? {
                 eprintln!("xknock: detached; removed {}", pins.root().display());
@@ -139,6 +143,7 @@ fn send_knock(
     delay: Duration,
 ) -> anyhow::Result<()> {
     let mut once = None;
+    let mut rotating = None;
     let steps = match (config, rule) {
         (Some(path), Some(name)) => {
             let config = load_config(&path)?;
@@ -147,11 +152,17 @@ fn send_knock(
                 .into_iter()
                 .find(|r| r.name == name)
                 .ok_or_else(|| anyhow!("{} has no rule named `{name}`", path.display()))?;
-            if rule.sequence.is_empty() {
-                bail!("rule `{name}` has no unused one-time sequence left");
+            if let Some(r) = &rule.rotating {
+                let (window, steps) = sent::next_window(r)?;
+                rotating = Some((r.clone(), window));
+                steps
+            } else {
+                if rule.sequence.is_empty() {
+                    bail!("rule `{name}` has no unused one-time sequence left");
+                }
+                once = rule.once;
+                rule.sequence
             }
-            once = rule.once;
-            rule.sequence
         }
         _ if steps.is_empty() => {
             bail!("give the steps (tcp:PORT udp:PORT ...) or --config and --rule")
@@ -160,6 +171,10 @@ fn send_knock(
     };
     let target = knock::resolve(host).with_context(|| format!("cannot resolve `{host}`"))?;
     knock::send_sequence(target, &steps, delay).with_context(|| format!("knocking on {target}"))?;
+    // A rotating sequence opens once: the next knock waits for the next.
+    if let Some((r, window)) = rotating {
+        sent::record(&r, window);
+    }
     // A one-time sequence is spent once sent: the next knock takes the next.
     if let Some(used) = once {
         xknock::config::one_time::mark_used(&used.path, used.line).with_context(|| {

@@ -349,15 +349,15 @@ impl Maps {
             .map_err(map_error(map_names::GRANTS))
     }
 
-    /// Removes `addr`'s grants (of `rule` only, if given) and, with
+    /// Removes `addr`'s grants (of the rule indexes `rules` only, if given) and, with
     /// `flows`, the connections they admitted; returns how many of each.
     pub fn revoke(
         &mut self,
         addr: &Addr,
-        rule: Option<u32>,
+        rules: Option<&[u32]>,
         flows: bool,
     ) -> Result<(usize, usize), MapsError> {
-        let of_rule = |r: u32| rule.is_none_or(|wanted| wanted == r);
+        let of_rule = |r: u32| rules.is_none_or(|wanted| wanted.contains(&r));
         let grants = self.remove_where::<SourceRule, Grant>(map_names::GRANTS, |k, _| {
             k.addr == *addr && of_rule(k.rule)
         })?;

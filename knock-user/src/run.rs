@@ -8,7 +8,7 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -27,6 +27,7 @@ use crate::{
         AttachMode, Filter, FilterError, Installed, check_interface, embedded_program,
         monotonic_ns, read_instance,
     },
+    listeners,
     metrics::{self, Reloads},
     pins::{Lock, PinDir},
     status::nonzero,
@@ -66,22 +67,39 @@ struct Running {
     config: Config,
     rules: RuleBook,
     ifaces: Vec<String>,
+    /// When a rotating sequence it holds is next replaced.
+    next_rotation: Option<SystemTime>,
+    /// The generation with the next window's sequences, loaded ahead of
+    /// it (verification takes a good part of a second) and put in place
+    /// when the window begins.
+    next_generation: Option<Prepared>,
 }
 
-/// Loads `config` as the filter's next generation and puts it on every
-/// interface (`ifaces`, and any other the filter is pinned on), then makes
-/// it official. On an error the filter that was running keeps running.
-fn apply(
+/// A generation loaded but not yet in place, holding the change lock.
+struct Prepared {
+    filter: Filter,
+    config: Config,
+    /// Every interface it goes on.
+    ifaces: Vec<String>,
+    /// What its rotating sequences were made for.
+    at: SystemTime,
+    _change: Lock,
+}
+
+/// Loads `config` as the filter's next generation, with rotating
+/// sequences as they are at `at`, for `ifaces` and any other interface the
+/// filter is pinned on. Nothing the running filter uses changes.
+fn prepare(
     config: Config,
     ifaces: &[String],
-    mode: AttachMode,
     pins: &PinDir,
-    lock: &Lock,
-) -> anyhow::Result<Running> {
+    change: Lock,
+    at: SystemTime,
+) -> anyhow::Result<Prepared> {
     for iface in ifaces {
         check_interface(iface)?;
     }
-    let mut filter = Filter::load_pinned(&config, pins, lock)?;
+    let filter = Filter::load_pinned(&config, pins, &change, at)?;
     let mut all = ifaces.to_vec();
     for pinned in pins.links()? {
         if !all.contains(&pinned.iface) {
@@ -92,8 +110,34 @@ fn apply(
             all.push(pinned.iface);
         }
     }
-    for iface in &all {
+    Ok(Prepared {
+        filter,
+        config,
+        ifaces: all,
+        at,
+        _change: change,
+    })
+}
+
+/// Puts a prepared generation on every interface and makes it official;
+/// says so for each interface unless `quiet`. On an error the filter that
+/// was running keeps running.
+fn put_in_place(
+    prepared: Prepared,
+    mode: AttachMode,
+    pins: &PinDir,
+    quiet: bool,
+) -> anyhow::Result<Running> {
+    let Prepared {
+        mut filter,
+        config,
+        ifaces,
+        at,
+        _change,
+    } = prepared;
+    for iface in &ifaces {
         match filter.install(pins, iface, mode)? {
+            _ if quiet => {}
             Installed::Attached(used) => eprintln!("xknock: attached to {iface} ({used} mode)"),
             Installed::Replaced(kept) => eprintln!(
                 "xknock: attached to {iface} ({kept} mode, replacing the program on its pinned link; state kept)"
@@ -104,10 +148,25 @@ fn apply(
     let rules = RuleBook::new(&config, filter.slots());
     Ok(Running {
         filter,
+        next_rotation: config.next_rotation(at),
+        next_generation: None,
         config,
         rules,
-        ifaces: all,
+        ifaces,
     })
+}
+
+/// Loads `config` (rotating sequences as they are now) and puts it in
+/// place, holding the change lock `change` throughout.
+fn apply(
+    config: Config,
+    ifaces: &[String],
+    mode: AttachMode,
+    pins: &PinDir,
+    change: Lock,
+) -> anyhow::Result<Running> {
+    let prepared = prepare(config, ifaces, pins, change, SystemTime::now())?;
+    put_in_place(prepared, mode, pins, false)
 }
 
 pub fn run(options: RunOptions) -> anyhow::Result<()> {
@@ -134,9 +193,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let fresh = read_instance(&pins).ok().flatten().is_none();
     // Held until this process ends: one `run` per filter.
     let _owner = pins.own()?;
+    for warning in listeners::rotating_port_warnings(&config) {
+        eprintln!("xknock: warning: {warning}");
+    }
     let change = pins.change(CHANGE_PATIENCE)?;
-    let applied = apply(config, &ifaces, options.mode, &pins, &change);
-    drop(change);
+    let applied = apply(config, &ifaces, options.mode, &pins, change);
     let mut running = match applied {
         Ok(running) => running,
         Err(error) => {
@@ -210,6 +271,16 @@ async fn serve(
         .context("writing events to stdout")
     };
     loop {
+        let rotation_step = rotation_step_at(running);
+        let rotation = async move {
+            match rotation_step {
+                Some(at) => {
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(wait).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
@@ -259,7 +330,12 @@ async fn serve(
                 for grant in running.filter.maps_mut().sweep(monotonic_ns())? {
                     print(Record::expired(&grant, &running.rules))?;
                 }
+                // The wall clock may have jumped.
+                if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
+                    rotate(running, options, pins);
+                }
             }
+            () = rotation => rotate(running, options, pins),
             _ = sighup.recv() => {
                 let result = reload(running, options, ifaces, pins);
                 reloads.record(result.is_ok());
@@ -289,6 +365,72 @@ fn one_time_source(config: &Config, name: Option<&str>) -> Option<OneTime> {
     rule.once.clone().filter(|once| once.line > 0)
 }
 
+/// How long a rotation that failed waits before it is tried again.
+const ROTATION_RETRY: Duration = Duration::from_secs(5);
+
+/// How long before a window begins its sequences are loaded (at most half
+/// the shortest `rotate`): loading has the verifier check the programs
+/// anew, about a second of CPU.
+const ROTATION_LEAD: Duration = Duration::from_secs(3);
+
+/// When `rotate` has its next step to take: loading the next window's
+/// generation, or putting it in place.
+fn rotation_step_at(running: &Running) -> Option<SystemTime> {
+    if let Some(prepared) = &running.next_generation {
+        return Some(prepared.at);
+    }
+    let shortest = running
+        .config
+        .rules
+        .iter()
+        .filter_map(|rule| Some(rule.rotating.as_ref()?.rotate))
+        .min()?;
+    let at = running.next_rotation?;
+    Some(at - ROTATION_LEAD.min(shortest / 2))
+}
+
+/// Rotating sequences change: ahead of a window, its generation is loaded
+/// with the configuration the filter runs (not a file edited since); when
+/// the window begins, it is put in place. On an error the filter keeps
+/// the sequences it has, which only grow older: each still opens once.
+fn rotate(running: &mut Running, options: &RunOptions, pins: &PinDir) {
+    let now = SystemTime::now();
+    let result = match running.next_generation.take() {
+        Some(prepared) if prepared.at <= now => {
+            put_in_place(prepared, options.mode, pins, true).map(|next| *running = next)
+        }
+        Some(early) => {
+            running.next_generation = Some(early);
+            return;
+        }
+        None => {
+            let at = running.next_rotation.unwrap_or(now).max(now);
+            pins.change(CHANGE_PATIENCE)
+                .map_err(anyhow::Error::from)
+                .and_then(|change| {
+                    prepare(running.config.clone(), &running.ifaces, pins, change, at)
+                })
+                .map(|prepared| running.next_generation = Some(prepared))
+        }
+    };
+    if let Err(error) = result {
+        eprintln!(
+            "xknock: error: putting the next rotating sequences in place failed, trying again in {}s: {error:#}",
+            ROTATION_RETRY.as_secs()
+        );
+        running.next_rotation = Some(now + ROTATION_RETRY);
+    }
+}
+
+/// The interfaces a configuration goes on: the command line's, else its own.
+fn ifaces_for(config: &Config, options: &RunOptions, ifaces: &[String]) -> Vec<String> {
+    if options.ifaces.is_empty() {
+        config.interfaces.clone()
+    } else {
+        ifaces.to_vec()
+    }
+}
+
 /// Re-reads the configuration and, if it is valid and fits the running
 /// filter, puts it in place; otherwise nothing changes.
 fn reload(
@@ -298,11 +440,10 @@ fn reload(
     pins: &PinDir,
 ) -> anyhow::Result<()> {
     let config = load_config(&options.config)?;
-    let ifaces = if options.ifaces.is_empty() {
-        config.interfaces.clone()
-    } else {
-        ifaces.to_vec()
-    };
+    for warning in listeners::rotating_port_warnings(&config) {
+        eprintln!("xknock: warning: {warning}");
+    }
+    let ifaces = ifaces_for(&config, options, ifaces);
     if ifaces.is_empty() {
         bail!("no interface to filter: the file sets no `interfaces`");
     }
@@ -313,8 +454,11 @@ fn reload(
             config.pin_dir.display()
         );
     }
+    // A generation loaded ahead for the next window holds the change lock
+    // and the configuration being replaced: it goes.
+    running.next_generation = None;
     let change = pins.change(CHANGE_PATIENCE)?;
-    let next = apply(config, &ifaces, options.mode, pins, &change)?;
+    let next = apply(config, &ifaces, options.mode, pins, change)?;
     // The old generation's programs are unloaded as it drops; the links
     // already run the new one.
     *running = next;

@@ -9,8 +9,9 @@ use knock_common::{MAX_RULES, RuleName};
 /// already assigned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
-    /// The index of each rule, in the order the names were given.
-    pub slots: Vec<u32>,
+    /// The indexes of each rule (one per part), in the order the rules
+    /// were given.
+    pub slots: Vec<Vec<u32>>,
     /// Indexes whose rule is gone: their grants, flows and progress are
     /// removed once the new configuration is in place.
     pub retired: Vec<u32>,
@@ -25,45 +26,43 @@ pub struct Placement {
 )]
 pub struct NoFreeSlot(pub String);
 
-/// Places `names` (distinct, each fitting a `RuleName`): a name the filter
-/// already has keeps its index; a new one takes the lowest free index,
-/// never one retired by this same change.
-pub fn place(current: &[RuleName; MAX_RULES], names: &[&str]) -> Result<Placement, NoFreeSlot> {
-    let mut slots = vec![None; names.len()];
+/// Places `rules`, each a distinct name (fitting a `RuleName`) and how many
+/// indexes it needs (a rotating rule needs two: the sequences of two
+/// windows). A rule keeps the indexes it already has, lowest first, as its
+/// parts in order; what it needs more takes the lowest free index, never
+/// one retired by this same change.
+pub fn place(
+    current: &[RuleName; MAX_RULES],
+    rules: &[(&str, usize)],
+) -> Result<Placement, NoFreeSlot> {
+    let mut slots: Vec<Vec<u32>> = vec![Vec::new(); rules.len()];
     let mut taken = [false; MAX_RULES];
+    let mut retired = Vec::new();
     for (slot, held) in current.iter().enumerate() {
         let Some(held) = held.get() else { continue };
         // A held index stays out of reach of new rules either way.
         taken[slot] = true;
-        if let Some(i) = names.iter().position(|name| *name == held) {
-            slots[i] = Some(slot as u32);
+        match rules.iter().position(|(name, _)| *name == held) {
+            Some(i) if slots[i].len() < rules[i].1 => slots[i].push(slot as u32),
+            _ => retired.push(slot as u32),
         }
     }
-    let retired: Vec<u32> = current
-        .iter()
-        .enumerate()
-        .filter(|(slot, held)| held.get().is_some() && !slots.contains(&Some(*slot as u32)))
-        .map(|(slot, _)| slot as u32)
-        .collect();
     let mut names_after = [RuleName::default(); MAX_RULES];
-    let mut placed = Vec::with_capacity(names.len());
-    for (name, slot) in names.iter().zip(slots) {
-        let slot = match slot {
-            Some(slot) => slot,
-            None => {
-                let free = taken
-                    .iter()
-                    .position(|t| !t)
-                    .ok_or_else(|| NoFreeSlot((*name).to_owned()))?;
-                taken[free] = true;
-                free as u32
-            }
-        };
-        names_after[slot as usize] = RuleName::new(name).expect("names fit a RuleName");
-        placed.push(slot);
+    for ((name, parts), placed) in rules.iter().zip(&mut slots) {
+        while placed.len() < *parts {
+            let free = taken
+                .iter()
+                .position(|t| !t)
+                .ok_or_else(|| NoFreeSlot((*name).to_owned()))?;
+            taken[free] = true;
+            placed.push(free as u32);
+        }
+        for &slot in placed.iter() {
+            names_after[slot as usize] = RuleName::new(name).expect("names fit a RuleName");
+        }
     }
     Ok(Placement {
-        slots: placed,
+        slots,
         retired,
         names: names_after,
     })
@@ -83,28 +82,52 @@ mod tests {
 
     #[test]
     fn a_fresh_filter_places_rules_in_order() {
-        let placement = place(&held(&[]), &["ssh", "web"]).expect("fits");
-        assert_eq!(placement.slots, [0, 1]);
+        let placement = place(&held(&[]), &[("ssh", 1), ("web", 1)]).expect("fits");
+        assert_eq!(placement.slots, [vec![0], vec![1]]);
         assert!(placement.retired.is_empty());
         assert_eq!(placement.names[1].get(), Some("web"));
     }
 
     #[test]
     fn rules_keep_their_index_whatever_the_order() {
-        let placement = place(&held(&[(0, "ssh"), (1, "web")]), &["web", "ssh"]).expect("fits");
-        assert_eq!(placement.slots, [1, 0]);
+        let placement =
+            place(&held(&[(0, "ssh"), (1, "web")]), &[("web", 1), ("ssh", 1)]).expect("fits");
+        assert_eq!(placement.slots, [vec![1], vec![0]]);
     }
 
     #[test]
     fn a_removed_rules_index_is_not_reused_by_the_same_change() {
-        let placement = place(&held(&[(0, "ssh"), (1, "web")]), &["dns", "web"]).expect("fits");
-        assert_eq!(placement.slots, [2, 1], "dns must not inherit ssh's grants");
+        let placement =
+            place(&held(&[(0, "ssh"), (1, "web")]), &[("dns", 1), ("web", 1)]).expect("fits");
+        assert_eq!(
+            placement.slots,
+            [vec![2], vec![1]],
+            "dns must not inherit ssh's grants"
+        );
         assert_eq!(placement.retired, [0]);
         assert_eq!(placement.names[0].get(), None);
         // The next change may use it.
-        let next = place(&placement.names, &["dns", "web", "ntp"]).expect("fits");
-        assert_eq!(next.slots, [2, 1, 0]);
+        let next = place(&placement.names, &[("dns", 1), ("web", 1), ("ntp", 1)]).expect("fits");
+        assert_eq!(next.slots, [vec![2], vec![1], vec![0]]);
         assert!(next.retired.is_empty());
+    }
+
+    #[test]
+    fn a_rotating_rule_keeps_both_its_indexes_in_order() {
+        let placement = place(&held(&[]), &[("ssh", 1), ("rot", 2)]).expect("fits");
+        assert_eq!(placement.slots, [vec![0], vec![1, 2]]);
+        assert_eq!(placement.names[2].get(), Some("rot"));
+        // Reordered, it keeps them, lowest first.
+        let again = place(&placement.names, &[("rot", 2), ("ssh", 1)]).expect("fits");
+        assert_eq!(again.slots, [vec![1, 2], vec![0]]);
+        assert!(again.retired.is_empty());
+        // No longer rotating: it keeps its first index, the second retires.
+        let plain = place(&again.names, &[("rot", 1), ("ssh", 1)]).expect("fits");
+        assert_eq!(plain.slots, [vec![1], vec![0]]);
+        assert_eq!(plain.retired, [2]);
+        // Rotating again once that change is made: a second index again.
+        let back = place(&plain.names, &[("rot", 2), ("ssh", 1)]).expect("fits");
+        assert_eq!(back.slots, [vec![1, 2], vec![0]]);
     }
 
     #[test]
@@ -117,7 +140,7 @@ mod tests {
                 .map(|(i, n)| (i, n.as_str()))
                 .collect::<Vec<_>>(),
         );
-        let error = place(&current, &["new"]).expect_err("no room");
+        let error = place(&current, &[("new", 1)]).expect_err("no room");
         assert!(error.to_string().contains("`new`"), "{error}");
     }
 }

@@ -92,15 +92,18 @@ impl Pinned {
         Ok(Pinned { instance, maps })
     }
 
-    /// The index of the rule named `name`.
-    pub fn rule_index(&self, name: &str) -> Result<u32, StatusError> {
-        let names: Vec<&str> = self.instance.rules.iter().filter_map(|r| r.get()).collect();
-        self.instance
-            .rules
-            .iter()
-            .position(|r| r.get() == Some(name))
-            .map(|i| i as u32)
-            .ok_or_else(|| StatusError::NoSuchRule(name.to_owned(), names.join(", ")))
+    /// The indexes of the rule named `name`, lowest first (a rotating rule
+    /// has two).
+    pub fn rule_indexes(&self, name: &str) -> Result<Vec<u32>, StatusError> {
+        let indexes: Vec<u32> = (0..MAX_RULES as u32)
+            .filter(|&i| self.instance.rules[i as usize].get() == Some(name))
+            .collect();
+        if indexes.is_empty() {
+            let mut names: Vec<&str> = self.instance.rules.iter().filter_map(|r| r.get()).collect();
+            names.dedup();
+            return Err(StatusError::NoSuchRule(name.to_owned(), names.join(", ")));
+        }
+        Ok(indexes)
     }
 
     fn rule_name(&self, index: u32) -> String {
@@ -322,7 +325,8 @@ pub fn grant(
     duration: Option<Duration>,
 ) -> Result<Duration, StatusError> {
     let mut pinned = Pinned::open(pins)?;
-    let index = pinned.rule_index(rule)?;
+    // Every index of a rule admits to the same ports.
+    let index = pinned.rule_indexes(rule)?[0];
     let duration = duration
         .unwrap_or_else(|| Duration::from_nanos(pinned.rule(index).map_or(0, |r| r.open_for_ns)));
     let expires_ns = monotonic_ns().saturating_add(duration.as_nanos() as u64);
@@ -339,8 +343,10 @@ pub fn revoke(
     flows: bool,
 ) -> Result<(usize, usize), StatusError> {
     let mut pinned = Pinned::open(pins)?;
-    let index = rule.map(|r| pinned.rule_index(r)).transpose()?;
-    Ok(pinned.maps.revoke(&key_addr(addr), index, flows)?)
+    let indexes = rule.map(|r| pinned.rule_indexes(r)).transpose()?;
+    Ok(pinned
+        .maps
+        .revoke(&key_addr(addr), indexes.as_deref(), flows)?)
 }
 
 /// `xknock detach`: takes the filter off every interface and removes its

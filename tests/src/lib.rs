@@ -494,9 +494,17 @@ pub fn verdicts(log: &[String]) -> Option<&str> {
 
 /// Runs `xknock knock` from the client namespace.
 pub fn knock(lab: &Lab, args: &[&str]) -> Output {
-    let output = lab
-        .client
-        .command(xknock_bin())
+    knock_with_state(lab, None, args)
+}
+
+/// Runs `xknock knock` from the client namespace, keeping what the client
+/// remembers (of rotating windows it sent) in `state` if given.
+pub fn knock_with_state(lab: &Lab, state: Option<&std::path::Path>, args: &[&str]) -> Output {
+    let mut command = lab.client.command(xknock_bin());
+    if let Some(state) = state {
+        command.env("XDG_STATE_HOME", state);
+    }
+    let output = command
         .arg("knock")
         .args(args)
         .output()

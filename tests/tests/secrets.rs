@@ -1,9 +1,22 @@
-//! Knock secrets a sniffer cannot replay: one-time sequences open once,
-//! even replayed at once, even across a restart of the loader.
+//! Knock secrets a sniffer cannot replay: one-time and rotating sequences
+//! open once, even replayed at once, even across a restart of the loader;
+//! a rotating sequence replayed after its windows opens nothing.
 
-use std::{fs, sync::Arc, time::Duration};
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    process::Output,
+    sync::Arc,
+    thread,
+    time::{Duration, SystemTime},
+};
 
-use lab::{CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, TestFilter, Xknock, knock};
+use lab::{
+    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, TestFilter, Xknock, knock,
+    knock_with_state, run, xknock_bin,
+};
+use xknock::config::{Config, PortSpec, rotating::Rotating};
 
 /// Three sequences in knockd's one_time_sequences form.
 const SEQUENCES: &str = "7001,7002:udp,7003\n8001:udp,8002,8003:udp\n9001,9002:udp,9003\n";
@@ -101,4 +114,180 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     knock(&lab, &[&v4, "--config", client_config, "--rule", "ssh"]);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
     assert_eq!(used(&client_file), [true, true, true]);
+}
+
+/// How often the rotating rule under test changes.
+const ROTATE_SECS: u64 = 6;
+
+fn rotating_rule(secret_file: &Path) -> String {
+    format!(
+        "[[rule]]\nname = \"ssh\"\nsecret_file = \"{}\"\nrotate = \"{ROTATE_SECS}s\"\nsteps = 4\n\
+         sequence_timeout = \"5s\"\nopen_for = \"60s\"\nprotect = [\"tcp:2222\"]\n",
+        secret_file.display()
+    )
+}
+
+/// `xknock knock` from the client namespace with its own state directory
+/// (what the client remembers of the windows it sent).
+fn knock_in(lab: &Lab, state: &Path, args: &[&str]) -> Output {
+    knock_with_state(lab, Some(state), args)
+}
+
+/// The steps a knock reported sending.
+fn sent_steps(output: &Output) -> Vec<String> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split_once("knocked on ").map(|(_, rest)| rest.to_owned()))
+        .unwrap_or_else(|| panic!("no knock reported: {stderr}"));
+    let (_, steps) = line.split_once(": ").expect("target: steps");
+    steps.split(' ').map(str::to_owned).collect()
+}
+
+/// Waits until the current window has run at least `min` and is not past
+/// `max`, and returns it.
+fn early_in_a_window(rotating: &Rotating, min: Duration, max: Duration) -> u64 {
+    loop {
+        let now = SystemTime::now();
+        let window = rotating.window(now);
+        let into = now
+            .duration_since(rotating.window_start(window))
+            .expect("after its start");
+        if (min..=max).contains(&into) {
+            return window;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart() {
+    let lab = Lab::new();
+    lab.tcp_listener(2222);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("client state");
+    // The secret as an operator makes it.
+    let key = dir.path().join("ssh.key");
+    let secret = run(xknock_bin().to_str().expect("utf-8"), &["keygen"]);
+    fs::write(&key, &secret.stdout).expect("write secret");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let rule = rotating_rule(&key);
+    let config = Config::parse(&rule).expect("valid");
+    let rotating = config.rules[0].rotating.clone().expect("rotating");
+    let sequence = |window: u64| -> Vec<String> {
+        rotating
+            .sequence(window)
+            .expect("derives")
+            .iter()
+            .map(PortSpec::to_string)
+            .collect()
+    };
+    let filter = Arc::new(TestFilter::new(&rule));
+    let client_config = filter.arg().to_owned();
+    let xknock = Xknock::start_on(&lab, filter.clone(), &[], false);
+    let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
+    let replay = |from: &str, steps: &[String]| {
+        let mut args = vec![from];
+        args.extend(steps.iter().map(String::as_str));
+        knock(&lab, &args);
+    };
+
+    // Early in a window, so that the steps below happen while this
+    // window's sequence is installed (this window and the next).
+    let window = early_in_a_window(
+        &rotating,
+        Duration::from_millis(300),
+        Duration::from_secs(1),
+    );
+    let sent = sent_steps(&knock_in(
+        &lab,
+        state.path(),
+        &[&v4, "--config", &client_config, "--rule", "ssh"],
+    ));
+    assert_eq!(
+        sent,
+        sequence(window),
+        "the client sends this window's sequence"
+    );
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 2222), Reach::Open);
+
+    // A sniffer replays it at once from another address: spent.
+    replay(&v6, &sent);
+    xknock.expect_event(&[
+        ("event", "reset"),
+        ("reason", "spent"),
+        ("source", CLIENT_V6),
+    ]);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
+
+    // Across a kill -9 and a new run, while the sequence is still live
+    // (the previous window's), it stays spent.
+    let filter = xknock.kill9();
+    let xknock = Xknock::start_on(&lab, filter, &[], false);
+    replay(&v6, &sent);
+    assert!(
+        rotating.window(SystemTime::now()) <= window + 1,
+        "the replay came after the sequence's windows: the restart took too long to test this"
+    );
+    xknock.expect_event(&[
+        ("event", "reset"),
+        ("reason", "spent"),
+        ("source", CLIENT_V6),
+    ]);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
+
+    // The same client knocking again in the same window waits for the next
+    // one (its sequence is spent); a fresh sequence opens.
+    let again = knock_in(
+        &lab,
+        state.path(),
+        &[&v6, "--config", &client_config, "--rule", "ssh"],
+    );
+    let next = rotating.window(SystemTime::now());
+    assert!(next > window, "sent in the window it had used");
+    assert_eq!(sent_steps(&again), sequence(next));
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Open);
+
+    // Once its windows are over, the first sequence opens nothing, even
+    // for a source that never used it.
+    filter_revoke(&xknock, &lab, CLIENT_V6);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
+    while rotating.window(SystemTime::now()) < window + 2 {
+        thread::sleep(Duration::from_millis(100));
+    }
+    // Past the loader's swap at the window's start.
+    thread::sleep(Duration::from_millis(300));
+    replay(&v6, &sent);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
+    assert_eq!(
+        xknock.count_events(&[("event", "grant"), ("source", CLIENT_V6)]),
+        1,
+        "an old sequence opened: {:#?}",
+        xknock.events()
+    );
+    // While the current window's own sequence, unused, opens.
+    let current = rotating.window(SystemTime::now());
+    replay(&v6, &sequence(current));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while xknock.count_events(&[("event", "grant"), ("source", CLIENT_V6)]) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the current sequence did not open: {:#?}",
+            xknock.events()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Open);
+}
+
+fn filter_revoke(xknock: &Xknock, lab: &Lab, source: &str) {
+    let filter = xknock.filter();
+    let output = filter.xknock(
+        lab,
+        &["revoke", source, "--config", filter.arg(), "--flows"],
+    );
+    assert!(output.status.success(), "revoke: {output:?}");
 }

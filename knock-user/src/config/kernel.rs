@@ -1,7 +1,10 @@
 //! A validated configuration flattened into what the XDP program's maps
 //! hold.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use knock_common::{
     Addr, CONCEAL_CLOSED, CONCEAL_DROP, Knock, MAX_RULES, PortRoles, RuleConfig, Settings,
@@ -17,8 +20,9 @@ pub struct KernelConfig {
     /// Indexed by rule index; an index no rule owns holds a free slot
     /// (`steps == 0`).
     pub rules: Vec<RuleConfig>,
-    /// The rule index of each of the configuration's rules, in file order.
-    pub slots: Vec<u32>,
+    /// The rule indexes of each of the configuration's rules (one per
+    /// part), in file order.
+    pub slots: Vec<Vec<u32>>,
     /// `PORT_ROLES` entries that are not all zero.
     pub port_roles: Vec<(u32, PortRoles)>,
     pub allow: Vec<(u32, Addr)>,
@@ -48,50 +52,68 @@ fn nanos(key: &str, duration: Duration) -> Result<u64, KernelConfigError> {
 impl TryFrom<&Config> for KernelConfig {
     type Error = KernelConfigError;
 
-    /// The rules at indexes in file order.
+    /// The rules at indexes in file order, with rotating sequences as they
+    /// are now.
     fn try_from(config: &Config) -> Result<Self, Self::Error> {
-        let slots: Vec<u32> = (0..config.rules.len() as u32).collect();
-        KernelConfig::placed(config, &slots)
+        KernelConfig::placed(config, &config.slots_in_order(), SystemTime::now())
     }
 }
 
 impl KernelConfig {
     /// The configuration with its rules at the given indexes (`slots[i]`
-    /// for `config.rules[i]`, each below `MAX_RULES`, none twice), where a
-    /// running filter keeps the state of rules it already has.
-    pub fn placed(config: &Config, slots: &[u32]) -> Result<Self, KernelConfigError> {
-        assert_eq!(slots.len(), config.rules.len(), "one slot per rule");
-        let used = slots.iter().max().map_or(0, |&max| max as usize + 1);
+    /// for the parts of `config.rules[i]`, each below `MAX_RULES`, none
+    /// twice), where a running filter keeps the state of rules it already
+    /// has, and rotating sequences as they are at `now`.
+    pub fn placed(
+        config: &Config,
+        slots: &[Vec<u32>],
+        now: SystemTime,
+    ) -> Result<Self, KernelConfigError> {
+        assert_eq!(slots.len(), config.rules.len(), "slots for every rule");
+        let used = slots
+            .iter()
+            .flatten()
+            .max()
+            .map_or(0, |&max| max as usize + 1);
         assert!(used <= MAX_RULES, "slots are below MAX_RULES");
         let mut rules = vec![RuleConfig::default(); used];
         let mut roles: HashMap<u32, PortRoles> = HashMap::new();
-        for (&index, rule) in slots.iter().zip(&config.rules) {
-            let bit = 1u16 << index;
-            let mut kernel_rule = RuleConfig {
-                steps: rule.sequence.len() as u32,
-                sequence_timeout_ns: nanos(
-                    &format!("rule `{}`: sequence_timeout", rule.name),
-                    rule.sequence_timeout,
-                )?,
-                open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
-                once: u32::from(rule.once.is_some()),
-                ..Default::default()
-            };
-            for (slot, step) in kernel_rule.sequence.iter_mut().zip(&rule.sequence) {
-                *slot = step.0;
-            }
-            let steps: Vec<Knock> = rule.sequence.iter().map(|s| s.0).collect();
-            kernel_rule.sequence_tag = sequence_tag(&steps);
-            rules[index as usize] = kernel_rule;
-            let index_of = |spec: &PortSpec| {
-                port_roles_index(spec.0.proto, spec.0.port)
-                    .expect("config only holds tcp, udp and icmp")
-            };
-            for step in &rule.sequence {
-                roles.entry(index_of(step)).or_default().knock_rules |= bit;
-            }
-            for port in &rule.protect {
-                roles.entry(index_of(port)).or_default().protect_rules |= bit;
+        for (parts, rule) in slots.iter().zip(&config.rules) {
+            let sequences = rule
+                .sequences_at(now)
+                .map_err(|problem| KernelConfigError {
+                    key: format!("rule `{}`", rule.name),
+                    problem,
+                })?;
+            assert_eq!(parts.len(), sequences.len(), "a slot for every part");
+            for (&index, sequence) in parts.iter().zip(&sequences) {
+                let bit = 1u16 << index;
+                let mut kernel_rule = RuleConfig {
+                    steps: sequence.len() as u32,
+                    sequence_timeout_ns: nanos(
+                        &format!("rule `{}`: sequence_timeout", rule.name),
+                        rule.sequence_timeout,
+                    )?,
+                    open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
+                    once: u32::from(rule.once.is_some() || rule.rotating.is_some()),
+                    ..Default::default()
+                };
+                for (slot, step) in kernel_rule.sequence.iter_mut().zip(sequence) {
+                    *slot = step.0;
+                }
+                let steps: Vec<Knock> = sequence.iter().map(|s| s.0).collect();
+                kernel_rule.sequence_tag = sequence_tag(&steps);
+                rules[index as usize] = kernel_rule;
+                let index_of = |spec: &PortSpec| {
+                    port_roles_index(spec.0.proto, spec.0.port)
+                        .expect("config only holds tcp, udp and icmp")
+                };
+                for step in sequence {
+                    roles.entry(index_of(step)).or_default().knock_rules |= bit;
+                }
+                for port in &rule.protect {
+                    roles.entry(index_of(port)).or_default().protect_rules |= bit;
+                }
             }
         }
         let mut port_roles: Vec<_> = roles.into_iter().collect();

@@ -6,13 +6,14 @@
 
 mod kernel;
 pub mod one_time;
+pub mod rotating;
 mod values;
 
 use std::{
     collections::HashMap,
     ops::Range,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 pub use kernel::{KernelConfig, KernelConfigError};
@@ -79,6 +80,14 @@ struct FileRule {
     sequence: Option<Spanned<Vec<PortSpec>>>,
     #[serde(default)]
     sequences_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    secret_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    rotate: Option<Spanned<ConfigDuration>>,
+    #[serde(default)]
+    steps: Option<Spanned<usize>>,
+    #[serde(default)]
+    port_range: Option<Spanned<rotating::PortRange>>,
     sequence_timeout: ConfigDuration,
     open_for: ConfigDuration,
     protect: Spanned<Vec<PortSpec>>,
@@ -152,14 +161,50 @@ impl Default for FlowTimeouts {
 pub struct Rule {
     pub name: String,
     /// The live sequence; empty when a one-time file has no unused line
-    /// (the rule then opens nothing).
+    /// (the rule then opens nothing), and for a rotating rule, whose
+    /// sequences come from `sequences_at`.
     pub sequence: Vec<PortSpec>,
     /// Where a one-time sequence came from: it opens once, and is then
     /// marked used and replaced.
     pub once: Option<one_time::OneTime>,
+    /// A rotating rule's secret and schedule.
+    pub rotating: Option<rotating::Rotating>,
     pub sequence_timeout: Duration,
     pub open_for: Duration,
     pub protect: Vec<PortSpec>,
+}
+
+impl Rule {
+    /// How many rule indexes the rule takes in the kernel: two for a
+    /// rotating rule (the current window's sequence and the one before),
+    /// else one.
+    pub fn parts(&self) -> usize {
+        if self.rotating.is_some() { 2 } else { 1 }
+    }
+
+    /// The sequence of each part at `now`. A rotating rule's part 0 holds
+    /// the sequence of whichever of the current and the previous window is
+    /// even, part 1 the odd one's: a sequence stays in its part (and keeps
+    /// the progress made with it) for both windows it is live.
+    pub fn sequences_at(&self, now: SystemTime) -> Result<Vec<Vec<PortSpec>>, String> {
+        let Some(rotating) = &self.rotating else {
+            return Ok(vec![self.sequence.clone()]);
+        };
+        let current = rotating.window(now);
+        let mut parts = vec![Vec::new(), Vec::new()];
+        for window in [current, current.saturating_sub(1)] {
+            parts[(window % 2) as usize] = rotating.sequence(window)?;
+        }
+        Ok(parts)
+    }
+
+    /// What a client sends at `now`.
+    pub fn sequence_at(&self, now: SystemTime) -> Result<Vec<PortSpec>, String> {
+        match &self.rotating {
+            Some(rotating) => rotating.sequence(rotating.window(now)),
+            None => Ok(self.sequence.clone()),
+        }
+    }
 }
 
 /// What a packet stopped at a knock port, or at a protected port for a
@@ -193,6 +238,32 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+impl Config {
+    /// The rule indexes of each rule's parts when they are placed in file
+    /// order (a fresh filter, tests).
+    pub fn slots_in_order(&self) -> Vec<Vec<u32>> {
+        let mut next = 0;
+        self.rules
+            .iter()
+            .map(|rule| {
+                let parts = (next..next + rule.parts() as u32).collect();
+                next += rule.parts() as u32;
+                parts
+            })
+            .collect()
+    }
+
+    /// When the first rotating sequence after `after` changes, if any
+    /// rule rotates.
+    pub fn next_rotation(&self, after: SystemTime) -> Option<SystemTime> {
+        self.rules
+            .iter()
+            .filter_map(|rule| rule.rotating.as_ref())
+            .map(|r| r.window_start(r.window(after) + 1))
+            .min()
+    }
+}
+
 /// Denied attempts and first steps reported per CPU and second.
 const DEFAULT_FLOOD_EVENTS_PER_SECOND: u32 = 20;
 
@@ -224,6 +295,69 @@ fn check_sequence(sequence: &[PortSpec]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Steps of a rotating sequence unless `steps` says otherwise.
+const DEFAULT_ROTATING_STEPS: usize = 4;
+/// How often a rotating sequence changes unless `rotate` says otherwise
+/// (TOTP's period).
+const DEFAULT_ROTATE: Duration = Duration::from_secs(30);
+
+/// A rotating rule's keys, checked, and a warning about its secret file.
+fn rotating_rule(
+    rule: &FileRule,
+    file: &Spanned<PathBuf>,
+    dir: &Path,
+    reserved: &[PortSpec],
+    invalid: &impl Fn(Range<usize>, &str, String) -> ConfigError,
+) -> Result<(rotating::Rotating, Option<String>), ConfigError> {
+    let name = rule.name.get_ref();
+    let path = dir.join(file.get_ref());
+    let (key, warning) = rotating::read_secret(&path).map_err(|problem| {
+        invalid(
+            file.span(),
+            &format!("rule `{name}`: secret_file"),
+            format!("{}: {problem}", path.display()),
+        )
+    })?;
+    let steps = rule
+        .steps
+        .as_ref()
+        .map_or(DEFAULT_ROTATING_STEPS, |s| *s.get_ref());
+    if !(MIN_STEPS..=MAX_STEPS).contains(&steps) {
+        let span = rule.steps.as_ref().map_or(file.span(), Spanned::span);
+        return Err(invalid(
+            span,
+            &format!("rule `{name}`: steps"),
+            format!("{steps} is outside {MIN_STEPS}..={MAX_STEPS}"),
+        ));
+    }
+    let rotate = rule
+        .rotate
+        .as_ref()
+        .map_or(DEFAULT_ROTATE, |r| r.get_ref().0);
+    if let Some(span) = rule.rotate.as_ref().map(Spanned::span)
+        && rotate < rotating::MIN_ROTATE
+    {
+        return Err(invalid(
+            span,
+            &format!("rule `{name}`: rotate"),
+            format!(
+                "must be at least {}s: each rotation loads the filter anew, which takes about a second",
+                rotating::MIN_ROTATE.as_secs()
+            ),
+        ));
+    }
+    let range = rule
+        .port_range
+        .as_ref()
+        .map_or(rotating::DEFAULT_PORT_RANGE, |r| *r.get_ref());
+    let rotating = rotating::Rotating::new(path, key, rotate, steps, range, reserved.to_vec())
+        .map_err(|problem| {
+            let span = rule.port_range.as_ref().map_or(file.span(), Spanned::span);
+            invalid(span, &format!("rule `{name}`: port_range"), problem)
+        })?;
+    Ok((rotating, warning))
 }
 
 impl Config {
@@ -310,6 +444,15 @@ impl Config {
 
         // Where each protected port, first step and sequence is used, to find collisions.
         let mut protected_by: HashMap<PortSpec, &str> = HashMap::new();
+        // Every protected port, which no rotating sequence draws.
+        let mut all_protected: Vec<PortSpec> = file
+            .rules
+            .iter()
+            .flat_map(|r| r.protect.get_ref().iter().copied())
+            .filter(|p| !p.is_icmp())
+            .collect();
+        all_protected.sort_by_key(|p| (p.0.proto, p.0.port));
+        all_protected.dedup();
         let mut first_steps: HashMap<PortSpec, &str> = HashMap::new();
         let mut sequences: HashMap<Vec<PortSpec>, &str> = HashMap::new();
         // Where each rule's sequence was written, for errors found later.
@@ -338,8 +481,98 @@ impl Config {
                     format!("rule `{name}` is defined twice"),
                 ));
             }
+            let protect = rule.protect.get_ref();
+            let at = |problem: String| {
+                invalid(
+                    rule.protect.span(),
+                    &format!("rule `{name}`: protect"),
+                    problem,
+                )
+            };
+            if protect.is_empty() {
+                return Err(at("protects nothing; list ports such as \"tcp:22\"".into()));
+            }
+            for (i, port) in protect.iter().enumerate() {
+                if port.is_icmp() {
+                    return Err(at(format!(
+                        "{port} is a knock step form; protect TCP or UDP ports"
+                    )));
+                }
+                if protect[..i].contains(port) {
+                    return Err(at(format!("{port} is listed twice")));
+                }
+                protected_by.entry(*port).or_insert(name);
+            }
+            let new_rule = |sequence: Vec<PortSpec>, once, rotating| Rule {
+                name: name.to_owned(),
+                sequence,
+                once,
+                rotating,
+                sequence_timeout: rule.sequence_timeout.0,
+                open_for: rule.open_for.0,
+                protect: protect.clone(),
+            };
+
+            let given = [
+                rule.sequence.is_some(),
+                rule.sequences_file.is_some(),
+                rule.secret_file.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
+                return Err(invalid(
+                    rule.name.span(),
+                    &format!("rule `{name}`"),
+                    "give one of `sequence`, `sequences_file` or `secret_file`".into(),
+                ));
+            }
+            if rule.secret_file.is_none() {
+                let spans = [
+                    ("rotate", rule.rotate.as_ref().map(Spanned::span)),
+                    ("steps", rule.steps.as_ref().map(Spanned::span)),
+                    ("port_range", rule.port_range.as_ref().map(Spanned::span)),
+                ];
+                if let Some((key, Some(span))) = spans.into_iter().find(|(_, s)| s.is_some()) {
+                    return Err(invalid(
+                        span,
+                        &format!("rule `{name}`: {key}"),
+                        "belongs to a rotating rule, one with `secret_file`".into(),
+                    ));
+                }
+            }
+            if let Some(file) = &rule.secret_file {
+                let (rotating, warning) = rotating_rule(rule, file, dir, &all_protected, &invalid)?;
+                if let Some(other) = rules
+                    .iter()
+                    .find(|r| r.rotating.as_ref().is_some_and(|o| o.same_key(&rotating)))
+                {
+                    return Err(invalid(
+                        file.span(),
+                        &format!("rule `{name}`: secret_file"),
+                        format!(
+                            "the same secret as rule `{}`: both would knock with one sequence; `xknock keygen` makes another",
+                            other.name
+                        ),
+                    ));
+                }
+                if let Some(warning) = warning {
+                    warnings.push(format!(
+                        "line {}: rule `{name}`: secret_file: {warning}",
+                        lines.of(file.span())
+                    ));
+                }
+                if rotating.steps < RECOMMENDED_STEPS {
+                    warnings.push(format!(
+                        "line {}: rule `{name}`: steps: only {}; {RECOMMENDED_STEPS} or more are much harder to guess",
+                        lines.of(file.span()),
+                        rotating.steps
+                    ));
+                }
+                sequence_spans.push(file.span());
+                rules.push(new_rule(Vec::new(), None, Some(rotating)));
+                continue;
+            }
             let (sequence, span, once) = match (&rule.sequence, &rule.sequences_file) {
-                (Some(sequence), None) => (sequence.get_ref().clone(), sequence.span(), None),
+                (Some(sequence), _) => (sequence.get_ref().clone(), sequence.span(), None),
                 (None, Some(file)) => {
                     let path = dir.join(file.get_ref());
                     let at = |problem: String| {
@@ -369,25 +602,16 @@ impl Config {
                                 path.display()
                             ));
                             sequence_spans.push(file.span());
-                            rules.push(Rule {
-                                name: name.to_owned(),
-                                sequence: Vec::new(),
-                                once: Some(one_time::OneTime { path, line: 0 }),
-                                sequence_timeout: rule.sequence_timeout.0,
-                                open_for: rule.open_for.0,
-                                protect: rule.protect.get_ref().clone(),
-                            });
+                            rules.push(new_rule(
+                                Vec::new(),
+                                Some(one_time::OneTime { path, line: 0 }),
+                                None,
+                            ));
                             continue;
                         }
                     }
                 }
-                _ => {
-                    return Err(invalid(
-                        rule.name.span(),
-                        &format!("rule `{name}`"),
-                        "give either `sequence` or `sequences_file`".into(),
-                    ));
-                }
+                (None, None) => unreachable!("one source was given"),
             };
             let sequence = &sequence;
             let at = |key: &str, problem: String| {
@@ -421,38 +645,18 @@ impl Config {
                     sequence[0]
                 ));
             }
-
-            let protect = rule.protect.get_ref();
-            let at = |problem: String| {
-                invalid(
-                    rule.protect.span(),
-                    &format!("rule `{name}`: protect"),
-                    problem,
-                )
-            };
-            if protect.is_empty() {
-                return Err(at("protects nothing; list ports such as \"tcp:22\"".into()));
-            }
-            for (i, port) in protect.iter().enumerate() {
-                if port.is_icmp() {
-                    return Err(at(format!(
-                        "{port} is a knock step form; protect TCP or UDP ports"
-                    )));
-                }
-                if protect[..i].contains(port) {
-                    return Err(at(format!("{port} is listed twice")));
-                }
-                protected_by.entry(*port).or_insert(name);
-            }
             sequence_spans.push(span.clone());
-            rules.push(Rule {
-                name: name.to_owned(),
-                sequence: sequence.clone(),
-                once,
-                sequence_timeout: rule.sequence_timeout.0,
-                open_for: rule.open_for.0,
-                protect: protect.clone(),
-            });
+            rules.push(new_rule(sequence.clone(), once, None));
+        }
+        let parts: usize = rules.iter().map(Rule::parts).sum();
+        if parts > MAX_RULES {
+            return Err(invalid(
+                0..0,
+                "rule",
+                format!(
+                    "the rules need {parts} rule indexes (a rotating rule takes two); at most {MAX_RULES} are supported"
+                ),
+            ));
         }
         for (rule, span) in rules.iter().zip(&sequence_spans) {
             for step in &rule.sequence {
@@ -919,7 +1123,7 @@ protect = ["tcp:22"]
             Config::parse_in(&both, dir.path())
                 .expect_err("refused")
                 .to_string()
-                .contains("either `sequence` or `sequences_file`")
+                .contains("one of `sequence`, `sequences_file` or `secret_file`")
         );
         // Every line used: the rule opens nothing, with a warning.
         std::fs::write(&otp, "#7001,7002,7003\n").expect("write");
@@ -930,6 +1134,186 @@ protect = ["tcp:22"]
                 .warnings
                 .iter()
                 .any(|w| w.contains("no unused sequence"))
+        );
+    }
+
+    /// A secret file with mode 600 in `dir`.
+    fn secret(dir: &Path, name: &str, secret: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{secret}\n")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+
+    const KEY_A: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const KEY_B: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+
+    #[test]
+    fn a_rotating_rule_takes_two_indexes_with_this_and_the_last_windows_sequences() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        secret(dir.path(), "ssh.key", KEY_A);
+        let text = format!(
+            "{}{TIMES}protect = [\"tcp:22\"]\n{}secret_file = \"ssh.key\"\nrotate = \"30s\"\nsteps = 5\n{TIMES}protect = [\"tcp:2222\"]\n",
+            with_rule(SEQUENCE),
+            "[[rule]]\nname = \"rot\"\n"
+        );
+        let config = Config::parse_in(&text, dir.path()).expect("valid");
+        assert!(
+            config.warnings.iter().all(|w| !w.contains("ssh.key")),
+            "{:?}",
+            config.warnings
+        );
+        let rule = &config.rules[1];
+        let rotating = rule.rotating.as_ref().expect("rotating");
+        assert_eq!(
+            (rotating.steps, rotating.rotate),
+            (5, Duration::from_secs(30))
+        );
+        assert_eq!(rule.parts(), 2);
+        assert_eq!(config.slots_in_order(), [vec![0], vec![1, 2]]);
+        // 1000 * 30s + 1s: window 1000 (even: part 0), and 999 (part 1).
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(30_001);
+        let kernel = KernelConfig::placed(&config, &config.slots_in_order(), now).expect("fits");
+        let steps = |index: usize| -> Vec<Knock> {
+            let r = &kernel.rules[index];
+            r.sequence[..r.steps as usize].to_vec()
+        };
+        let window = |w| -> Vec<Knock> {
+            rotating
+                .sequence(w)
+                .expect("derives")
+                .iter()
+                .map(|s| s.0)
+                .collect()
+        };
+        assert_eq!(steps(1), window(1000));
+        assert_eq!(steps(2), window(999));
+        assert_eq!(
+            rule.sequence_at(now).expect("derives"),
+            rotating.sequence(1000).expect("derives")
+        );
+        assert!(
+            kernel.rules[1].once == 1 && kernel.rules[2].once == 1,
+            "each opens once"
+        );
+        assert_eq!(kernel.rules[0].once, 0);
+        // Both parts guard the rule's port; the knock ports are the steps'.
+        let roles = |spec: &str| {
+            let spec: PortSpec = spec.parse().expect("spec");
+            let index = port_roles_index(spec.0.proto, spec.0.port).expect("index");
+            kernel
+                .port_roles
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map(|(_, r)| *r)
+        };
+        assert_eq!(roles("tcp:2222").expect("guarded").protect_rules, 0b110);
+        let first = PortSpec(window(999)[0]).to_string();
+        assert_ne!(roles(&first).expect("a knock port").knock_rules & 0b100, 0);
+        // A window later, 1001 (odd) replaces 999 and 1000 stays where it was.
+        let later = now + Duration::from_secs(30);
+        let next = KernelConfig::placed(&config, &config.slots_in_order(), later).expect("fits");
+        assert_eq!(next.rules[1], kernel.rules[1]);
+        assert_ne!(next.rules[2].sequence_tag, kernel.rules[2].sequence_tag);
+        assert_eq!(
+            config.next_rotation(now),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(30_030))
+        );
+        // Never a protected port, in any window.
+        for w in 0..2000 {
+            assert!(
+                !rotating
+                    .sequence(w)
+                    .expect("derives")
+                    .contains(&PortSpec(Knock::tcp(2222)))
+            );
+        }
+    }
+
+    #[test]
+    fn rotating_rules_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        secret(dir.path(), "a.key", KEY_A);
+        secret(dir.path(), "a-copy.key", KEY_A);
+        secret(dir.path(), "b.key", KEY_B);
+        std::fs::write(dir.path().join("short.key"), "c2hvcnQ=\n").expect("write");
+        let rule = |name: &str, keys: &str| {
+            format!("[[rule]]\nname = \"{name}\"\n{keys}{TIMES}protect = [\"tcp:22\"]\n")
+        };
+        let refused = |text: &str| {
+            Config::parse_in(text, dir.path())
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused(&rule("r", "secret_file = \"a.key\"\nsteps = 1\n"));
+        assert!(e.contains("steps") && e.contains("outside 2..=16"), "{e}");
+        let e = refused(&rule("r", "secret_file = \"a.key\"\nrotate = \"1s\"\n"));
+        assert!(e.contains("rotate") && e.contains("at least 2s"), "{e}");
+        let e = refused(&rule("r", "secret_file = \"short.key\"\n"));
+        assert!(e.contains("too short"), "{e}");
+        let e = refused(&rule("r", "secret_file = \"missing.key\"\n"));
+        assert!(e.contains("missing.key"), "{e}");
+        let e = refused(&rule("r", &format!("{SEQUENCE}rotate = \"30s\"\n")));
+        assert!(e.contains("rotate") && e.contains("secret_file"), "{e}");
+        let e = refused(&rule(
+            "r",
+            "secret_file = \"a.key\"\nport_range = \"5000-5010\"\n",
+        ));
+        assert!(
+            e.contains("port_range 5000-5010") && e.contains("widen"),
+            "{e}"
+        );
+        let e = refused(&format!(
+            "{}{}",
+            rule("r", "secret_file = \"a.key\"\n"),
+            rule("s", "secret_file = \"a-copy.key\"\n")
+        ));
+        assert!(e.contains("the same secret as rule `r`"), "{e}");
+        let two = format!(
+            "{}{}",
+            rule("r", "secret_file = \"a.key\"\n"),
+            rule(
+                "s",
+                "secret_file = \"b.key\"\nport_range = \"40000-41000\"\n"
+            )
+        );
+        let config = Config::parse_in(&two, dir.path()).expect("valid");
+        let s = config.rules[1].rotating.as_ref().expect("rotating");
+        assert_eq!(
+            config.rules[0].rotating.as_ref().expect("rotating").rotate,
+            Duration::from_secs(30)
+        );
+        assert!(
+            s.sequence(7)
+                .expect("derives")
+                .iter()
+                .all(|p| (40000..=41000).contains(&p.0.port))
+        );
+        // A rotating rule takes two of the 16 indexes.
+        let keys: Vec<String> = (0..9)
+            .map(|i| {
+                let name = format!("k{i}.key");
+                secret(dir.path(), &name, &rotating::keygen().expect("random"));
+                rule(&format!("r{i}"), &format!("secret_file = \"{name}\"\n"))
+            })
+            .collect();
+        let e = refused(&keys.concat());
+        assert!(e.contains("18 rule indexes"), "{e}");
+        Config::parse_in(&keys[..8].concat(), dir.path()).expect("16 indexes fit");
+        // A secret others can read is a warning.
+        std::fs::write(dir.path().join("open.key"), format!("{KEY_B}\n")).expect("write");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            dir.path().join("open.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .expect("chmod");
+        let config = Config::parse_in(&rule("r", "secret_file = \"open.key\"\n"), dir.path())
+            .expect("valid");
+        assert!(
+            config.warnings.iter().any(|w| w.contains("chmod 600")),
+            "{:?}",
+            config.warnings
         );
     }
 }

@@ -1,0 +1,122 @@
+//! Ports of this host that a rotating rule's steps may land on. A knock
+//! port stops every packet that is no knock (a connection's own packets
+//! too), so for the two windows a rotating sequence is live its ports are
+//! closed to the host's services and to the replies its own connections
+//! get. `run` warns of the ports it can see being used.
+
+use std::{collections::BTreeSet, fs, path::Path};
+
+use crate::config::{Config, rotating::PortRange};
+
+/// Listed per warning before "and N more".
+const LISTED: usize = 8;
+
+/// What this host (this network namespace) uses that the rotating rules'
+/// port ranges cover.
+pub fn rotating_port_warnings(config: &Config) -> Vec<String> {
+    let rotating: Vec<_> = config
+        .rules
+        .iter()
+        .filter_map(|rule| Some((rule.name.as_str(), rule.rotating.as_ref()?.range)))
+        .collect();
+    if rotating.is_empty() {
+        return Vec::new();
+    }
+    let ephemeral = ephemeral_range(Path::new("/proc/sys/net/ipv4/ip_local_port_range"));
+    let tcp = listening(&["/proc/net/tcp", "/proc/net/tcp6"], Some("0A"));
+    let udp = listening(&["/proc/net/udp", "/proc/net/udp6"], None);
+    let mut warnings = Vec::new();
+    for (name, range) in rotating {
+        if let Some(ephemeral) = ephemeral.filter(|e| e.overlaps(&range)) {
+            warnings.push(format!(
+                "rule `{name}`: port_range {range} overlaps this host's ephemeral ports ({ephemeral}, net.ipv4.ip_local_port_range): replies to its own connections on a port that is a knock step are stopped; choose a range outside it"
+            ));
+        }
+        let used: Vec<String> = tcp
+            .iter()
+            .map(|p| ("tcp", *p))
+            .chain(udp.iter().map(|p| ("udp", *p)))
+            .filter(|(_, port)| range.contains(*port))
+            .map(|(proto, port)| format!("{proto}:{port}"))
+            .collect();
+        if !used.is_empty() {
+            let more = used.len().saturating_sub(LISTED);
+            let mut listed = used[..used.len().min(LISTED)].join(", ");
+            if more > 0 {
+                listed.push_str(&format!(" and {more} more"));
+            }
+            warnings.push(format!(
+                "rule `{name}`: port_range {range} holds ports this host serves ({listed}): while one is a knock step, new connections to it are stopped; choose a range without them"
+            ));
+        }
+    }
+    warnings
+}
+
+/// `ip_local_port_range`'s two numbers.
+fn ephemeral_range(path: &Path) -> Option<PortRange> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut numbers = text.split_whitespace().map(str::parse::<u16>);
+    Some(PortRange {
+        low: numbers.next()?.ok()?,
+        high: numbers.next()?.ok()?,
+    })
+}
+
+/// Local ports of the sockets in /proc/net tables, those in `state` only
+/// if given (hexadecimal, as the table writes it).
+fn listening(tables: &[&str], state: Option<&str>) -> BTreeSet<u16> {
+    tables
+        .iter()
+        .filter_map(|table| fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| local_port(line, state))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `  0: 0100007F:0016 00000000:0000 0A ...`: the local port, if the
+/// socket is in `state`.
+fn local_port(line: &str, state: Option<&str>) -> Option<u16> {
+    let mut fields = line.split_whitespace();
+    let local = fields.nth(1)?;
+    let socket_state = fields.nth(1)?;
+    if state.is_some_and(|wanted| wanted != socket_state) {
+        return None;
+    }
+    let (_, port) = local.rsplit_once(':')?;
+    u16::from_str_radix(port, 16).ok().filter(|&p| p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_lines_give_local_ports() {
+        let listen = "   0: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+        let established = "   1: 0100007F:0016 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0";
+        let v6 = "   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1";
+        assert_eq!(local_port(listen, Some("0A")), Some(22));
+        assert_eq!(local_port(established, Some("0A")), None);
+        assert_eq!(local_port(established, None), Some(22));
+        assert_eq!(local_port(v6, Some("0A")), Some(8080));
+    }
+
+    #[test]
+    fn the_ephemeral_range_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("range");
+        fs::write(&path, "32768\t60999\n").expect("write");
+        assert_eq!(
+            ephemeral_range(&path),
+            Some(PortRange {
+                low: 32768,
+                high: 60999
+            })
+        );
+    }
+}
