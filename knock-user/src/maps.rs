@@ -11,8 +11,8 @@ use aya::{
 };
 use knock_common::{
     Addr, Answer, Flow, FlowKey, Grant, IPPROTO_UDP, Instance, PortRoles, Progress, Reason,
-    RuleConfig, Settings, SourceHorizon, SourceRule, addr_words, horizon_units, map_names,
-    source_slot,
+    RuleConfig, Settings, SourceHorizon, SourceRule, SpentKey, addr_words, horizon_units,
+    map_names, source_slot,
 };
 
 use crate::pins::{GENERATION_MAPS, PinDir, STATE_MAPS};
@@ -258,6 +258,12 @@ impl Maps {
     /// Every admitted flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, MapsError> {
         self.entries(map_names::FLOWS)
+    }
+
+    /// Sequences that opened once and may not again: (rule index, sequence
+    /// tag) and when.
+    pub fn spent(&self) -> Result<Vec<(SpentKey, u64)>, MapsError> {
+        self.entries(map_names::SPENT)
     }
 
     /// Sources' progress, both maps: those after a first step, those further.

@@ -4,7 +4,7 @@
 //! rules over plain collections. Differential tests run the same frames
 //! through this model and through the real program and compare.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use xknock::config::Config;
 
@@ -34,6 +34,8 @@ pub type Source = u128;
 
 struct Rule {
     sequence: Vec<Port>,
+    /// Each sequence opens once (one-time and rotating rules).
+    once: bool,
     timeout_ns: u64,
     open_for_ns: u64,
     protect: Vec<Port>,
@@ -64,8 +66,12 @@ pub struct Model {
     penalty_window: u64,
     penalty_for: u64,
     now: u64,
-    /// (source, rule) -> (steps accepted, when the first arrived)
-    progress: BTreeMap<(Source, usize), (usize, u64)>,
+    /// (source, rule) -> (steps accepted, when the first arrived, the
+    /// sequence it was made through: once the rule's sequence is replaced,
+    /// such progress counts for nothing)
+    progress: BTreeMap<(Source, usize), (usize, u64, Vec<Port>)>,
+    /// Sequences of rules that open once, which opened.
+    spent: HashSet<(usize, Vec<Port>)>,
     /// (source, rule) -> expiry
     grants: BTreeMap<(Source, usize), u64>,
     flows: HashMap<(Source, u16, u16, u8), FlowState>,
@@ -276,6 +282,7 @@ impl Model {
                 .iter()
                 .map(|r| Rule {
                     sequence: r.sequence.iter().map(port).collect(),
+                    once: r.once.is_some() || r.rotating.is_some(),
                     timeout_ns: nanos(r.sequence_timeout),
                     open_for_ns: nanos(r.open_for),
                     protect: r.protect.iter().map(port).collect(),
@@ -291,6 +298,7 @@ impl Model {
             penalty_for: nanos(config.penalty.duration.0),
             now: 0,
             progress: BTreeMap::new(),
+            spent: HashSet::new(),
             grants: BTreeMap::new(),
             flows: HashMap::new(),
             failures: HashMap::new(),
@@ -301,12 +309,46 @@ impl Model {
         self.now += ns;
     }
 
-    /// Sources mid-sequence: (source, rule) -> steps accepted.
+    /// Makes rule `rule`'s sequences open once, or not.
+    pub fn set_once(&mut self, rule: usize, once: bool) {
+        self.rules[rule].once = once;
+    }
+
+    /// Replaces rule `rule`'s sequence (a reload, a one-time sequence used,
+    /// a rotating one's window over); grants stay.
+    pub fn replace_sequence(&mut self, rule: usize, sequence: &[xknock::config::PortSpec]) {
+        self.rules[rule].sequence = sequence.iter().map(|s| (s.0.proto, s.0.port)).collect();
+    }
+
+    /// Sources mid-sequence, through the sequence their rule has now:
+    /// (source, rule) -> steps accepted.
     pub fn progress(&self) -> BTreeMap<(Source, usize), usize> {
         self.progress
             .iter()
-            .map(|(k, (steps, _))| (*k, *steps))
+            .filter(|((_, r), (_, _, sequence))| *sequence == self.rules[*r].sequence)
+            .map(|(k, (steps, _, _))| (*k, *steps))
             .collect()
+    }
+
+    /// Sequences that opened once and may not again: (rule, sequence tag).
+    pub fn spent(&self) -> Vec<(usize, u32)> {
+        let mut spent: Vec<(usize, u32)> = self
+            .spent
+            .iter()
+            .map(|(rule, sequence)| {
+                let steps: Vec<knock_common::Knock> = sequence
+                    .iter()
+                    .map(|&(proto, port)| knock_common::Knock {
+                        port,
+                        proto,
+                        _pad: 0,
+                    })
+                    .collect();
+                (*rule, knock_common::sequence_tag(&steps))
+            })
+            .collect();
+        spent.sort_unstable();
+        spent
     }
 
     /// Grants still live now.
@@ -407,8 +449,8 @@ impl Model {
         for r in 0..self.rules.len() {
             let key = (src, r);
             let first = self.rules[r].sequence[0];
-            let state = self.progress.get(&key).copied();
-            if state.is_none() && target != first {
+            let stored = self.progress.get(&key);
+            if stored.is_none() && target != first {
                 continue;
             }
             // Denied sources and those serving a penalty do not knock at
@@ -420,6 +462,10 @@ impl Model {
             if penalized || in_prefixes(&self.deny, src) {
                 return false;
             }
+            // Progress through a sequence the rule no longer has is none.
+            let state = stored
+                .filter(|(_, _, sequence)| *sequence == self.rules[r].sequence)
+                .map(|(accepted, started, _)| (*accepted, *started));
             if let Some((accepted, started)) = state {
                 let rule = &self.rules[r];
                 let in_time = self.now - started <= rule.timeout_ns;
@@ -476,9 +522,16 @@ impl Model {
         let rule = &self.rules[key.1];
         if index + 1 == rule.sequence.len() {
             self.progress.remove(&key);
-            self.grants.insert(key, self.now + rule.open_for_ns);
+            if rule.once && !self.spent.insert((key.1, rule.sequence.clone())) {
+                // Opened before: a replay, refused as a failed attempt.
+                self.failed(key.0);
+                return;
+            }
+            let expires = self.now + self.rules[key.1].open_for_ns;
+            self.grants.insert(key, expires);
         } else {
-            self.progress.insert(key, (index + 1, started));
+            let sequence = rule.sequence.clone();
+            self.progress.insert(key, (index + 1, started, sequence));
         }
     }
 }

@@ -15,7 +15,9 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use knock_common::{Addr, Settings, checksum::Sum, horizon_units, ratelimit::BURST_FACTOR};
+use knock_common::{
+    Addr, PortRoles, Settings, checksum::Sum, horizon_units, ratelimit::BURST_FACTOR,
+};
 use lab::{
     answers::{Answer, Concealment, Host},
     frames::{
@@ -27,7 +29,7 @@ use lab::{
 };
 use proptest::{prelude::*, test_runner::TestRunner};
 use xknock::{
-    config::{Conceal, Config, KernelConfig},
+    config::{Conceal, Config, KernelConfig, PortSpec},
     filter::{Filter, key_addr, monotonic_ns},
 };
 
@@ -99,6 +101,12 @@ enum Action {
     },
     Wait(u64),
     Garbage(Vec<u8>),
+    /// The rule gets another sequence, as a reload, a used one-time
+    /// sequence or a rotating rule's next window gives it.
+    Replace {
+        rule: usize,
+        steps: Vec<&'static str>,
+    },
 }
 
 fn rule_toml(name: &str, steps: &[&str], protect: &str) -> String {
@@ -116,8 +124,20 @@ const PENALTIES: [&str; 3] = [
     "[penalty]\nfailures = 0\n",
 ];
 
-fn config() -> impl Strategy<Value = String> {
-    let sequence = || proptest::sample::subsequence(STEPS.to_vec(), 2..=4).prop_shuffle();
+/// A configuration, and which of its rules open each sequence once (as
+/// one-time and rotating rules do).
+fn config() -> impl Strategy<Value = (String, [bool; 2])> {
+    (
+        config_text(),
+        [proptest::bool::weighted(0.3), proptest::bool::weighted(0.3)],
+    )
+}
+
+fn sequence() -> impl Strategy<Value = Vec<&'static str>> {
+    proptest::sample::subsequence(STEPS.to_vec(), 2..=4).prop_shuffle()
+}
+
+fn config_text() -> impl Strategy<Value = String> {
     (
         sequence(),
         proptest::option::of(sequence()),
@@ -209,6 +229,7 @@ fn action() -> impl Strategy<Value = Action> {
             .prop_map(|(source, rule, retransmit, reversed)| Action::Knock { source, rule, retransmit, reversed }),
         2 => proptest::sample::select(vec![1u64, 2, 5, 11, 25, 31, 61]).prop_map(Action::Wait),
         1 => proptest::collection::vec(any::<u8>(), 0..90).prop_map(Action::Garbage),
+        1 => (0..2usize, sequence()).prop_map(|(rule, steps)| Action::Replace { rule, steps }),
     ]
 }
 
@@ -258,7 +279,7 @@ fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
                 .collect()
         }
         Action::Garbage(bytes) => vec![bytes.clone()],
-        Action::Wait(_) => vec![],
+        Action::Wait(_) | Action::Replace { .. } => vec![],
     }
 }
 
@@ -308,10 +329,16 @@ fn check_horizons(filter: &mut Filter, config: &Config) -> Result<(), TestCaseEr
     Ok(())
 }
 
-/// Progress as the kernel holds it, in both maps (first steps and later).
+/// Progress as the kernel holds it, in both maps (first steps and later),
+/// through the sequence each rule has now (progress under an older
+/// sequence counts for nothing, wherever it still lies).
 fn kernel_progress(filter: &mut Filter) -> BTreeMap<(Source, usize), usize> {
+    let rules = filter.maps().rules().expect("rules");
     let mut all = BTreeMap::new();
     for (key, value) in filter.maps().progress().expect("progress") {
+        if rules.get(key.rule as usize).map(|r| r.sequence_tag) != Some(value.sequence_tag) {
+            continue;
+        }
         let previous = all.insert(
             (u128::from_be_bytes(key.addr), key.rule as usize),
             value.next_step as usize,
@@ -396,12 +423,66 @@ static FRAMES: AtomicU64 = AtomicU64::new(0);
 static GRANTS_SEEN: AtomicU64 = AtomicU64::new(0);
 static PASSES: AtomicU64 = AtomicU64::new(0);
 static PENALIZED: AtomicU64 = AtomicU64::new(0);
+static REPLACED: AtomicU64 = AtomicU64::new(0);
+static SPENT: AtomicU64 = AtomicU64::new(0);
 
-fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> {
-    let config = Config::parse(config_text).expect("filtered to valid");
-    let kernel_config = KernelConfig::try_from(&config).expect("fits");
+/// The kernel's configuration of `config`, with the rules `once` marks
+/// opening each sequence once.
+fn kernel_config(config: &Config, once: [bool; 2]) -> KernelConfig {
+    let mut kernel = KernelConfig::try_from(config).expect("fits");
+    for (rule, once) in kernel.rules.iter_mut().zip(once) {
+        rule.once = u32::from(once);
+    }
+    kernel
+}
+
+/// Gives rule `rule` the sequence `steps` in `config`, the model and the
+/// running program (its rules and port roles, as a new generation holds
+/// them); false, changing nothing, for a sequence the configuration would
+/// refuse (another rule's).
+fn replace_sequence(
+    config: &mut Config,
+    once: [bool; 2],
+    filter: &mut Filter,
+    model: &mut Model,
+    rule: usize,
+    steps: &[&str],
+) -> bool {
+    let sequence: Vec<PortSpec> = steps.iter().map(|s| s.parse().expect("step")).collect();
+    if rule >= config.rules.len()
+        || config
+            .rules
+            .iter()
+            .enumerate()
+            .any(|(i, r)| i != rule && r.sequence == sequence)
+    {
+        return false;
+    }
+    let before = kernel_config(config, once);
+    config.rules[rule].sequence = sequence.clone();
+    let after = kernel_config(config, once);
+    let mut roles = after.port_roles.clone();
+    for (index, _) in &before.port_roles {
+        if !roles.iter().any(|(i, _)| i == index) {
+            roles.push((*index, PortRoles::default()));
+        }
+    }
+    filter
+        .maps_mut()
+        .write_rules(&after.rules, &roles)
+        .expect("write rules");
+    model.replace_sequence(rule, &sequence);
+    true
+}
+
+fn run_case(config_text: &str, once: [bool; 2], actions: &[Action]) -> Result<(), TestCaseError> {
+    let mut config = Config::parse(config_text).expect("filtered to valid");
+    let kernel_config = kernel_config(&config, once);
     let mut filter = Filter::load(&kernel_config).expect("load the XDP program");
     let mut model = Model::new(&config);
+    for (rule, once) in once.into_iter().enumerate().take(config.rules.len()) {
+        model.set_once(rule, once);
+    }
     let mut concealment = Concealment::new(
         config.conceal == Conceal::Closed,
         per_peer_limit_only(&mut filter),
@@ -410,6 +491,11 @@ fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> 
         if let Action::Wait(secs) = action {
             model.advance(secs * SECOND);
             age(&mut filter, secs * SECOND);
+        }
+        if let Action::Replace { rule, steps } = action
+            && replace_sequence(&mut config, once, &mut filter, &mut model, *rule, steps)
+        {
+            REPLACED.fetch_add(1, Ordering::Relaxed);
         }
         for bytes in frames_of(action, &config) {
             // The kernel refuses test runs shorter than an Ethernet header.
@@ -470,6 +556,23 @@ fn run_case(config_text: &str, actions: &[Action]) -> Result<(), TestCaseError> 
             action
         );
         GRANTS_SEEN.fetch_add(live.len() as u64, Ordering::Relaxed);
+        let mut spent: Vec<(usize, u32)> = filter
+            .maps()
+            .spent()
+            .expect("spent")
+            .into_iter()
+            .map(|(key, _)| (key.rule as usize, key.sequence_tag))
+            .collect();
+        spent.sort_unstable();
+        let expected_spent = model.spent();
+        prop_assert_eq!(
+            &spent,
+            &expected_spent,
+            "spent sequences after action {} {:?}",
+            index,
+            action
+        );
+        SPENT.fetch_add(expected_spent.len() as u64, Ordering::Relaxed);
         check_horizons(&mut filter, &config)?;
     }
     let counters = filter.maps().counters().expect("counters");
@@ -491,7 +594,13 @@ fn model_and_xdp_program_agree_on_generated_sequences() {
         ..ProptestConfig::default()
     });
     let strategy = (config(), proptest::collection::vec(action(), 1..40));
-    let result = runner.run(&strategy, |(config, actions)| run_case(&config, &actions));
+    let result = runner.run(&strategy, |((config, once), actions)| {
+        run_case(&config, once, &actions)
+    });
+    let (replaced, spent) = (
+        REPLACED.load(Ordering::Relaxed),
+        SPENT.load(Ordering::Relaxed),
+    );
     let (cases, frames, grants, passes, penalized, answers) = (
         CASES.load(Ordering::Relaxed),
         FRAMES.load(Ordering::Relaxed),
@@ -503,15 +612,22 @@ fn model_and_xdp_program_agree_on_generated_sequences() {
     eprintln!(
         "differential: {cases} sequences, {frames} frames compared ({passes} passed, \
          {answers} answered as closed ports, {penalized} ignored under penalty), \
-         {grants} live-grant observations"
+         {grants} live-grant observations, {replaced} sequences replaced, \
+         {spent} spent-sequence observations"
     );
     if let Err(error) = result {
         panic!("{error}");
     }
     // The generator must reach the interesting states, or agreement says little.
     assert!(
-        grants > 0 && penalized > 0 && passes > 0 && passes < frames && answers > 0,
+        grants > 0
+            && penalized > 0
+            && passes > 0
+            && passes < frames
+            && answers > 0
+            && replaced > 0
+            && spent > 0,
         "generator too narrow: {grants} grants, {penalized} penalized, {passes}/{frames} passed, \
-         {answers} answered"
+         {answers} answered, {replaced} replaced, {spent} spent"
     );
 }
