@@ -7,6 +7,7 @@ mod flood;
 mod kernel;
 mod open;
 mod report;
+mod rotating;
 mod trace;
 
 use std::{
@@ -174,6 +175,8 @@ fn main() -> anyhow::Result<()> {
     let (answer_pass, answers) = on_cpu_1(|| conceal::answer_costs(&effort))?;
     eprintln!("bench: tracing");
     let (trace_pass, traces, instructions) = on_cpu_1(|| trace::trace_costs(&effort))?;
+    eprintln!("bench: rotating rules");
+    let rotating = on_cpu_1(|| rotating::rotating_costs(&effort))?;
     eprintln!("bench: memory");
     let memory = memory()?;
     eprintln!("bench: time to open ({} tries each)", effort.tries);
@@ -191,6 +194,7 @@ fn main() -> anyhow::Result<()> {
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
     conceal::render(&mut report, &effort, answer_pass, &answers, &answering);
     trace::render(&mut report, trace_pass, &traces, &instructions);
+    rotating::render(&mut report, &rotating);
     write(&out.join("report.md"), &report)?;
     write(&out.join("chart.svg"), &chart(pass, &paths))?;
     println!("{report}");

@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeSet, fs, path::Path};
 
-use crate::config::{Config, rotating::PortRange};
+use crate::config::{Config, PortSpec, rotating::PortRange};
 
 /// Listed per warning before "and N more".
 const LISTED: usize = 8;
@@ -17,7 +17,7 @@ pub fn rotating_port_warnings(config: &Config) -> Vec<String> {
     let rotating: Vec<_> = config
         .rules
         .iter()
-        .filter_map(|rule| Some((rule.name.as_str(), rule.rotating.as_ref()?.range)))
+        .filter_map(|rule| Some((rule.name.as_str(), rule.rotating.as_ref()?)))
         .collect();
     if rotating.is_empty() {
         return Vec::new();
@@ -26,7 +26,8 @@ pub fn rotating_port_warnings(config: &Config) -> Vec<String> {
     let tcp = listening(&["/proc/net/tcp", "/proc/net/tcp6"], Some("0A"));
     let udp = listening(&["/proc/net/udp", "/proc/net/udp6"], None);
     let mut warnings = Vec::new();
-    for (name, range) in rotating {
+    for (name, rotating) in rotating {
+        let range = rotating.range;
         if let Some(ephemeral) = ephemeral.filter(|e| e.overlaps(&range)) {
             warnings.push(format!(
                 "rule `{name}`: port_range {range} overlaps this host's ephemeral ports ({ephemeral}, net.ipv4.ip_local_port_range): replies to its own connections on a port that is a knock step are stopped; choose a range outside it"
@@ -36,8 +37,13 @@ pub fn rotating_port_warnings(config: &Config) -> Vec<String> {
             .iter()
             .map(|p| ("tcp", *p))
             .chain(udp.iter().map(|p| ("udp", *p)))
-            .filter(|(_, port)| range.contains(*port))
             .map(|(proto, port)| format!("{proto}:{port}"))
+            // Protected ports are never drawn.
+            .filter(|spec| {
+                spec.parse::<PortSpec>().is_ok_and(|spec| {
+                    range.contains(spec.0.port) && !rotating.reserved.contains(&spec)
+                })
+            })
             .collect();
         if !used.is_empty() {
             let more = used.len().saturating_sub(LISTED);

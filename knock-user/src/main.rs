@@ -53,6 +53,9 @@ fn main() -> ExitCode {
         }),
         Command::CheckConfig { config } => load_config(&config).and_then(|config| {
             KernelConfig::try_from(&config)?;
+            for warning in xknock::listeners::rotating_port_warnings(&config) {
+                eprintln!("xknock: warning: {warning}");
+            }
             println!("ok: {} rule(s)", config.rules.len());
             Ok(())
         }),

@@ -164,6 +164,8 @@ fn early_in_a_window(rotating: &Rotating, min: Duration, max: Duration) -> u64 {
 fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart() {
     let lab = Lab::new();
     lab.tcp_listener(2222);
+    // A service inside the rule's port range, which a step may land on.
+    lab.udp_echo(5353);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = tempfile::tempdir().expect("client state");
     // The secret as an operator makes it.
@@ -186,6 +188,11 @@ fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart(
     let client_config = filter.arg().to_owned();
     let xknock = Xknock::start_on(&lab, filter.clone(), &[], false);
     let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
+    // The operator hears of it (and not of the protected port, never drawn).
+    let warning = xknock
+        .wait_log("holds ports this host serves", Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no warning of udp:5353: {:?}", xknock.log()));
+    assert!(warning.contains("(udp:5353)"), "{warning}");
     let replay = |from: &str, steps: &[String]| {
         let mut args = vec![from];
         args.extend(steps.iter().map(String::as_str));
