@@ -144,16 +144,16 @@ fn sent_steps(output: &Output) -> Vec<String> {
     steps.split(' ').map(str::to_owned).collect()
 }
 
-/// Waits until the current window has run at least `min` and is not past
-/// `max`, and returns it.
-fn early_in_a_window(rotating: &Rotating, min: Duration, max: Duration) -> u64 {
+/// Waits for a window after `after` that has run at least `min` and not
+/// past `max`, and returns it.
+fn early_in_a_window(rotating: &Rotating, after: u64, min: Duration, max: Duration) -> u64 {
     loop {
         let now = SystemTime::now();
         let window = rotating.window(now);
         let into = now
             .duration_since(rotating.window_start(window))
             .expect("after its start");
-        if (min..=max).contains(&into) {
+        if window > after && (min..=max).contains(&into) {
             return window;
         }
         thread::sleep(Duration::from_millis(50));
@@ -200,9 +200,14 @@ fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart(
     };
 
     // Early in a window, so that the steps below happen while this
-    // window's sequence is installed (this window and the next).
+    // window's sequence is installed (this window and the next); one that
+    // began after the loader started, so it was put in place by a rotation
+    // (loaded ahead of the window), not by the load at start, which may end
+    // in the window after the one it was made for.
+    let started = rotating.window(SystemTime::now());
     let window = early_in_a_window(
         &rotating,
+        started,
         Duration::from_millis(300),
         Duration::from_secs(1),
     );
