@@ -99,8 +99,13 @@ impl Pinned {
             .filter(|&i| self.instance.rules[i as usize].get() == Some(name))
             .collect();
         if indexes.is_empty() {
-            let mut names: Vec<&str> = self.instance.rules.iter().filter_map(|r| r.get()).collect();
-            names.dedup();
+            // A rotating rule's two indexes need not be neighbours.
+            let mut names: Vec<&str> = Vec::new();
+            for held in self.instance.rules.iter().filter_map(|r| r.get()) {
+                if !names.contains(&held) {
+                    names.push(held);
+                }
+            }
             return Err(StatusError::NoSuchRule(name.to_owned(), names.join(", ")));
         }
         Ok(indexes)
