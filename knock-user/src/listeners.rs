@@ -6,6 +6,8 @@
 
 use std::{collections::BTreeSet, fs, path::Path};
 
+use knock_common::Knock;
+
 use crate::config::{Config, PortSpec, rotating::PortRange};
 
 /// Listed per warning before "and N more".
@@ -35,15 +37,11 @@ pub fn rotating_port_warnings(config: &Config) -> Vec<String> {
         }
         let used: Vec<String> = tcp
             .iter()
-            .map(|p| ("tcp", *p))
-            .chain(udp.iter().map(|p| ("udp", *p)))
-            .map(|(proto, port)| format!("{proto}:{port}"))
+            .map(|&port| PortSpec(Knock::tcp(port)))
+            .chain(udp.iter().map(|&port| PortSpec(Knock::udp(port))))
             // Protected ports are never drawn.
-            .filter(|spec| {
-                spec.parse::<PortSpec>().is_ok_and(|spec| {
-                    range.contains(spec.0.port) && !rotating.reserved.contains(&spec)
-                })
-            })
+            .filter(|spec| range.contains(spec.0.port) && !rotating.reserved.contains(spec))
+            .map(|spec| spec.to_string())
             .collect();
         if !used.is_empty() {
             let more = used.len().saturating_sub(LISTED);
