@@ -86,17 +86,25 @@ impl KernelConfig {
                     problem,
                 })?;
             assert_eq!(parts.len(), sequences.len(), "a slot for every part");
+            // What every part of the rule shares.
+            let shared = RuleConfig {
+                sequence_timeout_ns: nanos(
+                    &format!("rule `{}`: sequence_timeout", rule.name),
+                    rule.sequence_timeout,
+                )?,
+                open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
+                once: u32::from(rule.once.is_some() || rule.rotating.is_some()),
+                ..Default::default()
+            };
+            let index_of = |spec: &PortSpec| {
+                port_roles_index(spec.0.proto, spec.0.port)
+                    .expect("config only holds tcp, udp and icmp")
+            };
             for (&index, sequence) in parts.iter().zip(&sequences) {
                 let bit = 1u16 << index;
                 let mut kernel_rule = RuleConfig {
                     steps: sequence.len() as u32,
-                    sequence_timeout_ns: nanos(
-                        &format!("rule `{}`: sequence_timeout", rule.name),
-                        rule.sequence_timeout,
-                    )?,
-                    open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
-                    once: u32::from(rule.once.is_some() || rule.rotating.is_some()),
-                    ..Default::default()
+                    ..shared
                 };
                 for (slot, step) in kernel_rule.sequence.iter_mut().zip(sequence) {
                     *slot = step.0;
@@ -104,10 +112,6 @@ impl KernelConfig {
                 let steps: Vec<Knock> = sequence.iter().map(|s| s.0).collect();
                 kernel_rule.sequence_tag = sequence_tag(&steps);
                 rules[index as usize] = kernel_rule;
-                let index_of = |spec: &PortSpec| {
-                    port_roles_index(spec.0.proto, spec.0.port)
-                        .expect("config only holds tcp, udp and icmp")
-                };
                 for step in sequence {
                     roles.entry(index_of(step)).or_default().knock_rules |= bit;
                 }
