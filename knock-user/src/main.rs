@@ -10,7 +10,7 @@ use xknock::{
     filter::embedded_program,
     knock,
     pins::PinDir,
-    run::{RunOptions, load_config, read_config, run},
+    run::{RunOptions, load_config, read_config, run, warn_of_served_ports},
     sent,
     status::{self, Status},
 };
@@ -53,9 +53,7 @@ fn main() -> ExitCode {
         }),
         Command::CheckConfig { config } => load_config(&config).and_then(|config| {
             KernelConfig::try_from(&config)?;
-            for warning in xknock::listeners::rotating_port_warnings(&config) {
-                eprintln!("xknock: warning: {warning}");
-            }
+            warn_of_served_ports(&config);
             println!("ok: {} rule(s)", config.rules.len());
             Ok(())
         }),

@@ -52,6 +52,15 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Warns of ports this host uses that a rotating rule may draw as steps
+/// (for the commands that run on the server: `run`, a reload,
+/// `check-config`).
+pub fn warn_of_served_ports(config: &Config) {
+    for warning in listeners::rotating_port_warnings(config) {
+        eprintln!("xknock: warning: {warning}");
+    }
+}
+
 /// Reads and validates a configuration file, leaving its warnings to the
 /// commands that apply it.
 pub fn read_config(path: &Path) -> anyhow::Result<Config> {
@@ -193,9 +202,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let fresh = read_instance(&pins).ok().flatten().is_none();
     // Held until this process ends: one `run` per filter.
     let _owner = pins.own()?;
-    for warning in listeners::rotating_port_warnings(&config) {
-        eprintln!("xknock: warning: {warning}");
-    }
+    warn_of_served_ports(&config);
     let change = pins.change(CHANGE_PATIENCE)?;
     let applied = apply(config, &ifaces, options.mode, &pins, change);
     let mut running = match applied {
@@ -440,9 +447,7 @@ fn reload(
     pins: &PinDir,
 ) -> anyhow::Result<()> {
     let config = load_config(&options.config)?;
-    for warning in listeners::rotating_port_warnings(&config) {
-        eprintln!("xknock: warning: {warning}");
-    }
+    warn_of_served_ports(&config);
     let ifaces = ifaces_for(&config, options, ifaces);
     if ifaces.is_empty() {
         bail!("no interface to filter: the file sets no `interfaces`");
