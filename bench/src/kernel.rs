@@ -143,6 +143,24 @@ pub(crate) fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>
     )
 }
 
+/// `paired_trials` of paths that each name the filter they run through,
+/// against XDP_PASS on an unprotected ACK.
+pub(crate) fn paired_filter_trials(
+    effort: &Effort,
+    paths: &[(&'static str, (&Filter, Vec<u8>))],
+) -> anyhow::Result<(Stat, Vec<PathCost>)> {
+    let mut baselines = Ebpf::load(BASELINE_OBJECT)?;
+    baseline(&mut baselines, "xdp_pass")?;
+    let pass_run = baseline_run(&baselines, "xdp_pass");
+    let plain = tcp(CLIENT, SERVER, 80, TCP_ACK);
+    paired_trials(
+        effort.trials,
+        paths,
+        || ns_per_packet(&pass_run, &plain, effort),
+        |(filter, frame)| ns_per_packet(&xknock_run(filter), frame, effort),
+    )
+}
+
 /// Each path's cost, `trials` times. Each trial of a path runs right after
 /// one of `pass` (XDP_PASS), and the ratio is taken within the pair; the
 /// paths take turns, trial by trial, so a slow spell of the machine spreads

@@ -42,9 +42,6 @@ pub(crate) struct RotatingCosts {
 }
 
 pub(crate) fn rotating_costs(effort: &Effort) -> anyhow::Result<RotatingCosts> {
-    let mut baselines = Ebpf::load(BASELINE_OBJECT)?;
-    baseline(&mut baselines, "xdp_pass")?;
-    let pass_run = baseline_run(&baselines, "xdp_pass");
     let plain = tcp(CLIENT, SERVER, 80, TCP_ACK);
     let dir = tempfile::tempdir()?;
     let config = rotating_config(dir.path())?;
@@ -83,12 +80,7 @@ pub(crate) fn rotating_costs(effort: &Effort) -> anyhow::Result<RotatingCosts> {
             (&beside, tcp(CLIENT, SERVER, 2222, TCP_SYN)),
         ),
     ];
-    let (pass, paths) = paired_trials(
-        effort.trials,
-        &paths,
-        || ns_per_packet(&pass_run, &plain, effort),
-        |(filter, frame)| ns_per_packet(&xknock_run(filter), frame, effort),
-    )?;
+    let (pass, paths) = paired_filter_trials(effort, &paths)?;
     let loads = (0..effort.trials.min(5))
         .map(|_| {
             let start = Instant::now();

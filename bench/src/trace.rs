@@ -16,9 +16,6 @@ pub(crate) struct Instructions {
 /// normally runs and through the traced variant (for another source, which
 /// is what all traffic pays during a trace, and for the traced source).
 pub(crate) fn trace_costs(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>, Instructions)> {
-    let mut baselines = Ebpf::load(BASELINE_OBJECT)?;
-    baseline(&mut baselines, "xdp_pass")?;
-    let pass_run = baseline_run(&baselines, "xdp_pass");
     let plain = tcp(CLIENT, SERVER, 80, TCP_ACK);
     let config = bench_config(SILENT);
     let filter = Filter::load(&config)?;
@@ -48,12 +45,7 @@ pub(crate) fn trace_costs(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost
         ),
         ("same, from the traced source (logged)", (&this, protected)),
     ];
-    let (pass, costs) = paired_trials(
-        effort.trials,
-        &paths,
-        || ns_per_packet(&pass_run, &plain, effort),
-        |(filter, frame)| ns_per_packet(&xknock_run(filter), frame, effort),
-    )?;
+    let (pass, costs) = paired_filter_trials(effort, &paths)?;
     let instructions = Instructions {
         filter: filter.instructions()?,
         traced: other.instructions()?,
