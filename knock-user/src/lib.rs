@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod filter;
+pub mod fwknop;
 pub mod host;
 pub mod import;
 pub mod knock;

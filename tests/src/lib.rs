@@ -19,6 +19,7 @@ use std::{
 
 pub mod answers;
 pub mod frames;
+pub mod fwknop;
 pub mod model;
 pub mod wire;
 mod xknock_run;

@@ -26,6 +26,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssh-client",
     "knockd",
     "fwknop-client",
+    // fwknopd --test judges the same SPA packets as xknock.
+    "fwknop-server",
+    // Shifts the fwknop client's clock for too-old packets.
+    "faketime",
     "nmap",
     "hping3",
     "tcpdump",

@@ -1,0 +1,1 @@
+//! fwknop's Single Packet Authorization format (placeholder: being written).

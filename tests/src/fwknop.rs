@@ -1,0 +1,1 @@
+//! The real fwknop client and server in the lab (placeholder: being written).
