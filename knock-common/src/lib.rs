@@ -53,13 +53,16 @@ pub mod map_names {
     pub const SPENT: &str = "SPENT";
     pub const INSTANCE: &str = "INSTANCE";
     pub const LOST_EVENTS: &str = "LOST_EVENTS";
+    pub const SPA_DATAGRAMS: &str = "SPA_DATAGRAMS";
+    pub const SPA_BUDGET: &str = "SPA_BUDGET";
+    pub const REPLAY: &str = "REPLAY";
 }
 
 /// Version of the pinned layout: the maps under a `pin_dir`, their keys,
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the
 /// `layout_fingerprint` test fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Bytes of a rule's name kept in `Instance`.
 pub const RULE_NAME_BYTES: usize = 31;
@@ -218,8 +221,12 @@ pub struct Settings {
     pub ttl: u8,
     pub hop_limit: u8,
     pub _pad: [u8; 2],
+    /// SPA datagrams each CPU may hand to the loader per second; the rest
+    /// are shed (counted, never passed).
+    pub spa_datagrams_per_sec: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 96);
+const _: () = assert!(core::mem::size_of::<Settings>() == 104);
 
 /// `Settings::conceal`: answer as a closed port of this host answers.
 pub const CONCEAL_CLOSED: u32 = 0;
@@ -259,6 +266,55 @@ const _: () = assert!(core::mem::size_of::<SpentKey>() == 8);
 /// Entries of `SPENT`.
 pub const SPENT_ENTRIES: u32 = 4096;
 
+/// The smallest and largest SPA payload fwknop sends (its
+/// `MIN_SPA_DATA_SIZE` and `MAX_SPA_PACKET_LEN`); other sizes at an SPA
+/// port are not handed to the loader.
+pub const SPA_MIN_BYTES: usize = 140;
+pub const SPA_MAX_BYTES: usize = 1500;
+
+/// Bytes of the ring that hands SPA datagrams to the loader (about 680 of
+/// them at once).
+pub const SPA_RING_BYTES: u32 = 1 << 20;
+
+/// Entries of the pinned `REPLAY` map: digests of the SPA packets accepted
+/// within their `max_age`. The kernel never touches it; it is pinned with
+/// the filter so a restarted loader still refuses what it accepted.
+pub const REPLAY_ENTRIES: u32 = 65536;
+
+/// One datagram to an SPA port, as the filter hands it to the loader.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SpaDatagram {
+    /// The source address in the one key form.
+    pub src: Addr,
+    /// Network byte order: the port it was sent to.
+    pub dst_port: [u8; 2],
+    /// Bytes of `payload` in use (`SPA_MIN_BYTES..=SPA_MAX_BYTES`).
+    pub len: u16,
+    /// The interface it arrived on.
+    pub ifindex: u32,
+    pub payload: [u8; SPA_MAX_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<SpaDatagram>() == 1524);
+
+/// Byte offsets of `SpaDatagram`'s fields, for the loader's safe decode.
+pub const SPA_DATAGRAM_HEADER: usize = 24;
+
+impl SpaDatagram {
+    /// The source, destination port and payload of a record from the
+    /// ring; `None` when it is shorter than its header says.
+    pub fn decode(record: &[u8]) -> Option<(Addr, u16, &[u8])> {
+        let src: Addr = record.get(..16)?.try_into().ok()?;
+        let port = u16::from_be_bytes(record.get(16..18)?.try_into().ok()?);
+        let len = u16::from_ne_bytes(record.get(18..20)?.try_into().ok()?) as usize;
+        if len > SPA_MAX_BYTES {
+            return None;
+        }
+        let payload = record.get(SPA_DATAGRAM_HEADER..SPA_DATAGRAM_HEADER + len)?;
+        Some((src, port, payload))
+    }
+}
+
 /// What a (protocol, port) is to the rules: bit `r` set means rule `r`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -267,8 +323,11 @@ pub struct PortRoles {
     pub knock_rules: u16,
     /// Rules protecting this port.
     pub protect_rules: u16,
+    /// SPA entries listening on this (UDP) port.
+    pub spa_rules: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<PortRoles>() == 4);
+const _: () = assert!(core::mem::size_of::<PortRoles>() == 8);
 
 /// `PORT_ROLES` is an array indexed by protocol and port: TCP ports first,
 /// then UDP, then ICMP echo payload sizes.
@@ -429,6 +488,14 @@ pub enum Reason {
     DropDenied,
     /// A knock from a source serving a penalty for repeated failures.
     DropPenalized,
+    /// A datagram to an SPA port, handed to the loader to verify.
+    DropSpaCopied,
+    /// A datagram to an SPA port over the per-CPU rate, or with the
+    /// loader's ring full: not looked at.
+    DropSpaShed,
+    /// A datagram to an SPA port that cannot be an SPA packet: its size is
+    /// outside what fwknop sends, or it is a fragment.
+    DropSpaUnfit,
     /// Headers truncated or unparsable: fails closed.
     DropMalformed,
     /// More VLAN tags than `MAX_VLAN_DEPTH`.
@@ -455,6 +522,9 @@ impl Reason {
         Reason::DropProtected,
         Reason::DropDenied,
         Reason::DropPenalized,
+        Reason::DropSpaCopied,
+        Reason::DropSpaShed,
+        Reason::DropSpaUnfit,
         Reason::DropMalformed,
         Reason::DropTooManyVlanTags,
         Reason::DropExtHeaderChainTooLong,
@@ -464,11 +534,11 @@ impl Reason {
         (self as u32) <= Reason::PassEchoKnock as u32
     }
 
-    /// Stopped at a knock port or a protected port: with `conceal =
-    /// "closed"` the sender gets what a closed port would answer.
+    /// Stopped at a knock port, a protected port or an SPA port: with
+    /// `conceal = "closed"` the sender gets what a closed port would answer.
     pub const fn conceals(self) -> bool {
         (self as u32) >= Reason::DropKnockAdvanced as u32
-            && (self as u32) <= Reason::DropPenalized as u32
+            && (self as u32) <= Reason::DropSpaUnfit as u32
     }
 
     pub const fn name(self) -> &'static str {
@@ -488,6 +558,9 @@ impl Reason {
             Reason::DropProtected => "drop_protected",
             Reason::DropDenied => "drop_denied",
             Reason::DropPenalized => "drop_penalized",
+            Reason::DropSpaCopied => "drop_spa_copied",
+            Reason::DropSpaShed => "drop_spa_shed",
+            Reason::DropSpaUnfit => "drop_spa_unfit",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropTooManyVlanTags => "drop_too_many_vlan_tags",
             Reason::DropExtHeaderChainTooLong => "drop_ext_header_chain_too_long",
@@ -884,6 +957,41 @@ mod budget_tests {
 }
 
 #[cfg(test)]
+mod spa_datagram_tests {
+    use super::*;
+
+    fn record(len: u16, total: usize) -> [u8; 1524] {
+        let mut bytes = [0u8; 1524];
+        bytes[..16].copy_from_slice(&ipv4_mapped([192, 0, 2, 7]));
+        bytes[16..18].copy_from_slice(&62201u16.to_be_bytes());
+        bytes[18..20].copy_from_slice(&len.to_ne_bytes());
+        for (i, b) in bytes[SPA_DATAGRAM_HEADER..total].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        bytes
+    }
+
+    #[test]
+    fn decode_reads_the_header_and_only_the_payload_in_use() {
+        let bytes = record(200, 1524);
+        let (src, port, payload) = SpaDatagram::decode(&bytes).expect("decodes");
+        assert_eq!(src, ipv4_mapped([192, 0, 2, 7]));
+        assert_eq!(port, 62201);
+        assert_eq!(payload.len(), 200);
+        assert_eq!(payload[199], 199);
+    }
+
+    #[test]
+    fn decode_refuses_lengths_beyond_the_record() {
+        let bytes = record(1501, 1524);
+        assert!(SpaDatagram::decode(&bytes).is_none());
+        let short = record(200, 1524);
+        assert!(SpaDatagram::decode(&short[..SPA_DATAGRAM_HEADER + 199]).is_none());
+        assert!(SpaDatagram::decode(&short[..10]).is_none());
+    }
+}
+
+#[cfg(test)]
 mod layout_tests {
     use super::*;
     use core::mem::size_of;
@@ -912,13 +1020,36 @@ mod layout_tests {
             SOURCE_HORIZON_SLOTS as usize,
             size_of::<SpentKey>(),
             SPENT_ENTRIES as usize,
+            size_of::<SpaDatagram>(),
+            SPA_RING_BYTES as usize,
+            REPLAY_ENTRIES as usize,
         ];
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                3,
+                4,
                 [
-                    20, 16, 8, 24, 16, 24, 8, 16, 32, 528, 8, 8, 18, 5, 16, 65536, 8, 4096
+                    20,
+                    16,
+                    8,
+                    24,
+                    16,
+                    24,
+                    8,
+                    16,
+                    32,
+                    528,
+                    8,
+                    8,
+                    21,
+                    5,
+                    16,
+                    65536,
+                    8,
+                    4096,
+                    1524,
+                    1 << 20,
+                    65536
                 ]
             ),
             "a pinned type changed: bump LAYOUT_VERSION and record the new sizes"

@@ -4,7 +4,7 @@
 use crate::{
     conceal,
     parse::{self, Packet, ParseError, Parsed, TCP_FIN, TCP_RST},
-    trace,
+    spa, trace,
 };
 use aya_ebpf::{
     bindings::xdp_action,
@@ -113,7 +113,7 @@ pub(crate) fn act(ctx: &XdpContext, reason: Reason) -> u32 {
 /// The kernel's monotonic clock. The coarse variant (jiffy resolution) is
 /// plenty for second-scale timeouts and costs about half of bpf_ktime_get_ns.
 #[inline(always)]
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     // SAFETY: a helper without arguments, allowed for XDP programs.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
@@ -139,6 +139,12 @@ fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
         return Ok(Reason::PassUnprotected);
     };
     let packet = l4.with_source(ctx)?;
+    if roles.spa_rules != 0 && l4.proto == IPPROTO_UDP {
+        if listed(&DENY, settings.deny_entries, &packet.src()) {
+            return Ok(Reason::DropDenied);
+        }
+        return Ok(spa::hand_over(ctx, settings, &packet));
+    }
     let slot = source_slot(&packet.src_words, settings.source_seed);
     let horizon = horizon_at(slot);
     let knock_port = roles.knock_rules != 0;

@@ -10,6 +10,7 @@ mod conceal;
 mod filter;
 mod object;
 mod parse;
+mod spa;
 
 /// Decisions are not logged in this object.
 mod trace {

@@ -8,4 +8,5 @@ mod conceal;
 mod filter;
 mod object;
 mod parse;
+mod spa;
 mod trace;

@@ -42,6 +42,20 @@ pub struct ExpiredGrant {
     pub rule: u32,
 }
 
+/// What `remember_replay` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remembered {
+    /// Remembered from now on.
+    Now,
+    /// It was remembered already: a replay.
+    Already,
+    /// The map is full.
+    Full,
+}
+
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
 /// How full a map is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Occupancy {
@@ -104,9 +118,57 @@ impl Maps {
 
     /// The event ring buffer; the caller owns it from now on.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, MapsError> {
-        let name = map_names::EVENTS;
+        self.take_ring(map_names::EVENTS)
+    }
+
+    /// The ring of datagrams to SPA ports; the caller owns it from now on.
+    pub fn take_spa_datagrams(&mut self) -> Result<RingBuf<MapData>, MapsError> {
+        self.take_ring(map_names::SPA_DATAGRAMS)
+    }
+
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, MapsError> {
         let map = self.maps.remove(name).ok_or_else(|| missing(name))?;
         RingBuf::try_from(map).map_err(map_error(name))
+    }
+
+    /// Whether an SPA packet with replay key `key` was accepted and is
+    /// still remembered.
+    pub fn replayed(&self, key: &[u8; 32]) -> Result<bool, MapsError> {
+        let map: HashMap<_, [u8; 32], u64> = self.get(map_names::REPLAY)?;
+        match map.get(key, 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(error) => Err(map_error(map_names::REPLAY)(error)),
+        }
+    }
+
+    /// Remembers an accepted SPA packet's replay key until `until` (Unix
+    /// seconds), unless it is remembered already.
+    pub fn remember_replay(&mut self, key: &[u8; 32], until: u64) -> Result<Remembered, MapsError> {
+        let mut map: HashMap<_, [u8; 32], u64> = self.get_mut(map_names::REPLAY)?;
+        match map.insert(key, &until, BPF_NOEXIST) {
+            Ok(()) => Ok(Remembered::Now),
+            Err(MapError::SyscallError(error)) => match error.io_error.raw_os_error() {
+                Some(libc::EEXIST) => Ok(Remembered::Already),
+                Some(libc::E2BIG) => Ok(Remembered::Full),
+                _ => Err(map_error(map_names::REPLAY)(MapError::SyscallError(error))),
+            },
+            Err(error) => Err(map_error(map_names::REPLAY)(error)),
+        }
+    }
+
+    /// Forgets SPA replay keys remembered until before `now` (Unix
+    /// seconds); returns how many were forgotten.
+    pub fn prune_replays(&mut self, now: u64) -> Result<usize, MapsError> {
+        Ok(self
+            .remove_where::<[u8; 32], u64>(map_names::REPLAY, |_, until| *until < now)?
+            .len())
+    }
+
+    /// How many SPA replay keys are remembered.
+    pub fn replay_entries(&self) -> Result<usize, MapsError> {
+        let map: HashMap<_, [u8; 32], u64> = self.get(map_names::REPLAY)?;
+        Ok(map.keys().count())
     }
 
     /// Index 0 of a one-element array.

@@ -28,7 +28,7 @@ use std::{
 use knock_common::{LAYOUT_VERSION, map_names};
 
 /// Maps whose contents outlive any one loader and configuration.
-pub const STATE_MAPS: [&str; 15] = [
+pub const STATE_MAPS: [&str; 18] = [
     map_names::FIRST_STEPS,
     map_names::PROGRESS,
     map_names::GRANTS,
@@ -44,6 +44,9 @@ pub const STATE_MAPS: [&str; 15] = [
     map_names::ICMP_GLOBAL,
     map_names::ICMP_PEERS,
     map_names::SPENT,
+    map_names::SPA_DATAGRAMS,
+    map_names::SPA_BUDGET,
+    map_names::REPLAY,
 ];
 
 /// Maps that hold one configuration; each load makes a new set.

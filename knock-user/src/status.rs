@@ -51,6 +51,10 @@ pub struct RuleStatus {
     pub sequence_timeout_secs: f64,
     pub open_for_secs: f64,
     pub protect: Vec<String>,
+    /// The ports an `[[spa]]` entry takes SPA packets on (it has no
+    /// sequence).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spa_listen: Vec<String>,
 }
 
 /// A live grant.
@@ -75,6 +79,8 @@ pub struct Status {
     pub verdicts: BTreeMap<&'static str, u64>,
     pub answers: BTreeMap<&'static str, u64>,
     pub events_lost: u64,
+    /// SPA packets remembered as accepted (refused if they come again).
+    pub spa_replay_entries: usize,
 }
 
 /// A pinned filter opened for reading or changing its state.
@@ -134,8 +140,15 @@ fn secs(ns: u64) -> f64 {
     (ns as f64 / 1e8).round() / 10.0
 }
 
-/// The protected ports of each rule index, from the configuration's port roles.
-fn protected_ports(pins: &PinDir, generation: u64) -> Result<Vec<Vec<String>>, StatusError> {
+/// The ports a rule index protects, and those it takes SPA packets on.
+#[derive(Clone, Default)]
+struct PortsOf {
+    protect: Vec<String>,
+    spa: Vec<String>,
+}
+
+/// The ports of each rule index, from the configuration's port roles.
+fn ports_of_rules(pins: &PinDir, generation: u64) -> Result<Vec<PortsOf>, StatusError> {
     let path = pins
         .generation(generation)
         .join(knock_common::map_names::PORT_ROLES);
@@ -152,12 +165,12 @@ fn protected_ports(pins: &PinDir, generation: u64) -> Result<Vec<Vec<String>>, S
             name: knock_common::map_names::PORT_ROLES,
             source,
         })?;
-    let mut ports = vec![Vec::new(); MAX_RULES];
+    let mut ports = vec![PortsOf::default(); MAX_RULES];
     for index in 0..PORT_ROLES_ENTRIES {
         let Ok(role) = roles.get(&index, 0) else {
             continue;
         };
-        if role.protect_rules == 0 {
+        if role.protect_rules == 0 && role.spa_rules == 0 {
             continue;
         }
         let (proto, port) = if index < 65536 {
@@ -171,9 +184,12 @@ fn protected_ports(pins: &PinDir, generation: u64) -> Result<Vec<Vec<String>>, S
             _pad: 0,
         })
         .to_string();
-        for (rule, list) in ports.iter_mut().enumerate() {
+        for (rule, of) in ports.iter_mut().enumerate() {
             if role.protect_rules & (1 << rule) != 0 {
-                list.push(spec.clone());
+                of.protect.push(spec.clone());
+            }
+            if role.spa_rules & (1 << rule) != 0 {
+                of.spa.push(spec.clone());
             }
         }
     }
@@ -196,7 +212,7 @@ impl Status {
                 program_id: info.program_id(),
             });
         }
-        let protect = protected_ports(pins, pinned.instance.generation)?;
+        let ports = ports_of_rules(pins, pinned.instance.generation)?;
         let mut rules = Vec::new();
         for (index, rule) in pinned.maps.rules()?.iter().enumerate() {
             let Some(name) = pinned.instance.rules[index].get() else {
@@ -212,7 +228,8 @@ impl Status {
                     .collect(),
                 sequence_timeout_secs: secs(rule.sequence_timeout_ns),
                 open_for_secs: secs(rule.open_for_ns),
-                protect: protect[index].clone(),
+                protect: ports[index].protect.clone(),
+                spa_listen: ports[index].spa.clone(),
             });
         }
         let now = monotonic_ns();
@@ -254,6 +271,7 @@ impl Status {
             verdicts: pinned.maps.counters()?,
             answers: pinned.maps.answers()?,
             events_lost: pinned.maps.lost_events()?,
+            spa_replay_entries: pinned.maps.replay_entries()?,
         })
     }
 
@@ -279,6 +297,17 @@ impl Status {
             );
         }
         for rule in &self.rules {
+            if !rule.spa_listen.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "spa {}: SPA packets to {} open {} for {}s",
+                    rule.name,
+                    rule.spa_listen.join(" "),
+                    rule.protect.join(" "),
+                    rule.open_for_secs
+                );
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "rule {}: {} within {}s opens {} for {}s",
@@ -307,6 +336,9 @@ impl Status {
         let _ = writeln!(out, "verdicts: {}", nonzero(&self.verdicts));
         let _ = writeln!(out, "answers: {}", nonzero(&self.answers));
         let _ = writeln!(out, "events lost: {}", self.events_lost);
+        if self.rules.iter().any(|r| !r.spa_listen.is_empty()) {
+            let _ = writeln!(out, "spa packets remembered: {}", self.spa_replay_entries);
+        }
         out
     }
 }

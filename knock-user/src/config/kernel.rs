@@ -118,6 +118,10 @@ impl KernelConfig {
                 for port in &rule.protect {
                     roles.entry(index_of(port)).or_default().protect_rules |= bit;
                 }
+                if let Some(spa) = &rule.spa {
+                    let listen = PortSpec(Knock::udp(spa.listen));
+                    roles.entry(index_of(&listen)).or_default().spa_rules |= bit;
+                }
             }
         }
         let mut port_roles: Vec<_> = roles.into_iter().collect();
@@ -138,6 +142,7 @@ impl KernelConfig {
             settings: Settings {
                 rules: rules_in_use,
                 flood_events_per_sec: config.flood_events_per_second,
+                spa_datagrams_per_sec: config.spa_datagrams_per_second,
                 allow_entries: allow.len() as u32,
                 deny_entries: deny.len() as u32,
                 tcp_idle_ns,

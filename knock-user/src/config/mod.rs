@@ -7,6 +7,7 @@
 mod kernel;
 pub mod one_time;
 pub mod rotating;
+pub mod spa;
 mod values;
 
 use std::{
@@ -68,8 +69,12 @@ struct File {
     flows: FlowTimeouts,
     #[serde(default)]
     penalty: PenaltyConfig,
+    #[serde(default)]
+    spa_datagrams_per_second: Option<u32>,
     #[serde(default, rename = "rule")]
     rules: Vec<FileRule>,
+    #[serde(default, rename = "spa")]
+    spas: Vec<spa::FileSpa>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +174,9 @@ pub struct Rule {
     pub once: Option<one_time::OneTime>,
     /// A rotating rule's secret and schedule.
     pub rotating: Option<rotating::Rotating>,
+    /// An `[[spa]]`'s keys and policy: it has no sequence, and its grants
+    /// come from the loader when a packet checks out.
+    pub spa: Option<spa::Spa>,
     pub sequence_timeout: Duration,
     pub open_for: Duration,
     pub protect: Vec<PortSpec>,
@@ -229,6 +237,8 @@ pub struct Config {
     pub allow: Vec<Prefix>,
     pub deny: Vec<Prefix>,
     pub flood_events_per_second: u32,
+    /// SPA datagrams each CPU hands to the loader per second.
+    pub spa_datagrams_per_second: u32,
     pub conceal: Conceal,
     pub limits: Limits,
     pub flows: FlowTimeouts,
@@ -267,6 +277,10 @@ impl Config {
 /// Denied attempts and first steps reported per CPU and second.
 const DEFAULT_FLOOD_EVENTS_PER_SECOND: u32 = 20;
 
+/// SPA datagrams each CPU hands to the loader per second: far more than
+/// people knock, far less than a flood.
+const DEFAULT_SPA_DATAGRAMS_PER_SECOND: u32 = 100;
+
 /// Turns byte offsets into 1-based line numbers.
 struct Lines<'a>(&'a str);
 
@@ -292,6 +306,50 @@ fn check_sequence(sequence: &[PortSpec]) -> Result<(), String> {
             return Err(format!(
                 "{step} appears twice; copies of a step look like retransmissions"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// A rule's or SPA entry's name: present, short enough for the kernel's
+/// record, and not one that came `before`.
+fn check_name<'a>(
+    name: &Spanned<String>,
+    mut before: impl Iterator<Item = &'a Spanned<String>>,
+    invalid: &impl Fn(Range<usize>, &str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let text = name.get_ref();
+    let problem = if text.is_empty() {
+        "a rule needs a name".to_owned()
+    } else if text.len() > RULE_NAME_BYTES {
+        format!("`{text}` is longer than {RULE_NAME_BYTES} bytes")
+    } else if before.any(|other| other.get_ref() == text) {
+        format!("rule `{text}` is defined twice (rules and SPA entries share names)")
+    } else {
+        return Ok(());
+    };
+    Err(invalid(name.span(), "name", problem))
+}
+
+/// A rule's or SPA entry's `protect`: TCP and UDP ports, each once.
+fn check_protect(
+    owner: &str,
+    protect: &Spanned<Vec<PortSpec>>,
+    invalid: &impl Fn(Range<usize>, &str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let at = |problem: String| invalid(protect.span(), &format!("{owner}: protect"), problem);
+    let ports = protect.get_ref();
+    if ports.is_empty() {
+        return Err(at("protects nothing; list ports such as \"tcp:22\"".into()));
+    }
+    for (i, port) in ports.iter().enumerate() {
+        if port.is_icmp() {
+            return Err(at(format!(
+                "{port} is a knock step form; protect TCP or UDP ports"
+            )));
+        }
+        if ports[..i].contains(port) {
+            return Err(at(format!("{port} is listed twice")));
         }
     }
     Ok(())
@@ -427,29 +485,34 @@ impl Config {
                 ));
             }
         }
-        if file.rules.is_empty() {
+        if file.rules.is_empty() && file.spas.is_empty() {
             return Err(invalid(
                 0..0,
                 "rule",
-                "no [[rule]]: there is nothing to protect".into(),
+                "no [[rule]] and no [[spa]]: there is nothing to protect".into(),
             ));
         }
-        if file.rules.len() > MAX_RULES {
+        if file.rules.len() + file.spas.len() > MAX_RULES {
             return Err(invalid(
-                file.rules[MAX_RULES].name.span(),
+                0..0,
                 "rule",
-                format!("at most {MAX_RULES} rules are supported"),
+                format!("at most {MAX_RULES} rules and SPA entries are supported"),
             ));
         }
 
         // Where each protected port, first step and sequence is used, to find collisions.
         let mut protected_by: HashMap<PortSpec, &str> = HashMap::new();
         // Every protected port, which no rotating sequence draws.
+        // Every protected port and SPA port, which no rotating sequence draws.
+        let spa_ports = file.spas.iter().filter_map(|s| s.spa(&invalid).ok());
         let mut all_protected: Vec<PortSpec> = file
             .rules
             .iter()
-            .flat_map(|r| r.protect.get_ref().iter().copied())
+            .map(|r| &r.protect)
+            .chain(file.spas.iter().map(|s| &s.protect))
+            .flat_map(|protect| protect.get_ref().iter().copied())
             .filter(|p| !p.is_icmp())
+            .chain(spa_ports.map(|s| PortSpec(knock_common::Knock::udp(s.listen))))
             .collect();
         all_protected.sort_by_key(|p| (p.0.proto, p.0.port));
         all_protected.dedup();
@@ -457,50 +520,27 @@ impl Config {
         let mut sequences: HashMap<Vec<PortSpec>, &str> = HashMap::new();
         // Where each rule's sequence was written, for errors found later.
         let mut sequence_spans: Vec<Range<usize>> = Vec::new();
-        let mut rules = Vec::with_capacity(file.rules.len());
+        let mut rules: Vec<Rule> = Vec::with_capacity(file.rules.len());
+        let all_names = file
+            .rules
+            .iter()
+            .map(|r| &r.name)
+            .chain(file.spas.iter().map(|s| &s.name));
+        for (i, name) in all_names.clone().enumerate() {
+            check_name(name, all_names.clone().take(i), &invalid)?;
+        }
+        for spa in &file.spas {
+            check_protect(
+                &format!("spa `{}`", spa.name.get_ref()),
+                &spa.protect,
+                &invalid,
+            )?;
+        }
         for rule in &file.rules {
             let name = rule.name.get_ref().as_str();
-            if name.is_empty() {
-                return Err(invalid(
-                    rule.name.span(),
-                    "name",
-                    "a rule needs a name".into(),
-                ));
-            }
-            if name.len() > RULE_NAME_BYTES {
-                return Err(invalid(
-                    rule.name.span(),
-                    "name",
-                    format!("`{name}` is longer than {RULE_NAME_BYTES} bytes"),
-                ));
-            }
-            if rules.iter().any(|r: &Rule| r.name == name) {
-                return Err(invalid(
-                    rule.name.span(),
-                    "name",
-                    format!("rule `{name}` is defined twice"),
-                ));
-            }
+            check_protect(&format!("rule `{name}`"), &rule.protect, &invalid)?;
             let protect = rule.protect.get_ref();
-            let at = |problem: String| {
-                invalid(
-                    rule.protect.span(),
-                    &format!("rule `{name}`: protect"),
-                    problem,
-                )
-            };
-            if protect.is_empty() {
-                return Err(at("protects nothing; list ports such as \"tcp:22\"".into()));
-            }
-            for (i, port) in protect.iter().enumerate() {
-                if port.is_icmp() {
-                    return Err(at(format!(
-                        "{port} is a knock step form; protect TCP or UDP ports"
-                    )));
-                }
-                if protect[..i].contains(port) {
-                    return Err(at(format!("{port} is listed twice")));
-                }
+            for port in protect {
                 protected_by.entry(*port).or_insert(name);
             }
             let new_rule = |sequence: Vec<PortSpec>, once, rotating| Rule {
@@ -508,6 +548,7 @@ impl Config {
                 sequence,
                 once,
                 rotating,
+                spa: None,
                 sequence_timeout: rule.sequence_timeout.0,
                 open_for: rule.open_for.0,
                 protect: protect.clone(),
@@ -648,6 +689,67 @@ impl Config {
             sequence_spans.push(span.clone());
             rules.push(new_rule(sequence.clone(), once, None));
         }
+        for file_spa in &file.spas {
+            let name = file_spa.name.get_ref();
+            let spa = file_spa.spa(&invalid)?;
+            let listen = PortSpec(knock_common::Knock::udp(spa.listen));
+            let at = |problem: String| {
+                invalid(
+                    file_spa.listen_span(),
+                    &format!("spa `{name}`: listen"),
+                    problem,
+                )
+            };
+            if let Some(protector) = protected_by.get(&listen) {
+                return Err(at(format!(
+                    "{listen} is protected by rule `{protector}`; an SPA port must not be a service port"
+                )));
+            }
+            if let Some(rule) = rules.iter().find(|r| r.sequence.contains(&listen)) {
+                return Err(at(format!(
+                    "{listen} is a knock step of rule `{}`",
+                    rule.name
+                )));
+            }
+            for port in file_spa.protect.get_ref() {
+                protected_by.entry(*port).or_insert(name);
+            }
+            if spa.max_age < Duration::from_secs(1) {
+                return Err(invalid(
+                    file_spa.name.span(),
+                    &format!("spa `{name}`: max_age"),
+                    "must be at least 1s: fwknop's timestamps count seconds".into(),
+                ));
+            }
+            sequence_spans.push(file_spa.name.span());
+            rules.push(Rule {
+                name: name.clone(),
+                sequence: Vec::new(),
+                once: None,
+                rotating: None,
+                spa: Some(spa),
+                sequence_timeout: Duration::ZERO,
+                open_for: file_spa.open_for.0,
+                protect: file_spa.protect.get_ref().clone(),
+            });
+        }
+        let spa_listens: Vec<u16> = rules
+            .iter()
+            .filter_map(|r| Some(r.spa.as_ref()?.listen))
+            .collect();
+        for (rule, span) in rules.iter().zip(&sequence_spans) {
+            if let Some(port) = rule
+                .protect
+                .iter()
+                .find(|p| p.0.proto == knock_common::IPPROTO_UDP && spa_listens.contains(&p.0.port))
+            {
+                return Err(invalid(
+                    span.clone(),
+                    &format!("rule `{}`: protect", rule.name),
+                    format!("{port} is an SPA port; an SPA port must not be a service port"),
+                ));
+            }
+        }
         let parts: usize = rules.iter().map(Rule::parts).sum();
         if parts > MAX_RULES {
             return Err(invalid(
@@ -686,6 +788,9 @@ impl Config {
             flood_events_per_second: file
                 .flood_events_per_second
                 .unwrap_or(DEFAULT_FLOOD_EVENTS_PER_SECOND),
+            spa_datagrams_per_second: file
+                .spa_datagrams_per_second
+                .unwrap_or(DEFAULT_SPA_DATAGRAMS_PER_SECOND),
             conceal: file.conceal,
             limits: file.limits,
             flows: file.flows,
@@ -778,15 +883,15 @@ protect = ["tcp:22"]
         assert_eq!(
             role(IPPROTO_TCP, 22),
             Some(PortRoles {
-                knock_rules: 0,
-                protect_rules: 1
+                protect_rules: 1,
+                ..PortRoles::default()
             })
         );
         assert_eq!(
             role(IPPROTO_UDP, 4728),
             Some(PortRoles {
                 knock_rules: 1,
-                protect_rules: 0
+                ..PortRoles::default()
             })
         );
         assert_eq!(

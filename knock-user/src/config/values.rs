@@ -130,6 +130,19 @@ impl Prefix {
         net.contains(&ipv4_space)
     }
 
+    /// Whether `addr` falls in the prefix (IPv4 as `::ffff:a.b.c.d`).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let (len, prefix) = self.mapped();
+        let addr = match addr {
+            IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let len = len.min(128);
+        let (prefix, addr) = (u128::from_be_bytes(prefix), u128::from_be_bytes(addr));
+        let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+        prefix & mask == addr & mask
+    }
+
     /// The prefix in the one key form: IPv4 mapped into IPv6.
     pub fn mapped(&self) -> (u32, Addr) {
         match self.0 {
