@@ -57,6 +57,8 @@ struct FlowState {
 
 pub struct Model {
     rules: Vec<Rule>,
+    /// UDP ports `[[spa]]` entries take SPA packets on.
+    spa_ports: Vec<Port>,
     allow: Vec<(Source, u32)>,
     deny: Vec<(Source, u32)>,
     tcp_idle: u64,
@@ -288,6 +290,11 @@ impl Model {
                     protect: r.protect.iter().map(port).collect(),
                 })
                 .collect(),
+            spa_ports: config
+                .rules
+                .iter()
+                .filter_map(|r| Some((17, r.spa.as_ref()?.listen)))
+                .collect(),
             allow: config.allow.iter().map(prefix).collect(),
             deny: config.deny.iter().map(prefix).collect(),
             tcp_idle: nanos(config.flows.tcp_idle.0),
@@ -378,6 +385,11 @@ impl Model {
             self.knock(src, target);
             return Verdict::Pass;
         }
+        // A datagram to an SPA port is the loader's to judge, never the
+        // host's; it is no knock step and touches no knock progress.
+        if self.spa_ports.contains(&target) {
+            return Verdict::Stopped;
+        }
         let opens = proto == 17 || flags & 0x12 == 0x02;
         if opens && self.knock(src, target) {
             return Verdict::Stopped;
@@ -448,7 +460,10 @@ impl Model {
         let mut was_step = false;
         for r in 0..self.rules.len() {
             let key = (src, r);
-            let first = self.rules[r].sequence[0];
+            // An SPA entry has no sequence.
+            let Some(&first) = self.rules[r].sequence.first() else {
+                continue;
+            };
             let stored = self.progress.get(&key);
             if stored.is_none() && target != first {
                 continue;

@@ -48,7 +48,7 @@ const STEPS: [&str; 8] = [
 ];
 /// Ports packets go to: every step, protected ones, and others; `ECHO`
 /// stands for an echo request (ICMP or ICMPv6) of that payload size.
-const PORTS: [(u8, u16); 14] = [
+const PORTS: [(u8, u16); 15] = [
     (ECHO, 64),
     (ECHO, 512),
     (ECHO, 56),
@@ -63,7 +63,13 @@ const PORTS: [(u8, u16); 14] = [
     (TCP, 2222),
     (TCP, 80),
     (UDP, 53),
+    (UDP, SPA_PORT),
 ];
+/// Where the `[[spa]]` entry of some configurations listens.
+const SPA_PORT: u16 = 62201;
+/// An SPA entry: its datagrams are stopped (and copied to a ring nobody
+/// reads here), and it protects a port of its own and one a rule protects.
+const SPA: &str = "spa_datagrams_per_second = 1000000\n[[spa]]\nname = \"spa\"\nlisten = \"udp:62201\"\nkey_base64 = \"wqpO0bCb8v0WXmVOiK2LDsWbx84d7V5NzC4dgQlcCRM=\"\nhmac_key_base64 = \"Kxo4R01PrSUXAbpKKe7vuuDrh6OMLbiCHoSWxdfz3fsyHcIp\"\nopen_for = \"20s\"\nprotect = [\"tcp:2222\", \"tcp:80\"]\n";
 /// Flags of generated segments, with the scanners' FIN, NULL and Xmas
 /// probes (answered RST+ACK, acknowledging the FIN).
 const FLAGS: [u8; 10] = [
@@ -144,8 +150,9 @@ fn config_text() -> impl Strategy<Value = String> {
         proptest::sample::select(LISTS.to_vec()),
         proptest::sample::select(PENALTIES.to_vec()),
         proptest::sample::select(vec!["", "", "", "conceal = \"drop\"\n"]),
+        proptest::bool::weighted(0.4),
     )
-        .prop_map(|(first, second, lists, penalty, conceal)| {
+        .prop_map(|(first, second, lists, penalty, conceal, spa)| {
             // Small maps load fast; a case never holds more than a few entries.
             let mut text = format!(
                 "{conceal}{lists}{penalty}[limits]\nfirst_step_entries = 512\nprogress_entries = 512\ngrant_entries = 512\nflow_entries = 512\npenalty_entries = 512\n[flows]\ntcp_idle = \"60500ms\"\ntcp_closing = \"5500ms\"\nudp_idle = \"20500ms\"\n"
@@ -153,6 +160,11 @@ fn config_text() -> impl Strategy<Value = String> {
             text += &rule_toml("a", &first, "\"tcp:22\", \"udp:51820\"");
             if let Some(second) = second {
                 text += &rule_toml("b", &second, "\"tcp:22\", \"tcp:2222\"");
+            }
+            if spa {
+                // Top-level keys must come before the first table.
+                text = format!("{}{}", &SPA[..SPA.find('[').expect("a table")], text)
+                    + &SPA[SPA.find('[').expect("a table")..];
             }
             text
         })
@@ -206,6 +218,11 @@ fn frame() -> impl Strategy<Value = Frame> {
                 let mut frame = match proto {
                     TCP => Frame::tcp(src, dst, port, flags),
                     ECHO => Frame::echo(src, dst, usize::from(port)),
+                    // Big enough to be an SPA packet on the SPA port.
+                    _ if port == SPA_PORT && src_port == 40001 => Frame {
+                        payload: 200,
+                        ..Frame::udp(src, dst, port)
+                    },
                     _ => Frame::udp(src, dst, port),
                 };
                 frame.src_port = src_port;
@@ -450,6 +467,7 @@ fn replace_sequence(
 ) -> bool {
     let sequence: Vec<PortSpec> = steps.iter().map(|s| s.parse().expect("step")).collect();
     if rule >= config.rules.len()
+        || config.rules[rule].spa.is_some()
         || config
             .rules
             .iter()
