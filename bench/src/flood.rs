@@ -10,6 +10,8 @@ use super::*;
 pub(crate) enum Receiver {
     Xknock,
     XknockAnswering,
+    /// xknock with an `[[spa]]` entry, flooded at its port with junk.
+    XknockSpa,
     XdpDrop,
     XdpReadDrop,
     Nftables,
@@ -35,6 +37,9 @@ impl Receiver {
             Receiver::Xknock => "xknock (XDP native, protected tcp:22)",
             Receiver::XknockAnswering => {
                 "xknock with conceal = \"closed\", flood at the first knock port: every SYN answered with an RST"
+            }
+            Receiver::XknockSpa => {
+                "xknock, junk at the SPA port: copied up to the per-CPU rate, the rest shed"
             }
             Receiver::XdpDrop => "bare XDP_DROP program (the limit)",
             Receiver::XdpReadDrop => "XDP program that reads the port, then drops",
@@ -92,12 +97,12 @@ pub(crate) fn nft_ruleset(conntrack: bool) -> String {
 pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed> {
     let iface = lab.server_if.clone();
     match receiver {
-        Receiver::Xknock | Receiver::XknockAnswering => {
-            let config = bench_config(if receiver == Receiver::Xknock {
-                SILENT
-            } else {
-                ""
-            });
+        Receiver::Xknock | Receiver::XknockAnswering | Receiver::XknockSpa => {
+            let config = match receiver {
+                Receiver::Xknock => bench_config(SILENT),
+                Receiver::XknockSpa => KernelConfig::try_from(&crate::spa::spa_config()?)?,
+                _ => bench_config(""),
+            };
             lab.server.within(move || -> anyhow::Result<Installed> {
                 let mut filter = Filter::load(&config)?;
                 filter.attach(&iface, AttachMode::Native)?;
@@ -182,6 +187,14 @@ pub(crate) fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> a
         (Receiver::Xknock, Installed::Filter(filter)) => {
             Ok(filter.maps().counters()?["drop_protected"])
         }
+        (Receiver::XknockSpa, Installed::Filter(filter)) => {
+            let counters = filter.maps().counters()?;
+            Ok(
+                counters["drop_spa_copied"]
+                    + counters["drop_spa_shed"]
+                    + counters["drop_spa_unfit"],
+            )
+        }
         // Answered or not, every packet that reached the answering program.
         (Receiver::XknockAnswering, Installed::Filter(filter)) => {
             Ok(filter.maps().answers()?.values().sum())
@@ -233,10 +246,11 @@ pub(crate) fn generate(
         pin_to_cpu(0)?;
         let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
         baseline(&mut ebpf, generator)?;
+        // The generator rewrites (and restores) the first 54 bytes only.
         let frame: [u8; 54] = template
-            .as_slice()
-            .try_into()
-            .context("a 54-byte template")?;
+            .get(..54)
+            .and_then(|head| head.try_into().ok())
+            .context("a template of at least 54 bytes")?;
         let mut slot: aya::maps::Array<_, [u8; 54]> = ebpf
             .map_mut("FLOOD_TEMPLATE")
             .context("FLOOD_TEMPLATE")?
@@ -289,7 +303,11 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
         } else {
             22
         };
-        let template = flood_template(&lab, port);
+        let template = if receiver == Receiver::XknockSpa {
+            crate::spa::junk_template(&lab)
+        } else {
+            flood_template(&lab, port)
+        };
         benches.push(Bench {
             receiver,
             lab,

@@ -8,6 +8,7 @@ mod kernel;
 mod open;
 mod report;
 mod rotating;
+mod spa;
 mod trace;
 
 use std::{
@@ -177,6 +178,8 @@ fn main() -> anyhow::Result<()> {
     let (trace_pass, traces, instructions) = on_cpu_1(|| trace::trace_costs(&effort))?;
     eprintln!("bench: rotating rules");
     let rotating = on_cpu_1(|| rotating::rotating_costs(&effort))?;
+    eprintln!("bench: SPA checks in the loader");
+    let spa_costs = on_cpu_1(|| spa::spa_costs(&effort))?;
     eprintln!("bench: memory");
     let memory = memory()?;
     eprintln!("bench: time to open ({} tries each)", effort.tries);
@@ -191,10 +194,13 @@ fn main() -> anyhow::Result<()> {
     let flood = flood(&effort, &Receiver::ALL)?;
     eprintln!("bench: answering flood at a knock port, against XDP_DROP");
     let answering = self::flood(&effort, &[Receiver::XknockAnswering, Receiver::XdpDrop])?;
+    eprintln!("bench: junk flood at the SPA port, against XDP_DROP");
+    let spa_flood = self::flood(&effort, &[Receiver::XknockSpa, Receiver::XdpDrop])?;
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
     conceal::render(&mut report, &effort, answer_pass, &answers, &answering);
     trace::render(&mut report, trace_pass, &traces, &instructions);
     rotating::render(&mut report, &rotating);
+    spa::render(&mut report, &spa_costs, &spa_flood);
     write(&out.join("report.md"), &report)?;
     write(&out.join("chart.svg"), &chart(pass, &paths))?;
     println!("{report}");

@@ -44,19 +44,29 @@ pub enum Command {
         config: PathBuf,
     },
     /// Send a knock sequence to HOST: a rule's from a config file (a rotating
-    /// rule's for the current window), or the steps given.
+    /// rule's for the current window), or the steps given; or, with --spa,
+    /// one SPA packet in fwknop's format.
     Knock {
         /// Address or name of the server.
         host: String,
         /// Steps such as tcp:3721 udp:4728 tcp:6742 (instead of --config/--rule).
-        #[arg(value_name = "STEP", conflicts_with_all = ["config", "rule"])]
+        #[arg(value_name = "STEP", conflicts_with_all = ["config", "rule", "spa"])]
         steps: Vec<PortSpec>,
-        /// Configuration file holding the rule.
-        #[arg(long, requires = "rule")]
+        /// Configuration file holding the rule or SPA entry.
+        #[arg(long)]
         config: Option<PathBuf>,
         /// Name of the rule whose sequence to send.
-        #[arg(long, requires = "config")]
+        #[arg(long, requires = "config", conflicts_with = "spa")]
         rule: Option<String>,
+        /// Name of the [[spa]] entry whose keys sign and encrypt one SPA
+        /// packet asking for all its protected ports (what the fwknop
+        /// client sends; fwknopd accepts it too).
+        #[arg(long, requires = "config")]
+        spa: Option<String>,
+        /// With --spa: the address to admit (fwknop's -a); without it the
+        /// server admits the address the packet comes from (fwknop's -s).
+        #[arg(long, requires = "spa", value_name = "ADDR")]
+        allow_ip: Option<std::net::IpAddr>,
         /// Pause between knocks, such as 20ms or 1s.
         #[arg(long, default_value = "20ms", value_parser = parse_delay)]
         delay: Duration,

@@ -2,12 +2,13 @@
 
 use std::{net::IpAddr, time::SystemTime};
 
-use knock_common::{Event, Knock, event_kind, reset_cause};
+use knock_common::{Addr, Event, Knock, event_kind, reset_cause};
 use serde::Serialize;
 
 use crate::{
     config::{Config, PortSpec},
     filter::{ExpiredGrant, display_addr, monotonic_ns},
+    spa::Verdict,
 };
 
 /// The rules of the running configuration by rule index, which is what the
@@ -80,6 +81,15 @@ pub struct Record {
     /// Seconds a penalized source's knocks are ignored for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ignored_for_secs: Option<f64>,
+    /// Who an SPA request admitted, when not its source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admitted: Option<IpAddr>,
+    /// The ports an SPA request opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<String>,
+    /// What exactly was wrong with a refused SPA packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Why a kernel event could not be decoded.
@@ -104,6 +114,54 @@ fn now_rfc3339() -> String {
 }
 
 impl Record {
+    /// A record of `event` about `source`, with nothing else said yet.
+    fn new(event: &'static str, source: IpAddr) -> Record {
+        Record {
+            time: now_rfc3339(),
+            event,
+            rule: None,
+            source,
+            port: None,
+            step: None,
+            steps: None,
+            reason: None,
+            expires_in_secs: None,
+            ignored_for_secs: None,
+            admitted: None,
+            ports: None,
+            detail: None,
+        }
+    }
+
+    /// What the loader made of a datagram from `source` to SPA port `port`.
+    pub fn spa(verdict: &Verdict, source: &Addr, port: u16) -> Record {
+        let source = display_addr(source);
+        let mut record = match verdict {
+            Verdict::Grant(grant) => {
+                let mut record = Record::new("spa_grant", source);
+                record.rule = Some(grant.rule.clone());
+                record.admitted = (grant.addr != source).then_some(grant.addr);
+                let ports: Vec<String> = grant.ports.iter().map(PortSpec::to_string).collect();
+                record.ports = Some(ports.join(","));
+                record.expires_in_secs = Some(grant.open_for.as_secs_f64());
+                record
+            }
+            Verdict::Refuse {
+                rule,
+                reason,
+                detail,
+            } => {
+                let mut record = Record::new("spa_refused", source);
+                record.rule = rule.clone();
+                record.reason = Some(reason.name());
+                record.detail = Some(detail.clone());
+                record
+            }
+        };
+        record.port = Some(PortSpec(Knock::udp(port)).to_string());
+        record
+    }
+
     /// Decodes one ring-buffer record.
     pub fn from_kernel(bytes: &[u8], rules: &RuleBook) -> Result<Record, DecodeError> {
         if bytes.len() != size_of::<Event>() {
@@ -120,16 +178,10 @@ impl Record {
         })
         .to_string();
         let mut record = Record {
-            time: now_rfc3339(),
-            event: "",
             rule: rule.map(|(name, _)| name.to_owned()),
-            source: display_addr(&event.addr),
             port: Some(port),
-            step: None,
             steps: rule.map(|(_, steps)| steps),
-            reason: None,
-            expires_in_secs: None,
-            ignored_for_secs: None,
+            ..Record::new("", display_addr(&event.addr))
         };
         match event.kind {
             event_kind::PROGRESS => {
@@ -165,16 +217,8 @@ impl Record {
     /// A grant the sweeper removed.
     pub fn expired(grant: &ExpiredGrant, rules: &RuleBook) -> Record {
         Record {
-            time: now_rfc3339(),
-            event: "expired",
             rule: rules.get(grant.rule).map(|(name, _)| name.to_owned()),
-            source: display_addr(&grant.source),
-            port: None,
-            step: None,
-            steps: None,
-            reason: None,
-            expires_in_secs: None,
-            ignored_for_secs: None,
+            ..Record::new("expired", display_addr(&grant.source))
         }
     }
 
@@ -200,6 +244,15 @@ impl Record {
                 }
                 if let Some(secs) = self.ignored_for_secs {
                     line += &format!(" ignored_for={secs}s");
+                }
+                if let Some(admitted) = self.admitted {
+                    line += &format!(" admitted={admitted}");
+                }
+                if let Some(ports) = &self.ports {
+                    line += &format!(" ports={ports}");
+                }
+                if let Some(detail) = &self.detail {
+                    line += &format!(" ({detail})");
                 }
                 line
             }

@@ -35,19 +35,24 @@ pub fn send_sequence(target: IpAddr, knocks: &[PortSpec], delay: Duration) -> io
         if i > 0 && !delay.is_zero() {
             thread::sleep(delay);
         }
-        let addr = SocketAddr::new(target, knock.0.port);
         if knock.0.proto == IPPROTO_TCP {
-            send_syn(addr)?;
+            send_syn(SocketAddr::new(target, knock.0.port))?;
         } else if knock.0.proto == IPPROTO_ICMP {
             send_echo(target, knock.0.port)?;
         } else {
-            let bind: SocketAddr = match target {
-                IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
-                IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
-            };
-            UdpSocket::bind(bind)?.send_to(UDP_KNOCK_PAYLOAD, addr)?;
+            send_datagram(target, knock.0.port, UDP_KNOCK_PAYLOAD)?;
         }
     }
+    Ok(())
+}
+
+/// Sends one UDP datagram to `port` of `target`.
+pub fn send_datagram(target: IpAddr, port: u16, payload: &[u8]) -> io::Result<()> {
+    let bind: SocketAddr = match target {
+        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
+        IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    };
+    UdpSocket::bind(bind)?.send_to(payload, SocketAddr::new(target, port))?;
     Ok(())
 }
 

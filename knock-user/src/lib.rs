@@ -16,5 +16,6 @@ pub mod pins;
 pub mod run;
 pub mod sent;
 pub mod slots;
+pub mod spa;
 pub mod status;
 pub mod trace;

@@ -1,6 +1,10 @@
 //! `xknock`: a port-knocking firewall that filters at XDP.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{CommandFactory as _, FromArgMatches as _};
@@ -62,8 +66,13 @@ fn main() -> ExitCode {
             steps,
             config,
             rule,
+            spa,
+            allow_ip,
             delay,
-        } => send_knock(&host, steps, config, rule, delay),
+        } => match (config, spa) {
+            (Some(config), Some(spa)) => send_spa(&host, &config, &spa, allow_ip),
+            (config, _) => send_knock(&host, steps, config, rule, delay),
+        },
         Command::Status { config, json } => pins_of(&config).and_then(|pins| {
             let status = Status::read(&pins)?;
             if json {
@@ -134,6 +143,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `xknock knock HOST --config F --spa NAME`: one SPA packet asking for
+/// every port the entry protects, for `allow_ip` or the packet's source.
+fn send_spa(
+    host: &str,
+    path: &Path,
+    name: &str,
+    allow_ip: Option<std::net::IpAddr>,
+) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let rule = config
+        .rules
+        .iter()
+        .find(|r| r.name == name && r.spa.is_some())
+        .ok_or_else(|| anyhow!("{} has no [[spa]] named `{name}`", path.display()))?;
+    let spa = rule.spa.as_ref().expect("found by it");
+    let target = knock::resolve(host).with_context(|| format!("cannot resolve `{host}`"))?;
+    let packet = xknock::spa::request(rule, spa, allow_ip, std::time::SystemTime::now())?;
+    knock::send_datagram(target, spa.listen, packet.as_bytes())
+        .with_context(|| format!("sending an SPA packet to {target}"))?;
+    eprintln!(
+        "xknock: sent an SPA packet to {target} udp:{} asking for {} for {}",
+        spa.listen,
+        rule.protect
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        allow_ip.map_or_else(|| "this host's address".to_owned(), |a| a.to_string())
+    );
+    Ok(())
 }
 
 fn send_knock(

@@ -8,10 +8,12 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use knock_common::SpaDatagram;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -28,8 +30,10 @@ use crate::{
         monotonic_ns, read_instance,
     },
     listeners,
+    maps::{display_addr, key_addr},
     metrics::{self, Reloads},
     pins::{Lock, PinDir},
+    spa::{Judge, Verdict},
     status::nonzero,
 };
 
@@ -82,6 +86,8 @@ struct Running {
     /// it (verification takes a good part of a second) and put in place
     /// when the window begins.
     next_generation: Option<Prepared>,
+    /// Judges the datagrams the filter hands over from SPA ports.
+    judge: Judge,
 }
 
 /// A generation loaded but not yet in place, holding the change lock.
@@ -155,7 +161,9 @@ fn put_in_place(
     }
     filter.commit(pins)?;
     let rules = RuleBook::new(&config, filter.slots());
+    let judge = Judge::new(&config, filter.slots());
     Ok(Running {
+        judge,
         filter,
         next_rotation: config.next_rotation(at),
         next_generation: None,
@@ -247,12 +255,9 @@ async fn serve(
     ifaces: &[String],
     pins: &PinDir,
 ) -> anyhow::Result<()> {
-    let ring = running.filter.maps_mut().take_events()?;
-    let fd = ring.as_raw_fd();
-    // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, for as
-    // long as the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .with_context(|| format!("polling the event ring buffer (fd {fd})"))?;
+    let mut ring = poll_ring(running.filter.maps_mut().take_events()?, "event")?;
+    let mut datagrams = poll_ring(running.filter.maps_mut().take_spa_datagrams()?, "SPA")?;
+    let mut refusals = RefusalBudget::default();
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -268,6 +273,7 @@ async fn serve(
         metrics::spawn(listener, pins.clone(), reloads.clone())?;
     }
     let mut spent: Vec<OneTime> = Vec::new();
+    let mut last_prune = Instant::now();
     // A closed stdout (say `xknock run | head`) ends the run cleanly.
     let print = |record: Record| -> anyhow::Result<()> {
         writeln!(
@@ -333,9 +339,43 @@ async fn serve(
                     }
                 }
             }
+            guard = datagrams.readable_mut() => {
+                let mut guard = guard.context("waiting for SPA datagrams")?;
+                let ring = guard.get_inner_mut();
+                let mut drained = 0;
+                while drained < DATAGRAMS_PER_TURN {
+                    let Some(item) = ring.next() else { break };
+                    drained += 1;
+                    let Some((source, port, payload)) = SpaDatagram::decode(&item) else {
+                        eprintln!("xknock: skipping an SPA record of {} bytes", item.len());
+                        continue;
+                    };
+                    let record = match admit_spa(running, &source, port, payload) {
+                        Ok(record) => record,
+                        Err(error) => {
+                            eprintln!("xknock: error: an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
+                            continue;
+                        }
+                    };
+                    if record.event == "spa_grant" || refusals.admit(Instant::now()) {
+                        print(record)?;
+                    }
+                }
+                if drained < DATAGRAMS_PER_TURN {
+                    guard.clear_ready();
+                }
+            }
             _ = sweep.tick() => {
                 for grant in running.filter.maps_mut().sweep(monotonic_ns())? {
                     print(Record::expired(&grant, &running.rules))?;
+                }
+                if let Some(hidden) = refusals.hidden_in_last_window(Instant::now()) {
+                    eprintln!("xknock: {hidden} more SPA packet(s) refused in the last second, not shown one by one");
+                }
+                if last_prune.elapsed() >= REPLAY_PRUNE_INTERVAL {
+                    last_prune = Instant::now();
+                    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    running.filter.maps_mut().prune_replays(now)?;
                 }
                 // The wall clock may have jumped.
                 if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
@@ -360,6 +400,85 @@ async fn serve(
             _ = sigint.recv() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
         }
+    }
+}
+
+/// Registers a ring buffer with the event loop.
+fn poll_ring(ring: RingBuf<MapData>, what: &str) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
+    let fd = ring.as_raw_fd();
+    // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, for as
+    // long as the AsyncFd holds it.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .with_context(|| format!("polling the {what} ring buffer (fd {fd})"))
+}
+
+/// SPA datagrams judged before the loop looks at signals and the sweeper
+/// again.
+const DATAGRAMS_PER_TURN: usize = 256;
+
+/// How often SPA packets older than their `max_age` are forgotten.
+const REPLAY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Judges one SPA datagram and puts a grant in place as `xknock grant`
+/// does; the record says what happened.
+fn admit_spa(
+    running: &mut Running,
+    source: &knock_common::Addr,
+    port: u16,
+    payload: &[u8],
+) -> anyhow::Result<Record> {
+    let maps = running.filter.maps_mut();
+    let verdict = running
+        .judge
+        .judge(source, port, payload, SystemTime::now(), maps)?;
+    if let Verdict::Grant(grant) = &verdict {
+        let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
+        maps.grant(
+            &key_addr(grant.addr),
+            grant.index,
+            monotonic_ns().saturating_add(open_for),
+        )?;
+    }
+    Ok(Record::spa(&verdict, source, port))
+}
+
+/// Refused SPA packets shown per second: a flood of junk at an SPA port is
+/// counted (the kernel's `drop_spa_*` verdicts), not printed line by line.
+const REFUSALS_SHOWN_PER_SECOND: u32 = 10;
+
+/// How many refusals were shown in the current second, and how many not.
+#[derive(Default)]
+struct RefusalBudget {
+    window: Option<Instant>,
+    shown: u32,
+    hidden: u64,
+}
+
+impl RefusalBudget {
+    /// Whether one more refusal may be shown at `now`.
+    fn admit(&mut self, now: Instant) -> bool {
+        if self
+            .window
+            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.shown = 0;
+        }
+        if self.shown < REFUSALS_SHOWN_PER_SECOND {
+            self.shown += 1;
+            true
+        } else {
+            self.hidden += 1;
+            false
+        }
+    }
+
+    /// Refusals not shown, once their second is over.
+    fn hidden_in_last_window(&mut self, now: Instant) -> Option<u64> {
+        let over = self
+            .window
+            .is_some_and(|start| now.duration_since(start) >= Duration::from_secs(1));
+        (over && self.hidden > 0).then(|| std::mem::take(&mut self.hidden))
     }
 }
 

@@ -91,10 +91,13 @@ fn count(filter: &Filter, reason: &str) -> u64 {
     filter.maps().counters().expect("counters")[reason]
 }
 
+/// Source, destination, and how the frame is shaped.
+type Framing = (&'static str, &'static str, fn(&mut Frame));
+
 #[test]
 fn datagrams_to_an_spa_port_are_copied_whole_and_stopped() {
     let (filter, mut ring) = load("");
-    let framings: [(&str, &str, fn(&mut Frame)); 3] = [
+    let framings: [Framing; 3] = [
         (CLIENT_V4, SERVER_V4, |_| {}),
         (CLIENT_V4, SERVER_V4, |f| {
             f.ipv4_options = 12;

@@ -2,25 +2,18 @@
 
 use std::{fmt, ops::Range, time::Duration};
 
-use base64::{
-    Engine as _, alphabet,
-    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
-};
 use knock_common::IPPROTO_UDP;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::{ConfigDuration, ConfigError, PortSpec};
+use crate::fwknop::{KeyError, Keys};
 
 /// fwknop's `MAX_SPA_PACKET_AGE` default.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(120);
 
 /// fwknop's default SPA port.
 pub const DEFAULT_LISTEN: u16 = 62201;
-
-/// Longest keys fwknop takes: AES-256's key, and SHA-512's block for HMAC.
-const MAX_KEY_BYTES: usize = 32;
-const MAX_HMAC_KEY_BYTES: usize = 128;
 
 /// An `[[spa]]` as written.
 #[derive(Debug, Deserialize)]
@@ -45,10 +38,9 @@ pub(super) struct FileSpa {
 pub struct Spa {
     /// The UDP port its packets are sent to.
     pub listen: u16,
-    /// fwknop's `KEY_BASE64`, decoded.
-    pub key: Vec<u8>,
-    /// fwknop's `HMAC_KEY_BASE64`, decoded.
-    pub hmac_key: Vec<u8>,
+    /// fwknop's `KEY_BASE64` and `HMAC_KEY_BASE64`, checked (`keys`).
+    key_base64: String,
+    hmac_key_base64: String,
     /// Packets whose timestamp is further than this from now are refused;
     /// accepted ones are remembered this long, and refused again.
     pub max_age: Duration,
@@ -69,27 +61,12 @@ impl fmt::Debug for Spa {
     }
 }
 
-/// Standard base64 with or without `=` (fwknop writes keys with it; some
-/// tools strip it).
-const KEY_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
-fn decode_key(text: &str, longest: usize) -> Result<Vec<u8>, String> {
-    let key = KEY_BASE64
-        .decode(text.trim())
-        .map_err(|e| format!("not base64 ({e}); `fwknop --key-gen` makes a pair of keys"))?;
-    if key.is_empty() {
-        return Err("is empty".into());
+impl Spa {
+    /// The entry's keys, as the fwknop format uses them.
+    pub fn keys(&self) -> Keys {
+        Keys::from_base64(&self.key_base64, &self.hmac_key_base64)
+            .expect("checked when the configuration was read")
     }
-    if key.len() > longest {
-        return Err(format!(
-            "{} bytes; fwknop takes at most {longest}",
-            key.len()
-        ));
-    }
-    Ok(key)
 }
 
 impl FileSpa {
@@ -114,27 +91,25 @@ impl FileSpa {
                 ));
             }
         };
-        let key = decode_key(self.key_base64.get_ref(), MAX_KEY_BYTES)
-            .map_err(|problem| invalid(self.key_base64.span(), &key_at("key_base64"), problem))?;
-        let hmac_key =
-            decode_key(self.hmac_key_base64.get_ref(), MAX_HMAC_KEY_BYTES).map_err(|problem| {
-                invalid(
-                    self.hmac_key_base64.span(),
-                    &key_at("hmac_key_base64"),
-                    problem,
-                )
-            })?;
-        if key == hmac_key {
+        if let Err(error) =
+            Keys::from_base64(self.key_base64.get_ref(), self.hmac_key_base64.get_ref())
+        {
+            let (key, span) = match error {
+                KeyError::EncryptionLength(_) | KeyError::Base64("encryption") => {
+                    ("key_base64", self.key_base64.span())
+                }
+                _ => ("hmac_key_base64", self.hmac_key_base64.span()),
+            };
             return Err(invalid(
-                self.hmac_key_base64.span(),
-                &key_at("hmac_key_base64"),
-                "the same as key_base64; fwknop needs two different keys".into(),
+                span,
+                &key_at(key),
+                format!("{error} (`fwknop --key-gen` makes a pair)"),
             ));
         }
         Ok(Spa {
             listen,
-            key,
-            hmac_key,
+            key_base64: self.key_base64.get_ref().trim().to_owned(),
+            hmac_key_base64: self.hmac_key_base64.get_ref().trim().to_owned(),
             max_age: self
                 .max_age
                 .as_ref()
