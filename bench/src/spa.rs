@@ -120,7 +120,10 @@ pub(crate) fn spa_costs(effort: &Effort) -> anyhow::Result<SpaCosts> {
                 let seed = (round * batch + i) as u64;
                 (0..200u64)
                     .map(|j| {
-                        let x = (seed * 6364136223846793005 + j * 1442695040888963407) >> 58;
+                        let x = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(j.wrapping_mul(1442695040888963407))
+                            >> 58;
                         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
                             [x as usize]
                     })
