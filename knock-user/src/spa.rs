@@ -218,7 +218,16 @@ impl Judge {
         let now_secs = unix_seconds(now);
         let until =
             u64::try_from(now_secs.saturating_add(entry.max_age.as_secs() as i64)).unwrap_or(0);
-        match replays.remember(&key, until)? {
+        // A full cache first forgets what aged out; still full, it refuses
+        // rather than forgets what could be replayed.
+        let remembered = match replays.remember(&key, until)? {
+            Remembered::Full => {
+                replays.prune(u64::try_from(now_secs).unwrap_or(0))?;
+                replays.remember(&key, until)?
+            }
+            first => first,
+        };
+        match remembered {
             Remembered::Now => {}
             Remembered::Already => {
                 return Ok(refuse(
@@ -228,24 +237,11 @@ impl Judge {
                 ));
             }
             Remembered::Full => {
-                replays.prune(u64::try_from(now_secs).unwrap_or(0))?;
-                match replays.remember(&key, until)? {
-                    Remembered::Now => {}
-                    Remembered::Already => {
-                        return Ok(refuse(
-                            Some(entry),
-                            Reason::Replay,
-                            "accepted before".into(),
-                        ));
-                    }
-                    Remembered::Full => {
-                        return Ok(refuse(
-                            Some(entry),
-                            Reason::ReplayCacheFull,
-                            "every remembered packet is younger than max_age".into(),
-                        ));
-                    }
-                }
+                return Ok(refuse(
+                    Some(entry),
+                    Reason::ReplayCacheFull,
+                    "every remembered packet is younger than max_age".into(),
+                ));
             }
         }
         let age = now_secs.saturating_sub(request.timestamp);

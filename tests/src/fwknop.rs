@@ -34,17 +34,15 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     net::{SocketAddr, UdpSocket},
     os::unix::fs::PermissionsExt,
     path::Path,
     process::{Child, Command, Output, Stdio},
-    sync::{Arc, Condvar, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{Netns, require_program};
+use crate::{Netns, lines::Lines, require_program};
 
 /// The port fwknop sends to and fwknopd listens on by default.
 pub const DEFAULT_SPA_PORT: u16 = 62201;
@@ -244,55 +242,6 @@ pub struct FwknopdGrant {
     pub expires_at: u64,
 }
 
-/// Lines a child process printed, shared with the thread reading them.
-#[derive(Clone, Default)]
-struct Log(Arc<(Mutex<Vec<String>>, Condvar)>);
-
-impl Log {
-    fn follow(&self, stream: impl std::io::Read + Send + 'static, echo: bool) {
-        let log = self.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    println!("  fwknopd| {line}");
-                }
-                let (lines, changed) = &*log.0;
-                lines.lock().expect("log").push(line);
-                changed.notify_all();
-            }
-        });
-    }
-
-    fn snapshot(&self) -> Vec<String> {
-        self.0.0.lock().expect("log").clone()
-    }
-
-    fn len(&self) -> usize {
-        self.0.0.lock().expect("log").len()
-    }
-
-    /// The index of the first line from `from` on that satisfies `pred`,
-    /// waiting up to `timeout` for it.
-    fn wait_index(
-        &self,
-        from: usize,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Option<usize> {
-        let deadline = Instant::now() + timeout;
-        let (lines, changed) = &*self.0;
-        let mut guard = lines.lock().expect("log");
-        loop {
-            if let Some(i) = guard.iter().skip(from).position(|l| pred(l)) {
-                return Some(from + i);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            guard = changed.wait_timeout(guard, left).expect("log").0;
-        }
-    }
-}
-
 fn is_arrival(line: &str) -> bool {
     line.starts_with("udp_server: Got UDP datagram (")
 }
@@ -304,7 +253,7 @@ fn is_arrival(line: &str) -> bool {
 /// in front of it, e.g. a second lab's server.
 pub struct Fwknopd {
     child: Child,
-    log: Log,
+    log: Lines,
     /// Where packets go: the server's address and UDPSERV_PORT.
     target: SocketAddr,
     /// Lines before this index are about packets already judged.
@@ -381,8 +330,11 @@ impl Fwknopd {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn fwknopd");
-        let log = Log::default();
-        log.follow(child.stderr.take().expect("stderr"), options.echo);
+        let log = Lines::default();
+        log.follow(
+            child.stderr.take().expect("stderr"),
+            options.echo.then_some("  fwknopd| "),
+        );
         let target = SocketAddr::new(address.parse().expect("an IPv4 address"), options.port);
         assert!(target.is_ipv4(), "fwknopd 2.6.10 only listens on IPv4");
         let mut fwknopd = Fwknopd {

@@ -20,6 +20,7 @@ use std::{
 pub mod answers;
 pub mod frames;
 pub mod fwknop;
+mod lines;
 pub mod model;
 pub mod wire;
 mod xknock_run;

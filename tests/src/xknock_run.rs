@@ -3,56 +3,16 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::{Arc, Condvar, Mutex},
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::{Lab, unique_name, xknock_bin};
-
-/// Lines a child process printed, shared with the thread reading them.
-#[derive(Clone, Default)]
-struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
-
-impl Lines {
-    fn follow(&self, stream: impl std::io::Read + Send + 'static, echo: Option<&'static str>) {
-        let lines = self.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if let Some(prefix) = echo {
-                    println!("{prefix}{line}");
-                }
-                let (list, changed) = &*lines.0;
-                list.lock().expect("lines").push(line);
-                changed.notify_all();
-            }
-        });
-    }
-
-    fn snapshot(&self) -> Vec<String> {
-        self.0.0.lock().expect("lines").clone()
-    }
-
-    /// Waits until a line satisfies `pred`; returns it, or None on timeout.
-    fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let (list, changed) = &*self.0;
-        let mut guard = list.lock().expect("lines");
-        loop {
-            if let Some(line) = guard.iter().find(|l| pred(l)) {
-                return Some(line.clone());
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            guard = changed.wait_timeout(guard, left).expect("lines").0;
-        }
-    }
-}
+use crate::{Lab, lines::Lines, unique_name, xknock_bin};
 
 /// Whether an event has every (key, value) in `fields`; a value that is not
 /// a string is compared as the JSON it spells (`"1"` matches the number 1).
