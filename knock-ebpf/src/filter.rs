@@ -705,12 +705,19 @@ fn listed(list: &LpmTrie<Addr, u8>, entries: u32, addr: &Addr) -> bool {
 /// at most `flood_events_per_sec` of them per window of at least a second.
 #[inline(always)]
 fn within_flood_budget(settings: &Settings) -> bool {
-    let Some(budget) = FLOOD_EVENT_BUDGET.get_ptr_mut(0) else {
+    within_budget(&FLOOD_EVENT_BUDGET, settings.flood_events_per_sec)
+}
+
+/// Whether this CPU's budget in `budgets` (slot 0) admits one more of at
+/// most `limit` a second.
+#[inline(always)]
+pub(crate) fn within_budget(budgets: &PerCpuArray<EventBudget>, limit: u32) -> bool {
+    let Some(budget) = budgets.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
     let budget = unsafe { &mut *budget };
-    budget.admit(settings.flood_events_per_sec, now_ns)
+    budget.admit(limit, now_ns)
 }
 
 #[inline(always)]

@@ -15,7 +15,7 @@ use knock_common::{
 };
 
 use crate::{
-    filter::now_ns,
+    filter::within_budget,
     parse::{Packet, bytes_at},
 };
 
@@ -57,7 +57,8 @@ pub fn hand_over(ctx: &XdpContext, settings: &Settings, packet: &Packet) -> Reas
     if len < SPA_MIN_BYTES as u64 || len > SPA_MAX_BYTES as u64 {
         return Reason::DropSpaUnfit;
     }
-    if !within_budget(settings) {
+    // A flood of junk cannot keep the loader (or the ring) busy.
+    if !within_budget(&SPA_BUDGET, settings.spa_datagrams_per_sec) {
         return Reason::DropSpaShed;
     }
     let Some(mut entry) = SPA_DATAGRAMS.reserve::<SpaDatagram>(0) else {
@@ -86,17 +87,4 @@ pub fn hand_over(ctx: &XdpContext, settings: &Settings, packet: &Packet) -> Reas
     }
     entry.submit(0);
     Reason::DropSpaCopied
-}
-
-/// Each CPU hands over at most `spa_datagrams_per_sec` datagrams per window
-/// of at least a second, so a flood of junk cannot keep the loader (or the
-/// ring) busy.
-#[inline(always)]
-fn within_budget(settings: &Settings) -> bool {
-    let Some(budget) = SPA_BUDGET.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
-    let budget = unsafe { &mut *budget };
-    budget.admit(settings.spa_datagrams_per_sec, now_ns)
 }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
-use knock_common::SpaDatagram;
+use knock_common::{EventBudget, SpaDatagram};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -33,7 +33,7 @@ use crate::{
     maps::{display_addr, key_addr},
     metrics::{self, Reloads},
     pins::{Lock, PinDir},
-    spa::{Judge, Verdict},
+    spa::{self, Judge, Verdict},
     status::nonzero,
 };
 
@@ -357,7 +357,7 @@ async fn serve(
                             continue;
                         }
                     };
-                    if record.event == "spa_grant" || refusals.admit(Instant::now()) {
+                    if record.event == "spa_grant" || refusals.admit() {
                         print(record)?;
                     }
                 }
@@ -369,13 +369,12 @@ async fn serve(
                 for grant in running.filter.maps_mut().sweep(monotonic_ns())? {
                     print(Record::expired(&grant, &running.rules))?;
                 }
-                if let Some(hidden) = refusals.hidden_in_last_window(Instant::now()) {
+                if let Some(hidden) = refusals.hidden_in_last_window() {
                     eprintln!("xknock: {hidden} more SPA packet(s) refused in the last second, not shown one by one");
                 }
                 if last_prune.elapsed() >= REPLAY_PRUNE_INTERVAL {
                     last_prune = Instant::now();
-                    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                    running.filter.maps_mut().prune_replays(now)?;
+                    spa::forget_aged(running.filter.maps_mut(), SystemTime::now())?;
                 }
                 // The wall clock may have jumped.
                 if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
@@ -446,38 +445,25 @@ fn admit_spa(
 /// counted (the kernel's `drop_spa_*` verdicts), not printed line by line.
 const REFUSALS_SHOWN_PER_SECOND: u32 = 10;
 
-/// How many refusals were shown in the current second, and how many not.
+/// Refusals shown per second, counted as the kernel counts its flood
+/// events (`EventBudget`), and those not shown.
 #[derive(Default)]
 struct RefusalBudget {
-    window: Option<Instant>,
-    shown: u32,
+    budget: EventBudget,
     hidden: u64,
 }
 
 impl RefusalBudget {
-    /// Whether one more refusal may be shown at `now`.
-    fn admit(&mut self, now: Instant) -> bool {
-        if self
-            .window
-            .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
-        {
-            self.window = Some(now);
-            self.shown = 0;
-        }
-        if self.shown < REFUSALS_SHOWN_PER_SECOND {
-            self.shown += 1;
-            true
-        } else {
-            self.hidden += 1;
-            false
-        }
+    /// Whether one more refusal may be shown now.
+    fn admit(&mut self) -> bool {
+        let shown = self.budget.admit(REFUSALS_SHOWN_PER_SECOND, monotonic_ns);
+        self.hidden += u64::from(!shown);
+        shown
     }
 
     /// Refusals not shown, once their second is over.
-    fn hidden_in_last_window(&mut self, now: Instant) -> Option<u64> {
-        let over = self
-            .window
-            .is_some_and(|start| now.duration_since(start) >= Duration::from_secs(1));
+    fn hidden_in_last_window(&mut self) -> Option<u64> {
+        let over = monotonic_ns().saturating_sub(self.budget.window_start_ns) >= 1_000_000_000;
         (over && self.hidden > 0).then(|| std::mem::take(&mut self.hidden))
     }
 }

@@ -132,6 +132,12 @@ fn unix_seconds(time: SystemTime) -> i64 {
     }
 }
 
+/// Forgets the accepted packets whose `max_age` is over at `now` (a packet
+/// that old is refused as too old anyway).
+pub fn forget_aged(replays: &mut impl ReplayCache, now: SystemTime) -> Result<usize, MapsError> {
+    replays.prune(u64::try_from(unix_seconds(now)).unwrap_or(0))
+}
+
 impl Judge {
     /// The `[[spa]]` entries of `config`, whose rules sit at `slots`
     /// (`slots[i]` for `config.rules[i]`).
@@ -158,11 +164,6 @@ impl Judge {
             entries,
             deny: config.deny.clone(),
         }
-    }
-
-    /// Whether any entry listens.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// The verdict on `payload`, sent from `source` to UDP `port` at `now`;
@@ -222,7 +223,7 @@ impl Judge {
         // rather than forgets what could be replayed.
         let remembered = match replays.remember(&key, until)? {
             Remembered::Full => {
-                replays.prune(u64::try_from(now_secs).unwrap_or(0))?;
+                forget_aged(replays, now)?;
                 replays.remember(&key, until)?
             }
             first => first,

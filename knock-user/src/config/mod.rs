@@ -502,9 +502,8 @@ impl Config {
 
         // Where each protected port, first step and sequence is used, to find collisions.
         let mut protected_by: HashMap<PortSpec, &str> = HashMap::new();
-        // Every protected port, which no rotating sequence draws.
         // Every protected port and SPA port, which no rotating sequence draws.
-        let spa_ports = file.spas.iter().filter_map(|s| s.spa(&invalid).ok());
+        let spa_ports = file.spas.iter().filter_map(spa::FileSpa::listen_port);
         let mut all_protected: Vec<PortSpec> = file
             .rules
             .iter()
@@ -512,7 +511,7 @@ impl Config {
             .chain(file.spas.iter().map(|s| &s.protect))
             .flat_map(|protect| protect.get_ref().iter().copied())
             .filter(|p| !p.is_icmp())
-            .chain(spa_ports.map(|s| PortSpec(knock_common::Knock::udp(s.listen))))
+            .chain(spa_ports.map(|port| PortSpec(knock_common::Knock::udp(port))))
             .collect();
         all_protected.sort_by_key(|p| (p.0.proto, p.0.port));
         all_protected.dedup();

@@ -77,19 +77,17 @@ impl FileSpa {
     ) -> Result<Spa, ConfigError> {
         let name = self.name.get_ref();
         let key_at = |key: &str| format!("spa `{name}`: {key}");
-        let listen = match &self.listen {
-            None => DEFAULT_LISTEN,
-            Some(listen) if listen.get_ref().0.proto == IPPROTO_UDP => listen.get_ref().0.port,
-            Some(listen) => {
-                return Err(invalid(
-                    listen.span(),
-                    &key_at("listen"),
-                    format!(
-                        "{} is not a UDP port; SPA packets are UDP datagrams (fwknop sends to udp:{DEFAULT_LISTEN})",
-                        listen.get_ref()
-                    ),
-                ));
-            }
+        let Some(listen) = self.listen_port() else {
+            // Only a `listen` written with another protocol has no UDP port.
+            let written = self.listen.as_ref().map(|l| l.get_ref().to_string());
+            return Err(invalid(
+                self.listen_span(),
+                &key_at("listen"),
+                format!(
+                    "{} is not a UDP port; SPA packets are UDP datagrams (fwknop sends to udp:{DEFAULT_LISTEN})",
+                    written.unwrap_or_default()
+                ),
+            ));
         };
         if let Err(error) =
             Keys::from_base64(self.key_base64.get_ref(), self.hmac_key_base64.get_ref())
@@ -116,6 +114,17 @@ impl FileSpa {
                 .map_or(DEFAULT_MAX_AGE, |a| a.get_ref().0),
             require_source_address: self.require_source_address,
         })
+    }
+
+    /// The UDP port it listens on; `None` when `listen` is not UDP.
+    pub(super) fn listen_port(&self) -> Option<u16> {
+        match &self.listen {
+            None => Some(DEFAULT_LISTEN),
+            Some(listen) => {
+                let spec = listen.get_ref().0;
+                (spec.proto == IPPROTO_UDP).then_some(spec.port)
+            }
+        }
     }
 
     /// Where `listen` is written, else where the entry starts.
