@@ -436,6 +436,13 @@ mod tests {
         (now, unix_seconds(now))
     }
 
+    /// What `judge` says at `now` of `payload` from `SOURCE` to udp:62201.
+    fn judged_at(judge: &Judge, cache: &mut Remembers, payload: &[u8], now: SystemTime) -> Verdict {
+        judge
+            .judge(&SOURCE, 62201, payload, now, cache)
+            .expect("judged")
+    }
+
     fn reason(verdict: &Verdict) -> Option<Reason> {
         match verdict {
             Verdict::Grant(_) => None,
@@ -450,9 +457,7 @@ mod tests {
         let mut cache = Remembers(HashMap::new(), 10);
         let (now, secs) = now();
         let fresh = packet(KEY, "198.18.0.7", &[(Proto::Tcp, 22)], secs, None);
-        let verdict = judge
-            .judge(&SOURCE, 62201, &fresh, now, &mut cache)
-            .expect("judged");
+        let verdict = judged_at(&judge, &mut cache, &fresh, now);
         let Verdict::Grant(grant) = verdict else {
             panic!("refused: {verdict:?}")
         };
@@ -460,9 +465,7 @@ mod tests {
         assert_eq!((grant.rule.as_str(), grant.index), ("fwknop", 0));
         assert_eq!(grant.ports, [PortSpec(Knock::tcp(22))]);
         assert_eq!(grant.open_for, Duration::from_secs(30));
-        let again = judge
-            .judge(&SOURCE, 62201, &fresh, now, &mut cache)
-            .expect("judged");
+        let again = judged_at(&judge, &mut cache, &fresh, now);
         assert_eq!(reason(&again), Some(Reason::Replay));
         // Remembered for max_age, then forgotten (and then too old anyway).
         assert_eq!(
@@ -590,25 +593,19 @@ mod tests {
         let (now, secs) = now();
         let tcp22 = [(Proto::Tcp, 22)];
         cache.0.insert([7; 32], 0); // long expired: pruned to make room
-        let first = judge
-            .judge(
-                &SOURCE,
-                62201,
-                &packet(KEY, "198.18.0.2", &tcp22, secs, None),
-                now,
-                &mut cache,
-            )
-            .expect("judged");
+        let first = judged_at(
+            &judge,
+            &mut cache,
+            &packet(KEY, "198.18.0.2", &tcp22, secs, None),
+            now,
+        );
         assert_eq!(reason(&first), None);
-        let second = judge
-            .judge(
-                &SOURCE,
-                62201,
-                &packet(KEY, "198.18.0.2", &tcp22, secs, None),
-                now,
-                &mut cache,
-            )
-            .expect("judged");
+        let second = judged_at(
+            &judge,
+            &mut cache,
+            &packet(KEY, "198.18.0.2", &tcp22, secs, None),
+            now,
+        );
         assert_eq!(reason(&second), Some(Reason::ReplayCacheFull));
     }
 
@@ -622,15 +619,12 @@ mod tests {
         let judge = Judge::new(&config, &config.slots_in_order());
         let mut cache = Remembers(HashMap::new(), 10);
         let (now, secs) = now();
-        let verdict = judge
-            .judge(
-                &SOURCE,
-                62201,
-                &packet(KEY, "198.18.0.2", &[(Proto::Tcp, 22)], secs, None),
-                now,
-                &mut cache,
-            )
-            .expect("judged");
+        let verdict = judged_at(
+            &judge,
+            &mut cache,
+            &packet(KEY, "198.18.0.2", &[(Proto::Tcp, 22)], secs, None),
+            now,
+        );
         let Verdict::Grant(grant) = verdict else {
             panic!("refused: {verdict:?}")
         };
