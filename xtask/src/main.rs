@@ -28,8 +28,6 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "fwknop-client",
     // fwknopd --test judges the same SPA packets as xknock.
     "fwknop-server",
-    // Shifts the fwknop client's clock for too-old packets.
-    "faketime",
     "nmap",
     "hping3",
     "tcpdump",
