@@ -26,7 +26,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssh-client",
     "knockd",
     "fwknop-client",
-    // fwknopd --test judges the same SPA packets as xknock.
+    // fwknopd judges the same SPA packets as xknock (with a do-nothing
+    // firewall command, not --test, which never records replays).
     "fwknop-server",
     "nmap",
     "hping3",
