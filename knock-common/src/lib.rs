@@ -9,6 +9,21 @@ pub mod checksum;
 pub mod machine;
 pub mod ratelimit;
 
+mod addr;
+mod budget;
+mod event;
+mod horizon;
+mod penalty;
+
+pub use addr::{Addr, AddrWords, addr_words, ipv4_mapped, words_addr};
+pub use budget::{BUDGET_CLOCK_INTERVAL, EventBudget};
+pub use event::{Event, event_kind, reset_cause};
+pub use horizon::{
+    HORIZON_UNIT_SHIFT, SOURCE_HORIZON_SLOTS, SourceHorizon, horizon_span, horizon_units,
+    source_slot,
+};
+pub use penalty::{Penalty, record_failure};
+
 /// Rules per configuration: protected-port and knock-port roles are `u16` bitmasks.
 pub const MAX_RULES: usize = 16;
 /// Steps per knock sequence.
@@ -151,27 +166,24 @@ pub struct Knock {
 const _: () = assert!(core::mem::size_of::<Knock>() == 4);
 
 impl Knock {
-    pub const fn tcp(port: u16) -> Self {
+    /// A packet of protocol `proto` to `port` (for ICMP, an echo request
+    /// with `port` bytes of payload), padding zeroed.
+    pub const fn new(proto: u8, port: u16) -> Self {
         Self {
             port,
-            proto: IPPROTO_TCP,
+            proto,
             _pad: 0,
         }
     }
+    pub const fn tcp(port: u16) -> Self {
+        Self::new(IPPROTO_TCP, port)
+    }
     pub const fn udp(port: u16) -> Self {
-        Self {
-            port,
-            proto: IPPROTO_UDP,
-            _pad: 0,
-        }
+        Self::new(IPPROTO_UDP, port)
     }
     /// An ICMP or ICMPv6 echo request with `size` bytes of payload.
     pub const fn icmp(size: u16) -> Self {
-        Self {
-            port: size,
-            proto: IPPROTO_ICMP,
-            _pad: 0,
-        }
+        Self::new(IPPROTO_ICMP, size)
     }
 }
 
@@ -343,16 +355,6 @@ pub const fn port_roles_index(proto: u8, port: u16) -> Option<u32> {
     }
 }
 
-/// A source address: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
-pub type Addr = [u8; 16];
-
-/// Maps an IPv4 address into the one key form.
-pub const fn ipv4_mapped(v4: [u8; 4]) -> Addr {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
-}
-
 /// Key of `FIRST_STEPS`, `PROGRESS` and `GRANTS`: one source's state for one rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -385,38 +387,6 @@ pub struct Grant {
     pub expires_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Grant>() == 8);
-
-/// Value of `PENALTIES` (keyed by source address): recent failures.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Penalty {
-    /// When the current counting window began.
-    pub window_start_ns: u64,
-    /// Knocks from the source are ignored until then.
-    pub ignored_until_ns: u64,
-    /// Failures counted in the current window.
-    pub failures: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<Penalty>() == 24);
-
-/// Records one failure at `now_ns`; returns true when it starts a penalty.
-/// Shared by the XDP program and the host tests.
-#[inline(always)]
-pub fn record_failure(settings: &Settings, penalty: &mut Penalty, now_ns: u64) -> bool {
-    if now_ns.wrapping_sub(penalty.window_start_ns) > settings.penalty_window_ns {
-        penalty.window_start_ns = now_ns;
-        penalty.failures = 0;
-    }
-    penalty.failures += 1;
-    if settings.penalty_failures == 0 || penalty.failures < settings.penalty_failures {
-        return false;
-    }
-    penalty.failures = 0;
-    penalty.window_start_ns = now_ns;
-    penalty.ignored_until_ns = now_ns + settings.penalty_ns;
-    true
-}
 
 /// Key of `FLOWS`: one admitted connection, as seen on ingress.
 #[repr(C)]
@@ -607,124 +577,6 @@ impl Answer {
     }
 }
 
-/// `Event::kind` values.
-pub mod event_kind {
-    /// A step was accepted; `step` is its 1-based number.
-    pub const PROGRESS: u8 = 1;
-    /// Progress was thrown away; `detail` is a `reset_cause`.
-    pub const RESET: u8 = 2;
-    /// The last step was accepted; `expires_ns` says until when.
-    pub const GRANT: u8 = 3;
-    /// A packet to a protected port was dropped (rate limited).
-    pub const DENIED: u8 = 4;
-    /// A source failed too often; `expires_ns` says until when its knocks
-    /// are ignored.
-    pub const PENALIZED: u8 = 5;
-}
-
-/// `Event::detail` values for `event_kind::RESET`.
-pub mod reset_cause {
-    /// Another TCP SYN or UDP datagram arrived mid-sequence.
-    pub const WRONG_PACKET: u8 = 1;
-    /// The sequence was not completed within the rule's timeout.
-    pub const TIMEOUT: u8 = 2;
-    /// The sequence opens once, and it already has.
-    pub const SPENT: u8 = 3;
-}
-
-/// One record on the `EVENTS` ring buffer.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Event {
-    pub addr: Addr,
-    /// Kernel monotonic clock (ns); for grants, when they expire.
-    pub expires_ns: u64,
-    pub kind: u8,
-    pub detail: u8,
-    /// The packet's protocol and destination port (host byte order).
-    pub proto: u8,
-    /// 1-based step number for progress events.
-    pub step: u8,
-    pub port: u16,
-    /// Rule index, or `u16::MAX` when not about one rule.
-    pub rule: u16,
-}
-const _: () = assert!(core::mem::size_of::<Event>() == 32);
-
-/// Slots in `SOURCE_HORIZONS`; a power of two.
-pub const SOURCE_HORIZON_SLOTS: u32 = 1 << 16;
-/// Horizons count in units of 2^30 ns (about 1.07 s), so they fit a `u32`.
-pub const HORIZON_UNIT_SHIFT: u32 = 30;
-
-/// Value of `SOURCE_HORIZONS`, an array indexed by `source_slot`: until when
-/// (in horizon units of the kernel's monotonic clock) a source hashing to
-/// this slot may hold knock progress, or a grant or an admitted flow. Zero
-/// means never.
-///
-/// The XDP program only ever raises these, whenever it creates or uses such
-/// state, so a horizon in the past proves that no source hashing here has
-/// any, and a packet from a spoofed source skips the map lookups. A source
-/// that shares a live slot just takes the full path.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SourceHorizon {
-    pub knocking_until: u32,
-    pub admitted_until: u32,
-}
-const _: () = assert!(core::mem::size_of::<SourceHorizon>() == 8);
-
-/// A kernel clock reading in horizon units.
-#[inline(always)]
-pub const fn horizon_units(ns: u64) -> u32 {
-    (ns >> HORIZON_UNIT_SHIFT) as u32
-}
-
-/// How far past now a horizon is raised to cover state living `lifetime_ns`:
-/// rounded up, plus one unit for the truncation of now and one for two CPUs
-/// raising the same slot at once (the later write may carry the earlier now).
-pub const fn horizon_span(lifetime_ns: u64) -> u32 {
-    let units = lifetime_ns.div_ceil(1 << HORIZON_UNIT_SHIFT) + 2;
-    if units > u32::MAX as u64 / 2 {
-        u32::MAX / 2
-    } else {
-        units as u32
-    }
-}
-
-/// An address as four native-order words with its bytes unchanged: how the
-/// XDP program carries and hashes it (four registers, not sixteen bytes).
-pub type AddrWords = [u32; 4];
-
-#[inline(always)]
-pub const fn addr_words(addr: &Addr) -> AddrWords {
-    [
-        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
-        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
-        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
-        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
-    ]
-}
-
-#[inline(always)]
-pub const fn words_addr(words: &AddrWords) -> Addr {
-    // SAFETY: the same size, and every bit pattern is a valid byte array.
-    // (A copy, where building the bytes one by one would have the compiler
-    // split the words into sixteen values.)
-    unsafe { core::mem::transmute::<AddrWords, Addr>(*words) }
-}
-
-/// Index of a source's slot in `SOURCE_HORIZONS`: a seeded multiplicative
-/// hash of its address words, top bits.
-#[inline(always)]
-pub fn source_slot(words: &AddrWords, seed: u32) -> u32 {
-    const _: () = assert!(SOURCE_HORIZON_SLOTS.is_power_of_two());
-    let mut hash = seed;
-    for word in *words {
-        hash = (hash ^ word).wrapping_mul(0x9e37_79b1);
-    }
-    hash >> (32 - SOURCE_HORIZON_SLOTS.trailing_zeros())
-}
-
 /// The IPv6 flow label of an answer from `dst` back to `src`: a seeded
 /// hash of the flow, 20 bits, never zero, as the kernel's automatic flow
 /// labels are (the same flow always gets the same label).
@@ -742,51 +594,6 @@ pub fn flow_label(seed: u32, src: &AddrWords, dst: &AddrWords, ports: u32) -> u3
     }
     let label = hash & 0x000f_ffff;
     if label == 0 { 1 } else { label }
-}
-
-/// Rate limit state for the events a flood can cause, per CPU.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EventBudget {
-    pub window_start_ns: u64,
-    pub used: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
-
-/// Once over budget, the clock is read on every this many candidates only,
-/// so a flood does not pay for it per packet; a new window may start that
-/// many candidates late.
-pub const BUDGET_CLOCK_INTERVAL: u32 = 64;
-
-impl EventBudget {
-    /// Whether one more event a flood can cause may go out: at most `limit`
-    /// per window, and a window lasts at least a second. `now` (the clock,
-    /// in ns) is called when a window starts, and then only on every
-    /// `BUDGET_CLOCK_INTERVAL`th candidate over the limit.
-    #[inline(always)]
-    pub fn admit(&mut self, limit: u32, mut now: impl FnMut() -> u64) -> bool {
-        // `used` counts every candidate since the window began, so the
-        // common case is one increment and one comparison.
-        let seen = self.used;
-        self.used = seen.wrapping_add(1);
-        if seen == 0 {
-            self.window_start_ns = now();
-        }
-        if seen < limit {
-            return true;
-        }
-        if !(seen - limit).is_multiple_of(BUDGET_CLOCK_INTERVAL) {
-            return false;
-        }
-        let now = now();
-        if now.wrapping_sub(self.window_start_ns) < 1_000_000_000 {
-            return false;
-        }
-        self.window_start_ns = now;
-        self.used = 1;
-        limit > 0
-    }
 }
 
 #[cfg(feature = "user")]
@@ -809,151 +616,6 @@ mod pod {
     unsafe impl aya::Pod for super::SpentKey {}
     unsafe impl aya::Pod for super::ratelimit::GlobalIcmpBudget {}
     unsafe impl aya::Pod for super::ratelimit::PeerIcmpRate {}
-}
-
-#[cfg(test)]
-mod penalty_tests {
-    use super::*;
-
-    const SECOND: u64 = 1_000_000_000;
-
-    fn settings(failures: u32) -> Settings {
-        Settings {
-            penalty_failures: failures,
-            penalty_window_ns: 60 * SECOND,
-            penalty_ns: 300 * SECOND,
-            ..Settings::default()
-        }
-    }
-
-    #[test]
-    fn the_nth_failure_within_the_window_starts_a_penalty() {
-        let settings = settings(3);
-        let mut penalty = Penalty::default();
-        assert!(!record_failure(&settings, &mut penalty, 100 * SECOND));
-        assert!(!record_failure(&settings, &mut penalty, 110 * SECOND));
-        assert!(record_failure(&settings, &mut penalty, 120 * SECOND));
-        assert_eq!(penalty.ignored_until_ns, 420 * SECOND);
-        assert_eq!(penalty.failures, 0, "the count starts over after a penalty");
-    }
-
-    #[test]
-    fn failures_spread_wider_than_the_window_never_add_up() {
-        let settings = settings(3);
-        let mut penalty = Penalty::default();
-        for minute in 1..10 {
-            assert!(!record_failure(
-                &settings,
-                &mut penalty,
-                minute * 61 * SECOND
-            ));
-        }
-        assert_eq!(penalty.ignored_until_ns, 0);
-    }
-
-    #[test]
-    fn zero_failures_turns_the_penalty_off() {
-        let settings = settings(0);
-        let mut penalty = Penalty::default();
-        for second in 0..100 {
-            assert!(!record_failure(&settings, &mut penalty, second * SECOND));
-        }
-    }
-}
-
-#[cfg(test)]
-mod horizon_tests {
-    use super::*;
-
-    const SECOND: u64 = 1_000_000_000;
-
-    #[test]
-    fn a_horizon_outlives_the_state_even_when_a_racing_write_loses_a_unit() {
-        for lifetime in [SECOND / 2, 10 * SECOND, 24 * 3600 * SECOND] {
-            for start in [0, 1, (1 << HORIZON_UNIT_SHIFT) - 1, 123_456_789_012_345] {
-                let last_live = start + lifetime;
-                let until = horizon_units(start) + horizon_span(lifetime) - 1;
-                assert!(
-                    until > horizon_units(last_live),
-                    "lifetime {lifetime} from {start}: horizon {until} ends before the state"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn words_keep_the_address_bytes() {
-        let addr = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
-        assert_eq!(words_addr(&addr_words(&addr)), addr);
-    }
-
-    #[test]
-    fn spans_of_absurd_lifetimes_stay_far_from_wrapping() {
-        assert_eq!(horizon_span(u64::MAX), u32::MAX / 2);
-    }
-
-    #[test]
-    fn sources_spread_over_the_slots_and_the_seed_moves_them() {
-        let sources = 4 * SOURCE_HORIZON_SLOTS;
-        let mut per_slot = vec![0u32; SOURCE_HORIZON_SLOTS as usize];
-        let mut moved = 0;
-        for i in 0..sources {
-            let words = addr_words(&ipv4_mapped((0x0a00_0000 + i).to_be_bytes()));
-            let slot = source_slot(&words, 0x1234_5678);
-            per_slot[slot as usize] += 1;
-            moved += u32::from(slot != source_slot(&words, 0x8765_4321));
-        }
-        // Four sources per slot on average; a fair hash leaves few slots
-        // empty (e^-4, under 2 %) and none crowded.
-        let empty = per_slot.iter().filter(|&&n| n == 0).count() as u32;
-        assert!(empty < SOURCE_HORIZON_SLOTS / 40, "{empty} empty slots");
-        assert!(per_slot.iter().all(|&n| n < 20), "a crowded slot");
-        assert!(moved > sources * 9 / 10, "only {moved} sources moved");
-    }
-}
-
-#[cfg(test)]
-mod budget_tests {
-    use super::*;
-
-    const SECOND: u64 = 1_000_000_000;
-
-    /// Offers `n` candidates at `at`; returns how many went out and how
-    /// often the clock was read.
-    fn offer(budget: &mut EventBudget, limit: u32, n: u32, at: u64) -> (u32, u32) {
-        let mut reads = 0;
-        let admitted = (0..n)
-            .filter(|_| {
-                budget.admit(limit, || {
-                    reads += 1;
-                    at
-                })
-            })
-            .count();
-        (admitted as u32, reads)
-    }
-
-    #[test]
-    fn a_flood_gets_the_limit_per_second_and_rarely_reads_the_clock() {
-        let mut budget = EventBudget::default();
-        assert_eq!(offer(&mut budget, 20, 10_000, 5 * SECOND), (20, 157));
-        assert_eq!(offer(&mut budget, 20, 10_000, 5 * SECOND + SECOND / 2).0, 0);
-        let (admitted, _) = offer(&mut budget, 20, 10_000, 6 * SECOND + 1);
-        assert_eq!(admitted, 20, "a second later the budget is back");
-    }
-
-    #[test]
-    fn under_the_limit_the_clock_is_read_once_per_window() {
-        let mut budget = EventBudget::default();
-        assert_eq!(offer(&mut budget, 20, 19, SECOND), (19, 1));
-    }
-
-    #[test]
-    fn a_zero_limit_admits_nothing() {
-        let mut budget = EventBudget::default();
-        assert_eq!(offer(&mut budget, 0, 1000, 10 * SECOND).0, 0);
-        assert_eq!(offer(&mut budget, 0, 1000, 20 * SECOND).0, 0);
-    }
 }
 
 #[cfg(test)]
@@ -1054,6 +716,14 @@ mod layout_tests {
             ),
             "a pinned type changed: bump LAYOUT_VERSION and record the new sizes"
         );
+    }
+
+    #[test]
+    fn knock_new_is_what_the_named_constructors_build() {
+        assert_eq!(Knock::new(IPPROTO_TCP, 22), Knock::tcp(22));
+        assert_eq!(Knock::new(IPPROTO_UDP, 53), Knock::udp(53));
+        assert_eq!(Knock::new(IPPROTO_ICMP, 64), Knock::icmp(64));
+        assert_eq!(Knock::new(IPPROTO_UDP, 53)._pad, 0);
     }
 
     #[test]

@@ -164,19 +164,9 @@ impl Record {
 
     /// Decodes one ring-buffer record.
     pub fn from_kernel(bytes: &[u8], rules: &RuleBook) -> Result<Record, DecodeError> {
-        if bytes.len() != size_of::<Event>() {
-            return Err(DecodeError::Size(bytes.len()));
-        }
-        // SAFETY: the length matches and `Event` is plain old data, so any
-        // bytes are a valid value; read_unaligned copes with any alignment.
-        let event: Event = unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() };
+        let event = Event::decode(bytes).ok_or(DecodeError::Size(bytes.len()))?;
         let rule = rules.get(u32::from(event.rule));
-        let port = PortSpec(Knock {
-            port: event.port,
-            proto: event.proto,
-            _pad: 0,
-        })
-        .to_string();
+        let port = PortSpec(Knock::new(event.proto, event.port)).to_string();
         let mut record = Record {
             rule: rule.map(|(name, _)| name.to_owned()),
             port: Some(port),

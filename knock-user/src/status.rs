@@ -178,12 +178,7 @@ fn ports_of_rules(pins: &PinDir, generation: u64) -> Result<Vec<PortsOf>, Status
         } else {
             (knock_common::IPPROTO_UDP, (index - 65536) as u16)
         };
-        let spec = PortSpec(knock_common::Knock {
-            port,
-            proto,
-            _pad: 0,
-        })
-        .to_string();
+        let spec = PortSpec(knock_common::Knock::new(proto, port)).to_string();
         for (rule, of) in ports.iter_mut().enumerate() {
             if role.protect_rules & (1 << rule) != 0 {
                 of.protect.push(spec.clone());

@@ -345,11 +345,7 @@ impl Model {
             .map(|(rule, sequence)| {
                 let steps: Vec<knock_common::Knock> = sequence
                     .iter()
-                    .map(|&(proto, port)| knock_common::Knock {
-                        port,
-                        proto,
-                        _pad: 0,
-                    })
+                    .map(|&(proto, port)| knock_common::Knock::new(proto, port))
                     .collect();
                 (*rule, knock_common::sequence_tag(&steps))
             })

@@ -1,0 +1,104 @@
+//! Source horizons: per hash slot of source addresses, until when a source
+//! there may hold knock progress, a grant or an admitted flow, so the XDP
+//! program skips the map lookups for a (spoofed) source whose slot has long
+//! gone quiet. Plain Rust, host-tested.
+
+use crate::AddrWords;
+
+/// Slots in `SOURCE_HORIZONS`; a power of two.
+pub const SOURCE_HORIZON_SLOTS: u32 = 1 << 16;
+/// Horizons count in units of 2^30 ns (about 1.07 s), so they fit a `u32`.
+pub const HORIZON_UNIT_SHIFT: u32 = 30;
+
+/// Value of `SOURCE_HORIZONS`, an array indexed by `source_slot`: until when
+/// (in horizon units of the kernel's monotonic clock) a source hashing to
+/// this slot may hold knock progress, or a grant or an admitted flow. Zero
+/// means never.
+///
+/// The XDP program only ever raises these, whenever it creates or uses such
+/// state, so a horizon in the past proves that no source hashing here has
+/// any, and a packet from a spoofed source skips the map lookups. A source
+/// that shares a live slot just takes the full path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceHorizon {
+    pub knocking_until: u32,
+    pub admitted_until: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceHorizon>() == 8);
+
+/// A kernel clock reading in horizon units.
+#[inline(always)]
+pub const fn horizon_units(ns: u64) -> u32 {
+    (ns >> HORIZON_UNIT_SHIFT) as u32
+}
+
+/// How far past now a horizon is raised to cover state living `lifetime_ns`:
+/// rounded up, plus one unit for the truncation of now and one for two CPUs
+/// raising the same slot at once (the later write may carry the earlier now).
+pub const fn horizon_span(lifetime_ns: u64) -> u32 {
+    let units = lifetime_ns.div_ceil(1 << HORIZON_UNIT_SHIFT) + 2;
+    if units > u32::MAX as u64 / 2 {
+        u32::MAX / 2
+    } else {
+        units as u32
+    }
+}
+
+/// Index of a source's slot in `SOURCE_HORIZONS`: a seeded multiplicative
+/// hash of its address words, top bits.
+#[inline(always)]
+pub fn source_slot(words: &AddrWords, seed: u32) -> u32 {
+    const _: () = assert!(SOURCE_HORIZON_SLOTS.is_power_of_two());
+    let mut hash = seed;
+    for word in *words {
+        hash = (hash ^ word).wrapping_mul(0x9e37_79b1);
+    }
+    hash >> (32 - SOURCE_HORIZON_SLOTS.trailing_zeros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{addr_words, ipv4_mapped};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_horizon_outlives_the_state_even_when_a_racing_write_loses_a_unit() {
+        for lifetime in [SECOND / 2, 10 * SECOND, 24 * 3600 * SECOND] {
+            for start in [0, 1, (1 << HORIZON_UNIT_SHIFT) - 1, 123_456_789_012_345] {
+                let last_live = start + lifetime;
+                let until = horizon_units(start) + horizon_span(lifetime) - 1;
+                assert!(
+                    until > horizon_units(last_live),
+                    "lifetime {lifetime} from {start}: horizon {until} ends before the state"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn spans_of_absurd_lifetimes_stay_far_from_wrapping() {
+        assert_eq!(horizon_span(u64::MAX), u32::MAX / 2);
+    }
+
+    #[test]
+    fn sources_spread_over_the_slots_and_the_seed_moves_them() {
+        let sources = 4 * SOURCE_HORIZON_SLOTS;
+        let mut per_slot = vec![0u32; SOURCE_HORIZON_SLOTS as usize];
+        let mut moved = 0;
+        for i in 0..sources {
+            let words = addr_words(&ipv4_mapped((0x0a00_0000 + i).to_be_bytes()));
+            let slot = source_slot(&words, 0x1234_5678);
+            per_slot[slot as usize] += 1;
+            moved += u32::from(slot != source_slot(&words, 0x8765_4321));
+        }
+        // Four sources per slot on average; a fair hash leaves few slots
+        // empty (e^-4, under 2 %) and none crowded.
+        let empty = per_slot.iter().filter(|&&n| n == 0).count() as u32;
+        assert!(empty < SOURCE_HORIZON_SLOTS / 40, "{empty} empty slots");
+        assert!(per_slot.iter().all(|&n| n < 20), "a crowded slot");
+        assert!(moved > sources * 9 / 10, "only {moved} sources moved");
+    }
+}
