@@ -20,7 +20,7 @@ pub use budget::{BUDGET_CLOCK_INTERVAL, EventBudget};
 pub use event::{Event, event_kind, reset_cause};
 pub use horizon::{
     HORIZON_UNIT_SHIFT, SOURCE_HORIZON_SLOTS, SourceHorizon, horizon_span, horizon_units,
-    source_slot,
+    ipv4_slot_prefix, ipv4_source_slot, source_slot,
 };
 pub use penalty::{Penalty, record_failure};
 
@@ -236,7 +236,9 @@ pub struct Settings {
     /// SPA datagrams each CPU may hand to the loader per second; the rest
     /// are shed (counted, never passed).
     pub spa_datagrams_per_sec: u32,
-    pub _pad2: u32,
+    /// `ipv4_slot_prefix(source_seed)`, so that an IPv4 source's slot costs
+    /// the filter one round of the hash (`ipv4_source_slot`).
+    pub ipv4_slot_prefix: u32,
 }
 const _: () = assert!(core::mem::size_of::<Settings>() == 104);
 

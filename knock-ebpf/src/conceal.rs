@@ -34,8 +34,8 @@ use knock_common::{
 };
 
 use crate::{
-    filter::SETTINGS,
     parse::{self, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, bytes_at, store_at},
+    settings,
 };
 
 #[map]
@@ -97,7 +97,7 @@ pub fn hand_over(ctx: &XdpContext) {
 /// or drops it where the kernel would stay silent.
 #[xdp]
 pub fn xknock_conceal(ctx: XdpContext) -> u32 {
-    let answer = match SETTINGS.get(0) {
+    let answer = match settings::settings() {
         Some(settings) if settings.conceal == CONCEAL_CLOSED => {
             build(&ctx, settings).unwrap_or(Answer::Unanswerable)
         }

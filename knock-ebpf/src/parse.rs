@@ -7,8 +7,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use knock_common::{
-    Addr, AddrWords, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_HEADER_OFFSET,
-    MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, Reason, addr_words, ipv4_mapped, words_addr,
+    Addr, AddrWords, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Knock,
+    MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, Reason, addr_words, ipv4_mapped,
+    words_addr,
 };
 
 const ETH_HEADER_LEN: usize = 14;
@@ -85,6 +86,12 @@ enum Source {
 }
 
 impl Packet {
+    /// The knock this TCP segment, UDP datagram or echo request makes.
+    #[inline(always)]
+    pub fn knock(&self) -> Knock {
+        Knock::new(self.l4.proto, self.l4.dst_port())
+    }
+
     /// The source address in the one key form.
     #[inline(always)]
     pub fn src(&self) -> Addr {
@@ -127,6 +134,12 @@ impl Transport {
             Source::Ipv4(at) => (at - IPV4_SOURCE, false),
             Source::Ipv6(at) => (at - IPV6_SOURCE, true),
         }
+    }
+
+    /// Whether the packet came over IPv6.
+    #[inline(always)]
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self.source, Source::Ipv6(_))
     }
 
     /// Where the TCP or UDP header starts.

@@ -15,7 +15,7 @@ use knock_common::{
 };
 
 use crate::{
-    filter::within_budget,
+    events::within_budget,
     parse::{Packet, bytes_at},
 };
 

@@ -13,13 +13,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
-use knock_common::{
-    AddrWords, FlowKey, MAX_RULES, Reason, SourceRule, horizon_units, port_roles_index, source_slot,
-};
+use knock_common::{AddrWords, MAX_RULES, Reason, SourceRule, horizon_units, source_slot};
 
 use crate::{
-    filter::{self, FIRST_STEPS, FLOWS, GRANTS, PORT_ROLES, PROGRESS, SETTINGS, SOURCE_HORIZONS},
+    guard::{self, FLOWS, GRANTS},
+    horizon::SOURCE_HORIZONS,
+    knocking::{FIRST_STEPS, PROGRESS},
     parse::{self, Parsed},
+    settings::{self, now_ns},
+    verdict,
 };
 
 /// The traced source, in the one key form, as `AddrWords`.
@@ -64,7 +66,7 @@ pub fn xknock_trace(ctx: XdpContext) -> u32 {
         .copied()
         .unwrap_or(Reason::DropMalformed);
     let _ = traced(&ctx, reason);
-    filter::act(&ctx, reason)
+    verdict::act(&ctx, reason)
 }
 
 #[inline(always)]
@@ -76,15 +78,11 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
     if packet.src_words != TRACE_SOURCE.load() {
         return None;
     }
-    let settings = SETTINGS.get(0)?;
-    let roles = port_roles_index(packet.l4.proto, packet.l4.dst_port())
-        .and_then(|index| PORT_ROLES.get(index))
-        .copied()
-        .unwrap_or_default();
+    let settings = settings::settings()?;
+    let roles = settings::roles_of(packet.l4.proto, packet.l4.dst_port());
     let slot = source_slot(&packet.src_words, settings.source_seed);
     let horizon = SOURCE_HORIZONS.get(slot).copied().unwrap_or_default();
-    // SAFETY: a helper without arguments, allowed for XDP programs.
-    let now = horizon_units(unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() });
+    let now = horizon_units(now_ns());
     let src = packet.src();
     let mut progress: u32 = 0;
     let mut grants: u32 = 0;
@@ -98,15 +96,8 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
             grants |= 1 << rule;
         }
     }
-    let flow = FlowKey {
-        addr: src,
-        src_port: packet.src_port,
-        dst_port: packet.l4.dst_port,
-        proto: packet.l4.proto,
-        _pad: [0; 3],
-    };
     // SAFETY: only tests whether the lookup found something.
-    let in_flow = u8::from(unsafe { FLOWS.get(&flow) }.is_some());
+    let in_flow = u8::from(unsafe { FLOWS.get(&guard::flow_key(&packet)) }.is_some());
     let (l3, ipv6) = packet.l4.network();
     info!(
         ctx,

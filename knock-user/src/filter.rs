@@ -334,6 +334,7 @@ impl Filter {
         // Spoofers who cannot guess the seed cannot aim at a client's horizon.
         let settings = Settings {
             source_seed: seed,
+            ipv4_slot_prefix: knock_common::ipv4_slot_prefix(seed),
             ..HostAnswers::read().apply(config.settings)
         };
         filter.maps.set_settings(&settings)?;

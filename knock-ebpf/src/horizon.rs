@@ -1,0 +1,74 @@
+//! Source horizons: per slot of source addresses, until when a source there
+//! may hold knock progress, or a grant or an admitted flow. A packet from a
+//! source whose horizon has passed skips every lookup of that state, which
+//! is what keeps a spoofed flood cheap.
+
+use aya_ebpf::{macros::map, maps::Array};
+use knock_common::{
+    SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, horizon_units, ipv4_source_slot, source_slot,
+};
+
+use crate::{parse::Packet, settings::now_ns};
+
+#[map]
+pub(crate) static SOURCE_HORIZONS: Array<SourceHorizon> =
+    Array::with_max_entries(SOURCE_HORIZON_SLOTS, 0);
+
+/// The packet's source's slot in `SOURCE_HORIZONS` (`source_slot`, which
+/// for IPv4 starts from the loader's `ipv4_slot_prefix`).
+#[inline(always)]
+pub fn slot(settings: &Settings, packet: &Packet) -> u32 {
+    if packet.l4.is_ipv6() {
+        source_slot(&packet.src_words, settings.source_seed)
+    } else {
+        ipv4_source_slot(settings.ipv4_slot_prefix, packet.src_words[3])
+    }
+}
+
+/// A copy of a `SOURCE_HORIZONS` slot. The lookup cannot fail (the index
+/// is in range); if it did, the answer would be "may hold state".
+#[inline(always)]
+pub fn at(slot: u32) -> SourceHorizon {
+    SOURCE_HORIZONS.get(slot).copied().unwrap_or(SourceHorizon {
+        knocking_until: u32::MAX,
+        admitted_until: u32::MAX,
+    })
+}
+
+/// Now, if the horizon `until` still covers it. A slot never raised answers
+/// without reading the clock, which spares a spoofed flood the cost.
+#[inline(always)]
+pub fn covered_now(until: u32) -> Option<u64> {
+    if until == 0 {
+        return None;
+    }
+    let now = now_ns();
+    (until > horizon_units(now)).then_some(now)
+}
+
+/// The two horizons of a `SOURCE_HORIZONS` slot.
+#[derive(Clone, Copy)]
+pub enum Horizon {
+    Knocking,
+    Admitted,
+}
+
+/// Raises one of a slot's horizons to its span past `now`. Racing CPUs may
+/// lose each other's write; `horizon_span` allows for that.
+#[inline(always)]
+pub fn raise(settings: &Settings, slot: u32, horizon: Horizon, now: u64) {
+    let Some(slot) = SOURCE_HORIZONS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a value pointer the array lookup just returned; a u32 store
+    // cannot tear.
+    let slot = unsafe { &mut *slot };
+    let (until, span) = match horizon {
+        Horizon::Knocking => (&mut slot.knocking_until, settings.knocking_horizon),
+        Horizon::Admitted => (&mut slot.admitted_until, settings.admitted_horizon),
+    };
+    let raised = horizon_units(now).wrapping_add(span);
+    if *until < raised {
+        *until = raised;
+    }
+}

@@ -1,0 +1,385 @@
+//! Knocking: every rule's state machine run on a packet that may be a knock
+//! step, the progress it keeps per source and rule, the sequences that open
+//! once, and the penalty of sources that keep failing. A program of its own
+//! (`xknock_knock`), which the filter tail-calls for packets to knock ports
+//! and from sources mid-sequence.
+
+use aya_ebpf::{
+    cty::c_void,
+    helpers::generated::bpf_loop,
+    macros::{map, xdp},
+    maps::{LruHashMap, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+use knock_common::{
+    Addr, Knock, MAX_RULES, Penalty, PortRoles, Progress, Reason, SPENT_ENTRIES, Settings,
+    SourceRule, SpentKey, event_kind,
+    machine::{self, Outcome},
+    record_failure, reset_cause,
+};
+
+use crate::{
+    events, filter, guard,
+    horizon::{self, Horizon},
+    parse::Packet,
+    settings::{self, now_ns},
+    verdict,
+};
+
+// Sizes here are defaults; the loader sets the configured ones before loading.
+#[map]
+pub(crate) static FIRST_STEPS: LruHashMap<SourceRule, Progress> =
+    LruHashMap::with_max_entries(65536, 0);
+#[map]
+pub(crate) static PROGRESS: LruHashMap<SourceRule, Progress> =
+    LruHashMap::with_max_entries(16384, 0);
+#[map]
+static PENALTIES: LruHashMap<Addr, Penalty> = LruHashMap::with_max_entries(65536, 0);
+
+/// `xknock_knock`, in slot 0; set by the loader.
+#[map]
+static KNOCK: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// A packet that may be a knock step, as the filter hands it to
+/// `xknock_knock` with what it already found.
+#[derive(Clone, Copy)]
+pub struct KnockHandover {
+    pub packet: Packet,
+    pub roles: PortRoles,
+    /// The source's `SOURCE_HORIZONS` slot.
+    pub slot: u32,
+    pub admitted_until: u32,
+}
+
+/// The packet being handed over, per CPU.
+#[map]
+static KNOCK_HANDOVER: PerCpuArray<KnockHandover> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs a TCP SYN, UDP datagram or echo request that may be a knock step
+/// through every rule's state machine, then decides it as the filter would. A program of
+/// its own (the filter tail-calls it for packets to knock ports and from
+/// sources mid-sequence) so the verifier checks the knock rules once, apart
+/// from the filter's many parsing paths: together they passed its limit.
+#[xdp]
+pub fn xknock_knock(ctx: XdpContext) -> u32 {
+    // Nothing handed over cannot happen; if it did, fail closed.
+    let reason = try_knock().unwrap_or(Reason::DropMalformed);
+    verdict::conclude(&ctx, reason)
+}
+
+#[inline(always)]
+fn try_knock() -> Option<Reason> {
+    let handover = *KNOCK_HANDOVER.get(0)?;
+    let settings = settings::settings()?;
+    let packet = handover.packet;
+    let knock_port = handover.roles.knock_rules != 0;
+    let reason = run_knock_rules(
+        settings,
+        packet.src(),
+        packet.knock(),
+        knock_port,
+        handover.slot,
+    );
+    if packet.l4.is_echo() {
+        // A ping passes whatever it did to knock progress, and the host
+        // answers it as it answers every ping: no size of echo request
+        // looks different from another.
+        return Some(match reason {
+            Some(
+                Reason::DropKnockAdvanced | Reason::DropKnockGranted | Reason::DropKnockDuplicate,
+            ) => Reason::PassEchoKnock,
+            _ => Reason::PassOtherProtocol,
+        });
+    }
+    Some(reason.unwrap_or_else(|| {
+        filter::beyond_knocks(
+            settings,
+            &packet,
+            handover.roles,
+            handover.slot,
+            handover.admitted_until,
+        )
+    }))
+}
+
+/// Hands a packet that may be a knock step to `xknock_knock`, which runs it
+/// through every rule and decides it. Returns only if that program is not
+/// in place; the knock rules cannot run then, and the caller judges the
+/// packet as no knock (a knock port drops it).
+#[inline(always)]
+pub fn hand_over(ctx: &XdpContext, handover: KnockHandover) {
+    if let Some(slot) = KNOCK_HANDOVER.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, only touched by this CPU while it runs
+        // us and the program we hand over to.
+        unsafe { *slot = handover };
+    }
+    // SAFETY: the slot holds an XDP program of this object or nothing.
+    unsafe { KNOCK.tail_call(ctx, 0) };
+}
+
+/// What one knock-rule step reads and decides; shared with the `bpf_loop`
+/// callback through a pointer to the caller's stack.
+struct KnockScan {
+    src: Addr,
+    knock: Knock,
+    /// Whether the packet's port is a step of any rule.
+    knock_port: bool,
+    /// The source's `SOURCE_HORIZONS` slot.
+    horizon_slot: u32,
+    verdict: Option<Reason>,
+}
+
+/// Runs a SYN or UDP datagram through every rule's state machine for its
+/// source; returns the drop reason when it was a knock step for some rule.
+///
+/// The per-rule work runs under `bpf_loop`, so the verifier checks it once
+/// instead of once per rule and per combination of earlier outcomes.
+#[inline(always)]
+fn run_knock_rules(
+    settings: &Settings,
+    src: Addr,
+    knock: Knock,
+    knock_port: bool,
+    horizon_slot: u32,
+) -> Option<Reason> {
+    let mut scan = KnockScan {
+        src,
+        knock,
+        knock_port,
+        horizon_slot,
+        verdict: None,
+    };
+    let rules = settings.rules.min(MAX_RULES as u32);
+    // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
+    // expects, and `scan` outlives the call.
+    unsafe {
+        bpf_loop(
+            rules,
+            knock_rule as *mut c_void,
+            (&mut scan as *mut KnockScan).cast(),
+            0,
+        )
+    };
+    scan.verdict
+}
+
+/// One rule's step for `bpf_loop`: returns 0 to go on, 1 to stop.
+#[inline(never)]
+extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer run_knock_rules gave it.
+    let scan = unsafe { &mut *scan.cast::<KnockScan>() };
+    let rule_index = rule_index as u32;
+    let (Some(settings), Some(rule)) = (settings::settings(), settings::rule(rule_index)) else {
+        return 1;
+    };
+    let key = SourceRule {
+        addr: scan.src,
+        rule: rule_index,
+    };
+    let knock = scan.knock;
+    let stored = Stored::find(&key);
+    // Only a first step may create progress: spoofed noise costs two lookups.
+    if stored.is_none() && rule.sequence[0] != knock {
+        return 0;
+    }
+    // Denied and penalized sources do not knock: their packets to knock
+    // ports drop, and all else goes on as if they had no progress.
+    if guard::denied(settings, &scan.src) {
+        scan.verdict = scan.knock_port.then_some(Reason::DropDenied);
+        return 1;
+    }
+    let now = now_ns();
+    let penalty = PENALTIES.get_ptr_mut(&scan.src);
+    // SAFETY: a value pointer the map lookup just returned.
+    if penalty.is_some_and(|p| now < unsafe { (*p).ignored_until_ns }) {
+        scan.verdict = scan.knock_port.then_some(Reason::DropPenalized);
+        return 1;
+    }
+    let progress = stored.get();
+    let transition = machine::on_packet(rule, progress.as_ref(), knock, scan.knock_port, now);
+    if let Some(cause) = transition.reset {
+        events::emit(event_kind::RESET, cause, &scan.src, knock, rule_index, 0, 0);
+        count_failure(settings, penalty, &scan.src, knock, now);
+    }
+    let reason = match transition.outcome {
+        Outcome::Idle => {
+            stored.forget(&key);
+            return 0;
+        }
+        Outcome::Untouched => return 0,
+        Outcome::Duplicate => Reason::DropKnockDuplicate,
+        Outcome::Advanced(next) => {
+            stored.keep(&key, &next);
+            horizon::raise(settings, scan.horizon_slot, Horizon::Knocking, now);
+            let step = next.next_step as u8;
+            // First steps are what a spoofed flood sends: their events share
+            // the flood budget; later steps come from real clients.
+            if step > 1 || events::within_flood_budget(settings) {
+                events::emit(
+                    event_kind::PROGRESS,
+                    0,
+                    &scan.src,
+                    knock,
+                    rule_index,
+                    step,
+                    0,
+                );
+            }
+            Reason::DropKnockAdvanced
+        }
+        Outcome::Granted => {
+            stored.forget(&key);
+            if rule.once != 0 && spend(rule_index, rule.sequence_tag, now) {
+                events::emit(
+                    event_kind::RESET,
+                    reset_cause::SPENT,
+                    &scan.src,
+                    knock,
+                    rule_index,
+                    0,
+                    0,
+                );
+                count_failure(settings, penalty, &scan.src, knock, now);
+                if scan.verdict.is_none() {
+                    scan.verdict = Some(Reason::DropKnockPort);
+                }
+                return 0;
+            }
+            let expires_ns = now + rule.open_for_ns;
+            guard::grant(&key, expires_ns);
+            horizon::raise(settings, scan.horizon_slot, Horizon::Admitted, now);
+            let step = rule.steps as u8;
+            events::emit(
+                event_kind::GRANT,
+                0,
+                &scan.src,
+                knock,
+                rule_index,
+                step,
+                expires_ns,
+            );
+            Reason::DropKnockGranted
+        }
+    };
+    if scan.verdict.is_none() || reason == Reason::DropKnockGranted {
+        scan.verdict = Some(reason);
+    }
+    0
+}
+
+/// Sequences of rules that open once and have: a replay of one, however
+/// soon, grants nothing.
+#[map]
+static SPENT: LruHashMap<SpentKey, u64> = LruHashMap::with_max_entries(SPENT_ENTRIES, 0);
+
+/// Marks a rule's sequence as used; true if it already was.
+#[inline(always)]
+fn spend(rule: u32, sequence_tag: u32, now: u64) -> bool {
+    let key = SpentKey { rule, sequence_tag };
+    // SAFETY: only tests whether the lookup found something.
+    if unsafe { SPENT.get(&key) }.is_some() {
+        return true;
+    }
+    // BPF_NOEXIST: of two CPUs completing it at once, one grants.
+    const BPF_NOEXIST: u64 = 1;
+    SPENT.insert(&key, &now, BPF_NOEXIST).is_err()
+}
+
+/// Where a source's progress through a rule is stored: sources that sent only
+/// the first step in `FIRST_STEPS`, sources past it in `PROGRESS`, so a flood
+/// of spoofed first steps can only ever evict other first steps.
+#[derive(Clone, Copy)]
+enum Stored {
+    Nowhere,
+    FirstStep(*mut Progress),
+    Later(*mut Progress),
+}
+
+impl Stored {
+    #[inline(always)]
+    fn find(key: &SourceRule) -> Stored {
+        if let Some(slot) = PROGRESS.get_ptr_mut(key) {
+            return Stored::Later(slot);
+        }
+        match FIRST_STEPS.get_ptr_mut(key) {
+            Some(slot) => Stored::FirstStep(slot),
+            None => Stored::Nowhere,
+        }
+    }
+
+    #[inline(always)]
+    fn is_none(self) -> bool {
+        matches!(self, Stored::Nowhere)
+    }
+
+    #[inline(always)]
+    fn get(self) -> Option<Progress> {
+        match self {
+            Stored::Nowhere => None,
+            // SAFETY: a value pointer a map lookup returned in this run; LRU
+            // values stay valid until the program returns.
+            Stored::FirstStep(slot) | Stored::Later(slot) => Some(unsafe { *slot }),
+        }
+    }
+
+    #[inline(always)]
+    fn forget(self, key: &SourceRule) {
+        let _ = match self {
+            Stored::Nowhere => Ok(()),
+            Stored::FirstStep(_) => FIRST_STEPS.remove(key),
+            Stored::Later(_) => PROGRESS.remove(key),
+        };
+    }
+
+    /// Stores `next` in the map its step belongs to, moving it if needed.
+    #[inline(always)]
+    fn keep(self, key: &SourceRule, next: &Progress) {
+        match (self, next.next_step <= 1) {
+            // SAFETY: as in `get`; the whole value is overwritten.
+            (Stored::FirstStep(slot), true) | (Stored::Later(slot), false) => unsafe {
+                *slot = *next
+            },
+            (_, first) => {
+                self.forget(key);
+                let map = if first { &FIRST_STEPS } else { &PROGRESS };
+                let _ = map.insert(key, next, 0);
+            }
+        }
+    }
+}
+
+/// Counts a failed attempt against `src`; enough of them within the window
+/// start a penalty.
+#[inline(always)]
+fn count_failure(
+    settings: &Settings,
+    penalty: Option<*mut Penalty>,
+    src: &Addr,
+    knock: Knock,
+    now: u64,
+) {
+    let mut fresh = Penalty {
+        window_start_ns: now,
+        ..Penalty::default()
+    };
+    // SAFETY: a value pointer the map lookup returned earlier in this run.
+    let state = match penalty {
+        Some(slot) => unsafe { &mut *slot },
+        None => &mut fresh,
+    };
+    let penalized = record_failure(settings, state, now);
+    if penalty.is_none() {
+        let _ = PENALTIES.insert(src, state, 0);
+    }
+    if penalized {
+        events::emit(
+            event_kind::PENALIZED,
+            0,
+            src,
+            knock,
+            u32::from(u16::MAX),
+            0,
+            state.ignored_until_ns,
+        );
+    }
+}
