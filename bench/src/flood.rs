@@ -12,10 +12,15 @@ pub(crate) enum Receiver {
     XknockAnswering,
     /// xknock with an `[[spa]]` entry, flooded at its port with junk.
     XknockSpa,
+    /// xknock (`conceal = "drop"`) flooded at the first step's port: every
+    /// spoofed SYN is a first knock step from a new source.
+    XknockKnockPort,
     XdpDrop,
     XdpReadDrop,
     Nftables,
     NftablesConntrack,
+    /// nftables dropping the first knock step's port, for the flood there.
+    NftablesKnockPort,
     Iptables,
 }
 
@@ -41,13 +46,27 @@ impl Receiver {
             Receiver::XknockSpa => {
                 "xknock, junk at the SPA port: copied up to the per-CPU rate, the rest shed"
             }
+            Receiver::XknockKnockPort => {
+                "xknock (conceal = \"drop\"), flood at the first knock port: every SYN a first step"
+            }
             Receiver::XdpDrop => "bare XDP_DROP program (the limit)",
             Receiver::XdpReadDrop => "XDP program that reads the port, then drops",
             Receiver::Nftables => "nftables input hook: tcp dport 22 drop",
             Receiver::NftablesConntrack => {
                 "nftables input with conntrack (ct state established accept)"
             }
+            Receiver::NftablesKnockPort => "nftables input hook: tcp dport 7291 drop",
             Receiver::Iptables => "iptables -A INPUT -p tcp --dport 22 -j DROP",
+        }
+    }
+
+    /// The port its flood is aimed at.
+    fn port(self) -> u16 {
+        match self {
+            Receiver::XknockAnswering | Receiver::XknockKnockPort | Receiver::NftablesKnockPort => {
+                FIRST_STEP_PORT
+            }
+            _ => 22,
         }
     }
 }
@@ -82,7 +101,7 @@ pub(crate) fn flood_template(lab: &Lab, port: u16) -> Vec<u8> {
     frame
 }
 
-pub(crate) fn nft_ruleset(conntrack: bool) -> String {
+pub(crate) fn nft_ruleset(conntrack: bool, port: u16) -> String {
     let established = if conntrack {
         "ct state established,related accept\n"
     } else {
@@ -90,16 +109,19 @@ pub(crate) fn nft_ruleset(conntrack: bool) -> String {
     };
     format!(
         "table inet bench {{\n chain input {{\n type filter hook input priority 0; policy accept;\n \
-         {established} tcp dport 22 counter drop\n }}\n}}\n"
+         {established} tcp dport {port} counter drop\n }}\n}}\n"
     )
 }
 
 pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed> {
     let iface = lab.server_if.clone();
     match receiver {
-        Receiver::Xknock | Receiver::XknockAnswering | Receiver::XknockSpa => {
+        Receiver::Xknock
+        | Receiver::XknockAnswering
+        | Receiver::XknockSpa
+        | Receiver::XknockKnockPort => {
             let config = match receiver {
-                Receiver::Xknock => bench_config(SILENT),
+                Receiver::Xknock | Receiver::XknockKnockPort => bench_config(SILENT),
                 Receiver::XknockSpa => KernelConfig::try_from(&crate::spa::spa_config()?)?,
                 _ => bench_config(""),
             };
@@ -121,7 +143,10 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
             program.attach(name.as_c_str(), XdpMode::Driver)?;
             Ok(Installed::Program(ebpf))
         }),
-        Receiver::Nftables | Receiver::NftablesConntrack | Receiver::Iptables => {
+        Receiver::Nftables
+        | Receiver::NftablesConntrack
+        | Receiver::NftablesKnockPort
+        | Receiver::Iptables => {
             // Without an XDP program, veth takes XDP frames only with GRO on.
             run_in(&lab.server, "ethtool", &["-K", &lab.server_if, "gro", "on"])?;
             match receiver {
@@ -133,7 +158,8 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
                     )?;
                 }
                 _ => {
-                    let rules = nft_ruleset(matches!(receiver, Receiver::NftablesConntrack));
+                    let conntrack = receiver == Receiver::NftablesConntrack;
+                    let rules = nft_ruleset(conntrack, receiver.port());
                     let dir = tempfile::tempdir()?;
                     let path = dir.path().join("bench.nft");
                     fs::write(&path, rules)?;
@@ -195,6 +221,15 @@ pub(crate) fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> a
                     + counters["drop_spa_unfit"],
             )
         }
+        // Every verdict that stopped a packet: first steps, and the few
+        // repeated sources' duplicates or resets.
+        (Receiver::XknockKnockPort, Installed::Filter(filter)) => Ok(filter
+            .maps()
+            .counters()?
+            .iter()
+            .filter(|(name, _)| name.starts_with("drop_"))
+            .map(|(_, count)| count)
+            .sum()),
         // Answered or not, every packet that reached the answering program.
         (Receiver::XknockAnswering, Installed::Filter(filter)) => {
             Ok(filter.maps().answers()?.values().sum())
@@ -298,15 +333,10 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
             Lab::with_client_program((receiver == Receiver::XknockAnswering).then_some("xdp_drop"));
         let installed = install(&lab, receiver)?;
         separate_cpus(&lab)?;
-        let port = if receiver == Receiver::XknockAnswering {
-            FIRST_STEP_PORT
-        } else {
-            22
-        };
         let template = if receiver == Receiver::XknockSpa {
             crate::spa::junk_template(&lab)
         } else {
-            flood_template(&lab, port)
+            flood_template(&lab, receiver.port())
         };
         benches.push(Bench {
             receiver,

@@ -72,12 +72,16 @@ pub(crate) struct PathCost {
     pub vs_pass: f64,
 }
 
-/// Per-packet cost of each path through xknock, and of XDP_PASS.
-pub(crate) fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
+/// Per-packet cost of each path through xknock, against the minimal
+/// fail-closed filter (`xdp_minimal_filter`) on the same frame and
+/// XDP_PASS.
+pub(crate) fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<ParserCost>)> {
     let mut baselines = Ebpf::load(BASELINE_OBJECT)?;
     baseline(&mut baselines, "xdp_pass")?;
+    baseline(&mut baselines, "xdp_minimal_filter")?;
     let plain = tcp(CLIENT, SERVER, 80, TCP_ACK);
     let pass_run = baseline_run(&baselines, "xdp_pass");
+    let minimal_run = baseline_run(&baselines, "xdp_minimal_filter");
 
     let mut filter = Filter::load(&bench_config(SILENT))?;
     // A source whose slot a live client shares: it takes every lookup.
@@ -102,45 +106,136 @@ pub(crate) fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>
     arp.extend_from_slice(&[0; 28]);
     let mut tagged = Frame::tcp(ip(CLIENT), ip(SERVER), 80, TCP_ACK);
     tagged.vlan_tags = vec![0x88a8, 0x8100];
+    let udp = |src: &str, dst: &str| Frame::udp(ip(src), ip(dst), 53).build().0;
 
-    let paths: Vec<(&'static str, Vec<u8>)> = vec![
-        ("non-IP frame (ARP)", arp),
-        ("unprotected TCP ACK", plain.clone()),
-        ("unprotected TCP SYN", tcp(CLIENT, SERVER, 80, TCP_SYN)),
+    use Target::*;
+    let paths: Vec<(&'static str, Target, Vec<u8>)> = vec![
+        ("non-IP frame (ARP)", None, arp),
+        ("unprotected TCP ACK", Unprotected, plain.clone()),
         (
-            "knock step (repeated: a retransmit)",
-            tcp("198.18.0.7", SERVER, 7291, TCP_SYN),
+            "unprotected TCP SYN",
+            Unprotected,
+            tcp(CLIENT, SERVER, 80, TCP_SYN),
+        ),
+        ("unprotected UDP :53", Unprotected, udp(CLIENT, SERVER)),
+        (
+            "unprotected TCP SYN over IPv6",
+            Unprotected,
+            tcp(CLIENT_V6, SERVER_V6, 80, TCP_SYN),
+        ),
+        (
+            "unprotected UDP :53 over IPv6",
+            Unprotected,
+            udp(CLIENT_V6, SERVER_V6),
+        ),
+        (
+            "unprotected TCP ACK over IPv6",
+            Unprotected,
+            tcp(CLIENT_V6, SERVER_V6, 80, TCP_ACK),
         ),
         (
             "SYN to protected port, no grant (drop)",
+            Stateless,
             tcp(CLIENT, SERVER, 22, TCP_SYN),
         ),
         (
+            "same over IPv6",
+            Stateless,
+            tcp(CLIENT_V6, SERVER_V6, 22, TCP_SYN),
+        ),
+        (
             "same, source sharing a live client's slot",
+            None,
             tcp(shares_slot, SERVER, 22, TCP_SYN),
         ),
         (
+            "knock step (repeated: a retransmit)",
+            None,
+            tcp("198.18.0.7", SERVER, 7291, TCP_SYN),
+        ),
+        (
             "ACK to protected port with live grant",
+            None,
             tcp(granted, SERVER, 22, TCP_ACK),
         ),
-        ("packet of an admitted flow", flow_ack.build().0),
+        ("packet of an admitted flow", None, flow_ack.build().0),
         (
-            "unprotected TCP ACK over IPv6",
-            tcp(CLIENT_V6, SERVER_V6, 80, TCP_ACK),
+            "unprotected TCP ACK, 802.1ad+802.1Q",
+            None,
+            tagged.build().0,
         ),
-        ("unprotected TCP ACK, 802.1ad+802.1Q", tagged.build().0),
         (
             "echo request (ping), no knock size",
+            None,
             Frame::echo(ip(CLIENT), ip(SERVER), 56).build().0,
         ),
     ];
     let xknock = xknock_run(&filter);
-    paired_trials(
-        effort.trials,
-        &paths,
-        || ns_per_packet(&pass_run, &plain, effort),
-        |frame| ns_per_packet(&xknock, frame, effort),
-    )
+    let mut pass_samples = Vec::new();
+    let mut samples = vec![[const { Vec::new() }; 5]; paths.len()];
+    for _ in 0..effort.trials {
+        for ((_, _, frame), [xk, min, ratio, xk_work, min_work]) in paths.iter().zip(&mut samples) {
+            let pass = ns_per_packet(&pass_run, &plain, effort)?;
+            let minimal = ns_per_packet(&minimal_run, frame, effort)?;
+            let cost = ns_per_packet(&xknock, frame, effort)?;
+            pass_samples.push(pass);
+            xk.push(cost);
+            min.push(minimal);
+            ratio.push(cost / minimal);
+            xk_work.push(cost - pass);
+            min_work.push(minimal - pass);
+        }
+    }
+    let costs = paths
+        .iter()
+        .zip(samples)
+        .map(
+            |((path, target, _), [xk, min, ratio, xk_work, min_work])| ParserCost {
+                path,
+                target: *target,
+                xknock: Stat::of(xk),
+                minimal: Stat::of(min),
+                vs_minimal: Stat::of(ratio).median,
+                xknock_work: Stat::of(xk_work).median,
+                minimal_work: Stat::of(min_work).median,
+            },
+        )
+        .collect();
+    Ok((Stat::of(pass_samples), costs))
+}
+
+/// What the issue of the hot path asks of a path, against the minimal filter.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Target {
+    None,
+    /// Traffic xknock does not touch: at most 1.5x.
+    Unprotected,
+    /// The drop path of a source without state: at most 2x.
+    Stateless,
+}
+
+impl Target {
+    pub(crate) fn limit(self) -> Option<f64> {
+        match self {
+            Target::None => Option::None,
+            Target::Unprotected => Some(1.5),
+            Target::Stateless => Some(2.0),
+        }
+    }
+}
+
+/// One path through xknock against the minimal filter on the same frame.
+pub(crate) struct ParserCost {
+    pub path: &'static str,
+    pub target: Target,
+    pub xknock: Stat,
+    pub minimal: Stat,
+    /// Median over trials of xknock's cost over the minimal filter's.
+    pub vs_minimal: f64,
+    /// Medians over trials of each one's cost over XDP_PASS's in the same
+    /// trial: the work itself, without the harness.
+    pub xknock_work: f64,
+    pub minimal_work: f64,
 }
 
 /// `paired_trials` of paths that each name the filter they run through,

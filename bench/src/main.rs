@@ -51,8 +51,15 @@ const SECOND_NS: u64 = 1_000_000_000;
 const SILENT: &str = "conceal = \"drop\"\n";
 /// The first step of the bench's rule.
 const FIRST_STEP_PORT: u16 = 7291;
+/// The flood at the first knock port and what it is compared with.
+const KNOCK_FLOOD: [Receiver; 3] = [
+    Receiver::XknockKnockPort,
+    Receiver::XdpDrop,
+    Receiver::NftablesKnockPort,
+];
 
-/// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing.
+/// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing;
+/// `XKNOCK_BENCH_ONLY=paths` or `=knock-flood` runs only that section.
 pub struct Effort {
     pub repeat: u32,
     pub trials: usize,
@@ -167,6 +174,23 @@ fn main() -> anyhow::Result<()> {
         "bench: per-packet cost ({} trials x {} runs)",
         effort.trials, effort.repeat
     );
+    // While working on the filter: one section only.
+    match std::env::var("XKNOCK_BENCH_ONLY").as_deref() {
+        Ok("paths") => {
+            let (pass, paths) = on_cpu_1(|| per_packet(&effort))?;
+            let mut md = String::new();
+            parser_table(&mut md, &paths);
+            println!("XDP_PASS {:.1} ns\n{md}", pass.median);
+            return Ok(());
+        }
+        Ok("knock-flood") => {
+            let mut md = String::new();
+            knock_flood_section(&mut md, &self::flood(&effort, &KNOCK_FLOOD)?, &[]);
+            println!("{md}");
+            return Ok(());
+        }
+        _ => {}
+    }
     let (pass, paths, scale) = on_cpu_1(|| {
         let (pass, paths) = per_packet(&effort)?;
         eprintln!("bench: scale");
@@ -192,11 +216,14 @@ fn main() -> anyhow::Result<()> {
         effort.flood_rounds, effort.flood_frames
     );
     let flood = flood(&effort, &Receiver::ALL)?;
+    eprintln!("bench: spoofed SYN flood at the first knock port, against XDP_DROP and nftables");
+    let knock_flood = self::flood(&effort, &KNOCK_FLOOD)?;
     eprintln!("bench: answering flood at a knock port, against XDP_DROP");
     let answering = self::flood(&effort, &[Receiver::XknockAnswering, Receiver::XdpDrop])?;
     eprintln!("bench: junk flood at the SPA port, against XDP_DROP");
     let spa_flood = self::flood(&effort, &[Receiver::XknockSpa, Receiver::XdpDrop])?;
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
+    knock_flood_section(&mut report, &knock_flood, &flood);
     conceal::render(&mut report, &effort, answer_pass, &answers, &answering);
     trace::render(&mut report, trace_pass, &traces, &instructions);
     rotating::render(&mut report, &rotating);
