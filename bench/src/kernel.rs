@@ -108,65 +108,72 @@ pub(crate) fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<ParserCos
     tagged.vlan_tags = vec![0x88a8, 0x8100];
     let udp = |src: &str, dst: &str| Frame::udp(ip(src), ip(dst), 53).build().0;
 
-    use Target::*;
     let paths: Vec<(&'static str, Target, Vec<u8>)> = vec![
-        ("non-IP frame (ARP)", None, arp),
-        ("unprotected TCP ACK", Unprotected, plain.clone()),
+        ("non-IP frame (ARP)", Target::Untargeted, arp),
+        ("unprotected TCP ACK", Target::Unprotected, plain.clone()),
         (
             "unprotected TCP SYN",
-            Unprotected,
+            Target::Unprotected,
             tcp(CLIENT, SERVER, 80, TCP_SYN),
         ),
-        ("unprotected UDP :53", Unprotected, udp(CLIENT, SERVER)),
+        (
+            "unprotected UDP :53",
+            Target::Unprotected,
+            udp(CLIENT, SERVER),
+        ),
         (
             "unprotected TCP SYN over IPv6",
-            Unprotected,
+            Target::Unprotected,
             tcp(CLIENT_V6, SERVER_V6, 80, TCP_SYN),
         ),
         (
             "unprotected UDP :53 over IPv6",
-            Unprotected,
+            Target::Unprotected,
             udp(CLIENT_V6, SERVER_V6),
         ),
         (
             "unprotected TCP ACK over IPv6",
-            Unprotected,
+            Target::Unprotected,
             tcp(CLIENT_V6, SERVER_V6, 80, TCP_ACK),
         ),
         (
             "SYN to protected port, no grant (drop)",
-            Stateless,
+            Target::Stateless,
             tcp(CLIENT, SERVER, 22, TCP_SYN),
         ),
         (
             "same over IPv6",
-            Stateless,
+            Target::Stateless,
             tcp(CLIENT_V6, SERVER_V6, 22, TCP_SYN),
         ),
         (
             "same, source sharing a live client's slot",
-            None,
+            Target::Untargeted,
             tcp(shares_slot, SERVER, 22, TCP_SYN),
         ),
         (
             "knock step (repeated: a retransmit)",
-            None,
+            Target::Untargeted,
             tcp("198.18.0.7", SERVER, 7291, TCP_SYN),
         ),
         (
             "ACK to protected port with live grant",
-            None,
+            Target::Untargeted,
             tcp(granted, SERVER, 22, TCP_ACK),
         ),
-        ("packet of an admitted flow", None, flow_ack.build().0),
+        (
+            "packet of an admitted flow",
+            Target::Untargeted,
+            flow_ack.build().0,
+        ),
         (
             "unprotected TCP ACK, 802.1ad+802.1Q",
-            None,
+            Target::Untargeted,
             tagged.build().0,
         ),
         (
             "echo request (ping), no knock size",
-            None,
+            Target::Untargeted,
             Frame::echo(ip(CLIENT), ip(SERVER), 56).build().0,
         ),
     ];
@@ -207,7 +214,7 @@ pub(crate) fn per_packet(effort: &Effort) -> anyhow::Result<(Stat, Vec<ParserCos
 /// What the issue of the hot path asks of a path, against the minimal filter.
 #[derive(Clone, Copy, PartialEq)]
 pub(crate) enum Target {
-    None,
+    Untargeted,
     /// Traffic xknock does not touch: at most 1.5x.
     Unprotected,
     /// The drop path of a source without state: at most 2x.
@@ -217,7 +224,7 @@ pub(crate) enum Target {
 impl Target {
     pub(crate) fn limit(self) -> Option<f64> {
         match self {
-            Target::None => Option::None,
+            Target::Untargeted => None,
             Target::Unprotected => Some(1.5),
             Target::Stateless => Some(2.0),
         }

@@ -78,7 +78,7 @@ pub(crate) fn render(
          spell of the machine does not favour one receiver.\n"
     );
     flood_table(&mut md, "dropped pkt/s", flood);
-    let row = |start: &str| flood.iter().find(|r| r.label.starts_with(start));
+    let row = |start: &str| row_of(flood, start);
     // Median over rounds of a's rate over b's in the same round.
     let ratio = |a: Option<&FloodRow>, b: Option<&FloodRow>| match (a, b) {
         (Some(a), Some(b)) => round_ratio(a, b),
@@ -165,24 +165,24 @@ pub(crate) fn knock_flood_section(md: &mut String, rows: &[FloodRow], plain: &[F
          nftables dropping the port in the same rounds.\n"
     );
     flood_table(md, "dropped pkt/s", rows);
-    let find = |rows: &'_ [FloodRow], start: &str| -> Option<f64> {
-        rows.iter()
-            .find(|r| r.label.starts_with(start))
-            .map(|r| r.pps.median)
-    };
-    let knock = rows.iter().find(|r| r.label.starts_with("xknock"));
-    let nft = rows.iter().find(|r| r.label.starts_with("nftables"));
-    if let (Some(knock), Some(nft), Some(knock_rate), Some(plain_rate)) =
-        (knock, nft, find(rows, "xknock"), find(plain, "xknock"))
-    {
+    if let (Some(knock), Some(nft), Some(plain)) = (
+        row_of(rows, "xknock"),
+        row_of(rows, "nftables"),
+        row_of(plain, "xknock"),
+    ) {
         let _ = writeln!(
             md,
             "\nxknock vs nftables in the same rounds: {:.2}; the knock-port flood's rate over the \
              protected-port flood's (medians of separate rounds): {:.2}.",
             round_ratio(knock, nft),
-            knock_rate / plain_rate
+            knock.pps.median / plain.pps.median
         );
     }
+}
+
+/// The first row whose receiver's label starts with `start`.
+fn row_of<'a>(rows: &'a [FloodRow], start: &str) -> Option<&'a FloodRow> {
+    rows.iter().find(|r| r.label.starts_with(start))
 }
 
 /// A table of flood receivers: rate, range, ratio to the bare XDP_DROP
@@ -192,7 +192,7 @@ pub(crate) fn flood_table(md: &mut String, rate: &str, rows: &[FloodRow]) {
         md,
         "| receiver | {rate} (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |"
     );
-    let limit = rows.iter().find(|r| r.label.starts_with("bare XDP_DROP"));
+    let limit = row_of(rows, "bare XDP_DROP");
     for row in rows {
         let _ = writeln!(
             md,

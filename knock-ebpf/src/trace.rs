@@ -13,11 +13,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::info;
-use knock_common::{AddrWords, MAX_RULES, Reason, SourceRule, horizon_units, source_slot};
+use knock_common::{AddrWords, MAX_RULES, Reason, SourceRule, horizon_units};
 
 use crate::{
     guard::{self, FLOWS, GRANTS},
-    horizon::SOURCE_HORIZONS,
+    horizon::{self, SOURCE_HORIZONS},
     knocking::{FIRST_STEPS, PROGRESS},
     parse::{self, Parsed},
     settings::{self, now_ns},
@@ -80,7 +80,7 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
     }
     let settings = settings::settings()?;
     let roles = settings::roles_of(packet.l4.proto, packet.l4.dst_port());
-    let slot = source_slot(&packet.src_words, settings.source_seed);
+    let slot = horizon::slot(settings, &packet);
     let horizon = SOURCE_HORIZONS.get(slot).copied().unwrap_or_default();
     let now = horizon_units(now_ns());
     let src = packet.src();
