@@ -248,6 +248,7 @@ fn setup() -> anyhow::Result<()> {
             "--force",
         ])?;
     }
+    mount_bpffs()?;
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .copied()
@@ -272,6 +273,25 @@ fn setup() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where xknock pins its maps and link, and the tests look for them.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mounts the BPF filesystem at /sys/fs/bpf unless one is there: systemd
+/// mounts it at boot, but a fresh machine of this kind boots without it.
+fn mount_bpffs() -> anyhow::Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = std::ffi::CString::new(BPFFS)?;
+    // SAFETY: statfs writes into the zeroed struct we pass; `path` is a
+    // valid NUL-terminated string.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } == 0 && fs.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    command("mount", &["-t", "bpf", "bpf", BPFFS])
 }
 
 fn test() -> anyhow::Result<()> {
