@@ -502,6 +502,11 @@ impl Reason {
         Reason::DropExtHeaderChainTooLong,
     ];
 
+    /// The reason whose number is `code`, if there is one.
+    pub fn decode(code: u32) -> Option<Reason> {
+        Reason::ALL.get(code as usize).copied()
+    }
+
     pub const fn passes(self) -> bool {
         (self as u32) <= Reason::PassEchoKnock as u32
     }
@@ -735,5 +740,14 @@ mod layout_tests {
         assert_eq!(RuleName::default().get(), None);
         assert!(RuleName::new(&"x".repeat(RULE_NAME_BYTES)).is_some());
         assert!(RuleName::new(&"x".repeat(RULE_NAME_BYTES + 1)).is_none());
+    }
+
+    #[test]
+    fn every_reason_decodes_from_its_number_and_nothing_past_them() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::decode(reason as u32), Some(reason));
+        }
+        assert_eq!(Reason::decode(Reason::COUNT), None);
+        assert_eq!(Reason::decode(u32::MAX), None);
     }
 }

@@ -117,8 +117,9 @@ pub fn hand_over(ctx: &XdpContext, handover: KnockHandover) {
     unsafe { KNOCK.tail_call(ctx, 0) };
 }
 
-/// What one knock-rule step reads and decides; shared with the `bpf_loop`
-/// callback through a pointer to the caller's stack.
+/// What one knock-rule step reads; shared with the `bpf_loop` callback
+/// through a pointer to the caller's stack. It stays the same at every
+/// iteration, so the verifier finds the loop's states equal at once.
 struct KnockScan {
     src: Addr,
     knock: Knock,
@@ -126,7 +127,30 @@ struct KnockScan {
     knock_port: bool,
     /// The source's `SOURCE_HORIZONS` slot.
     horizon_slot: u32,
-    verdict: Option<Reason>,
+}
+
+/// The verdict the knock rules reached so far on the packet being scanned,
+/// per CPU: a `Reason`'s number, or `NO_VERDICT`. It lives in a map, not in
+/// `KnockScan`: a verdict on the stack made every iteration's state
+/// differ (one per combination of earlier verdicts), and checking them all
+/// took the verifier past its million instructions.
+#[map]
+static KNOCK_VERDICT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+const NO_VERDICT: u32 = u32::MAX;
+
+/// The verdict reached so far, or none.
+#[inline(always)]
+fn verdict() -> Option<Reason> {
+    Reason::decode(*KNOCK_VERDICT.get(0)?)
+}
+
+/// Replaces the verdict reached so far.
+#[inline(always)]
+fn set_verdict(reason: Option<Reason>) {
+    if let Some(slot) = KNOCK_VERDICT.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
+        unsafe { *slot = reason.map_or(NO_VERDICT, |r| r as u32) };
+    }
 }
 
 /// Runs a SYN or UDP datagram through every rule's state machine for its
@@ -142,13 +166,13 @@ fn run_knock_rules(
     knock_port: bool,
     horizon_slot: u32,
 ) -> Option<Reason> {
-    let mut scan = KnockScan {
+    let scan = KnockScan {
         src,
         knock,
         knock_port,
         horizon_slot,
-        verdict: None,
     };
+    set_verdict(None);
     let rules = settings.rules.min(MAX_RULES as u32);
     // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
     // expects, and `scan` outlives the call.
@@ -156,18 +180,18 @@ fn run_knock_rules(
         bpf_loop(
             rules,
             knock_rule as *mut c_void,
-            (&mut scan as *mut KnockScan).cast(),
+            (&scan as *const KnockScan).cast_mut().cast(),
             0,
         )
     };
-    scan.verdict
+    verdict()
 }
 
 /// One rule's step for `bpf_loop`: returns 0 to go on, 1 to stop.
 #[inline(never)]
 extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer run_knock_rules gave it.
-    let scan = unsafe { &mut *scan.cast::<KnockScan>() };
+    let scan = unsafe { &*scan.cast::<KnockScan>() };
     let rule_index = rule_index as u32;
     let (Some(settings), Some(rule)) = (settings::settings(), settings::rule(rule_index)) else {
         return 1;
@@ -185,14 +209,14 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     // Denied and penalized sources do not knock: their packets to knock
     // ports drop, and all else goes on as if they had no progress.
     if guard::denied(settings, &scan.src) {
-        scan.verdict = scan.knock_port.then_some(Reason::DropDenied);
+        set_verdict(scan.knock_port.then_some(Reason::DropDenied));
         return 1;
     }
     let now = now_ns();
     let penalty = PENALTIES.get_ptr_mut(&scan.src);
     // SAFETY: a value pointer the map lookup just returned.
     if penalty.is_some_and(|p| now < unsafe { (*p).ignored_until_ns }) {
-        scan.verdict = scan.knock_port.then_some(Reason::DropPenalized);
+        set_verdict(scan.knock_port.then_some(Reason::DropPenalized));
         return 1;
     }
     let progress = stored.get();
@@ -240,8 +264,8 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
                     0,
                 );
                 count_failure(settings, penalty, &scan.src, knock, now);
-                if scan.verdict.is_none() {
-                    scan.verdict = Some(Reason::DropKnockPort);
+                if verdict().is_none() {
+                    set_verdict(Some(Reason::DropKnockPort));
                 }
                 return 0;
             }
@@ -261,8 +285,8 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             Reason::DropKnockGranted
         }
     };
-    if scan.verdict.is_none() || reason == Reason::DropKnockGranted {
-        scan.verdict = Some(reason);
+    if reason == Reason::DropKnockGranted || verdict().is_none() {
+        set_verdict(Some(reason));
     }
     0
 }

@@ -497,6 +497,25 @@ impl Filter {
         Ok(info.size_translated().unwrap_or(0) / 8)
     }
 
+    /// Each loaded program of the object by name, with how many
+    /// instructions the verifier processed to accept it: its measure of a
+    /// program's complexity, which it refuses past a million.
+    pub fn verifier_work(&self) -> Result<Vec<(String, u32)>, FilterError> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = match program.info() {
+                    Ok(info) => info,
+                    // Programs this filter does not use are never loaded.
+                    Err(ProgramError::NotLoaded) => return None,
+                    Err(e) => return Some(Err(FilterError::Program(e))),
+                };
+                let work = info.verified_instruction_count().unwrap_or(0);
+                Some(Ok((name.to_owned(), work)))
+            })
+            .collect()
+    }
+
     /// The kernel's id of the filter program.
     pub fn program_id(&self) -> Result<u32, FilterError> {
         let info = self
