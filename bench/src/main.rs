@@ -3,6 +3,7 @@
 //! target/bench/chart.svg under the workspace.
 
 mod conceal;
+mod first_steps;
 mod flood;
 mod kernel;
 mod open;
@@ -59,7 +60,8 @@ const KNOCK_FLOOD: [Receiver; 3] = [
 ];
 
 /// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing;
-/// `XKNOCK_BENCH_ONLY=paths` or `=knock-flood` runs only that section.
+/// `XKNOCK_BENCH_ONLY=paths`, `=first-steps` or `=knock-flood` runs only
+/// that section.
 pub struct Effort {
     pub repeat: u32,
     pub trials: usize,
@@ -183,6 +185,15 @@ fn main() -> anyhow::Result<()> {
             println!("XDP_PASS {:.1} ns\n{md}", pass.median);
             return Ok(());
         }
+        Ok("first-steps") => {
+            let mut md = String::new();
+            first_steps::render(
+                &mut md,
+                &on_cpu_1(|| first_steps::first_step_costs(&effort))?,
+            );
+            println!("{md}");
+            return Ok(());
+        }
         Ok("knock-flood") => {
             let mut md = String::new();
             knock_flood_section(&mut md, &self::flood(&effort, &KNOCK_FLOOD)?, &[]);
@@ -196,6 +207,8 @@ fn main() -> anyhow::Result<()> {
         eprintln!("bench: scale");
         Ok((pass, paths, scale(&effort)?))
     })?;
+    eprintln!("bench: first steps from new sources");
+    let first_steps = on_cpu_1(|| first_steps::first_step_costs(&effort))?;
     eprintln!("bench: building closed-port answers");
     let (answer_pass, answers) = on_cpu_1(|| conceal::answer_costs(&effort))?;
     eprintln!("bench: tracing");
@@ -223,6 +236,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("bench: junk flood at the SPA port, against XDP_DROP");
     let spa_flood = self::flood(&effort, &[Receiver::XknockSpa, Receiver::XdpDrop])?;
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
+    first_steps::render(&mut report, &first_steps);
     knock_flood_section(&mut report, &knock_flood, &flood);
     conceal::render(&mut report, &effort, answer_pass, &answers, &answering);
     trace::render(&mut report, trace_pass, &traces, &instructions);

@@ -516,6 +516,17 @@ impl Filter {
             .collect()
     }
 
+    /// The filter program's total run time and runs, as the kernel counts
+    /// them while its run-time statistics are on (`aya::sys::enable_stats`);
+    /// the time includes the programs it tail-calls.
+    pub fn run_stats(&self) -> Result<(Duration, u64), FilterError> {
+        let info = self
+            .filter_program()?
+            .info()
+            .map_err(FilterError::Program)?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     /// The kernel's id of the filter program.
     pub fn program_id(&self) -> Result<u32, FilterError> {
         let info = self
