@@ -324,13 +324,15 @@ pub(crate) fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
     plant_live_horizon(filter, &source(n).addr)
 }
 
-/// Raises both of a source's horizons far into the future, as if it (or a
-/// source sharing its slot) held every kind of state.
+/// Raises a source's horizons far into the future, as if it (or a source
+/// sharing its slot) held every kind of state.
 pub(crate) fn plant_live_horizon(filter: &mut Filter, addr: &Addr) -> anyhow::Result<()> {
     let (slot, _) = filter.maps().source_horizon(addr)?;
     let live = SourceHorizon {
         knocking_until: u32::MAX / 2,
         admitted_until: u32::MAX / 2,
+        failing_until: u32::MAX / 2,
+        _pad: 0,
     };
     filter.maps_mut().set_source_horizon(slot, &live)?;
     Ok(())

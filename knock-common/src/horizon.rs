@@ -12,20 +12,25 @@ pub const HORIZON_UNIT_SHIFT: u32 = 30;
 
 /// Value of `SOURCE_HORIZONS`, an array indexed by `source_slot`: until when
 /// (in horizon units of the kernel's monotonic clock) a source hashing to
-/// this slot may hold knock progress, or a grant or an admitted flow. Zero
-/// means never.
+/// this slot may hold knock progress, a grant or an admitted flow, or a
+/// record of failures that still counts. Zero means never.
 ///
-/// The XDP program only ever raises these, whenever it creates or uses such
-/// state, so a horizon in the past proves that no source hashing here has
-/// any, and a packet from a spoofed source skips the map lookups. A source
-/// that shares a live slot just takes the full path.
+/// The XDP program only ever raises the horizons, whenever it creates or
+/// uses such state, so a horizon in the past proves that no source hashing
+/// here has any, and a packet from a spoofed source skips the map lookups.
+/// A source that shares a live slot just takes the full path.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceHorizon {
     pub knocking_until: u32,
     pub admitted_until: u32,
+    /// Until when a source here may have a record in `PENALTIES` that
+    /// still counts (its window of failures or its penalty): past it, a
+    /// record is as good as none, and a first step skips the lookup.
+    pub failing_until: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<SourceHorizon>() == 8);
+const _: () = assert!(core::mem::size_of::<SourceHorizon>() == 16);
 
 /// A kernel clock reading in horizon units.
 #[inline(always)]

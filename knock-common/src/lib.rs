@@ -77,7 +77,7 @@ pub mod map_names {
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the
 /// `layout_fingerprint` test fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Bytes of a rule's name kept in `Instance`.
 pub const RULE_NAME_BYTES: usize = 31;
@@ -239,8 +239,12 @@ pub struct Settings {
     /// `ipv4_slot_prefix(source_seed)`, so that an IPv4 source's slot costs
     /// the filter one round of the hash (`ipv4_source_slot`).
     pub ipv4_slot_prefix: u32,
+    /// `SourceHorizon::failing_until` is raised this many horizon units
+    /// past now: it covers the penalty window and the penalty.
+    pub failing_horizon: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 104);
+const _: () = assert!(core::mem::size_of::<Settings>() == 112);
 
 /// `Settings::conceal`: answer as a closed port of this host answers.
 pub const CONCEAL_CLOSED: u32 = 0;
@@ -696,7 +700,7 @@ mod layout_tests {
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                4,
+                5,
                 [
                     20,
                     16,
@@ -704,7 +708,7 @@ mod layout_tests {
                     24,
                     16,
                     24,
-                    8,
+                    16,
                     16,
                     32,
                     528,

@@ -1,7 +1,8 @@
 //! Source horizons: per slot of source addresses, until when a source there
-//! may hold knock progress, or a grant or an admitted flow. A packet from a
-//! source whose horizon has passed skips every lookup of that state, which
-//! is what keeps a spoofed flood cheap.
+//! may hold knock progress, a grant or an admitted flow, or a record of
+//! failures that still counts. A packet from a source whose horizon has
+//! passed skips every lookup of that state, which is what keeps a spoofed
+//! flood cheap.
 
 use aya_ebpf::{macros::map, maps::Array};
 use knock_common::{
@@ -32,6 +33,8 @@ pub fn at(slot: u32) -> SourceHorizon {
     SOURCE_HORIZONS.get(slot).copied().unwrap_or(SourceHorizon {
         knocking_until: u32::MAX,
         admitted_until: u32::MAX,
+        failing_until: u32::MAX,
+        _pad: 0,
     })
 }
 
@@ -46,11 +49,12 @@ pub fn covered_now(until: u32) -> Option<u64> {
     (until > horizon_units(now)).then_some(now)
 }
 
-/// The two horizons of a `SOURCE_HORIZONS` slot.
+/// The horizons of a `SOURCE_HORIZONS` slot.
 #[derive(Clone, Copy)]
 pub enum Horizon {
     Knocking,
     Admitted,
+    Failing,
 }
 
 /// Raises one of a slot's horizons to its span past `now`. Racing CPUs may
@@ -66,6 +70,7 @@ pub fn raise(settings: &Settings, slot: u32, horizon: Horizon, now: u64) {
     let (until, span) = match horizon {
         Horizon::Knocking => (&mut slot.knocking_until, settings.knocking_horizon),
         Horizon::Admitted => (&mut slot.admitted_until, settings.admitted_horizon),
+        Horizon::Failing => (&mut slot.failing_until, settings.failing_horizon),
     };
     let raised = horizon_units(now).wrapping_add(span);
     if *until < raised {

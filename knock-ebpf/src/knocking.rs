@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use knock_common::{
     Addr, Knock, MAX_RULES, Penalty, PortRoles, Progress, Reason, SPENT_ENTRIES, Settings,
-    SourceRule, SpentKey, event_kind,
+    SourceRule, SpentKey, event_kind, horizon_units,
     machine::{self, Outcome},
     record_failure, reset_cause,
 };
@@ -201,6 +201,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         rule: rule_index,
     };
     let knock = scan.knock;
+    let slot = scan.horizon_slot;
     let stored = Stored::find(&key);
     // Only a first step may create progress: spoofed noise costs two lookups.
     if stored.is_none() && rule.sequence[0] != knock {
@@ -213,7 +214,14 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         return 1;
     }
     let now = now_ns();
-    let penalty = PENALTIES.get_ptr_mut(&scan.src);
+    // Read at every rule: an earlier one may have just counted a failure.
+    // Past the failing horizon a record of failures is as good as none
+    // (counting one more starts afresh either way): no lookup.
+    let penalty = if horizon::at(slot).failing_until > horizon_units(now) {
+        PENALTIES.get_ptr_mut(&scan.src)
+    } else {
+        None
+    };
     // SAFETY: a value pointer the map lookup just returned.
     if penalty.is_some_and(|p| now < unsafe { (*p).ignored_until_ns }) {
         set_verdict(scan.knock_port.then_some(Reason::DropPenalized));
@@ -223,7 +231,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     let transition = machine::on_packet(rule, progress.as_ref(), knock, scan.knock_port, now);
     if let Some(cause) = transition.reset {
         events::emit(event_kind::RESET, cause, &scan.src, knock, rule_index, 0, 0);
-        count_failure(settings, penalty, &scan.src, knock, now);
+        count_failure(settings, slot, penalty, &scan.src, knock, now);
     }
     let reason = match transition.outcome {
         Outcome::Idle => {
@@ -234,7 +242,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         Outcome::Duplicate => Reason::DropKnockDuplicate,
         Outcome::Advanced(next) => {
             stored.keep(&key, &next);
-            horizon::raise(settings, scan.horizon_slot, Horizon::Knocking, now);
+            horizon::raise(settings, slot, Horizon::Knocking, now);
             let step = next.next_step as u8;
             // First steps are what a spoofed flood sends: their events share
             // the flood budget; later steps come from real clients.
@@ -263,7 +271,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
                     0,
                     0,
                 );
-                count_failure(settings, penalty, &scan.src, knock, now);
+                count_failure(settings, slot, penalty, &scan.src, knock, now);
                 if verdict().is_none() {
                     set_verdict(Some(Reason::DropKnockPort));
                 }
@@ -271,7 +279,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             }
             let expires_ns = now + rule.open_for_ns;
             guard::grant(&key, expires_ns);
-            horizon::raise(settings, scan.horizon_slot, Horizon::Admitted, now);
+            horizon::raise(settings, slot, Horizon::Admitted, now);
             let step = rule.steps as u8;
             events::emit(
                 event_kind::GRANT,
@@ -372,11 +380,12 @@ impl Stored {
     }
 }
 
-/// Counts a failed attempt against `src`; enough of them within the window
-/// start a penalty.
+/// Counts a failed attempt against `src` (of horizon slot `slot`); enough of
+/// them within the window start a penalty.
 #[inline(always)]
 fn count_failure(
     settings: &Settings,
+    slot: u32,
     penalty: Option<*mut Penalty>,
     src: &Addr,
     knock: Knock,
@@ -392,6 +401,8 @@ fn count_failure(
         None => &mut fresh,
     };
     let penalized = record_failure(settings, state, now);
+    // Before the record: a CPU that finds the horizon passed finds no record.
+    horizon::raise(settings, slot, Horizon::Failing, now);
     if penalty.is_none() {
         let _ = PENALTIES.insert(src, state, 0);
     }

@@ -335,6 +335,11 @@ impl Maps {
         Ok(all)
     }
 
+    /// Sources' records of failed attempts (their windows and penalties).
+    pub fn penalties(&self) -> Result<Vec<(Addr, knock_common::Penalty)>, MapsError> {
+        self.entries(map_names::PENALTIES)
+    }
+
     /// How full each bounded state map is.
     pub fn occupancy(&self) -> Result<BTreeMap<&'static str, Occupancy>, MapsError> {
         let mut all = BTreeMap::new();
@@ -528,6 +533,8 @@ impl Maps {
             let aged = SourceHorizon {
                 knocking_until: horizon.knocking_until.saturating_sub(units),
                 admitted_until: horizon.admitted_until.saturating_sub(units),
+                failing_until: horizon.failing_until.saturating_sub(units),
+                _pad: 0,
             };
             self.set_source_horizon(slot, &aged)?;
         }

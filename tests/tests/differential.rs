@@ -319,6 +319,7 @@ fn check_horizons(filter: &mut Filter, config: &Config) -> Result<(), TestCaseEr
     let now = monotonic_ns();
     let longest_timeout = config.rules.iter().map(|r| r.sequence_timeout).max();
     let longest_timeout = longest_timeout.expect("a rule").as_nanos() as u64;
+    let settings = filter.maps().settings().expect("settings");
     for addr in source_addrs() {
         let (_, horizon) = filter.maps().source_horizon(&addr).expect("horizon");
         let knocking = filter
@@ -333,10 +334,25 @@ fn check_horizons(filter: &mut Filter, config: &Config) -> Result<(), TestCaseEr
             .expect("grants")
             .into_iter()
             .any(|(k, g)| k.addr == addr && g.expires_ns > now);
+        // A record still counts while its window runs or its penalty lasts.
+        let failing = filter
+            .maps()
+            .penalties()
+            .expect("penalties")
+            .into_iter()
+            .any(|(a, p)| {
+                a == addr
+                    && (now.wrapping_sub(p.window_start_ns) <= settings.penalty_window_ns
+                        || p.ignored_until_ns > now)
+            });
         let now_units = horizon_units(now);
         prop_assert!(
             !knocking || horizon.knocking_until > now_units,
             "{addr:?} mid-sequence behind its horizon {horizon:?} at {now_units}"
+        );
+        prop_assert!(
+            !failing || horizon.failing_until > now_units,
+            "{addr:?} has a record of failures behind its horizon {horizon:?} at {now_units}"
         );
         prop_assert!(
             !admitted || horizon.admitted_until > now_units,
@@ -648,4 +664,52 @@ fn model_and_xdp_program_agree_on_generated_sequences() {
         "generator too narrow: {grants} grants, {penalized} penalized, {passes}/{frames} passed, \
          {answers} answered, {replaced} replaced, {spent} spent"
     );
+}
+
+/// The failing horizon's two edges, which generated sequences reach only
+/// by chance: a penalty outlasts the window of failures that started it
+/// (its knocks stay ignored), and once both have run out a failure counts
+/// from nothing (a first step then skips the penalty lookup).
+#[test]
+fn penalties_outlast_their_window_and_spent_records_count_from_nothing() {
+    require_root();
+    let config = format!(
+        "{}{}",
+        PENALTIES[0],
+        rule_toml("a", &["tcp:1000", "udp:3000", "tcp:4000"], "\"tcp:22\"")
+    );
+    let src: IpAddr = SOURCES[0].parse().expect("literal");
+    let dst: IpAddr = SERVER_V4.parse().expect("literal");
+    let syn = |port| {
+        let frame = Frame {
+            checksums: true,
+            ..Frame::tcp(src, dst, port, TCP_SYN)
+        };
+        Action::Frame(frame, None)
+    };
+    let knock = Action::Knock {
+        source: 0,
+        rule: 0,
+        retransmit: false,
+        reversed: false,
+    };
+    let actions = [
+        // A first step, then another port: one failure; two within the
+        // window (20.5 s) start a penalty (40.5 s).
+        syn(1000),
+        syn(80),
+        syn(1000),
+        syn(80),
+        // Past the window, within the penalty: the knock is ignored.
+        Action::Wait(25),
+        knock.clone(),
+        syn(22),
+        // Past both: one failure is one, and the knock opens.
+        Action::Wait(31),
+        syn(1000),
+        syn(80),
+        knock,
+        syn(22),
+    ];
+    run_case(&config, [false, false], &actions).expect("the model and the program agree");
 }

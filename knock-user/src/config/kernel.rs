@@ -138,6 +138,8 @@ impl KernelConfig {
             .map(|r| r.open_for_ns)
             .chain([tcp_idle_ns, tcp_closing_ns, udp_idle_ns])
             .max();
+        let penalty_window_ns = nanos("penalty.window", config.penalty.window.0)?;
+        let penalty_ns = nanos("penalty.duration", config.penalty.duration.0)?;
         Ok(KernelConfig {
             settings: Settings {
                 rules: rules_in_use,
@@ -150,8 +152,9 @@ impl KernelConfig {
                 udp_idle_ns,
                 penalty_failures: config.penalty.failures,
                 knocking_horizon: horizon_span(longest_sequence.unwrap_or(0)),
-                penalty_window_ns: nanos("penalty.window", config.penalty.window.0)?,
-                penalty_ns: nanos("penalty.duration", config.penalty.duration.0)?,
+                penalty_window_ns,
+                penalty_ns,
+                failing_horizon: horizon_span(penalty_window_ns.max(penalty_ns)),
                 admitted_horizon: horizon_span(longest_admission.unwrap_or(0)),
                 // The loader keeps the one its pin directory holds.
                 source_seed: 0,

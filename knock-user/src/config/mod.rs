@@ -1265,6 +1265,25 @@ protect = ["tcp:22"]
     }
 
     #[test]
+    fn the_failing_horizon_covers_the_longer_of_the_penalty_window_and_the_penalty() {
+        let second = 1_000_000_000;
+        for (penalty, longer) in [
+            ("window = \"10m\"\nduration = \"1m\"", 600 * second),
+            ("window = \"1m\"\nduration = \"2h\"", 7200 * second),
+        ] {
+            let rule = with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n"));
+            let text = format!("[penalty]\n{penalty}\n{rule}");
+            let kernel =
+                KernelConfig::try_from(&Config::parse(&text).expect("valid")).expect("fits");
+            assert_eq!(
+                kernel.settings.failing_horizon,
+                horizon_span(longer),
+                "{penalty}"
+            );
+        }
+    }
+
+    #[test]
     fn icmp_steps_take_a_payload_size_and_are_never_protected() {
         let ok = with_rule(&format!(
             "sequence = [\"icmp:512\", \"udp:4728\", \"tcp:6742\"]\n{TIMES}protect = [\"tcp:8443\"]\n"
