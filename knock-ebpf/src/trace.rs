@@ -101,7 +101,7 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
     let (l3, ipv6) = packet.l4.network();
     info!(
         ctx,
-        "source {:i} proto {} port {} flags {:x} | ipv6 {} ip at {} l4 at {} | knock rules {:x} protect rules {:x} | horizons knocking {} admitted {} now {} | progress rules {:x} grant rules {:x} flow {} | {}",
+        "source {:i} proto {} port {} flags {:x} | ipv6 {} ip at {} l4 at {} | knock rules {:x} protect rules {:x} | horizons knocking {} admitted {} failing {} now {} | progress rules {:x} grant rules {:x} flow {} | {}",
         src,
         packet.l4.proto,
         packet.l4.dst_port(),
@@ -113,6 +113,7 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
         roles.protect_rules,
         horizon.knocking_until,
         horizon.admitted_until,
+        horizon.failing_until,
         now,
         progress,
         grants,
