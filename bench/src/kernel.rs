@@ -332,7 +332,7 @@ pub(crate) fn plant_live_horizon(filter: &mut Filter, addr: &Addr) -> anyhow::Re
         knocking_until: u32::MAX / 2,
         admitted_until: u32::MAX / 2,
         failing_until: u32::MAX / 2,
-        _pad: 0,
+        later_steps: 1,
     };
     filter.maps_mut().set_source_horizon(slot, &live)?;
     Ok(())

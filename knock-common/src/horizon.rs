@@ -13,12 +13,17 @@ pub const HORIZON_UNIT_SHIFT: u32 = 30;
 /// Value of `SOURCE_HORIZONS`, an array indexed by `source_slot`: until when
 /// (in horizon units of the kernel's monotonic clock) a source hashing to
 /// this slot may hold knock progress, a grant or an admitted flow, or a
-/// record of failures that still counts. Zero means never.
+/// record of failures that still counts (zero: never), and how many entries
+/// past a first step it may hold.
 ///
 /// The XDP program only ever raises the horizons, whenever it creates or
 /// uses such state, so a horizon in the past proves that no source hashing
 /// here has any, and a packet from a spoofed source skips the map lookups.
 /// A source that shares a live slot just takes the full path.
+///
+/// The map is BPF_F_MMAPABLE: the loader changes single words of a slot
+/// atomically through its own mapping, never the whole slot (which could
+/// undo what the XDP program wrote there in the same moment).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceHorizon {
@@ -28,7 +33,13 @@ pub struct SourceHorizon {
     /// still counts (its window of failures or its penalty): past it, a
     /// record is as good as none, and a first step skips the lookup.
     pub failing_until: u32,
-    pub _pad: u32,
+    /// How many entries `PROGRESS` (sources past their first step) may
+    /// hold for sources here: added to before each insert, taken from after
+    /// each removal that took an entry; one the LRU evicts is never taken
+    /// off, so this may count too many, never too few. At zero a first step
+    /// skips the lookup. A count, not a horizon: a lapsed sequence still
+    /// resets at its source's next knock, however late.
+    pub later_steps: u32,
 }
 const _: () = assert!(core::mem::size_of::<SourceHorizon>() == 16);
 

@@ -1,10 +1,12 @@
 //! Source horizons: per slot of source addresses, until when a source there
 //! may hold knock progress, a grant or an admitted flow, or a record of
-//! failures that still counts. A packet from a source whose horizon has
-//! passed skips every lookup of that state, which is what keeps a spoofed
-//! flood cheap.
+//! failures that still counts, and how many later steps it may hold. A
+//! packet from a source whose horizon has passed skips every lookup of that
+//! state, which is what keeps a spoofed flood cheap.
 
-use aya_ebpf::{macros::map, maps::Array};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
 use knock_common::{
     SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, horizon_units, ipv4_source_slot, source_slot,
 };
@@ -13,7 +15,7 @@ use crate::{parse::Packet, settings::now_ns};
 
 #[map]
 pub(crate) static SOURCE_HORIZONS: Array<SourceHorizon> =
-    Array::with_max_entries(SOURCE_HORIZON_SLOTS, 0);
+    Array::with_max_entries(SOURCE_HORIZON_SLOTS, BPF_F_MMAPABLE);
 
 /// The packet's source's slot in `SOURCE_HORIZONS` (`source_slot`, which
 /// for IPv4 starts from the loader's `ipv4_slot_prefix`).
@@ -34,7 +36,7 @@ pub fn at(slot: u32) -> SourceHorizon {
         knocking_until: u32::MAX,
         admitted_until: u32::MAX,
         failing_until: u32::MAX,
-        _pad: 0,
+        later_steps: u32::MAX,
     })
 }
 
@@ -76,4 +78,33 @@ pub fn raise(settings: &Settings, slot: u32, horizon: Horizon, now: u64) {
     if *until < raised {
         *until = raised;
     }
+}
+
+/// Counts an entry about to be put in `PROGRESS` for a source of `slot`
+/// (before the insert, so the count never falls short of the entries).
+#[inline(always)]
+pub fn add_later_step(slot: u32) {
+    count_later_steps(slot, 1);
+}
+
+/// Takes off an entry just removed from `PROGRESS` for a source of `slot`.
+#[inline(always)]
+pub fn remove_later_step(slot: u32) {
+    count_later_steps(slot, 1u32.wrapping_neg());
+}
+
+/// Adds `change` to `slot`'s `later_steps` in one atomic instruction (CPUs
+/// count there at once; the target's `Atomic*` types offer no
+/// read-modify-write, the intrinsic compiles to BPF's `lock add`).
+#[inline(always)]
+fn count_later_steps(slot: u32, change: u32) {
+    let Some(slot) = SOURCE_HORIZONS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a value pointer the array lookup just returned, valid while
+    // the map lives, aligned for its u32 fields; every change to
+    // `later_steps` is atomic.
+    unsafe {
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*slot).later_steps, change)
+    };
 }

@@ -202,7 +202,10 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     };
     let knock = scan.knock;
     let slot = scan.horizon_slot;
-    let stored = Stored::find(&key);
+    // Read at every rule: an earlier one may have just counted a failure
+    // or a later step.
+    let horizon = horizon::at(slot);
+    let stored = Stored::find(&key, horizon.later_steps != 0);
     // Only a first step may create progress: spoofed noise costs two lookups.
     if stored.is_none() && rule.sequence[0] != knock {
         return 0;
@@ -214,10 +217,9 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         return 1;
     }
     let now = now_ns();
-    // Read at every rule: an earlier one may have just counted a failure.
     // Past the failing horizon a record of failures is as good as none
     // (counting one more starts afresh either way): no lookup.
-    let penalty = if horizon::at(slot).failing_until > horizon_units(now) {
+    let penalty = if horizon.failing_until > horizon_units(now) {
         PENALTIES.get_ptr_mut(&scan.src)
     } else {
         None
@@ -235,13 +237,13 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     }
     let reason = match transition.outcome {
         Outcome::Idle => {
-            stored.forget(&key);
+            stored.forget(&key, slot);
             return 0;
         }
         Outcome::Untouched => return 0,
         Outcome::Duplicate => Reason::DropKnockDuplicate,
         Outcome::Advanced(next) => {
-            stored.keep(&key, &next);
+            stored.keep(&key, &next, slot);
             horizon::raise(settings, slot, Horizon::Knocking, now);
             let step = next.next_step as u8;
             // First steps are what a spoofed flood sends: their events share
@@ -260,7 +262,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             Reason::DropKnockAdvanced
         }
         Outcome::Granted => {
-            stored.forget(&key);
+            stored.forget(&key, slot);
             if rule.once != 0 && spend(rule_index, rule.sequence_tag, now) {
                 events::emit(
                     event_kind::RESET,
@@ -319,7 +321,8 @@ fn spend(rule: u32, sequence_tag: u32, now: u64) -> bool {
 
 /// Where a source's progress through a rule is stored: sources that sent only
 /// the first step in `FIRST_STEPS`, sources past it in `PROGRESS`, so a flood
-/// of spoofed first steps can only ever evict other first steps.
+/// of spoofed first steps can only ever evict other first steps. Entries of
+/// `PROGRESS` are counted in their source's horizon slot (`later_steps`).
 #[derive(Clone, Copy)]
 enum Stored {
     Nowhere,
@@ -328,9 +331,11 @@ enum Stored {
 }
 
 impl Stored {
+    /// Where `key` is stored; `PROGRESS` only looked at if `later` (its
+    /// slot counts entries there).
     #[inline(always)]
-    fn find(key: &SourceRule) -> Stored {
-        if let Some(slot) = PROGRESS.get_ptr_mut(key) {
+    fn find(key: &SourceRule, later: bool) -> Stored {
+        if later && let Some(slot) = PROGRESS.get_ptr_mut(key) {
             return Stored::Later(slot);
         }
         match FIRST_STEPS.get_ptr_mut(key) {
@@ -354,27 +359,40 @@ impl Stored {
         }
     }
 
+    /// Removes `key` from where it is stored; `horizon_slot` is its
+    /// source's.
     #[inline(always)]
-    fn forget(self, key: &SourceRule) {
-        let _ = match self {
-            Stored::Nowhere => Ok(()),
-            Stored::FirstStep(_) => FIRST_STEPS.remove(key),
-            Stored::Later(_) => PROGRESS.remove(key),
-        };
+    fn forget(self, key: &SourceRule, horizon_slot: u32) {
+        match self {
+            Stored::Nowhere => {}
+            Stored::FirstStep(_) => {
+                let _ = FIRST_STEPS.remove(key);
+            }
+            // Only the CPU whose removal took the entry counts it off.
+            Stored::Later(_) => {
+                if PROGRESS.remove(key).is_ok() {
+                    horizon::remove_later_step(horizon_slot);
+                }
+            }
+        }
     }
 
     /// Stores `next` in the map its step belongs to, moving it if needed.
     #[inline(always)]
-    fn keep(self, key: &SourceRule, next: &Progress) {
+    fn keep(self, key: &SourceRule, next: &Progress, horizon_slot: u32) {
         match (self, next.next_step <= 1) {
             // SAFETY: as in `get`; the whole value is overwritten.
             (Stored::FirstStep(slot), true) | (Stored::Later(slot), false) => unsafe {
                 *slot = *next
             },
-            (_, first) => {
-                self.forget(key);
-                let map = if first { &FIRST_STEPS } else { &PROGRESS };
-                let _ = map.insert(key, next, 0);
+            (_, true) => {
+                self.forget(key, horizon_slot);
+                let _ = FIRST_STEPS.insert(key, next, 0);
+            }
+            (_, false) => {
+                self.forget(key, horizon_slot);
+                horizon::add_later_step(horizon_slot);
+                let _ = PROGRESS.insert(key, next, 0);
             }
         }
     }

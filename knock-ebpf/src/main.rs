@@ -4,6 +4,9 @@
 //! variant `traced.rs` builds from the same modules, for as long as a trace
 //! runs.
 #![no_std]
+// `atomic_xadd`: the BPF target's atomics offer no read-modify-write.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod conceal;

@@ -3,6 +3,9 @@
 //! runs. Everything else is the filter's own code, decision for decision;
 //! only its `trace` module differs from `main.rs`'s.
 #![no_std]
+// `atomic_xadd`: the BPF target's atomics offer no read-modify-write.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod conceal;

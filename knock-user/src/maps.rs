@@ -3,16 +3,23 @@
 //! through it, whether the maps come from a program just loaded or from the
 //! pins of a filter no process holds.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    sys::SyscallError,
 };
 use knock_common::{
     Addr, Answer, Flow, FlowKey, Grant, IPPROTO_UDP, Instance, PortRoles, Progress, Reason,
-    RuleConfig, Settings, SourceHorizon, SourceRule, SpentKey, addr_words, horizon_units,
-    map_names, source_slot,
+    RuleConfig, SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, SourceRule, SpentKey, addr_words,
+    horizon_units, map_names, source_slot,
 };
 
 use crate::pins::{GENERATION_MAPS, PinDir, STATE_MAPS};
@@ -340,6 +347,11 @@ impl Maps {
         self.entries(map_names::PENALTIES)
     }
 
+    /// Progress of sources past their first step (`PROGRESS` alone).
+    pub fn later_progress(&self) -> Result<Vec<(SourceRule, Progress)>, MapsError> {
+        self.entries(map_names::PROGRESS)
+    }
+
     /// How full each bounded state map is.
     pub fn occupancy(&self) -> Result<BTreeMap<&'static str, Occupancy>, MapsError> {
         let mut all = BTreeMap::new();
@@ -390,7 +402,8 @@ impl Maps {
         Ok((slot, horizon))
     }
 
-    /// Overwrites a `SOURCE_HORIZONS` slot.
+    /// Overwrites a whole `SOURCE_HORIZONS` slot: for tests and the bench,
+    /// while no traffic runs (`grant` changes one word, atomically).
     pub fn set_source_horizon(
         &mut self,
         slot: u32,
@@ -402,19 +415,36 @@ impl Maps {
             .map_err(map_error(map_names::SOURCE_HORIZONS))
     }
 
+    /// `SOURCE_HORIZONS` mapped into this process.
+    fn mapped_horizons(&self) -> Result<MappedHorizons, MapsError> {
+        let name = map_names::SOURCE_HORIZONS;
+        let map = self.maps.get(name).ok_or_else(|| missing(name))?;
+        MappedHorizons::map(map_data(map)).map_err(|io_error| MapsError {
+            name,
+            source: MapError::SyscallError(SyscallError {
+                call: "mmap",
+                io_error,
+            }),
+        })
+    }
+
     /// Grants `addr` rule `rule` until `expires_ns` (kernel clock), as the
     /// kernel does when a sequence completes: the source's admitted horizon
     /// first (else the filter could skip the lookup that finds the grant),
     /// then the grant.
     pub fn grant(&mut self, addr: &Addr, rule: u32, expires_ns: u64) -> Result<(), MapsError> {
-        let (slot, mut horizon) = self.source_horizon(addr)?;
+        let (slot, horizon) = self.source_horizon(addr)?;
         // Past the grant's end, as `horizon_span` would raise it from now.
         let until = horizon_units(expires_ns).saturating_add(2);
         if horizon.admitted_until < until {
-            horizon.admitted_until = until;
-            // A plain write: a kernel raise racing it may be lost, which
-            // only costs that source a lookup it then takes again.
-            self.set_source_horizon(slot, &horizon)?;
+            // That word alone, atomically: the slot's other words are the
+            // XDP program's to raise and count at any moment. (A raise of
+            // the same word by the program at the same moment may win with
+            // its own span: at least any `open_for` or idle time of the
+            // configuration.)
+            self.mapped_horizons()?
+                .word(slot, core::mem::offset_of!(SourceHorizon, admitted_until))
+                .fetch_max(until, Ordering::SeqCst);
         }
         let mut grants: HashMap<_, SourceRule, Grant> = self.get_mut(map_names::GRANTS)?;
         grants
@@ -534,7 +564,7 @@ impl Maps {
                 knocking_until: horizon.knocking_until.saturating_sub(units),
                 admitted_until: horizon.admitted_until.saturating_sub(units),
                 failing_until: horizon.failing_until.saturating_sub(units),
-                _pad: 0,
+                ..horizon
             };
             self.set_source_horizon(slot, &aged)?;
         }
@@ -557,6 +587,11 @@ impl Maps {
         let name = if progress.next_step <= 1 {
             map_names::FIRST_STEPS
         } else {
+            // Counted in the source's slot, as the kernel counts it.
+            let (slot, _) = self.source_horizon(&key.addr)?;
+            self.mapped_horizons()?
+                .word(slot, core::mem::offset_of!(SourceHorizon, later_steps))
+                .fetch_add(1, Ordering::SeqCst);
             map_names::PROGRESS
         };
         let mut map: HashMap<_, SourceRule, Progress> = self.get_mut(name)?;
@@ -599,6 +634,58 @@ fn missing(name: &'static str) -> MapsError {
 fn open_pinned(name: &'static str, path: &Path) -> Result<Map, MapsError> {
     let data = MapData::from_pin(path).map_err(map_error(name))?;
     Map::from_map_data(data).map_err(map_error(name))
+}
+
+/// `SOURCE_HORIZONS` mapped into this process (the map is
+/// BPF_F_MMAPABLE), so the loader changes one word of a slot atomically: a
+/// write through the bpf syscall replaces a whole slot, and could undo what
+/// the XDP program wrote to its other words in the same moment.
+struct MappedHorizons {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl MappedHorizons {
+    fn map(data: &MapData) -> std::io::Result<MappedHorizons> {
+        let len = SOURCE_HORIZON_SLOTS as usize * size_of::<SourceHorizon>();
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: a new shared mapping of the map's fd; the kernel refuses
+        // one longer than the map's values (its slots, page-rounded).
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(MappedHorizons { base, len })
+    }
+
+    /// The word at `field` (an offset into `SourceHorizon`) of `slot`.
+    fn word(&self, slot: u32, field: usize) -> &AtomicU32 {
+        assert!(
+            slot < SOURCE_HORIZON_SLOTS && field + 4 <= size_of::<SourceHorizon>(),
+            "a word of a horizon slot"
+        );
+        let at = slot as usize * size_of::<SourceHorizon>() + field;
+        // SAFETY: inside the mapping (checked above), 4-aligned (a
+        // page-aligned base, 16-byte slots of u32 fields), and the program
+        // changes it only by whole-word stores or atomic adds.
+        unsafe { AtomicU32::from_ptr(self.base.cast::<u8>().add(at).cast::<u32>()) }
+    }
+}
+
+impl Drop for MappedHorizons {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `map` made, unmapped once.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
 }
 
 /// The data behind any kind of map this filter uses.

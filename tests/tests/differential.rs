@@ -354,6 +354,18 @@ fn check_horizons(filter: &mut Filter, config: &Config) -> Result<(), TestCaseEr
             !failing || horizon.failing_until > now_units,
             "{addr:?} has a record of failures behind its horizon {horizon:?} at {now_units}"
         );
+        // Every entry past a first step is counted in its source's slot.
+        let later = filter
+            .maps()
+            .later_progress()
+            .expect("progress")
+            .into_iter()
+            .filter(|(k, _)| k.addr == addr)
+            .count() as u32;
+        prop_assert!(
+            horizon.later_steps >= later,
+            "{addr:?} has {later} entries past a first step, its slot counts {horizon:?}"
+        );
         prop_assert!(
             !admitted || horizon.admitted_until > now_units,
             "{addr:?} granted behind its horizon {horizon:?} at {now_units}"
