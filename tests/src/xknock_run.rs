@@ -223,6 +223,19 @@ impl Xknock {
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
         self.log.wait_for(timeout, |l| l.contains(needle))
     }
+
+    /// How many lines xknock has logged so far.
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    /// Like `wait_log`, for a line logged after the first `from` ones: a
+    /// message xknock prints again and again (each reload) is waited for
+    /// anew.
+    pub fn wait_log_after(&self, from: usize, needle: &str, timeout: Duration) -> Option<String> {
+        let index = self.log.wait_index(from, timeout, |l| l.contains(needle))?;
+        self.log.snapshot().get(index).cloned()
+    }
 }
 
 impl Drop for Xknock {
