@@ -272,7 +272,14 @@ async fn serve(
         );
         metrics::spawn(listener, pins.clone(), reloads.clone())?;
     }
-    let mut spent: Vec<OneTime> = Vec::new();
+    // A one-time line the kernel spent while no run could mark it (one
+    // killed between the grant and the mark) is marked now, as its grant
+    // would have had it: else the spent line stays in place, refused, and
+    // the next one, which clients send, opens nothing.
+    let mut spent = spent_one_time(running)?;
+    if !spent.is_empty() {
+        put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
+    }
     let mut last_prune = Instant::now();
     // A closed stdout (say `xknock run | head`) ends the run cleanly.
     let print = |record: Record| -> anyhow::Result<()> {
@@ -320,23 +327,7 @@ async fn serve(
                 // A one-time sequence that opened is marked used, and the
                 // next one put in place (the kernel already refuses it again).
                 if !spent.is_empty() {
-                    for used in spent.drain(..) {
-                        if let Err(error) = one_time::mark_used(&used.path, used.line) {
-                            eprintln!(
-                                "xknock: error: marking line {} of {} used: {error}",
-                                used.line,
-                                used.path.display()
-                            );
-                        }
-                    }
-                    let result = reload(running, options, ifaces, pins);
-                    reloads.record(result.is_ok());
-                    match result {
-                        Ok(()) => eprintln!("xknock: next one-time sequence in place"),
-                        Err(error) => eprintln!(
-                            "xknock: error: putting the next one-time sequence in place failed, the used one stays refused: {error:#}"
-                        ),
-                    }
+                    put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
                 }
             }
             guard = datagrams.readable_mut() => {
@@ -469,6 +460,55 @@ impl RefusalBudget {
 }
 
 /// The one-time sequence the rule `name` opened with, if it has one.
+/// Marks the one-time lines in `spent` used and puts the next ones in
+/// place (the kernel already refuses the used ones).
+fn put_next_one_time(
+    spent: &mut Vec<OneTime>,
+    running: &mut Running,
+    options: &RunOptions,
+    ifaces: &[String],
+    pins: &PinDir,
+    reloads: &Reloads,
+) {
+    for used in spent.drain(..) {
+        if let Err(error) = one_time::mark_used(&used.path, used.line) {
+            eprintln!(
+                "xknock: error: marking line {} of {} used: {error}",
+                used.line,
+                used.path.display()
+            );
+        }
+    }
+    let result = reload(running, options, ifaces, pins);
+    reloads.record(result.is_ok());
+    match result {
+        Ok(()) => eprintln!("xknock: next one-time sequence in place"),
+        Err(error) => eprintln!(
+            "xknock: error: putting the next one-time sequence in place failed, the used one stays refused: {error:#}"
+        ),
+    }
+}
+
+/// The one-time lines in place whose sequence the kernel has already
+/// spent (its `SPENT` record holds their rule index and sequence tag).
+fn spent_one_time(running: &Running) -> anyhow::Result<Vec<OneTime>> {
+    let maps = running.filter.maps();
+    let rules = maps.rules()?;
+    Ok(maps
+        .spent()?
+        .into_iter()
+        .filter(|(key, _)| {
+            rules
+                .get(key.rule as usize)
+                .is_some_and(|rule| rule.steps > 0 && rule.sequence_tag == key.sequence_tag)
+        })
+        .filter_map(|(key, _)| {
+            let (name, _) = running.rules.get(key.rule)?;
+            one_time_source(&running.config, Some(name))
+        })
+        .collect())
+}
+
 fn one_time_source(config: &Config, name: Option<&str>) -> Option<OneTime> {
     let rule = config
         .rules
