@@ -37,6 +37,22 @@ fn used(path: &std::path::Path) -> Vec<bool> {
         .collect()
 }
 
+/// Waits for the run to log, after its first `from` lines, that it put
+/// the next one-time line in place.
+fn next_line_in_place(xknock: &Xknock, from: usize) {
+    assert!(
+        xknock
+            .wait_log_after(
+                from,
+                "next one-time sequence in place",
+                Duration::from_secs(30)
+            )
+            .is_some(),
+        "{:?}",
+        xknock.log()
+    );
+}
+
 #[test]
 fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     let lab = Lab::new();
@@ -66,13 +82,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
         ("reason", "spent"),
         ("source", CLIENT_V6),
     ]);
-    assert!(
-        xknock
-            .wait_log("next one-time sequence in place", Duration::from_secs(30))
-            .is_some(),
-        "{:?}",
-        xknock.log()
-    );
+    next_line_in_place(&xknock, 0);
     assert_eq!(used(&server_file), [true, false, false]);
     assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
     knock(&lab, &[&v6, "tcp:7001", "udp:7002", "tcp:7003"]);
@@ -90,17 +100,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Open);
     // This grant's line marked and the next one in place (the message the
     // first grant's reload printed does not count).
-    assert!(
-        xknock
-            .wait_log_after(
-                logged,
-                "next one-time sequence in place",
-                Duration::from_secs(30)
-            )
-            .is_some(),
-        "{:?}",
-        xknock.log()
-    );
+    next_line_in_place(&xknock, logged);
 
     // Across a kill -9 and a new run, used lines stay used; one the killed
     // run had not marked yet (the kernel spent it, the file does not say
@@ -119,13 +119,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     fs::write(&server_file, unmarked).expect("write");
     assert_eq!(used(&server_file), [true, false, false]);
     let xknock = Xknock::start_on(&lab, filter, &[], false);
-    assert!(
-        xknock
-            .wait_log("next one-time sequence in place", Duration::from_secs(30))
-            .is_some(),
-        "{:?}",
-        xknock.log()
-    );
+    next_line_in_place(&xknock, 0);
     assert_eq!(used(&server_file), [true, true, false]);
     for replay in [
         ["tcp:7001", "udp:7002", "tcp:7003"],
