@@ -8,7 +8,10 @@ use std::{
     net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _},
     path::Path,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use aya::{
@@ -40,6 +43,9 @@ fn map_error(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 /// The maps a loaded or pinned filter reads and writes, by name.
 pub struct Maps {
     maps: BTreeMap<&'static str, Map>,
+    /// `SOURCE_HORIZONS` in this process's memory, mapped at first use and
+    /// kept: planting a million entries mapped it a million times.
+    horizons: OnceLock<MappedHorizons>,
 }
 
 /// A grant the sweeper found expired and removed.
@@ -71,6 +77,13 @@ pub struct Occupancy {
 }
 
 impl Maps {
+    fn of(maps: BTreeMap<&'static str, Map>) -> Maps {
+        Maps {
+            maps,
+            horizons: OnceLock::new(),
+        }
+    }
+
     /// Takes the maps out of a freshly loaded object (the programs keep
     /// their own references).
     pub fn take(ebpf: &mut Ebpf) -> Maps {
@@ -80,7 +93,7 @@ impl Maps {
             .filter(|name| !is_program_slot(name))
             .filter_map(|name| Some((*name, ebpf.take_map(name)?)))
             .collect();
-        Maps { maps }
+        Maps::of(maps)
     }
 
     /// Opens the maps of a pinned filter: its state, and the configuration
@@ -97,14 +110,14 @@ impl Maps {
         for (name, path) in paths {
             maps.insert(name, open_pinned(name, &path)?);
         }
-        Ok(Maps { maps })
+        Ok(Maps::of(maps))
     }
 
     /// Just the instance record of a pinned filter.
     pub fn open_instance(path: &Path) -> Result<Maps, MapsError> {
         let name = map_names::INSTANCE;
         let maps = BTreeMap::from([(name, open_pinned(name, path)?)]);
-        Ok(Maps { maps })
+        Ok(Maps::of(maps))
     }
 
     fn get<'a, T>(&'a self, name: &'static str) -> Result<T, MapsError>
@@ -416,16 +429,22 @@ impl Maps {
     }
 
     /// `SOURCE_HORIZONS` mapped into this process.
-    fn mapped_horizons(&self) -> Result<MappedHorizons, MapsError> {
+    fn mapped_horizons(&self) -> Result<&MappedHorizons, MapsError> {
+        if let Some(mapped) = self.horizons.get() {
+            return Ok(mapped);
+        }
         let name = map_names::SOURCE_HORIZONS;
         let map = self.maps.get(name).ok_or_else(|| missing(name))?;
-        MappedHorizons::map(map_data(map)).map_err(|io_error| MapsError {
+        let mapped = MappedHorizons::map(map_data(map)).map_err(|io_error| MapsError {
             name,
             source: MapError::SyscallError(SyscallError {
                 call: "mmap",
                 io_error,
             }),
-        })
+        })?;
+        // Of two threads mapping at once, one mapping stays; the other is
+        // unmapped as it drops.
+        Ok(self.horizons.get_or_init(|| mapped))
     }
 
     /// Grants `addr` rule `rule` until `expires_ns` (kernel clock), as the
@@ -680,6 +699,12 @@ impl MappedHorizons {
         unsafe { AtomicU32::from_ptr(self.base.cast::<u8>().add(at).cast::<u32>()) }
     }
 }
+
+// SAFETY: a shared mapping of kernel memory, valid until dropped, which
+// any thread may read and which is only ever changed through atomics.
+unsafe impl Send for MappedHorizons {}
+// SAFETY: as above; `word` hands out atomics only.
+unsafe impl Sync for MappedHorizons {}
 
 impl Drop for MappedHorizons {
     fn drop(&mut self) {
