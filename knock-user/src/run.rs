@@ -459,7 +459,6 @@ impl RefusalBudget {
     }
 }
 
-/// The one-time sequence the rule `name` opened with, if it has one.
 /// Marks the one-time lines in `spent` used and puts the next ones in
 /// place (the kernel already refuses the used ones).
 fn put_next_one_time(
@@ -509,6 +508,7 @@ fn spent_one_time(running: &Running) -> anyhow::Result<Vec<OneTime>> {
         .collect())
 }
 
+/// The one-time sequence the rule `name` opened with, if it has one.
 fn one_time_source(config: &Config, name: Option<&str>) -> Option<OneTime> {
     let rule = config
         .rules
