@@ -38,27 +38,16 @@ fn program_stats(program: &Xdp) -> anyhow::Result<(Duration, u64)> {
     Ok((info.run_time(), info.run_count()))
 }
 
-/// Runs a frame through `program` once.
-fn run_once(program: &Xdp) -> impl Fn(&[u8]) -> anyhow::Result<()> + '_ {
-    move |frame| {
-        program.test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..TestRunOptions::default()
-        })?;
-        Ok(())
-    }
-}
-
-/// ns per run over `frames`, each run once, by the statistics `stats` reads.
+/// ns per run over `frames`, each run once (`run`, as `kernel`'s runners
+/// take a frame and a repeat count), by the statistics `stats` reads.
 fn ns_per_run(
     frames: &[Vec<u8>],
-    run: impl Fn(&[u8]) -> anyhow::Result<()>,
+    run: impl Fn(&[u8], u32) -> anyhow::Result<Duration>,
     stats: impl Fn() -> anyhow::Result<(Duration, u64)>,
 ) -> anyhow::Result<f64> {
     let (time_before, runs_before) = stats()?;
     for frame in frames {
-        run(frame)?;
+        run(frame, 1)?;
     }
     let (time_after, runs_after) = stats()?;
     let runs = runs_after - runs_before;
@@ -81,14 +70,10 @@ pub(crate) fn first_step_costs(effort: &Effort) -> anyhow::Result<FirstStepCosts
     let (pass, minimal) = (program("xdp_pass")?, program("xdp_minimal_filter")?);
     let config = bench_config(SILENT);
     let filter = Filter::load(&config)?;
-    let run_xknock = |frame: &[u8]| -> anyhow::Result<()> {
-        filter.test_run(frame, 1)?;
-        Ok(())
-    };
     // Fill FIRST_STEPS, so that each measured first step evicts one.
     let mut sources = 0..u32::MAX;
     for n in sources.by_ref().take(config.first_step_entries as usize) {
-        run_xknock(&first_step(n))?;
+        filter.test_run(&first_step(n), 1)?;
     }
     let frames = (effort.repeat / 10).max(1000);
     let mut samples = [const { Vec::new() }; 5];
@@ -98,9 +83,15 @@ pub(crate) fn first_step_costs(effort: &Effort) -> anyhow::Result<FirstStepCosts
             .take(frames as usize)
             .map(first_step)
             .collect();
-        let pass_ns = ns_per_run(&batch, run_once(pass), || program_stats(pass))?;
-        let minimal_ns = ns_per_run(&batch, run_once(minimal), || program_stats(minimal))?;
-        let xknock_ns = ns_per_run(&batch, run_xknock, || Ok(filter.run_stats()?))?;
+        let pass_ns = ns_per_run(&batch, baseline_run(&baselines, "xdp_pass"), || {
+            program_stats(pass)
+        })?;
+        let minimal_ns = ns_per_run(
+            &batch,
+            baseline_run(&baselines, "xdp_minimal_filter"),
+            || program_stats(minimal),
+        )?;
+        let xknock_ns = ns_per_run(&batch, xknock_run(&filter), || Ok(filter.run_stats()?))?;
         for (sample, value) in samples.iter_mut().zip([
             pass_ns,
             minimal_ns,
