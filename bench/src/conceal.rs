@@ -9,7 +9,7 @@ use std::{fmt::Write as _, net::IpAddr, time::Duration};
 use aya::Ebpf;
 use knock_common::Settings;
 use lab::wire::{Probe, SYN};
-use xknock::filter::{BASELINE_OBJECT, Filter};
+use xknock::loader::{BASELINE_OBJECT, Filter};
 
 use crate::{
     CLIENT, CLIENT_V6, Effort, FloodRow, PathCost, SERVER, SERVER_V6, Stat, baseline, baseline_run,

@@ -37,9 +37,9 @@ use lab::{
 use open::*;
 use report::*;
 use xknock::{
+    client::knock,
     config::{Config, KernelConfig, PortSpec},
-    filter::{AttachMode, BASELINE_OBJECT, Filter, key_addr, monotonic_ns},
-    knock,
+    loader::{AttachMode, BASELINE_OBJECT, Filter, key_addr, monotonic_ns},
 };
 
 const CLIENT: &str = "198.18.0.2";

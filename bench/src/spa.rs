@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use xknock::spa::{Judge, Verdict};
+use xknock::daemon::spa::{Judge, Verdict};
 
 use super::*;
 
@@ -77,7 +77,7 @@ pub(crate) fn spa_costs(effort: &Effort) -> anyhow::Result<SpaCosts> {
     let fresh = |_| {
         (0..batch)
             .map(|_| {
-                xknock::spa::request(rule, spa, Some(ip(CLIENT)), SystemTime::now())
+                xknock::client::spa::request(rule, spa, Some(ip(CLIENT)), SystemTime::now())
                     .map(String::into_bytes)
             })
             .collect::<anyhow::Result<Vec<_>>>()
@@ -106,7 +106,7 @@ pub(crate) fn spa_costs(effort: &Effort) -> anyhow::Result<SpaCosts> {
             matches!(
                 v,
                 Verdict::Refuse {
-                    reason: xknock::spa::Reason::Replay,
+                    reason: xknock::daemon::spa::Reason::Replay,
                     ..
                 }
             )
@@ -139,7 +139,7 @@ pub(crate) fn spa_costs(effort: &Effort) -> anyhow::Result<SpaCosts> {
             matches!(
                 v,
                 Verdict::Refuse {
-                    reason: xknock::spa::Reason::BadHmac,
+                    reason: xknock::daemon::spa::Reason::BadHmac,
                     ..
                 }
             )

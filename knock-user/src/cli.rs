@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{config::PortSpec, events::EventFormat, filter::AttachMode};
+use crate::{config::PortSpec, daemon::events::EventFormat, loader::AttachMode};
 
 /// Port knocking at XDP: protected ports stay invisible until a source sends
 /// the right knock sequence.
@@ -172,6 +172,40 @@ pub fn write_assets(out: &std::path::Path) -> std::io::Result<()> {
         clap_complete::generate_to(shell, &mut command.clone(), "xknock", &completions)?;
     }
     std::fs::write(out.join("xknock.service"), SYSTEMD_UNIT)
+}
+
+/// The library's messages (through `log`) as the lines `xknock` prints on
+/// stderr: `xknock: MESSAGE`, with `error: ` or `warning: ` before the
+/// message at those levels. Only xknock's own records: the aya crates log
+/// their internals through the same facade.
+struct Stderr;
+
+impl log::Log for Stderr {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info && metadata.target().starts_with("xknock")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Error => "error: ",
+            log::Level::Warn => "warning: ",
+            _ => "",
+        };
+        eprintln!("xknock: {level}{}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Sends the library's messages to stderr; call once, first thing.
+pub fn log_to_stderr() {
+    static STDERR: Stderr = Stderr;
+    if log::set_logger(&STDERR).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
 }
 
 #[cfg(test)]

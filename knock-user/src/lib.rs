@@ -1,21 +1,17 @@
-//! xknock's userspace: configuration, the loader of the XDP filter, event
-//! decoding and the knock client. The `xknock` binary is a thin CLI on top.
+//! xknock's userspace: configuration, the loader of the XDP filter, the
+//! daemon that runs it, the operator's commands and the knock client. The
+//! `xknock` binary is a thin CLI on top.
+//!
+//! Calls go down, never up: `cli` and the binary use `daemon`, `admin` and
+//! `client`; `daemon` may read `admin::status`; all of them use `loader`,
+//! `config` and `fwknop`; `loader` uses `config`; everything uses
+//! knock-common.
 
+pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod config;
-pub mod events;
-pub mod filter;
+pub mod daemon;
 pub mod fwknop;
-pub mod host;
 pub mod import;
-pub mod knock;
-pub mod listeners;
-pub mod maps;
-pub mod metrics;
-pub mod pins;
-pub mod run;
-pub mod sent;
-pub mod slots;
-pub mod spa;
-pub mod status;
-pub mod trace;
+pub mod loader;

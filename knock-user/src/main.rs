@@ -9,14 +9,14 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use clap::{CommandFactory as _, FromArgMatches as _};
 use xknock::{
+    admin::{self, status::Status},
     cli::{Cli, Command},
+    client::knock,
+    client::sent,
     config::{KernelConfig, PortSpec},
-    filter::embedded_program,
-    knock,
-    pins::PinDir,
-    run::{RunOptions, load_config, read_config, run, warn_of_served_ports},
-    sent,
-    status::{self, Status},
+    daemon::run::{RunOptions, load_config, read_config, run, warn_of_served_ports},
+    loader::embedded_program,
+    loader::pins::PinDir,
 };
 
 /// The pin directory a configuration file names.
@@ -35,6 +35,7 @@ fn version() -> String {
 }
 
 fn main() -> ExitCode {
+    xknock::cli::log_to_stderr();
     let version: &'static str = Box::leak(version().into_boxed_str());
     let matches = Cli::command().version(version).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
             rule,
             duration,
         } => pins_of(&config).and_then(|pins| {
-            let granted = status::grant(&pins, addr, &rule, duration)?;
+            let granted = admin::grant(&pins, addr, &rule, duration)?;
             eprintln!(
                 "xknock: granted {addr} rule {rule} for {}",
                 humantime::format_duration(granted)
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
             rule,
             flows,
         } => pins_of(&config).and_then(|pins| {
-            let (grants, ended) = status::revoke(&pins, addr, rule.as_deref(), flows)?;
+            let (grants, ended) = admin::revoke(&pins, addr, rule.as_deref(), flows)?;
             eprintln!("xknock: revoked {grants} grant(s) of {addr}; ended {ended} flow(s)");
             Ok(())
         }),
@@ -109,7 +110,7 @@ fn main() -> ExitCode {
             addr,
             config,
             duration,
-        } => pins_of(&config).and_then(|pins| xknock::trace::trace(&pins, addr, duration)),
+        } => pins_of(&config).and_then(|pins| xknock::daemon::trace::trace(&pins, addr, duration)),
         Command::ImportKnockd { knockd_conf } => (|| {
             let text = std::fs::read_to_string(&knockd_conf)
                 .with_context(|| format!("cannot read {}", knockd_conf.display()))?;
@@ -125,7 +126,7 @@ fn main() -> ExitCode {
             .map(|secret| println!("{secret}"))
             .map_err(|e| anyhow!("no random bytes from the kernel: {e}")),
         Command::Detach { config } => pins_of(&config).and_then(|pins| {
-            if status::detach(&pins)? {
+            if admin::detach(&pins)? {
                 eprintln!("xknock: detached; removed {}", pins.root().display());
             } else {
                 eprintln!(
@@ -161,7 +162,7 @@ fn send_spa(
         .ok_or_else(|| anyhow!("{} has no [[spa]] named `{name}`", path.display()))?;
     let spa = rule.spa.as_ref().expect("found by it");
     let target = knock::resolve(host).with_context(|| format!("cannot resolve `{host}`"))?;
-    let packet = xknock::spa::request(rule, spa, allow_ip, std::time::SystemTime::now())?;
+    let packet = xknock::client::spa::request(rule, spa, allow_ip, std::time::SystemTime::now())?;
     knock::send_datagram(target, spa.listen, packet.as_bytes())
         .with_context(|| format!("sending an SPA packet to {target}"))?;
     eprintln!(

@@ -192,7 +192,7 @@ pub struct Lab {
 /// the calling thread is in.
 fn attach_reference(program: &str, iface: &str) -> aya::Ebpf {
     let mut ebpf =
-        aya::Ebpf::load(xknock::filter::BASELINE_OBJECT).expect("load the reference object");
+        aya::Ebpf::load(xknock::loader::BASELINE_OBJECT).expect("load the reference object");
     let xdp: &mut aya::programs::Xdp = ebpf
         .program_mut(program)
         .unwrap_or_else(|| panic!("the reference object has no {program}"))

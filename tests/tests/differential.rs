@@ -30,7 +30,7 @@ use lab::{
 use proptest::{prelude::*, test_runner::TestRunner};
 use xknock::{
     config::{Conceal, Config, KernelConfig, PortSpec},
-    filter::{Filter, key_addr, monotonic_ns},
+    loader::{Filter, key_addr, monotonic_ns},
 };
 
 const XDP_DROP: u32 = 1;

@@ -12,7 +12,7 @@ use lab::{
 };
 use xknock::{
     config::{Config, KernelConfig},
-    filter::Filter,
+    loader::Filter,
 };
 
 const XDP_DROP: u32 = 1;

@@ -308,7 +308,7 @@ fn fwknopd_and_xknock_agree_on_the_same_packets() {
     let ours = {
         let config = xknock::config::Config::parse(&config).expect("valid");
         let rule = &config.rules[0];
-        xknock::spa::request(
+        xknock::client::spa::request(
             rule,
             rule.spa.as_ref().expect("an SPA entry"),
             Some(CLIENT_V4.parse().expect("address")),

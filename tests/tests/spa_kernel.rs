@@ -14,7 +14,7 @@ use lab::{
 };
 use xknock::{
     config::{Config, KernelConfig},
-    filter::Filter,
+    loader::Filter,
 };
 
 const XDP_DROP: u32 = 1;
@@ -82,7 +82,7 @@ fn drain(ring: &mut RingBuf<MapData>) -> Vec<(IpAddr, u16, Vec<u8>)> {
     let mut all = Vec::new();
     while let Some(item) = ring.next() {
         let (src, port, payload) = SpaDatagram::decode(&item).expect("a whole record");
-        all.push((xknock::filter::display_addr(&src), port, payload.to_vec()));
+        all.push((xknock::loader::display_addr(&src), port, payload.to_vec()));
     }
     all
 }

@@ -7,7 +7,7 @@
 use lab::{article_config, require_root};
 use xknock::{
     config::{Config, KernelConfig},
-    filter::Filter,
+    loader::Filter,
 };
 
 /// The verifier's own limit on instructions processed per program.

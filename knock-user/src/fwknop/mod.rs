@@ -34,7 +34,10 @@ mod message;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
+use std::{
+    fmt,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use base64::{
     Engine as _,
@@ -236,4 +239,12 @@ pub(crate) fn seal_with(
 /// hash).
 pub fn replay_key(payload: &[u8]) -> [u8; 32] {
     Sha256::digest(payload).into()
+}
+
+/// Seconds since the Unix epoch (negative before it, as a clock can be).
+pub fn unix_seconds(time: SystemTime) -> i64 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    }
 }

@@ -10,15 +10,15 @@
 
 use std::{
     net::IpAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use knock_common::{Addr, Knock};
 
 use crate::{
     config::{Config, PortSpec, Prefix},
-    fwknop::{self, Keys, MessageType, Proto, Refusal},
-    maps::{Maps, MapsError, Remembered},
+    fwknop::{self, Keys, MessageType, Proto, Refusal, unix_seconds},
+    loader::maps::{Maps, MapsError, Remembered},
 };
 
 /// Why a packet opened nothing: the `reason` of an `spa_refused` event.
@@ -122,14 +122,6 @@ struct Entry {
 pub struct Judge {
     entries: Vec<Entry>,
     deny: Vec<Prefix>,
-}
-
-/// Seconds since the Unix epoch (negative before it, as a clock can be).
-fn unix_seconds(time: SystemTime) -> i64 {
-    match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
-    }
 }
 
 /// Forgets the accepted packets whose `max_age` is over at `now` (a packet
@@ -293,7 +285,7 @@ impl Judge {
                     access.addr
                 ));
             }
-            crate::maps::display_addr(source)
+            crate::loader::maps::display_addr(source)
         } else {
             IpAddr::V4(access.addr)
         };
@@ -312,41 +304,6 @@ impl Judge {
             open_for,
         }))
     }
-}
-
-/// The SPA packet `xknock knock --spa` sends for `rule` (an `[[spa]]`
-/// entry): an access request for every port it protects, for `allow_ip`,
-/// or for the address the packet comes from (`0.0.0.0`, fwknop's `-s`).
-pub fn request(
-    rule: &crate::config::Rule,
-    spa: &crate::config::spa::Spa,
-    allow_ip: Option<IpAddr>,
-    now: SystemTime,
-) -> anyhow::Result<String> {
-    let keys = spa.keys();
-    let mut ports = Vec::with_capacity(rule.protect.len());
-    for port in &rule.protect {
-        let proto = match port.0.proto {
-            knock_common::IPPROTO_TCP => Proto::Tcp,
-            knock_common::IPPROTO_UDP => Proto::Udp,
-            _ => anyhow::bail!("{port} cannot be asked for in an SPA request"),
-        };
-        ports.push((proto, port.0.port));
-    }
-    let addr = match allow_ip {
-        None => std::net::Ipv4Addr::UNSPECIFIED,
-        Some(IpAddr::V4(v4)) => v4,
-        Some(IpAddr::V6(v6)) => anyhow::bail!(
-            "fwknop's requests carry IPv4 addresses only; leave out --allow-ip and send from {v6} to be admitted by source"
-        ),
-    };
-    let outgoing = fwknop::Outgoing {
-        user: std::env::var("USER").unwrap_or_else(|_| "xknock".into()),
-        timestamp: unix_seconds(now),
-        access: fwknop::Access { addr, ports },
-        client_timeout: None,
-    };
-    Ok(fwknop::seal(&outgoing, &keys)?)
 }
 
 #[cfg(test)]

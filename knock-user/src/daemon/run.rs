@@ -20,21 +20,21 @@ use tokio::{
 };
 
 use crate::{
+    admin::status::nonzero,
     config::{
         Config,
         one_time::{self, OneTime},
     },
-    events::{EventFormat, Record, RuleBook},
-    filter::{
+    daemon::events::{EventFormat, Record, RuleBook},
+    daemon::listeners,
+    daemon::metrics::{self, Reloads},
+    daemon::spa::{self, Judge, Verdict},
+    loader::maps::{display_addr, key_addr},
+    loader::pins::{Lock, PinDir},
+    loader::{
         AttachMode, Filter, FilterError, Installed, check_interface, embedded_program,
         monotonic_ns, read_instance,
     },
-    listeners,
-    maps::{display_addr, key_addr},
-    metrics::{self, Reloads},
-    pins::{Lock, PinDir},
-    spa::{self, Judge, Verdict},
-    status::nonzero,
 };
 
 /// What `xknock run` was asked to do.
@@ -51,7 +51,7 @@ pub struct RunOptions {
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
     let config = read_config(path)?;
     for warning in &config.warnings {
-        eprintln!("xknock: warning: {}: {warning}", path.display());
+        log::warn!("{}: {warning}", path.display());
     }
     Ok(config)
 }
@@ -61,7 +61,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 /// `check-config`).
 pub fn warn_of_served_ports(config: &Config) {
     for warning in listeners::rotating_port_warnings(config) {
-        eprintln!("xknock: warning: {warning}");
+        log::warn!("{warning}");
     }
 }
 
@@ -118,8 +118,8 @@ fn prepare(
     let mut all = ifaces.to_vec();
     for pinned in pins.links()? {
         if !all.contains(&pinned.iface) {
-            eprintln!(
-                "xknock: `{}` is not in this configuration, but the filter is pinned on it: it gets the new program too (`xknock detach` takes the filter off every interface)",
+            log::info!(
+                "`{}` is not in this configuration, but the filter is pinned on it: it gets the new program too (`xknock detach` takes the filter off every interface)",
                 pinned.iface
             );
             all.push(pinned.iface);
@@ -153,9 +153,9 @@ fn put_in_place(
     for iface in &ifaces {
         match filter.install(pins, iface, mode)? {
             _ if quiet => {}
-            Installed::Attached(used) => eprintln!("xknock: attached to {iface} ({used} mode)"),
-            Installed::Replaced(kept) => eprintln!(
-                "xknock: attached to {iface} ({kept} mode, replacing the program on its pinned link; state kept)"
+            Installed::Attached(used) => log::info!("attached to {iface} ({used} mode)"),
+            Installed::Replaced(kept) => log::info!(
+                "attached to {iface} ({kept} mode, replacing the program on its pinned link; state kept)"
             ),
         }
     }
@@ -230,10 +230,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         .context("starting the event loop")?;
     let streamed = runtime.block_on(serve(&mut running, &options, &ifaces, &pins));
     let maps = running.filter.maps();
-    eprintln!("xknock: verdicts: {}", nonzero(&maps.counters()?));
-    eprintln!("xknock: answers: {}", nonzero(&maps.answers()?));
-    eprintln!(
-        "xknock: stopped; the filter stays on {} and keeps enforcing (`xknock detach --config {}` takes it off)",
+    log::info!("verdicts: {}", nonzero(&maps.counters()?));
+    log::info!("answers: {}", nonzero(&maps.answers()?));
+    log::info!(
+        "stopped; the filter stays on {} and keeps enforcing (`xknock detach --config {}` takes it off)",
         running.ifaces.join(", "),
         options.config.display()
     );
@@ -266,10 +266,7 @@ async fn serve(
     if let Some(addr) = options.metrics {
         let listener =
             std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}"))?;
-        eprintln!(
-            "xknock: metrics at http://{}/metrics",
-            listener.local_addr()?
-        );
+        log::info!("metrics at http://{}/metrics", listener.local_addr()?);
         metrics::spawn(listener, pins.clone(), reloads.clone())?;
     }
     // A one-time line the kernel spent while no run could mark it (one
@@ -317,7 +314,7 @@ async fn serve(
                             }
                             print(record)?;
                         }
-                        Err(error) => eprintln!("xknock: skipping an event: {error}"),
+                        Err(error) => log::info!("skipping an event: {error}"),
                     }
                     drained += 1;
                 }
@@ -338,13 +335,13 @@ async fn serve(
                     let Some(item) = ring.next() else { break };
                     drained += 1;
                     let Some((source, port, payload)) = SpaDatagram::decode(&item) else {
-                        eprintln!("xknock: skipping an SPA record of {} bytes", item.len());
+                        log::info!("skipping an SPA record of {} bytes", item.len());
                         continue;
                     };
                     let record = match admit_spa(running, &source, port, payload) {
                         Ok(record) => record,
                         Err(error) => {
-                            eprintln!("xknock: error: an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
+                            log::error!("an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
                             continue;
                         }
                     };
@@ -361,7 +358,7 @@ async fn serve(
                     print(Record::expired(&grant, &running.rules))?;
                 }
                 if let Some(hidden) = refusals.hidden_in_last_window() {
-                    eprintln!("xknock: {hidden} more SPA packet(s) refused in the last second, not shown one by one");
+                    log::info!("{hidden} more SPA packet(s) refused in the last second, not shown one by one");
                 }
                 if last_prune.elapsed() >= REPLAY_PRUNE_INTERVAL {
                     last_prune = Instant::now();
@@ -377,13 +374,13 @@ async fn serve(
                 let result = reload(running, options, ifaces, pins);
                 reloads.record(result.is_ok());
                 match result {
-                    Ok(()) => eprintln!(
-                        "xknock: reloaded {}: {} rule(s)",
+                    Ok(()) => log::info!(
+                        "reloaded {}: {} rule(s)",
                         options.config.display(),
                         running.config.rules.len()
                     ),
-                    Err(error) => eprintln!(
-                        "xknock: error: reload refused, the filter is unchanged: {error:#}"
+                    Err(error) => log::error!(
+                        "reload refused, the filter is unchanged: {error:#}"
                     ),
                 }
             }
@@ -471,8 +468,8 @@ fn put_next_one_time(
 ) {
     for used in spent.drain(..) {
         if let Err(error) = one_time::mark_used(&used.path, used.line) {
-            eprintln!(
-                "xknock: error: marking line {} of {} used: {error}",
+            log::error!(
+                "marking line {} of {} used: {error}",
                 used.line,
                 used.path.display()
             );
@@ -481,9 +478,9 @@ fn put_next_one_time(
     let result = reload(running, options, ifaces, pins);
     reloads.record(result.is_ok());
     match result {
-        Ok(()) => eprintln!("xknock: next one-time sequence in place"),
-        Err(error) => eprintln!(
-            "xknock: error: putting the next one-time sequence in place failed, the used one stays refused: {error:#}"
+        Ok(()) => log::info!("next one-time sequence in place"),
+        Err(error) => log::error!(
+            "putting the next one-time sequence in place failed, the used one stays refused: {error:#}"
         ),
     }
 }
@@ -566,8 +563,8 @@ fn rotate(running: &mut Running, options: &RunOptions, pins: &PinDir) {
         }
     };
     if let Err(error) = result {
-        eprintln!(
-            "xknock: error: putting the next rotating sequences in place failed, trying again in {}s: {error:#}",
+        log::error!(
+            "putting the next rotating sequences in place failed, trying again in {}s: {error:#}",
             ROTATION_RETRY.as_secs()
         );
         running.next_rotation = Some(now + ROTATION_RETRY);

@@ -25,7 +25,7 @@ use knock_common::{
     horizon_units, map_names, source_slot,
 };
 
-use crate::pins::{GENERATION_MAPS, PinDir, STATE_MAPS};
+use super::pins::{GENERATION_MAPS, PinDir, STATE_MAPS};
 
 /// A map is missing, or could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,14 @@ pub enum Remembered {
 
 /// `BPF_NOEXIST`: insert only when the key is absent.
 const BPF_NOEXIST: u64 = 1;
+
+/// The programs the filter tail-calls, each with its slot (a program array
+/// of one): `xknock_conceal` answers stopped packets, `xknock_knock` runs
+/// possible knock steps (echo requests too).
+pub const TAIL_CALLS: [(&str, &str); 2] = [
+    (knock_common::CONCEAL_PROGRAM_NAME, map_names::CONCEAL),
+    (knock_common::KNOCK_PROGRAM_NAME, map_names::KNOCK),
+];
 
 /// How full a map is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -636,9 +644,7 @@ impl Maps {
 
 /// The program arrays, which stay with the programs that tail-call them.
 fn is_program_slot(name: &str) -> bool {
-    crate::filter::TAIL_CALLS
-        .iter()
-        .any(|(_, slot)| *slot == name)
+    TAIL_CALLS.iter().any(|(_, slot)| *slot == name)
 }
 
 fn missing(name: &'static str) -> MapsError {

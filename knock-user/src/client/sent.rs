@@ -29,8 +29,8 @@ pub fn next_window(rotating: &Rotating) -> anyhow::Result<(u64, Vec<PortSpec>)> 
             .window_start(next)
             .duration_since(now)
             .unwrap_or_default();
-        eprintln!(
-            "xknock: this window's sequence was sent already and opens only once; waiting {:.1}s for the next window",
+        log::info!(
+            "this window's sequence was sent already and opens only once; waiting {:.1}s for the next window",
             wait.as_secs_f64()
         );
         thread::sleep(wait + Duration::from_millis(20));

@@ -1,5 +1,12 @@
 //! The XDP program in the kernel: loading it with the configured map sizes,
-//! filling its maps, attaching it, and reading its state back.
+//! filling its maps, attaching it, and reading its state back. Its
+//! submodules own what it stands on: the pin directory, the maps, the
+//! placement of rules in slots, the host's own answers.
+
+pub mod host;
+pub mod maps;
+pub mod pins;
+pub mod slots;
 
 use std::{
     ffi::CString,
@@ -20,14 +27,14 @@ use aya::{
 };
 use knock_common::{Instance, LAYOUT_VERSION, MAX_RULES, RuleName, Settings, map_names};
 
-pub use crate::maps::{ExpiredGrant, display_addr, key_addr};
-use crate::{
-    config::{Config, KernelConfig, KernelConfigError},
+use self::{
     host::HostAnswers,
     maps::{Maps, MapsError},
     pins::{GENERATION_MAPS, Lock, PinDir, PinError, STATE_MAPS},
     slots::{NoFreeSlot, Placement, place},
 };
+use crate::config::{Config, KernelConfig, KernelConfigError};
+pub use maps::{ExpiredGrant, TAIL_CALLS, display_addr, key_addr};
 
 /// The XDP program, built by build.rs from knock-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
@@ -399,7 +406,9 @@ impl Filter {
         };
         match mode {
             AttachMode::Auto => try_mode(program, AttachMode::Native).or_else(|native_error| {
-                eprintln!("xknock: native XDP is not available on `{iface}` ({native_error}); using generic mode");
+                log::info!(
+                    "native XDP is not available on `{iface}` ({native_error}); using generic mode"
+                );
                 try_mode(program, AttachMode::Generic)
             }),
             mode => try_mode(program, mode),
@@ -430,8 +439,8 @@ impl Filter {
                 // The interface went away and took the link's attachment
                 // with it: the pin is stale.
                 Err(error) => {
-                    eprintln!(
-                        "xknock: the pinned link of `{iface}` is no longer usable ({error}); attaching anew"
+                    log::info!(
+                        "the pinned link of `{iface}` is no longer usable ({error}); attaching anew"
                     );
                     std::fs::remove_file(&pinned.path).map_err(link_error)?;
                 }
@@ -615,14 +624,6 @@ pub fn read_instance(pins: &PinDir) -> Result<Option<Instance>, FilterError> {
 
 /// The traced object's global naming the traced source (`AddrWords`).
 pub const TRACE_SOURCE: &str = "TRACE_SOURCE";
-
-/// The programs the filter tail-calls, each with its slot (a program array
-/// of one): `xknock_conceal` answers stopped packets, `xknock_knock` runs
-/// possible knock steps (echo requests too).
-pub const TAIL_CALLS: [(&str, &str); 2] = [
-    (knock_common::CONCEAL_PROGRAM_NAME, map_names::CONCEAL),
-    (knock_common::KNOCK_PROGRAM_NAME, map_names::KNOCK),
-];
 
 /// Loads every program the filter tail-calls into its slot.
 pub fn set_tail_calls(ebpf: &mut Ebpf) -> Result<(), FilterError> {

@@ -29,13 +29,13 @@ use tokio::{
 };
 
 use crate::{
-    filter::{
+    daemon::run::CHANGE_PATIENCE,
+    loader::maps::key_addr,
+    loader::pins::{GENERATION_MAPS, PinDir, PinError, STATE_MAPS},
+    loader::{
         PROGRAM_PIN, TAIL_CALLS, TRACE_SOURCE, TRACED_OBJECT, read_instance, set_tail_calls,
         set_trace_program,
     },
-    maps::key_addr,
-    pins::{GENERATION_MAPS, PinDir, PinError, STATE_MAPS},
-    run::CHANGE_PATIENCE,
 };
 
 /// Maps whose size the configuration sets: the traced object must ask for
@@ -80,8 +80,8 @@ pub fn trace(pins: &PinDir, addr: IpAddr, duration: Option<Duration>) -> anyhow:
         swap_in(pins, addr)?
     };
     let ifaces: Vec<String> = pins.links()?.into_iter().map(|l| l.iface).collect();
-    eprintln!(
-        "xknock: tracing {addr} on {} (program {}); Ctrl-C ends the trace and puts the filter's own program back",
+    log::info!(
+        "tracing {addr} on {} (program {}); Ctrl-C ends the trace and puts the filter's own program back",
         ifaces.join(", "),
         traced.program_id
     );
@@ -93,7 +93,7 @@ pub fn trace(pins: &PinDir, addr: IpAddr, duration: Option<Duration>) -> anyhow:
     let _change = pins.change(CHANGE_PATIENCE)?;
     let restored = swap_out(pins, traced.program_id)?;
     if restored > 0 {
-        eprintln!("xknock: trace ended; the filter's own program is back on {restored} link(s)");
+        log::info!("trace ended; the filter's own program is back on {restored} link(s)");
     }
     streamed
 }
@@ -211,7 +211,7 @@ async fn stream(
             }
             _ = check.tick() => {
                 if !still_traced(pins, traced.program_id) {
-                    eprintln!("xknock: the filter was reloaded or restarted; the trace ended");
+                    log::info!("the filter was reloaded or restarted; the trace ended");
                     return Ok(());
                 }
             }

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, PortSpec},
-    filter::{ExpiredGrant, display_addr, monotonic_ns},
-    spa::Verdict,
+    daemon::spa::Verdict,
+    loader::{ExpiredGrant, display_addr, monotonic_ns},
 };
 
 /// The rules of the running configuration by rule index, which is what the

@@ -13,8 +13,8 @@ use tokio::{
 };
 
 use crate::{
-    pins::PinDir,
-    status::{Status, StatusError},
+    admin::status::{Status, StatusError},
+    loader::pins::PinDir,
 };
 
 /// Reloads by result, since this process started.
@@ -170,7 +170,7 @@ pub fn spawn(
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
                     Ok(listener) => serve(listener, pins, reloads).await,
-                    Err(error) => eprintln!("xknock: error: metrics: {error}"),
+                    Err(error) => log::error!("metrics: {error}"),
                 }
             })
         })?;

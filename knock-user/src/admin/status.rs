@@ -2,7 +2,7 @@
 //! `run` process may or may not be alive), and the commands that change
 //! its state from outside: `grant`, `revoke`, `detach`.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use aya::{
     maps::Array,
@@ -13,9 +13,9 @@ use serde::Serialize;
 
 use crate::{
     config::PortSpec,
-    filter::{FilterError, monotonic_ns, read_instance},
-    maps::{Maps, Occupancy, display_addr, key_addr},
-    pins::{PinDir, PinError},
+    loader::maps::{Maps, Occupancy, display_addr},
+    loader::pins::{PinDir, PinError},
+    loader::{FilterError, monotonic_ns, read_instance},
 };
 
 /// Why a command against the pinned filter failed.
@@ -26,7 +26,7 @@ pub enum StatusError {
     #[error(transparent)]
     Filter(#[from] FilterError),
     #[error(transparent)]
-    Maps(#[from] crate::maps::MapsError),
+    Maps(#[from] crate::loader::maps::MapsError),
     #[error("the pinned XDP link {0}")]
     Link(String, #[source] aya::programs::links::LinkError),
     #[error("the running filter has no rule named `{0}` (its rules: {1})")]
@@ -126,7 +126,7 @@ impl Pinned {
     }
 
     /// The rule config at `index` in the running configuration.
-    fn rule(&self, index: u32) -> Result<RuleConfig, StatusError> {
+    pub fn rule(&self, index: u32) -> Result<RuleConfig, StatusError> {
         Ok(self
             .maps
             .rules()?
@@ -152,16 +152,18 @@ fn ports_of_rules(pins: &PinDir, generation: u64) -> Result<Vec<PortsOf>, Status
     let path = pins
         .generation(generation)
         .join(knock_common::map_names::PORT_ROLES);
-    let data = aya::maps::MapData::from_pin(&path).map_err(|source| crate::maps::MapsError {
-        name: knock_common::map_names::PORT_ROLES,
-        source,
-    })?;
-    let map = aya::maps::Map::from_map_data(data).map_err(|source| crate::maps::MapsError {
-        name: knock_common::map_names::PORT_ROLES,
-        source,
-    })?;
+    let data =
+        aya::maps::MapData::from_pin(&path).map_err(|source| crate::loader::maps::MapsError {
+            name: knock_common::map_names::PORT_ROLES,
+            source,
+        })?;
+    let map =
+        aya::maps::Map::from_map_data(data).map_err(|source| crate::loader::maps::MapsError {
+            name: knock_common::map_names::PORT_ROLES,
+            source,
+        })?;
     let roles: Array<_, PortRoles> =
-        Array::try_from(map).map_err(|source| crate::maps::MapsError {
+        Array::try_from(map).map_err(|source| crate::loader::maps::MapsError {
             name: knock_common::map_names::PORT_ROLES,
             source,
         })?;
@@ -346,49 +348,4 @@ pub fn nonzero(counts: &BTreeMap<&str, u64>) -> String {
         .map(|(name, n)| format!("{name}={n}"))
         .collect();
     listed.join(" ")
-}
-
-/// `xknock grant`: admits `addr` to rule `rule` for `duration` (the rule's
-/// `open_for` if none); returns the duration granted.
-pub fn grant(
-    pins: &PinDir,
-    addr: IpAddr,
-    rule: &str,
-    duration: Option<Duration>,
-) -> Result<Duration, StatusError> {
-    let mut pinned = Pinned::open(pins)?;
-    // Every index of a rule admits to the same ports.
-    let index = pinned.rule_indexes(rule)?[0];
-    let duration = duration
-        .unwrap_or_else(|| Duration::from_nanos(pinned.rule(index).map_or(0, |r| r.open_for_ns)));
-    let expires_ns = monotonic_ns().saturating_add(duration.as_nanos() as u64);
-    pinned.maps.grant(&key_addr(addr), index, expires_ns)?;
-    Ok(duration)
-}
-
-/// `xknock revoke`: removes `addr`'s grants (of `rule` only, if given) and,
-/// with `flows`, the connections they admitted; returns how many of each.
-pub fn revoke(
-    pins: &PinDir,
-    addr: IpAddr,
-    rule: Option<&str>,
-    flows: bool,
-) -> Result<(usize, usize), StatusError> {
-    let mut pinned = Pinned::open(pins)?;
-    let indexes = rule.map(|r| pinned.rule_indexes(r)).transpose()?;
-    Ok(pinned
-        .maps
-        .revoke(&key_addr(addr), indexes.as_deref(), flows)?)
-}
-
-/// `xknock detach`: takes the filter off every interface and removes its
-/// pins; false when nothing was pinned there.
-pub fn detach(pins: &PinDir) -> Result<bool, StatusError> {
-    if !pins.root().exists() {
-        return Ok(false);
-    }
-    let _owner = pins.own_any_layout()?;
-    let had_links = !pins.links()?.is_empty() || read_instance(pins).ok().flatten().is_some();
-    pins.remove()?;
-    Ok(had_links)
 }

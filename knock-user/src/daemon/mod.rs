@@ -1,0 +1,9 @@
+//! `xknock run` and what runs beside it: the event stream, the sweeper,
+//! reloads, the SPA judge, the metrics endpoint, and `xknock trace`.
+
+pub mod events;
+pub mod listeners;
+pub mod metrics;
+pub mod run;
+pub mod spa;
+pub mod trace;
