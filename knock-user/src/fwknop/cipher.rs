@@ -14,7 +14,7 @@ use md5::{Digest as _, Md5};
 use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
-use super::Refusal;
+use super::errors::Refusal;
 
 /// What OpenSSL's `enc` format starts with, before the salt.
 const MAGIC: &[u8; 8] = b"Salted__";

@@ -17,7 +17,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use subtle::ConstantTimeEq as _;
 
-use super::{Refusal, SealError};
+use super::errors::{Refusal, SealError};
 
 /// The protocol version the fwknop 2.6 client writes (libfko's
 /// `FKO_PROTOCOL_VERSION`).
