@@ -6,6 +6,8 @@
 //! the bench are binaries of their own, built once set-up is done.
 
 mod fresh;
+#[cfg(test)]
+mod house;
 
 use std::{
     path::{Path, PathBuf},
