@@ -28,11 +28,9 @@ use crate::{
 
 // Sizes here are defaults; the loader sets the configured ones before loading.
 #[map]
-pub(crate) static FIRST_STEPS: LruHashMap<SourceRule, Progress> =
-    LruHashMap::with_max_entries(65536, 0);
+static FIRST_STEPS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(65536, 0);
 #[map]
-pub(crate) static PROGRESS: LruHashMap<SourceRule, Progress> =
-    LruHashMap::with_max_entries(16384, 0);
+static PROGRESS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static PENALTIES: LruHashMap<Addr, Penalty> = LruHashMap::with_max_entries(65536, 0);
 
@@ -299,6 +297,15 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         set_verdict(Some(reason));
     }
     0
+}
+
+/// Whether `key` (a source and a rule) has knock progress stored, in
+/// `FIRST_STEPS` or `PROGRESS`: what the trace shows.
+#[allow(dead_code, reason = "only the traced object reads it")]
+#[inline(always)]
+pub fn has_progress(key: &SourceRule) -> bool {
+    // SAFETY: only tests whether the lookups found something.
+    unsafe { PROGRESS.get(key).is_some() || FIRST_STEPS.get(key).is_some() }
 }
 
 /// Sequences of rules that open once and have: a replay of one, however

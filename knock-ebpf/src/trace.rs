@@ -16,9 +16,7 @@ use aya_log_ebpf::info;
 use knock_common::{AddrWords, MAX_RULES, Reason, SourceRule, horizon_units};
 
 use crate::{
-    guard::{self, FLOWS, GRANTS},
-    horizon::{self, SOURCE_HORIZONS},
-    knocking::{FIRST_STEPS, PROGRESS},
+    guard, horizon, knocking,
     parse::{self, Parsed},
     settings::{self, now_ns},
     verdict,
@@ -81,23 +79,21 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
     let settings = settings::settings()?;
     let roles = settings::roles_of(packet.l4.proto, packet.l4.dst_port());
     let slot = horizon::slot(settings, &packet);
-    let horizon = SOURCE_HORIZONS.get(slot).copied().unwrap_or_default();
+    let horizon = horizon::stored(slot).unwrap_or_default();
     let now = horizon_units(now_ns());
     let src = packet.src();
     let mut progress: u32 = 0;
     let mut grants: u32 = 0;
     for rule in 0..MAX_RULES as u32 {
         let key = SourceRule { addr: src, rule };
-        // SAFETY: read-only copies of values the lookups just returned.
-        if unsafe { PROGRESS.get(&key).is_some() || FIRST_STEPS.get(&key).is_some() } {
+        if knocking::has_progress(&key) {
             progress |= 1 << rule;
         }
-        if unsafe { GRANTS.get(&key) }.is_some() {
+        if guard::has_grant(&key) {
             grants |= 1 << rule;
         }
     }
-    // SAFETY: only tests whether the lookup found something.
-    let in_flow = u8::from(unsafe { FLOWS.get(&guard::flow_key(&packet)) }.is_some());
+    let in_flow = u8::from(guard::has_flow(&packet));
     let (l3, ipv6) = packet.l4.network();
     info!(
         ctx,
