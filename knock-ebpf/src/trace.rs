@@ -1,14 +1,15 @@
 //! Logs every decision the filter makes about one source through aya-log:
 //! the framing it parsed, the roles of the port, the state it found, and the
-//! verdict. Only the traced object (`traced.rs`) has this module; the
-//! filter that normally runs carries no trace code.
+//! verdict. Only the traced object (`traced.rs`, whose `xknock_trace`
+//! program logs through it) has this module; the filter that normally runs
+//! carries no trace code.
 //!
 //! The source comes from the loader at load time (`TRACE_SOURCE`, a
 //! read-only global), as does aya-log's level.
 
 use aya_ebpf::{
     Global,
-    macros::{map, xdp},
+    macros::map,
     maps::{PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
@@ -19,16 +20,12 @@ use crate::{
     guard, horizon, knocking,
     parse::{self, Parsed},
     settings::{self, now_ns},
-    verdict,
 };
 
 /// The traced source, in the one key form, as `AddrWords`.
 #[unsafe(no_mangle)]
 static TRACE_SOURCE: Global<AddrWords> = Global::new([0; 4]);
 
-/// Logs the decision `reason` about the packet in `ctx` if it comes from
-/// the traced source. The packet is parsed again: the filter's own path
-/// stays exactly as it is without tracing.
 /// The program that logs and then acts on the verdict (`xknock_trace`),
 /// set by the loader for the length of a trace.
 #[map]
@@ -54,17 +51,23 @@ pub fn decision(ctx: &XdpContext, reason: Reason) {
     unsafe { TRACE_PROGRAM.tail_call(ctx, 0) };
 }
 
-/// Logs the decision `decision` handed over, then acts on it.
-#[xdp]
-pub fn xknock_trace(ctx: XdpContext) -> u32 {
-    // A verdict that cannot be read fails closed.
-    let reason = TRACE_REASON
+/// The verdict `decision` handed over to `xknock_trace`; one that cannot
+/// be read fails closed.
+#[inline(always)]
+pub fn handed_over() -> Reason {
+    TRACE_REASON
         .get(0)
         .and_then(|index| Reason::ALL.get(*index as usize))
         .copied()
-        .unwrap_or(Reason::DropMalformed);
-    let _ = traced(&ctx, reason);
-    verdict::act(&ctx, reason)
+        .unwrap_or(Reason::DropMalformed)
+}
+
+/// Logs the decision `reason` about the packet in `ctx` if it comes from
+/// the traced source. The packet is parsed again: the filter's own path
+/// stays exactly as it is without tracing.
+#[inline(always)]
+pub fn log(ctx: &XdpContext, reason: Reason) {
+    let _ = traced(ctx, reason);
 }
 
 #[inline(always)]
