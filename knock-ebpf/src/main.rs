@@ -1,4 +1,6 @@
 //! The xknock XDP filter: knock sequences open protected ports per source.
+//! Its programs are in `programs.rs`, which calls down into the modules of
+//! each concern.
 //!
 //! This object carries no trace code at all: `xknock trace` swaps in the
 //! variant `traced.rs` builds from the same modules, for as long as a trace

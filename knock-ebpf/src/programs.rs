@@ -5,11 +5,12 @@
 //! and `traced.rs` build their objects from this module alike: only their
 //! `trace` differs, a no-op in the filter that normally runs.
 //!
-//! The filter (`xknock`) tail-calls the others: `xknock_knock` for packets
-//! that may be knock steps, `xknock_conceal` for the packets it stops (with
-//! `conceal = "closed"`), and, in the traced object, `xknock_trace`. Each is
-//! a program of its own so the verifier checks it once, not once for every
-//! path that leads to it.
+//! The programs hand packets on by tail calls: the filter (`xknock`) to
+//! `xknock_knock` for packets that may be knock steps; both of them, through
+//! `conclude`, to `xknock_conceal` for the packets they stop (with
+//! `conceal = "closed"`) and, in the traced object, to `xknock_trace`. Each
+//! is a program of its own so the verifier checks it once, not once for
+//! every path that leads to it.
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use knock_common::{Answer, CONCEAL_CLOSED, Reason};
