@@ -8,34 +8,32 @@
 //! own. Where the kernel stays silent (an RST, a wrong checksum, a fragment,
 //! a broadcast, a martian source), so does this.
 //!
-//! The answer is a program of its own, `xknock_conceal`, that the filter
-//! tail-calls for the packets it stops: the verifier checks it once, not
-//! once for every way the filter can reach a drop. Without it (an empty
-//! `CONCEAL` slot) the packet is dropped silently.
+//! The answer is a program of its own, `xknock_conceal` (in `programs.rs`),
+//! that the filter tail-calls for the packets it stops: the verifier checks
+//! it once, not once for every way the filter can reach a drop. Without it
+//! (an empty `CONCEAL` slot) the packet is dropped silently.
 
 use aya_ebpf::{
-    bindings::xdp_action,
     bindings::xdp_md,
     cty::c_void,
     helpers::generated::{
         bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop, bpf_xdp_adjust_head,
         bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
-    macros::{map, xdp},
+    macros::map,
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use knock_common::{
-    Answer, CONCEAL_CLOSED, IPPROTO_TCP, IPPROTO_UDP, SOURCE_HORIZON_SLOTS, Settings, addr_words,
+    Answer, IPPROTO_TCP, IPPROTO_UDP, SOURCE_HORIZON_SLOTS, Settings, addr_words,
     checksum::{Sum, pseudo_v4, pseudo_v6},
     flow_label, ipv4_mapped,
     ratelimit::{GlobalIcmpBudget, PeerIcmpRate},
     source_slot,
 };
 
-use crate::{
-    parse::{self, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, bytes_at, store_at},
-    settings,
+use crate::parse::{
+    self, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, bytes_at, store_at,
 };
 
 #[map]
@@ -93,23 +91,20 @@ pub fn hand_over(ctx: &XdpContext) {
     unsafe { CONCEAL.tail_call(ctx, 0) };
 }
 
-/// Answers a packet the filter stopped as a closed port of this host would,
-/// or drops it where the kernel would stay silent.
-#[xdp]
-pub fn xknock_conceal(ctx: XdpContext) -> u32 {
-    let answer = match settings::settings() {
-        Some(settings) if settings.conceal == CONCEAL_CLOSED => {
-            build(&ctx, settings).unwrap_or(Answer::Unanswerable)
-        }
-        _ => Answer::Unanswerable,
-    };
+/// The answer a closed port of this host would give to the packet the
+/// filter stopped, built in its place; `Unanswerable` where the kernel
+/// would stay silent.
+#[inline(always)]
+pub fn answer(ctx: &XdpContext, settings: &Settings) -> Answer {
+    build(ctx, settings).unwrap_or(Answer::Unanswerable)
+}
+
+/// Counts an answer (or the silence) by its kind.
+#[inline(always)]
+pub fn count(answer: Answer) {
     if let Some(counter) = ANSWERS.get_ptr_mut(answer as u32) {
         // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
         unsafe { *counter += 1 };
-    }
-    match answer {
-        Answer::Rst | Answer::Unreachable => xdp_action::XDP_TX,
-        _ => xdp_action::XDP_DROP,
     }
 }
 

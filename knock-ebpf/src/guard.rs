@@ -19,9 +19,9 @@ use crate::{
 
 // Sizes here are defaults; the loader sets the configured ones before loading.
 #[map]
-pub(crate) static GRANTS: LruHashMap<SourceRule, Grant> = LruHashMap::with_max_entries(8192, 0);
+static GRANTS: LruHashMap<SourceRule, Grant> = LruHashMap::with_max_entries(8192, 0);
 #[map]
-pub(crate) static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(65536, 0);
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static ALLOW: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1, 0);
 #[map]
@@ -73,7 +73,7 @@ pub fn protected(
 
 /// The key of the packet's flow in `FLOWS`.
 #[inline(always)]
-pub fn flow_key(packet: &Packet) -> FlowKey {
+fn flow_key(packet: &Packet) -> FlowKey {
     FlowKey {
         addr: packet.src(),
         src_port: packet.src_port,
@@ -151,4 +151,22 @@ fn listed(list: &LpmTrie<Addr, u8>, entries: u32, addr: &Addr) -> bool {
 #[inline(always)]
 pub fn grant(key: &SourceRule, expires_ns: u64) {
     let _ = GRANTS.insert(key, &Grant { expires_ns }, 0);
+}
+
+/// Whether `key` (a source and a rule) has a grant stored, live or expired:
+/// what the trace shows.
+#[allow(dead_code, reason = "only the traced object reads it")]
+#[inline(always)]
+pub fn has_grant(key: &SourceRule) -> bool {
+    // SAFETY: only tests whether the lookup found something.
+    unsafe { GRANTS.get(key) }.is_some()
+}
+
+/// Whether the packet's flow is stored in `FLOWS`, live or idle: what the
+/// trace shows.
+#[allow(dead_code, reason = "only the traced object reads it")]
+#[inline(always)]
+pub fn has_flow(packet: &Packet) -> bool {
+    // SAFETY: only tests whether the lookup found something.
+    unsafe { FLOWS.get(&flow_key(packet)) }.is_some()
 }

@@ -1,13 +1,13 @@
 //! Knocking: every rule's state machine run on a packet that may be a knock
 //! step, the progress it keeps per source and rule, the sequences that open
-//! once, and the penalty of sources that keep failing. A program of its own
-//! (`xknock_knock`), which the filter tail-calls for packets to knock ports
-//! and from sources mid-sequence.
+//! once, and the penalty of sources that keep failing. It runs in a program
+//! of its own (`xknock_knock`, in `programs.rs`), which the filter
+//! tail-calls for packets to knock ports and from sources mid-sequence.
 
 use aya_ebpf::{
     cty::c_void,
     helpers::generated::bpf_loop,
-    macros::{map, xdp},
+    macros::map,
     maps::{LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
@@ -19,20 +19,17 @@ use knock_common::{
 };
 
 use crate::{
-    events, filter, guard,
+    events, guard,
     horizon::{self, Horizon},
     parse::Packet,
     settings::{self, now_ns},
-    verdict,
 };
 
 // Sizes here are defaults; the loader sets the configured ones before loading.
 #[map]
-pub(crate) static FIRST_STEPS: LruHashMap<SourceRule, Progress> =
-    LruHashMap::with_max_entries(65536, 0);
+static FIRST_STEPS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(65536, 0);
 #[map]
-pub(crate) static PROGRESS: LruHashMap<SourceRule, Progress> =
-    LruHashMap::with_max_entries(16384, 0);
+static PROGRESS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static PENALTIES: LruHashMap<Addr, Penalty> = LruHashMap::with_max_entries(65536, 0);
 
@@ -55,22 +52,20 @@ pub struct KnockHandover {
 #[map]
 static KNOCK_HANDOVER: PerCpuArray<KnockHandover> = PerCpuArray::with_max_entries(1, 0);
 
-/// Runs a TCP SYN, UDP datagram or echo request that may be a knock step
-/// through every rule's state machine, then decides it as the filter would. A program of
-/// its own (the filter tail-calls it for packets to knock ports and from
-/// sources mid-sequence) so the verifier checks the knock rules once, apart
-/// from the filter's many parsing paths: together they passed its limit.
-#[xdp]
-pub fn xknock_knock(ctx: XdpContext) -> u32 {
-    // Nothing handed over cannot happen; if it did, fail closed.
-    let reason = try_knock().unwrap_or(Reason::DropMalformed);
-    verdict::conclude(&ctx, reason)
+/// The packet the filter handed over, as `hand_over` left it. (A
+/// reference: returning a copy inside an `Option` cost `xknock_knock` a
+/// check of the copy's niche.)
+#[inline(always)]
+pub fn handed_over() -> Option<&'static KnockHandover> {
+    KNOCK_HANDOVER.get(0)
 }
 
+/// Runs a TCP SYN, UDP datagram or echo request that may be a knock step
+/// through every rule's state machine. The verdict for an echo request, and
+/// for any other packet that was a knock step; none for a packet that was
+/// not, which is then decided as the filter would.
 #[inline(always)]
-fn try_knock() -> Option<Reason> {
-    let handover = *KNOCK_HANDOVER.get(0)?;
-    let settings = settings::settings()?;
+pub fn judge(settings: &Settings, handover: &KnockHandover) -> Option<Reason> {
     let packet = handover.packet;
     let knock_port = handover.roles.knock_rules != 0;
     let reason = run_knock_rules(
@@ -91,15 +86,7 @@ fn try_knock() -> Option<Reason> {
             _ => Reason::PassOtherProtocol,
         });
     }
-    Some(reason.unwrap_or_else(|| {
-        filter::beyond_knocks(
-            settings,
-            &packet,
-            handover.roles,
-            handover.slot,
-            handover.admitted_until,
-        )
-    }))
+    reason
 }
 
 /// Hands a packet that may be a knock step to `xknock_knock`, which runs it
@@ -299,6 +286,15 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         set_verdict(Some(reason));
     }
     0
+}
+
+/// Whether `key` (a source and a rule) has knock progress stored, in
+/// `FIRST_STEPS` or `PROGRESS`: what the trace shows.
+#[allow(dead_code, reason = "only the traced object reads it")]
+#[inline(always)]
+pub fn has_progress(key: &SourceRule) -> bool {
+    // SAFETY: only tests whether the lookups found something.
+    unsafe { PROGRESS.get(key).is_some() || FIRST_STEPS.get(key).is_some() }
 }
 
 /// Sequences of rules that open once and have: a replay of one, however

@@ -1,4 +1,6 @@
 //! The xknock XDP filter: knock sequences open protected ports per source.
+//! Its programs are in `programs.rs`, which calls down into the modules of
+//! each concern.
 //!
 //! This object carries no trace code at all: `xknock trace` swaps in the
 //! variant `traced.rs` builds from the same modules, for as long as a trace
@@ -17,11 +19,10 @@ mod horizon;
 mod knocking;
 mod object;
 mod parse;
+mod programs;
 mod settings;
 mod spa;
 mod verdict;
-
-use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 /// Decisions are not logged in this object.
 mod trace {
@@ -30,12 +31,4 @@ mod trace {
 
     #[inline(always)]
     pub fn decision(_ctx: &XdpContext, _reason: Reason) {}
-}
-
-/// The filter: every packet's verdict, counted and acted on. A frame that
-/// cannot be parsed down to what the decision needs is dropped.
-#[xdp]
-pub fn xknock(ctx: XdpContext) -> u32 {
-    let reason = filter::try_xknock(&ctx).unwrap_or_else(|error| error.reason());
-    verdict::conclude(&ctx, reason)
 }

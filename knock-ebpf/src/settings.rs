@@ -8,11 +8,11 @@ use knock_common::{
 
 // Sizes here are defaults; the loader sets the configured ones before loading.
 #[map]
-pub(crate) static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 static RULES: Array<RuleConfig> = Array::with_max_entries(MAX_RULES as u32, 0);
 #[map]
-pub(crate) static PORT_ROLES: Array<PortRoles> = Array::with_max_entries(PORT_ROLES_ENTRIES, 0);
+static PORT_ROLES: Array<PortRoles> = Array::with_max_entries(PORT_ROLES_ENTRIES, 0);
 /// What the loaders of one pin directory share (the seed, which rule owns
 /// which index); never read here.
 #[map]

@@ -1,14 +1,15 @@
 //! Logs every decision the filter makes about one source through aya-log:
 //! the framing it parsed, the roles of the port, the state it found, and the
-//! verdict. Only the traced object (`traced.rs`) has this module; the
-//! filter that normally runs carries no trace code.
+//! verdict. Only the traced object (`traced.rs`, whose `xknock_trace`
+//! program logs through it) has this module; the filter that normally runs
+//! carries no trace code.
 //!
 //! The source comes from the loader at load time (`TRACE_SOURCE`, a
 //! read-only global), as does aya-log's level.
 
 use aya_ebpf::{
     Global,
-    macros::{map, xdp},
+    macros::map,
     maps::{PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
@@ -16,21 +17,15 @@ use aya_log_ebpf::info;
 use knock_common::{AddrWords, MAX_RULES, Reason, SourceRule, horizon_units};
 
 use crate::{
-    guard::{self, FLOWS, GRANTS},
-    horizon::{self, SOURCE_HORIZONS},
-    knocking::{FIRST_STEPS, PROGRESS},
+    guard, horizon, knocking,
     parse::{self, Parsed},
     settings::{self, now_ns},
-    verdict,
 };
 
 /// The traced source, in the one key form, as `AddrWords`.
 #[unsafe(no_mangle)]
 static TRACE_SOURCE: Global<AddrWords> = Global::new([0; 4]);
 
-/// Logs the decision `reason` about the packet in `ctx` if it comes from
-/// the traced source. The packet is parsed again: the filter's own path
-/// stays exactly as it is without tracing.
 /// The program that logs and then acts on the verdict (`xknock_trace`),
 /// set by the loader for the length of a trace.
 #[map]
@@ -56,17 +51,23 @@ pub fn decision(ctx: &XdpContext, reason: Reason) {
     unsafe { TRACE_PROGRAM.tail_call(ctx, 0) };
 }
 
-/// Logs the decision `decision` handed over, then acts on it.
-#[xdp]
-pub fn xknock_trace(ctx: XdpContext) -> u32 {
-    // A verdict that cannot be read fails closed.
-    let reason = TRACE_REASON
+/// The verdict `decision` handed over to `xknock_trace`; one that cannot
+/// be read fails closed.
+#[inline(always)]
+pub fn handed_over() -> Reason {
+    TRACE_REASON
         .get(0)
         .and_then(|index| Reason::ALL.get(*index as usize))
         .copied()
-        .unwrap_or(Reason::DropMalformed);
-    let _ = traced(&ctx, reason);
-    verdict::act(&ctx, reason)
+        .unwrap_or(Reason::DropMalformed)
+}
+
+/// Logs the decision `reason` about the packet in `ctx` if it comes from
+/// the traced source. The packet is parsed again: the filter's own path
+/// stays exactly as it is without tracing.
+#[inline(always)]
+pub fn log(ctx: &XdpContext, reason: Reason) {
+    let _ = traced(ctx, reason);
 }
 
 #[inline(always)]
@@ -81,23 +82,21 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
     let settings = settings::settings()?;
     let roles = settings::roles_of(packet.l4.proto, packet.l4.dst_port());
     let slot = horizon::slot(settings, &packet);
-    let horizon = SOURCE_HORIZONS.get(slot).copied().unwrap_or_default();
+    let horizon = horizon::stored(slot).unwrap_or_default();
     let now = horizon_units(now_ns());
     let src = packet.src();
     let mut progress: u32 = 0;
     let mut grants: u32 = 0;
     for rule in 0..MAX_RULES as u32 {
         let key = SourceRule { addr: src, rule };
-        // SAFETY: read-only copies of values the lookups just returned.
-        if unsafe { PROGRESS.get(&key).is_some() || FIRST_STEPS.get(&key).is_some() } {
+        if knocking::has_progress(&key) {
             progress |= 1 << rule;
         }
-        if unsafe { GRANTS.get(&key) }.is_some() {
+        if guard::has_grant(&key) {
             grants |= 1 << rule;
         }
     }
-    // SAFETY: only tests whether the lookup found something.
-    let in_flow = u8::from(unsafe { FLOWS.get(&guard::flow_key(&packet)) }.is_some());
+    let in_flow = u8::from(guard::has_flow(&packet));
     let (l3, ipv6) = packet.l4.network();
     info!(
         ctx,

@@ -1,7 +1,8 @@
 //! The xknock XDP filter with every decision about one source logged
 //! through aya-log: what `xknock trace ADDR` swaps onto the links while it
-//! runs. Everything else is the filter's own code, decision for decision;
-//! only its `trace` module differs from `main.rs`'s.
+//! runs. Its programs are the filter's own (`programs.rs`), decision for
+//! decision; only its `trace` module differs from `main.rs`'s, and it adds
+//! the program that logs.
 #![no_std]
 // `atomic_xadd`: the BPF target's atomics offer no read-modify-write.
 #![feature(core_intrinsics)]
@@ -16,6 +17,7 @@ mod horizon;
 mod knocking;
 mod object;
 mod parse;
+mod programs;
 mod settings;
 mod spa;
 mod trace;
@@ -23,9 +25,11 @@ mod verdict;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 
-/// `main.rs`'s entry point, deciding through the same modules.
+/// Logs the decision the filter handed over (`trace::decision`) if the
+/// packet comes from the traced source, then acts on it as the filter would.
 #[xdp]
-pub fn xknock(ctx: XdpContext) -> u32 {
-    let reason = filter::try_xknock(&ctx).unwrap_or_else(|error| error.reason());
-    verdict::conclude(&ctx, reason)
+pub fn xknock_trace(ctx: XdpContext) -> u32 {
+    let reason = trace::handed_over();
+    trace::log(&ctx, reason);
+    verdict::act(&ctx, reason)
 }

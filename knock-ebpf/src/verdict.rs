@@ -1,20 +1,9 @@
-//! The verdict match: from a reason to what happens to the packet, with
-//! the per-reason counter and the trace's look at it.
+//! The verdict match: from a reason to what happens to the packet.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use knock_common::{CONCEAL_CLOSED, Reason};
 
-use crate::{conceal, events, settings, trace};
-
-/// Counts the verdict, lets a running trace see it (the trace then acts on
-/// it), and acts on it.
-#[inline(always)]
-pub fn conclude(ctx: &XdpContext, reason: Reason) -> u32 {
-    events::count(reason);
-    // Returns unless a trace takes the packet over (and acts as below).
-    trace::decision(ctx, reason);
-    act(ctx, reason)
-}
+use crate::{conceal, settings};
 
 /// What the verdict means for the packet: pass it, or stop it and (with
 /// `conceal = "closed"`) hand it to the answering program.

@@ -1,0 +1,79 @@
+//! The programs of the filter's object and the step every verdict goes
+//! through: the top of knock-ebpf. Each program calls down into the concern
+//! modules (settings, parse, filter, knocking, guard, horizon, events,
+//! verdict, conceal, spa, trace); none of those calls back up. `main.rs`
+//! and `traced.rs` build their objects from this module alike: only their
+//! `trace` differs, a no-op in the filter that normally runs.
+//!
+//! The programs hand packets on by tail calls: the filter (`xknock`) to
+//! `xknock_knock` for packets that may be knock steps; both of them, through
+//! `conclude`, to `xknock_conceal` for the packets they stop (with
+//! `conceal = "closed"`) and, in the traced object, to `xknock_trace`. Each
+//! is a program of its own so the verifier checks it once, not once for
+//! every path that leads to it.
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use knock_common::{Answer, CONCEAL_CLOSED, Reason};
+
+use crate::{conceal, events, filter, knocking, settings, trace, verdict};
+
+/// The filter: every packet's verdict, counted and acted on. A frame that
+/// cannot be parsed down to what the decision needs is dropped.
+#[xdp]
+pub fn xknock(ctx: XdpContext) -> u32 {
+    let reason = filter::try_xknock(&ctx).unwrap_or_else(|error| error.reason());
+    conclude(&ctx, reason)
+}
+
+/// Runs a TCP SYN, UDP datagram or echo request that may be a knock step
+/// through every rule's state machine, then decides it as the filter would.
+/// A program of its own (the filter tail-calls it for packets to knock
+/// ports and from sources mid-sequence) so the verifier checks the knock
+/// rules once, apart from the filter's many parsing paths: together they
+/// passed its limit.
+#[xdp]
+pub fn xknock_knock(ctx: XdpContext) -> u32 {
+    // Nothing handed over cannot happen; if it did, fail closed.
+    let reason = try_knock().unwrap_or(Reason::DropMalformed);
+    conclude(&ctx, reason)
+}
+
+#[inline(always)]
+fn try_knock() -> Option<Reason> {
+    let handover = *knocking::handed_over()?;
+    let settings = settings::settings()?;
+    Some(knocking::judge(settings, &handover).unwrap_or_else(|| {
+        filter::beyond_knocks(
+            settings,
+            &handover.packet,
+            handover.roles,
+            handover.slot,
+            handover.admitted_until,
+        )
+    }))
+}
+
+/// Answers a packet the filter stopped as a closed port of this host would,
+/// or drops it where the kernel would stay silent.
+#[xdp]
+pub fn xknock_conceal(ctx: XdpContext) -> u32 {
+    let answer = match settings::settings() {
+        Some(settings) if settings.conceal == CONCEAL_CLOSED => conceal::answer(&ctx, settings),
+        _ => Answer::Unanswerable,
+    };
+    conceal::count(answer);
+    match answer {
+        Answer::Rst | Answer::Unreachable => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_DROP,
+    }
+}
+
+/// Counts the verdict, lets a running trace see it (the trace then acts on
+/// it), and acts on it.
+#[inline(always)]
+fn conclude(ctx: &XdpContext, reason: Reason) -> u32 {
+    events::count(reason);
+    // Returns unless a trace takes the packet over (and acts as below).
+    trace::decision(ctx, reason);
+    verdict::act(ctx, reason)
+}
