@@ -69,6 +69,15 @@ impl Sources {
             .collect()
     }
 
+    /// Files that define an XDP program (`#[xdp]`).
+    pub fn programs(&self) -> BTreeSet<PathBuf> {
+        self.files
+            .iter()
+            .filter(|(_, text)| strip(text).contains("#[xdp]"))
+            .map(|(rel, _)| rel.clone())
+            .collect()
+    }
+
     /// Every import edge between two files, as (from, to).
     pub fn edges(&self) -> BTreeSet<(PathBuf, PathBuf)> {
         // Several crate roots (the XDP crate's bins) all are module `crate`.
@@ -455,6 +464,27 @@ mod tests {
         let edges = sources("knock-ebpf").edges();
         assert!(edges.len() > 20, "the scan found the imports: {edges:?}");
         assert_eq!(circles(&edges), Vec::<Vec<PathBuf>>::new());
+    }
+
+    /// The XDP programs sit at the top: in `programs.rs` (the filter's, which
+    /// both objects share) or a crate root (the traced object's own, the
+    /// bench's baselines), and no module imports from them.
+    #[test]
+    fn knock_ebpf_programs_sit_at_the_top() {
+        let sources = sources("knock-ebpf");
+        let top = ["programs.rs", "main.rs", "traced.rs", "baseline.rs"].map(PathBuf::from);
+        let programs = sources.programs();
+        assert!(programs.contains(Path::new("programs.rs")), "{programs:?}");
+        assert!(
+            programs.iter().all(|file| top.contains(file)),
+            "{programs:?}"
+        );
+        let edges = sources.edges();
+        let into_programs: Vec<_> = edges
+            .iter()
+            .filter(|(from, to)| to == Path::new("programs.rs") && !top.contains(from))
+            .collect();
+        assert_eq!(into_programs, Vec::<&(PathBuf, PathBuf)>::new());
     }
 
     #[test]
