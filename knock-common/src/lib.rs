@@ -40,7 +40,7 @@ mod verdict;
 
 pub use addr::{Addr, AddrWords, addr_words, ipv4_mapped, words_addr};
 pub use budget::{BUDGET_CLOCK_INTERVAL, EventBudget};
-pub use event::{Event, event_kind, reset_cause};
+pub use event::{Event, EventKind, NOT_A_RULE, ResetCause};
 pub use guard::{Flow, FlowKey, Grant, PORT_ROLES_ENTRIES, PortRoles, port_roles_index};
 pub use horizon::{
     HORIZON_UNIT_SHIFT, SOURCE_HORIZON_SLOTS, SourceHorizon, horizon_span, horizon_units,

@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, time::SystemTime};
 
-use knock_common::{Addr, Event, Knock, event_kind, reset_cause};
+use knock_common::{Addr, Event, EventKind, Knock, ResetCause};
 use serde::Serialize;
 
 use crate::{
@@ -173,33 +173,33 @@ impl Record {
             steps: rule.map(|(_, steps)| steps),
             ..Record::new("", display_addr(&event.addr))
         };
-        match event.kind {
-            event_kind::PROGRESS => {
+        let kind = event.kind().map_err(DecodeError::Kind)?;
+        match kind {
+            EventKind::Progress => {
                 record.event = "progress";
                 record.step = Some(event.step);
             }
-            event_kind::RESET => {
+            EventKind::Reset => {
                 record.event = "reset";
-                record.reason = Some(match event.detail {
-                    reset_cause::TIMEOUT => "timeout",
-                    reset_cause::SPENT => "spent",
-                    _ => "wrong_packet",
+                record.reason = Some(match event.reset_cause() {
+                    Some(ResetCause::Timeout) => "timeout",
+                    Some(ResetCause::Spent) => "spent",
+                    Some(ResetCause::WrongPacket) | None => "wrong_packet",
                 });
             }
-            event_kind::GRANT => {
+            EventKind::Grant => {
                 record.event = "grant";
                 record.expires_in_secs = Some(seconds_until(event.expires_ns));
             }
-            event_kind::DENIED => {
+            EventKind::Denied => {
                 record.event = "denied";
                 record.steps = None;
             }
-            event_kind::PENALIZED => {
+            EventKind::Penalized => {
                 record.event = "penalized";
                 record.steps = None;
                 record.ignored_for_secs = Some(seconds_until(event.expires_ns));
             }
-            kind => return Err(DecodeError::Kind(kind)),
         }
         Ok(record)
     }
@@ -276,15 +276,7 @@ mod tests {
 
     #[test]
     fn progress_renders_as_text_and_json() {
-        let event = Event {
-            addr: ipv4_mapped([198, 18, 0, 2]),
-            kind: event_kind::PROGRESS,
-            proto: knock_common::IPPROTO_UDP,
-            step: 2,
-            port: 4728,
-            rule: 0,
-            ..Event::default()
-        };
+        let event = Event::progress(&ipv4_mapped([198, 18, 0, 2]), Knock::udp(4728), 0, 2);
         let record = Record::from_kernel(&bytes(&event), &config()).expect("decodes");
         let text = record.render(EventFormat::Text);
         assert!(
@@ -309,15 +301,7 @@ mod tests {
         v6[0] = 0xfd;
         v6[1] = 0x18;
         v6[15] = 2;
-        let reset = Event {
-            addr: v6,
-            kind: event_kind::RESET,
-            detail: reset_cause::TIMEOUT,
-            proto: knock_common::IPPROTO_TCP,
-            port: 6742,
-            rule: 0,
-            ..Event::default()
-        };
+        let reset = Event::reset(&v6, Knock::tcp(6742), 0, ResetCause::Timeout);
         let text = Record::from_kernel(&bytes(&reset), &config())
             .expect("decodes")
             .render(EventFormat::Text);
@@ -325,13 +309,7 @@ mod tests {
             text.contains(" reset    fd18::2 rule=ssh tcp:6742 reason=timeout"),
             "{text}"
         );
-        let denied = Event {
-            kind: event_kind::DENIED,
-            proto: knock_common::IPPROTO_TCP,
-            port: 22,
-            rule: u16::MAX,
-            ..reset
-        };
+        let denied = Event::denied(&v6, Knock::tcp(22));
         let text = Record::from_kernel(&bytes(&denied), &config())
             .expect("decodes")
             .render(EventFormat::Text);
