@@ -1,9 +1,9 @@
 //! Turning kernel events into lines an operator (text) or a script (JSON) reads.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{fmt, net::IpAddr, time::SystemTime};
 
 use knock_common::{Addr, Event, EventKind, Knock, ResetCause};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::{
     config::{Config, PortSpec},
@@ -58,11 +58,76 @@ pub enum EventFormat {
     Json,
 }
 
+/// What a `Record` reports: a kind of kernel event, or one of the loader's
+/// own (SPA verdicts, expired grants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A knock step was accepted.
+    Progress,
+    /// A source's progress was thrown away (`reason` says why).
+    Reset,
+    /// A knock sequence was completed and opened its rule.
+    Grant,
+    /// A packet to a protected port was dropped.
+    Denied,
+    /// A source failed too often; its knocks are ignored for a while.
+    Penalized,
+    /// An SPA packet opened ports.
+    SpaGrant,
+    /// An SPA packet opened nothing (`reason` says why).
+    SpaRefused,
+    /// The sweeper removed a grant that ran out.
+    Expired,
+}
+
+impl RecordKind {
+    /// The name it is printed under, in text and JSON alike: the one place
+    /// each kind's name is written.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RecordKind::Progress => "progress",
+            RecordKind::Reset => "reset",
+            RecordKind::Grant => "grant",
+            RecordKind::Denied => "denied",
+            RecordKind::Penalized => "penalized",
+            RecordKind::SpaGrant => "spa_grant",
+            RecordKind::SpaRefused => "spa_refused",
+            RecordKind::Expired => "expired",
+        }
+    }
+}
+
+impl From<EventKind> for RecordKind {
+    fn from(kind: EventKind) -> RecordKind {
+        match kind {
+            EventKind::Progress => RecordKind::Progress,
+            EventKind::Reset => RecordKind::Reset,
+            EventKind::Grant => RecordKind::Grant,
+            EventKind::Denied => RecordKind::Denied,
+            EventKind::Penalized => RecordKind::Penalized,
+        }
+    }
+}
+
+/// Its name, padded as the format asks (the text line aligns it).
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Its name, as a JSON string.
+impl Serialize for RecordKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// One event, ready to print.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Record {
     pub time: String,
-    pub event: &'static str,
+    pub event: RecordKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub source: IpAddr,
@@ -115,7 +180,7 @@ fn now_rfc3339() -> String {
 
 impl Record {
     /// A record of `event` about `source`, with nothing else said yet.
-    fn new(event: &'static str, source: IpAddr) -> Record {
+    fn new(event: RecordKind, source: IpAddr) -> Record {
         Record {
             time: now_rfc3339(),
             event,
@@ -138,7 +203,7 @@ impl Record {
         let source = display_addr(source);
         let mut record = match verdict {
             Verdict::Grant(grant) => {
-                let mut record = Record::new("spa_grant", source);
+                let mut record = Record::new(RecordKind::SpaGrant, source);
                 record.rule = Some(grant.rule.clone());
                 record.admitted = (grant.addr != source).then_some(grant.addr);
                 let ports: Vec<String> = grant.ports.iter().map(PortSpec::to_string).collect();
@@ -151,7 +216,7 @@ impl Record {
                 reason,
                 detail,
             } => {
-                let mut record = Record::new("spa_refused", source);
+                let mut record = Record::new(RecordKind::SpaRefused, source);
                 record.rule = rule.clone();
                 record.reason = Some(reason.name());
                 record.detail = Some(detail.clone());
@@ -167,20 +232,18 @@ impl Record {
         let event = Event::decode(bytes).ok_or(DecodeError::Size(bytes.len()))?;
         let rule = rules.get(u32::from(event.rule));
         let port = PortSpec(Knock::new(event.proto, event.port)).to_string();
+        let kind = event.kind().map_err(DecodeError::Kind)?;
         let mut record = Record {
             rule: rule.map(|(name, _)| name.to_owned()),
             port: Some(port),
             steps: rule.map(|(_, steps)| steps),
-            ..Record::new("", display_addr(&event.addr))
+            ..Record::new(kind.into(), display_addr(&event.addr))
         };
-        let kind = event.kind().map_err(DecodeError::Kind)?;
         match kind {
             EventKind::Progress => {
-                record.event = "progress";
                 record.step = Some(event.step);
             }
             EventKind::Reset => {
-                record.event = "reset";
                 record.reason = Some(match event.reset_cause() {
                     Some(ResetCause::Timeout) => "timeout",
                     Some(ResetCause::Spent) => "spent",
@@ -188,15 +251,12 @@ impl Record {
                 });
             }
             EventKind::Grant => {
-                record.event = "grant";
                 record.expires_in_secs = Some(seconds_until(event.expires_ns));
             }
             EventKind::Denied => {
-                record.event = "denied";
                 record.steps = None;
             }
             EventKind::Penalized => {
-                record.event = "penalized";
                 record.steps = None;
                 record.ignored_for_secs = Some(seconds_until(event.expires_ns));
             }
@@ -208,7 +268,7 @@ impl Record {
     pub fn expired(grant: &ExpiredGrant, rules: &RuleBook) -> Record {
         Record {
             rule: rules.get(grant.rule).map(|(name, _)| name.to_owned()),
-            ..Record::new("expired", display_addr(&grant.source))
+            ..Record::new(RecordKind::Expired, display_addr(&grant.source))
         }
     }
 
@@ -330,5 +390,54 @@ mod tests {
             Record::from_kernel(&bytes(&unknown), &config()),
             Err(DecodeError::Kind(99))
         ));
+    }
+
+    /// Scripts and tests read these names: text and JSON print each kind
+    /// under the name it always had, padded alike in text.
+    #[test]
+    fn every_kind_prints_under_its_name() {
+        let kinds = [
+            (RecordKind::Progress, "progress"),
+            (RecordKind::Reset, "reset"),
+            (RecordKind::Grant, "grant"),
+            (RecordKind::Denied, "denied"),
+            (RecordKind::Penalized, "penalized"),
+            (RecordKind::SpaGrant, "spa_grant"),
+            (RecordKind::SpaRefused, "spa_refused"),
+            (RecordKind::Expired, "expired"),
+        ];
+        let source: IpAddr = [198, 18, 0, 2].into();
+        for (kind, name) in kinds {
+            let record = Record::new(kind, source);
+            let json: serde_json::Value =
+                serde_json::from_str(&record.render(EventFormat::Json)).expect("json");
+            assert_eq!(json["event"], name);
+            let text = record.render(EventFormat::Text);
+            assert_eq!(
+                text,
+                format!("{} {:<8} 198.18.0.2", record.time, name),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_kinds_become_the_records_of_the_same_name() {
+        let kinds = [
+            (EventKind::Progress, RecordKind::Progress),
+            (EventKind::Reset, RecordKind::Reset),
+            (EventKind::Grant, RecordKind::Grant),
+            (EventKind::Denied, RecordKind::Denied),
+            (EventKind::Penalized, RecordKind::Penalized),
+        ];
+        for (kernel, record) in kinds {
+            assert_eq!(RecordKind::from(kernel), record);
+            let event = Event {
+                kind: kernel as u8,
+                ..Event::default()
+            };
+            let decoded = Record::from_kernel(&bytes(&event), &config()).expect("decodes");
+            assert_eq!(decoded.event, record);
+        }
     }
 }

@@ -24,7 +24,7 @@ use crate::{
         Config,
         one_time::{self, OneTime},
     },
-    events::{EventFormat, Record, RuleBook},
+    events::{EventFormat, Record, RecordKind, RuleBook},
     filter::{
         AttachMode, Filter, FilterError, Installed, check_interface, embedded_program,
         monotonic_ns, read_instance,
@@ -312,7 +312,7 @@ async fn serve(
                     let Some(item) = ring.next() else { break };
                     match Record::from_kernel(&item, &running.rules) {
                         Ok(record) => {
-                            if record.event == "grant" {
+                            if record.event == RecordKind::Grant {
                                 spent.extend(one_time_source(&running.config, record.rule.as_deref()));
                             }
                             print(record)?;
@@ -348,7 +348,7 @@ async fn serve(
                             continue;
                         }
                     };
-                    if record.event == "spa_grant" || refusals.admit() {
+                    if record.event == RecordKind::SpaGrant || refusals.admit() {
                         print(record)?;
                     }
                 }
