@@ -44,6 +44,9 @@ pub const CONCEAL_PROGRAM_NAME: &str = "xknock_conceal";
 /// program array.
 pub const KNOCK_PROGRAM_NAME: &str = "xknock_knock";
 
+/// `BPF_NOEXIST`, a flag of a map update: insert only when the key is absent.
+pub const BPF_NOEXIST: u64 = 1;
+
 /// Version of the pinned layout: the maps under a `pin_dir`, their keys,
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the

@@ -51,7 +51,7 @@ pub use knocking::{
     sequence_tag,
 };
 pub use layout::{
-    CONCEAL_PROGRAM_NAME, Instance, KNOCK_PROGRAM_NAME, LAYOUT_VERSION, PROGRAM_NAME,
+    BPF_NOEXIST, CONCEAL_PROGRAM_NAME, Instance, KNOCK_PROGRAM_NAME, LAYOUT_VERSION, PROGRAM_NAME,
     RULE_NAME_BYTES, RuleName, map_names,
 };
 pub use packet::*;

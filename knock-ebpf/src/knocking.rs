@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, Event, Knock, MAX_RULES, Penalty, PortRoles, Progress, Reason, ResetCause, SPENT_ENTRIES,
-    Settings, SourceRule, SpentKey, horizon_units,
+    Addr, BPF_NOEXIST, Event, Knock, MAX_RULES, Penalty, PortRoles, Progress, Reason, ResetCause,
+    SPENT_ENTRIES, Settings, SourceRule, SpentKey, horizon_units,
     machine::{self, Outcome},
     record_failure,
 };
@@ -298,7 +298,6 @@ fn spend(rule: u32, sequence_tag: u32, now: u64) -> bool {
         return true;
     }
     // BPF_NOEXIST: of two CPUs completing it at once, one grants.
-    const BPF_NOEXIST: u64 = 1;
     SPENT.insert(&key, &now, BPF_NOEXIST).is_err()
 }
 
