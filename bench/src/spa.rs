@@ -106,7 +106,7 @@ pub(crate) fn spa_costs(effort: &Effort) -> anyhow::Result<SpaCosts> {
             matches!(
                 v,
                 Verdict::Refuse {
-                    reason: xknock::daemon::spa::Reason::Replay,
+                    reason: xknock::daemon::spa::SpaRefusal::Replay,
                     ..
                 }
             )
@@ -139,7 +139,7 @@ pub(crate) fn spa_costs(effort: &Effort) -> anyhow::Result<SpaCosts> {
             matches!(
                 v,
                 Verdict::Refuse {
-                    reason: xknock::daemon::spa::Reason::BadHmac,
+                    reason: xknock::daemon::spa::SpaRefusal::BadHmac,
                     ..
                 }
             )

@@ -2,32 +2,84 @@
 //! record, its kinds and reset causes, and the loader's safe decode of a
 //! record's bytes. Plain Rust, host-tested.
 
-use crate::Addr;
+use crate::{Addr, Knock};
 
-/// `Event::kind` values.
-pub mod event_kind {
+/// What an `Event` reports: its `kind` byte on the ring.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
     /// A step was accepted; `step` is its 1-based number.
-    pub const PROGRESS: u8 = 1;
-    /// Progress was thrown away; `detail` is a `reset_cause`.
-    pub const RESET: u8 = 2;
+    Progress = 1,
+    /// Progress was thrown away; `detail` is a `ResetCause`.
+    Reset = 2,
     /// The last step was accepted; `expires_ns` says until when.
-    pub const GRANT: u8 = 3;
+    Grant = 3,
     /// A packet to a protected port was dropped (rate limited).
-    pub const DENIED: u8 = 4;
+    Denied = 4,
     /// A source failed too often; `expires_ns` says until when its knocks
     /// are ignored.
-    pub const PENALIZED: u8 = 5;
+    Penalized = 5,
 }
 
-/// `Event::detail` values for `event_kind::RESET`.
-pub mod reset_cause {
-    /// Another TCP SYN or UDP datagram arrived mid-sequence.
-    pub const WRONG_PACKET: u8 = 1;
-    /// The sequence was not completed within the rule's timeout.
-    pub const TIMEOUT: u8 = 2;
-    /// The sequence opens once, and it already has.
-    pub const SPENT: u8 = 3;
+impl EventKind {
+    /// The kind whose byte is `code`, if there is one.
+    pub const fn decode(code: u8) -> Option<EventKind> {
+        match code {
+            1 => Some(EventKind::Progress),
+            2 => Some(EventKind::Reset),
+            3 => Some(EventKind::Grant),
+            4 => Some(EventKind::Denied),
+            5 => Some(EventKind::Penalized),
+            _ => None,
+        }
+    }
 }
+
+impl TryFrom<u8> for EventKind {
+    /// The byte that is no kind.
+    type Error = u8;
+
+    fn try_from(code: u8) -> Result<EventKind, u8> {
+        EventKind::decode(code).ok_or(code)
+    }
+}
+
+/// Why progress was thrown away: the `detail` byte of an
+/// `EventKind::Reset` event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResetCause {
+    /// Another TCP SYN or UDP datagram arrived mid-sequence.
+    WrongPacket = 1,
+    /// The sequence was not completed within the rule's timeout.
+    Timeout = 2,
+    /// The sequence opens once, and it already has.
+    Spent = 3,
+}
+
+impl ResetCause {
+    /// The cause whose byte is `code`, if there is one.
+    pub const fn decode(code: u8) -> Option<ResetCause> {
+        match code {
+            1 => Some(ResetCause::WrongPacket),
+            2 => Some(ResetCause::Timeout),
+            3 => Some(ResetCause::Spent),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<u8> for ResetCause {
+    /// The byte that is no cause.
+    type Error = u8;
+
+    fn try_from(code: u8) -> Result<ResetCause, u8> {
+        ResetCause::decode(code).ok_or(code)
+    }
+}
+
+/// `Event::rule` of an event about no one rule.
+pub const NOT_A_RULE: u16 = u16::MAX;
 
 /// One record on the `EVENTS` ring buffer.
 #[repr(C)]
@@ -36,19 +88,99 @@ pub struct Event {
     pub addr: Addr,
     /// Kernel monotonic clock (ns); for grants, when they expire.
     pub expires_ns: u64,
+    /// An `EventKind`; read it with `Event::kind()`.
     pub kind: u8,
+    /// A `ResetCause` for a reset, zero otherwise; read it with
+    /// `Event::reset_cause()`.
     pub detail: u8,
     /// The packet's protocol and destination port (host byte order).
     pub proto: u8,
     /// 1-based step number for progress events.
     pub step: u8,
     pub port: u16,
-    /// Rule index, or `u16::MAX` when not about one rule.
+    /// Rule index, or `NOT_A_RULE`.
     pub rule: u16,
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 32);
 
 impl Event {
+    /// An event of `kind` about a packet `knock` from `addr` for rule index
+    /// `rule`, the rest zero: what each kind's constructor starts from.
+    #[inline(always)]
+    const fn of(kind: EventKind, addr: &Addr, knock: Knock, rule: u32) -> Event {
+        Event {
+            addr: *addr,
+            expires_ns: 0,
+            kind: kind as u8,
+            detail: 0,
+            proto: knock.proto,
+            step: 0,
+            port: knock.port,
+            rule: rule as u16,
+        }
+    }
+
+    /// `knock` from `addr` was step `step` (1-based) of rule `rule`.
+    #[inline(always)]
+    pub const fn progress(addr: &Addr, knock: Knock, rule: u32, step: u8) -> Event {
+        Event {
+            step,
+            ..Event::of(EventKind::Progress, addr, knock, rule)
+        }
+    }
+
+    /// `knock` from `addr` threw away its progress through rule `rule`.
+    #[inline(always)]
+    pub const fn reset(addr: &Addr, knock: Knock, rule: u32, cause: ResetCause) -> Event {
+        Event {
+            detail: cause as u8,
+            ..Event::of(EventKind::Reset, addr, knock, rule)
+        }
+    }
+
+    /// `knock` from `addr`, the last of rule `rule`'s `steps` steps, opened
+    /// it until `expires_ns`.
+    #[inline(always)]
+    pub const fn grant(addr: &Addr, knock: Knock, rule: u32, steps: u8, expires_ns: u64) -> Event {
+        Event {
+            step: steps,
+            expires_ns,
+            ..Event::of(EventKind::Grant, addr, knock, rule)
+        }
+    }
+
+    /// `knock` from `addr` was stopped at a protected port.
+    #[inline(always)]
+    pub const fn denied(addr: &Addr, knock: Knock) -> Event {
+        Event::of(EventKind::Denied, addr, knock, NOT_A_RULE as u32)
+    }
+
+    /// `knock` from `addr` was one failure too many: its knocks are ignored
+    /// until `until_ns`.
+    #[inline(always)]
+    pub const fn penalized(addr: &Addr, knock: Knock, until_ns: u64) -> Event {
+        Event {
+            expires_ns: until_ns,
+            ..Event::of(EventKind::Penalized, addr, knock, NOT_A_RULE as u32)
+        }
+    }
+
+    /// What it reports; `Err` with the byte when that is no `EventKind`.
+    pub const fn kind(&self) -> Result<EventKind, u8> {
+        match EventKind::decode(self.kind) {
+            Some(kind) => Ok(kind),
+            None => Err(self.kind),
+        }
+    }
+
+    /// Why progress was thrown away, for a reset with a known cause.
+    pub const fn reset_cause(&self) -> Option<ResetCause> {
+        match EventKind::decode(self.kind) {
+            Some(EventKind::Reset) => ResetCause::decode(self.detail),
+            _ => None,
+        }
+    }
+
     /// The event in one `EVENTS` record, read field by field from the bytes
     /// the XDP program wrote (its `repr(C)` layout, native byte order), so
     /// any alignment will do; `None` when `bytes` is not exactly the size of
@@ -86,8 +218,8 @@ mod tests {
         Event {
             addr: ipv4_mapped([198, 18, 0, 2]),
             expires_ns: 0x0102_0304_0506_0708,
-            kind: event_kind::RESET,
-            detail: reset_cause::TIMEOUT,
+            kind: EventKind::Reset as u8,
+            detail: ResetCause::Timeout as u8,
             proto: IPPROTO_UDP,
             step: 3,
             port: 4728,
@@ -124,7 +256,7 @@ mod tests {
         let mut record = Vec::new();
         record.extend_from_slice(&ipv4_mapped([198, 18, 0, 2]));
         record.extend_from_slice(&0x0102_0304_0506_0708u64.to_ne_bytes());
-        record.extend_from_slice(&[event_kind::RESET, reset_cause::TIMEOUT, IPPROTO_UDP, 3]);
+        record.extend_from_slice(&[2, 2, IPPROTO_UDP, 3]);
         record.extend_from_slice(&4728u16.to_ne_bytes());
         record.extend_from_slice(&0x0a0bu16.to_ne_bytes());
         assert_eq!(record, memory(&event()));
@@ -143,5 +275,89 @@ mod tests {
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert_eq!(Event::decode(&longer), None);
+    }
+
+    #[test]
+    fn kinds_and_causes_keep_their_bytes_and_decode_safely() {
+        let kinds = [
+            (EventKind::Progress, 1),
+            (EventKind::Reset, 2),
+            (EventKind::Grant, 3),
+            (EventKind::Denied, 4),
+            (EventKind::Penalized, 5),
+        ];
+        for (kind, byte) in kinds {
+            assert_eq!(kind as u8, byte);
+            assert_eq!(EventKind::try_from(byte), Ok(kind));
+        }
+        for byte in [0, 6, 99, u8::MAX] {
+            assert_eq!(EventKind::try_from(byte), Err(byte));
+        }
+        let causes = [
+            (ResetCause::WrongPacket, 1),
+            (ResetCause::Timeout, 2),
+            (ResetCause::Spent, 3),
+        ];
+        for (cause, byte) in causes {
+            assert_eq!(cause as u8, byte);
+            assert_eq!(ResetCause::try_from(byte), Ok(cause));
+        }
+        for byte in [0, 4, u8::MAX] {
+            assert_eq!(ResetCause::try_from(byte), Err(byte));
+        }
+    }
+
+    #[test]
+    fn constructors_fill_what_each_kind_reports() {
+        let addr = ipv4_mapped([198, 18, 0, 2]);
+        let knock = crate::Knock::udp(4728);
+        let reset = Event::reset(&addr, knock, 7, ResetCause::Spent);
+        assert_eq!(
+            reset,
+            Event {
+                addr,
+                expires_ns: 0,
+                kind: 2,
+                detail: 3,
+                proto: IPPROTO_UDP,
+                step: 0,
+                port: 4728,
+                rule: 7,
+            }
+        );
+        assert_eq!(reset.kind(), Ok(EventKind::Reset));
+        assert_eq!(reset.reset_cause(), Some(ResetCause::Spent));
+
+        let progress = Event::progress(&addr, knock, 1, 2);
+        assert_eq!(
+            (progress.kind(), progress.step),
+            (Ok(EventKind::Progress), 2)
+        );
+        assert_eq!(progress.reset_cause(), None);
+
+        let grant = Event::grant(&addr, knock, 1, 3, 99);
+        assert_eq!(
+            (grant.kind(), grant.step, grant.expires_ns, grant.detail),
+            (Ok(EventKind::Grant), 3, 99, 0)
+        );
+
+        let denied = Event::denied(&addr, knock);
+        assert_eq!(
+            (denied.kind(), denied.rule),
+            (Ok(EventKind::Denied), NOT_A_RULE)
+        );
+
+        let penalized = Event::penalized(&addr, knock, 42);
+        assert_eq!(
+            (penalized.kind(), penalized.rule, penalized.expires_ns),
+            (Ok(EventKind::Penalized), NOT_A_RULE, 42)
+        );
+
+        let unknown = Event {
+            kind: 99,
+            detail: 2,
+            ..reset
+        };
+        assert_eq!((unknown.kind(), unknown.reset_cause()), (Err(99), None));
     }
 }

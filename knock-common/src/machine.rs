@@ -2,7 +2,7 @@
 //! source's progress through one rule. Plain Rust, so the XDP program, the
 //! loader and the host unit tests all run the same code.
 
-use crate::{Knock, MAX_STEPS, Progress, RuleConfig, reset_cause};
+use crate::{Knock, MAX_STEPS, Progress, ResetCause, RuleConfig};
 
 /// What the packet does to the stored progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,8 +23,8 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transition {
     /// Progress was thrown away before the packet was considered as a first
-    /// step; the value is a `reset_cause`.
-    pub reset: Option<u8>,
+    /// step, and why.
+    pub reset: Option<ResetCause>,
     pub outcome: Outcome,
 }
 
@@ -65,7 +65,7 @@ pub fn on_packet(
                     outcome: Outcome::Untouched,
                 };
             }
-            reset = Some(reset_cause::TIMEOUT);
+            reset = Some(ResetCause::Timeout);
         } else if next < steps && step_at(&rule.sequence, next) == Some(knock) {
             return Transition {
                 reset: None,
@@ -77,7 +77,7 @@ pub fn on_packet(
                 outcome: Outcome::Duplicate,
             };
         } else {
-            reset = Some(reset_cause::WRONG_PACKET);
+            reset = Some(ResetCause::WrongPacket);
         }
     }
     let outcome = if steps > 0 && rule.sequence[0] == knock {
@@ -217,7 +217,7 @@ mod tests {
         );
         assert!(!granted);
         assert_eq!(t[0].outcome, Outcome::Idle);
-        assert_eq!(t[2].reset, Some(reset_cause::WRONG_PACKET));
+        assert_eq!(t[2].reset, Some(ResetCause::WrongPacket));
     }
 
     #[test]
@@ -252,7 +252,7 @@ mod tests {
         );
         assert!(!granted);
         // The stale first step resets but also starts a new attempt.
-        assert_eq!(t[2].reset, Some(reset_cause::WRONG_PACKET));
+        assert_eq!(t[2].reset, Some(ResetCause::WrongPacket));
         assert_eq!(
             t[2].outcome,
             Outcome::Advanced(Progress {
@@ -261,7 +261,7 @@ mod tests {
                 sequence_tag: r.sequence_tag
             })
         );
-        assert_eq!(t[3].reset, Some(reset_cause::WRONG_PACKET));
+        assert_eq!(t[3].reset, Some(ResetCause::WrongPacket));
     }
 
     #[test]
@@ -280,7 +280,7 @@ mod tests {
         assert_eq!(
             t[1],
             Transition {
-                reset: Some(reset_cause::WRONG_PACKET),
+                reset: Some(ResetCause::WrongPacket),
                 outcome: Outcome::Idle
             }
         );
@@ -328,7 +328,7 @@ mod tests {
         assert_eq!(
             t[2],
             Transition {
-                reset: Some(reset_cause::TIMEOUT),
+                reset: Some(ResetCause::Timeout),
                 outcome: Outcome::Idle
             }
         );
@@ -365,7 +365,7 @@ mod tests {
         assert_eq!(
             t[2],
             Transition {
-                reset: Some(reset_cause::TIMEOUT),
+                reset: Some(ResetCause::Timeout),
                 outcome: Outcome::Idle
             }
         );
@@ -385,7 +385,7 @@ mod tests {
             true,
             20 * SECOND,
         );
-        assert_eq!(t.reset, Some(reset_cause::TIMEOUT));
+        assert_eq!(t.reset, Some(ResetCause::Timeout));
         assert_eq!(
             t.outcome,
             Outcome::Advanced(Progress {
@@ -415,7 +415,7 @@ mod tests {
                 sequence_tag: r.sequence_tag,
             };
             let t = on_packet(&r, Some(&p), Knock::tcp(6742), true, 1);
-            assert_eq!(t.reset, Some(reset_cause::WRONG_PACKET));
+            assert_eq!(t.reset, Some(ResetCause::WrongPacket));
         }
     }
 

@@ -25,16 +25,17 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Answer, IPPROTO_TCP, IPPROTO_UDP, SOURCE_HORIZON_SLOTS, Settings, addr_words,
+    Answer, ICMP_DEST_UNREACH, ICMP_HEADER_LEN, ICMP_PORT_UNREACH, ICMPV6_DEST_UNREACH,
+    ICMPV6_PORT_UNREACH, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN, SOURCE_HORIZON_SLOTS, Settings, TCP_ACK, TCP_FIN, TCP_HEADER_LEN, TCP_RST,
+    TCP_SYN, UDP_HEADER_LEN, addr_words,
     checksum::{Sum, pseudo_v4, pseudo_v6},
     flow_label, ipv4_mapped,
     ratelimit::{GlobalIcmpBudget, PeerIcmpRate},
     source_slot,
 };
 
-use crate::parse::{
-    self, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Transport, bytes_at, store_at,
-};
+use crate::parse::{self, Parsed, Transport, bytes_at, store_at};
 
 #[map]
 static CONCEAL: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -50,13 +51,6 @@ static ICMP_PEERS: Array<PeerIcmpRate> = Array::with_max_entries(SOURCE_HORIZON_
 #[map]
 static SUM_SCRATCH: PerCpuArray<[u32; CHUNK / 4 + 1]> = PerCpuArray::with_max_entries(1, 0);
 
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPV4_HEADER_LEN: usize = 20;
-const IPV6_HEADER_LEN: usize = 40;
-const TCP_HEADER_LEN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
-const ICMP_HEADER_LEN: usize = 8;
 const IPV4_DONT_FRAGMENT: u8 = 0x40;
 const ECN_MASK: u8 = 0x03;
 /// `IPTOS_TOS_MASK` and `IPTOS_PREC_INTERNETCONTROL`: an ICMP error keeps
@@ -395,7 +389,7 @@ fn port_unreachable(
     let quoted = sum_packet(ctx, probe.l3, quote_len)?;
     let icmp_len = ICMP_HEADER_LEN + quote_len;
     if probe.v6 {
-        let mut icmp = [1u8, 4, 0, 0, 0, 0, 0, 0];
+        let mut icmp = [ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
         let checksum = probe
             .pseudo(&probe.dst, &probe.src, IPPROTO_ICMPV6, icmp_len)
             .bytes(&icmp)
@@ -420,7 +414,7 @@ fn port_unreachable(
         );
         send_error(ctx, &probe, quote_len, &ip, &icmp)?;
     } else {
-        let mut icmp = [3u8, 3, 0, 0, 0, 0, 0, 0];
+        let mut icmp = [ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
         let checksum = Sum::ZERO.bytes(&icmp).plus(quoted).checksum().to_be_bytes();
         icmp[2] = checksum[0];
         icmp[3] = checksum[1];

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use knock_common::{Addr, Event, EventBudget, Knock, Reason, Settings, event_kind};
+use knock_common::{Event, EventBudget, Reason, Settings};
 
 use crate::{parse::Packet, settings::now_ns};
 
@@ -52,34 +52,15 @@ pub fn within_budget(budgets: &PerCpuArray<EventBudget>, limit: u32) -> bool {
 #[inline(always)]
 pub fn denied(settings: &Settings, packet: &Packet) {
     if within_flood_budget(settings) {
-        let not_a_rule = u32::from(u16::MAX);
-        emit(
-            event_kind::DENIED,
-            0,
-            &packet.src(),
-            packet.knock(),
-            not_a_rule,
-            0,
-            0,
-        );
+        emit(&Event::denied(&packet.src(), packet.knock()));
     }
 }
 
 /// Puts one event on the ring buffer; a full ring buffer loses the event
 /// (counted), never the verdict.
 #[inline(always)]
-pub fn emit(kind: u8, detail: u8, addr: &Addr, knock: Knock, rule: u32, step: u8, expires_ns: u64) {
-    let event = Event {
-        addr: *addr,
-        expires_ns,
-        kind,
-        detail,
-        proto: knock.proto,
-        step,
-        port: knock.port,
-        rule: rule as u16,
-    };
-    if EVENTS.output(&event, 0).is_err()
+pub fn emit(event: &Event) {
+    if EVENTS.output(event, 0).is_err()
         && let Some(lost) = LOST_EVENTS.get_ptr_mut(0)
     {
         // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.

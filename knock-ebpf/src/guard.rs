@@ -8,13 +8,14 @@ use aya_ebpf::{
     maps::{LpmTrie, LruHashMap, lpm_trie::Key},
 };
 use knock_common::{
-    Addr, Flow, FlowKey, Grant, IPPROTO_UDP, MAX_RULES, Reason, Settings, SourceRule,
+    Addr, Flow, FlowKey, Grant, IPPROTO_UDP, MAX_RULES, Reason, Settings, SourceRule, TCP_FIN,
+    TCP_RST,
 };
 
 use crate::{
     events,
     horizon::{self, Horizon},
-    parse::{Packet, TCP_FIN, TCP_RST},
+    parse::Packet,
 };
 
 // Sizes here are defaults; the loader sets the configured ones before loading.

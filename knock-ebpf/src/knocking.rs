@@ -12,10 +12,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, Knock, MAX_RULES, Penalty, PortRoles, Progress, Reason, SPENT_ENTRIES, Settings,
-    SourceRule, SpentKey, event_kind, horizon_units,
+    Addr, BPF_NOEXIST, Event, Knock, MAX_RULES, Penalty, PortRoles, Progress, Reason, ResetCause,
+    SPENT_ENTRIES, Settings, SourceRule, SpentKey, horizon_units,
     machine::{self, Outcome},
-    record_failure, reset_cause,
+    record_failure,
 };
 
 use crate::{
@@ -219,7 +219,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     let progress = stored.get();
     let transition = machine::on_packet(rule, progress.as_ref(), knock, scan.knock_port, now);
     if let Some(cause) = transition.reset {
-        events::emit(event_kind::RESET, cause, &scan.src, knock, rule_index, 0, 0);
+        events::emit(&Event::reset(&scan.src, knock, rule_index, cause));
         count_failure(settings, slot, penalty, &scan.src, knock, now);
     }
     let reason = match transition.outcome {
@@ -236,30 +236,19 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             // First steps are what a spoofed flood sends: their events share
             // the flood budget; later steps come from real clients.
             if step > 1 || events::within_flood_budget(settings) {
-                events::emit(
-                    event_kind::PROGRESS,
-                    0,
-                    &scan.src,
-                    knock,
-                    rule_index,
-                    step,
-                    0,
-                );
+                events::emit(&Event::progress(&scan.src, knock, rule_index, step));
             }
             Reason::DropKnockAdvanced
         }
         Outcome::Granted => {
             stored.forget(&key, slot);
             if rule.once != 0 && spend(rule_index, rule.sequence_tag, now) {
-                events::emit(
-                    event_kind::RESET,
-                    reset_cause::SPENT,
+                events::emit(&Event::reset(
                     &scan.src,
                     knock,
                     rule_index,
-                    0,
-                    0,
-                );
+                    ResetCause::Spent,
+                ));
                 count_failure(settings, slot, penalty, &scan.src, knock, now);
                 if verdict().is_none() {
                     set_verdict(Some(Reason::DropKnockPort));
@@ -270,15 +259,9 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             guard::grant(&key, expires_ns);
             horizon::raise(settings, slot, Horizon::Admitted, now);
             let step = rule.steps as u8;
-            events::emit(
-                event_kind::GRANT,
-                0,
-                &scan.src,
-                knock,
-                rule_index,
-                step,
-                expires_ns,
-            );
+            events::emit(&Event::grant(
+                &scan.src, knock, rule_index, step, expires_ns,
+            ));
             Reason::DropKnockGranted
         }
     };
@@ -311,7 +294,6 @@ fn spend(rule: u32, sequence_tag: u32, now: u64) -> bool {
         return true;
     }
     // BPF_NOEXIST: of two CPUs completing it at once, one grants.
-    const BPF_NOEXIST: u64 = 1;
     SPENT.insert(&key, &now, BPF_NOEXIST).is_err()
 }
 
@@ -421,14 +403,6 @@ fn count_failure(
         let _ = PENALTIES.insert(src, state, 0);
     }
     if penalized {
-        events::emit(
-            event_kind::PENALIZED,
-            0,
-            src,
-            knock,
-            u32::from(u16::MAX),
-            0,
-            state.ignored_until_ns,
-        );
+        events::emit(&Event::penalized(src, knock, state.ignored_until_ns));
     }
 }

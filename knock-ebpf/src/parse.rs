@@ -7,9 +7,11 @@
 
 use aya_ebpf::programs::XdpContext;
 use knock_common::{
-    Addr, AddrWords, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Knock,
-    MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, Reason, addr_words, ipv4_mapped,
-    words_addr,
+    Addr, AddrWords, ICMP_ECHO_REQUEST, ICMP_HEADER_LEN, ICMPV6_ECHO_REQUEST, IPPROTO_AH,
+    IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HIP, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_MOBILITY, IPPROTO_ROUTING, IPPROTO_SHIM6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_LEN,
+    IPV6_HEADER_LEN, Knock, MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, Reason,
+    TCP_ACK, TCP_HEADER_LEN, TCP_SYN, UDP_HEADER_LEN, addr_words, ipv4_mapped, words_addr,
 };
 
 const ETH_HEADER_LEN: usize = 14;
@@ -19,33 +21,11 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-const IPV4_HEADER_MIN_LEN: usize = 20;
 const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
 const IPV4_MORE_FRAGMENTS: u8 = 0x20;
 const IPV4_SOURCE: usize = 12;
-const IPV6_HEADER_LEN: usize = 40;
 const IPV6_SOURCE: usize = 8;
 const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_DSTOPTS: u8 = 60;
-const IPPROTO_MOBILITY: u8 = 135;
-const IPPROTO_HIP: u8 = 139;
-const IPPROTO_SHIM6: u8 = 140;
-
-const TCP_HEADER_MIN_LEN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
-const ICMP_HEADER_LEN: usize = 8;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP segment or UDP datagram, as far as the filter cares.
 #[derive(Clone, Copy)]
@@ -246,9 +226,9 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, ParseError> {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Parsed, ParseError> {
-    let header = bytes_at::<IPV4_HEADER_MIN_LEN>(ctx, offset)?;
+    let header = bytes_at::<IPV4_HEADER_LEN>(ctx, offset)?;
     let header_len = usize::from(header[0] & 0x0f) * 4;
-    if header[0] >> 4 != 4 || header_len < IPV4_HEADER_MIN_LEN {
+    if header[0] >> 4 != 4 || header_len < IPV4_HEADER_LEN {
         return Err(ParseError::BadIpHeader);
     }
     if u16::from_be_bytes([header[6], header[7]]) & IPV4_FRAGMENT_OFFSET_MASK != 0 {
@@ -350,7 +330,7 @@ fn parse_transport(
 ) -> Result<Parsed, ParseError> {
     let (proto, dst_port, tcp_flags) = match proto {
         IPPROTO_TCP => {
-            let header = bytes_at::<TCP_HEADER_MIN_LEN>(ctx, offset)?;
+            let header = bytes_at::<TCP_HEADER_LEN>(ctx, offset)?;
             (proto, [header[2], header[3]], header[13])
         }
         IPPROTO_UDP => {

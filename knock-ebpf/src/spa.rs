@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use knock_common::{
     EventBudget, REPLAY_ENTRIES, Reason, SPA_MAX_BYTES, SPA_MIN_BYTES, SPA_RING_BYTES, Settings,
-    SpaDatagram,
+    SpaDatagram, UDP_HEADER_LEN,
 };
 
 use crate::{
@@ -31,8 +31,6 @@ static SPA_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0
 /// the filter's state); never read here.
 #[map]
 static REPLAY: HashMap<[u8; 32], u64> = HashMap::with_max_entries(REPLAY_ENTRIES, 0);
-
-const UDP_HEADER_LEN: usize = 8;
 
 /// Hands a datagram to an SPA port to the loader, if it may be one and this
 /// CPU has budget left; the verdict says which. The datagram itself is

@@ -5,23 +5,16 @@
 
 use std::net::IpAddr;
 
-use knock_common::checksum::{Sum, pseudo_v4, pseudo_v6};
-
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
-pub const ICMP: u8 = 1;
-pub const ICMPV6: u8 = 58;
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_PSH: u8 = 0x08;
-pub const TCP_ACK: u8 = 0x10;
-
-pub const HOP_BY_HOP: u8 = 0;
-pub const ROUTING: u8 = 43;
-pub const FRAGMENT: u8 = 44;
-pub const AUTH: u8 = 51;
-pub const DEST_OPTS: u8 = 60;
+use knock_common::{
+    ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST,
+    checksum::{Sum, pseudo_v4, pseudo_v6},
+};
+pub use knock_common::{
+    IPPROTO_AH as AUTH, IPPROTO_DSTOPTS as DEST_OPTS, IPPROTO_FRAGMENT as FRAGMENT,
+    IPPROTO_HOPOPTS as HOP_BY_HOP, IPPROTO_ICMP as ICMP, IPPROTO_ICMPV6 as ICMPV6,
+    IPPROTO_ROUTING as ROUTING, IPPROTO_TCP as TCP, IPPROTO_UDP as UDP, TCP_ACK, TCP_FIN, TCP_PSH,
+    TCP_RST, TCP_SYN,
+};
 
 const SERVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
@@ -225,7 +218,11 @@ impl Frame {
     fn transport(&self) -> Vec<u8> {
         let mut out = Vec::new();
         if self.is_icmp() {
-            let echo_request = if self.proto == ICMP { 8 } else { 128 };
+            let echo_request = if self.proto == ICMP {
+                ICMP_ECHO_REQUEST
+            } else {
+                ICMPV6_ECHO_REQUEST
+            };
             out.extend_from_slice(&[echo_request, 0, 0, 0, 0x12, 0x34, 0, 1]);
             out.extend(std::iter::repeat_n(0x61u8, self.payload));
             return out;

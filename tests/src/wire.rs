@@ -10,20 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use knock_common::checksum::{Sum, pseudo_v4, pseudo_v6};
+use knock_common::{
+    IPPROTO_ICMP as ICMP, IPPROTO_ICMPV6 as ICMPV6,
+    checksum::{Sum, pseudo_v4, pseudo_v6},
+};
+pub use knock_common::{
+    IPPROTO_TCP as TCP, IPPROTO_UDP as UDP, TCP_ACK as ACK, TCP_FIN as FIN, TCP_PSH as PSH,
+    TCP_RST as RST, TCP_SYN as SYN, TCP_URG as URG,
+};
 
 use crate::Netns;
-
-pub const TCP: u8 = 6;
-pub const UDP: u8 = 17;
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
-pub const URG: u8 = 0x20;
 
 /// The Ethernet address of `iface` in `ns`.
 pub fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {

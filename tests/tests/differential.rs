@@ -16,7 +16,8 @@ use std::{
 };
 
 use knock_common::{
-    Addr, PortRoles, Settings, checksum::Sum, horizon_units, ratelimit::BURST_FACTOR,
+    Addr, PortRoles, Settings, XDP_DROP, XDP_PASS, XDP_TX, checksum::Sum, horizon_units,
+    ratelimit::BURST_FACTOR,
 };
 use lab::{
     answers::{Answer, Concealment, Host},
@@ -33,9 +34,6 @@ use xknock::{
     loader::{Filter, key_addr, monotonic_ns},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const SECOND: u64 = 1_000_000_000;
 /// In `PORTS`: an echo request of the family of the source.
 const ECHO: u8 = 1;

@@ -4,6 +4,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use knock_common::{XDP_DROP, XDP_PASS};
 use lab::{
     CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, Xknock, article_config,
     frames::{AUTH, DEST_OPTS, Fragment, Frame, HOP_BY_HOP, ROUTING, TCP_ACK, TCP_SYN},
@@ -14,9 +15,6 @@ use xknock::{
     config::{Config, KernelConfig},
     loader::Filter,
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address literal")

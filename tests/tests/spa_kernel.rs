@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use aya::maps::{MapData, RingBuf};
-use knock_common::SpaDatagram;
+use knock_common::{SpaDatagram, XDP_DROP, XDP_TX};
 use lab::{
     CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6,
     frames::{Fragment, Frame},
@@ -17,8 +17,6 @@ use xknock::{
     loader::Filter,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
 const SPA_PORT: u16 = 62201;
 
 fn ip(s: &str) -> IpAddr {

@@ -1,9 +1,9 @@
 //! Turning kernel events into lines an operator (text) or a script (JSON) reads.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{fmt, net::IpAddr, time::SystemTime};
 
-use knock_common::{Addr, Event, Knock, event_kind, reset_cause};
-use serde::Serialize;
+use knock_common::{Addr, Event, EventKind, Knock, ResetCause};
+use serde::{Serialize, Serializer};
 
 use crate::{
     config::{Config, PortSpec},
@@ -58,11 +58,76 @@ pub enum EventFormat {
     Json,
 }
 
+/// What a `Record` reports: a kind of kernel event, or one of the loader's
+/// own (SPA verdicts, expired grants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A knock step was accepted.
+    Progress,
+    /// A source's progress was thrown away (`reason` says why).
+    Reset,
+    /// A knock sequence was completed and opened its rule.
+    Grant,
+    /// A packet to a protected port was dropped.
+    Denied,
+    /// A source failed too often; its knocks are ignored for a while.
+    Penalized,
+    /// An SPA packet opened ports.
+    SpaGrant,
+    /// An SPA packet opened nothing (`reason` says why).
+    SpaRefused,
+    /// The sweeper removed a grant that ran out.
+    Expired,
+}
+
+impl RecordKind {
+    /// The name it is printed under, in text and JSON alike: the one place
+    /// each kind's name is written.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RecordKind::Progress => "progress",
+            RecordKind::Reset => "reset",
+            RecordKind::Grant => "grant",
+            RecordKind::Denied => "denied",
+            RecordKind::Penalized => "penalized",
+            RecordKind::SpaGrant => "spa_grant",
+            RecordKind::SpaRefused => "spa_refused",
+            RecordKind::Expired => "expired",
+        }
+    }
+}
+
+impl From<EventKind> for RecordKind {
+    fn from(kind: EventKind) -> RecordKind {
+        match kind {
+            EventKind::Progress => RecordKind::Progress,
+            EventKind::Reset => RecordKind::Reset,
+            EventKind::Grant => RecordKind::Grant,
+            EventKind::Denied => RecordKind::Denied,
+            EventKind::Penalized => RecordKind::Penalized,
+        }
+    }
+}
+
+/// Its name, padded as the format asks (the text line aligns it).
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Its name, as a JSON string.
+impl Serialize for RecordKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 /// One event, ready to print.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Record {
     pub time: String,
-    pub event: &'static str,
+    pub event: RecordKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub source: IpAddr,
@@ -115,7 +180,7 @@ fn now_rfc3339() -> String {
 
 impl Record {
     /// A record of `event` about `source`, with nothing else said yet.
-    fn new(event: &'static str, source: IpAddr) -> Record {
+    fn new(event: RecordKind, source: IpAddr) -> Record {
         Record {
             time: now_rfc3339(),
             event,
@@ -138,7 +203,7 @@ impl Record {
         let source = display_addr(source);
         let mut record = match verdict {
             Verdict::Grant(grant) => {
-                let mut record = Record::new("spa_grant", source);
+                let mut record = Record::new(RecordKind::SpaGrant, source);
                 record.rule = Some(grant.rule.clone());
                 record.admitted = (grant.addr != source).then_some(grant.addr);
                 let ports: Vec<String> = grant.ports.iter().map(PortSpec::to_string).collect();
@@ -151,7 +216,7 @@ impl Record {
                 reason,
                 detail,
             } => {
-                let mut record = Record::new("spa_refused", source);
+                let mut record = Record::new(RecordKind::SpaRefused, source);
                 record.rule = rule.clone();
                 record.reason = Some(reason.name());
                 record.detail = Some(detail.clone());
@@ -167,39 +232,34 @@ impl Record {
         let event = Event::decode(bytes).ok_or(DecodeError::Size(bytes.len()))?;
         let rule = rules.get(u32::from(event.rule));
         let port = PortSpec(Knock::new(event.proto, event.port)).to_string();
+        let kind = event.kind().map_err(DecodeError::Kind)?;
         let mut record = Record {
             rule: rule.map(|(name, _)| name.to_owned()),
             port: Some(port),
             steps: rule.map(|(_, steps)| steps),
-            ..Record::new("", display_addr(&event.addr))
+            ..Record::new(kind.into(), display_addr(&event.addr))
         };
-        match event.kind {
-            event_kind::PROGRESS => {
-                record.event = "progress";
+        match kind {
+            EventKind::Progress => {
                 record.step = Some(event.step);
             }
-            event_kind::RESET => {
-                record.event = "reset";
-                record.reason = Some(match event.detail {
-                    reset_cause::TIMEOUT => "timeout",
-                    reset_cause::SPENT => "spent",
-                    _ => "wrong_packet",
+            EventKind::Reset => {
+                record.reason = Some(match event.reset_cause() {
+                    Some(ResetCause::Timeout) => "timeout",
+                    Some(ResetCause::Spent) => "spent",
+                    Some(ResetCause::WrongPacket) | None => "wrong_packet",
                 });
             }
-            event_kind::GRANT => {
-                record.event = "grant";
+            EventKind::Grant => {
                 record.expires_in_secs = Some(seconds_until(event.expires_ns));
             }
-            event_kind::DENIED => {
-                record.event = "denied";
+            EventKind::Denied => {
                 record.steps = None;
             }
-            event_kind::PENALIZED => {
-                record.event = "penalized";
+            EventKind::Penalized => {
                 record.steps = None;
                 record.ignored_for_secs = Some(seconds_until(event.expires_ns));
             }
-            kind => return Err(DecodeError::Kind(kind)),
         }
         Ok(record)
     }
@@ -208,7 +268,7 @@ impl Record {
     pub fn expired(grant: &ExpiredGrant, rules: &RuleBook) -> Record {
         Record {
             rule: rules.get(grant.rule).map(|(name, _)| name.to_owned()),
-            ..Record::new("expired", display_addr(&grant.source))
+            ..Record::new(RecordKind::Expired, display_addr(&grant.source))
         }
     }
 
@@ -276,15 +336,7 @@ mod tests {
 
     #[test]
     fn progress_renders_as_text_and_json() {
-        let event = Event {
-            addr: ipv4_mapped([198, 18, 0, 2]),
-            kind: event_kind::PROGRESS,
-            proto: knock_common::IPPROTO_UDP,
-            step: 2,
-            port: 4728,
-            rule: 0,
-            ..Event::default()
-        };
+        let event = Event::progress(&ipv4_mapped([198, 18, 0, 2]), Knock::udp(4728), 0, 2);
         let record = Record::from_kernel(&bytes(&event), &config()).expect("decodes");
         let text = record.render(EventFormat::Text);
         assert!(
@@ -309,15 +361,7 @@ mod tests {
         v6[0] = 0xfd;
         v6[1] = 0x18;
         v6[15] = 2;
-        let reset = Event {
-            addr: v6,
-            kind: event_kind::RESET,
-            detail: reset_cause::TIMEOUT,
-            proto: knock_common::IPPROTO_TCP,
-            port: 6742,
-            rule: 0,
-            ..Event::default()
-        };
+        let reset = Event::reset(&v6, Knock::tcp(6742), 0, ResetCause::Timeout);
         let text = Record::from_kernel(&bytes(&reset), &config())
             .expect("decodes")
             .render(EventFormat::Text);
@@ -325,13 +369,7 @@ mod tests {
             text.contains(" reset    fd18::2 rule=ssh tcp:6742 reason=timeout"),
             "{text}"
         );
-        let denied = Event {
-            kind: event_kind::DENIED,
-            proto: knock_common::IPPROTO_TCP,
-            port: 22,
-            rule: u16::MAX,
-            ..reset
-        };
+        let denied = Event::denied(&v6, Knock::tcp(22));
         let text = Record::from_kernel(&bytes(&denied), &config())
             .expect("decodes")
             .render(EventFormat::Text);
@@ -352,5 +390,54 @@ mod tests {
             Record::from_kernel(&bytes(&unknown), &config()),
             Err(DecodeError::Kind(99))
         ));
+    }
+
+    /// Scripts and tests read these names: text and JSON print each kind
+    /// under the name it always had, padded alike in text.
+    #[test]
+    fn every_kind_prints_under_its_name() {
+        let kinds = [
+            (RecordKind::Progress, "progress"),
+            (RecordKind::Reset, "reset"),
+            (RecordKind::Grant, "grant"),
+            (RecordKind::Denied, "denied"),
+            (RecordKind::Penalized, "penalized"),
+            (RecordKind::SpaGrant, "spa_grant"),
+            (RecordKind::SpaRefused, "spa_refused"),
+            (RecordKind::Expired, "expired"),
+        ];
+        let source: IpAddr = [198, 18, 0, 2].into();
+        for (kind, name) in kinds {
+            let record = Record::new(kind, source);
+            let json: serde_json::Value =
+                serde_json::from_str(&record.render(EventFormat::Json)).expect("json");
+            assert_eq!(json["event"], name);
+            let text = record.render(EventFormat::Text);
+            assert_eq!(
+                text,
+                format!("{} {:<8} 198.18.0.2", record.time, name),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_kinds_become_the_records_of_the_same_name() {
+        let kinds = [
+            (EventKind::Progress, RecordKind::Progress),
+            (EventKind::Reset, RecordKind::Reset),
+            (EventKind::Grant, RecordKind::Grant),
+            (EventKind::Denied, RecordKind::Denied),
+            (EventKind::Penalized, RecordKind::Penalized),
+        ];
+        for (kernel, record) in kinds {
+            assert_eq!(RecordKind::from(kernel), record);
+            let event = Event {
+                kind: kernel as u8,
+                ..Event::default()
+            };
+            let decoded = Record::from_kernel(&bytes(&event), &config()).expect("decodes");
+            assert_eq!(decoded.event, record);
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::{
         Config,
         one_time::{self, OneTime},
     },
-    daemon::events::{EventFormat, Record, RuleBook},
+    daemon::events::{EventFormat, Record, RecordKind, RuleBook},
     daemon::listeners,
     daemon::metrics::{self, Reloads},
     daemon::spa::{self, Judge, Verdict},
@@ -309,7 +309,7 @@ async fn serve(
                     let Some(item) = ring.next() else { break };
                     match Record::from_kernel(&item, &running.rules) {
                         Ok(record) => {
-                            if record.event == "grant" {
+                            if record.event == RecordKind::Grant {
                                 spent.extend(one_time_source(&running.config, record.rule.as_deref()));
                             }
                             print(record)?;
@@ -345,7 +345,7 @@ async fn serve(
                             continue;
                         }
                     };
-                    if record.event == "spa_grant" || refusals.admit() {
+                    if record.event == RecordKind::SpaGrant || refusals.admit() {
                         print(record)?;
                     }
                 }

@@ -22,8 +22,10 @@ use crate::{
 };
 
 /// Why a packet opened nothing: the `reason` of an `spa_refused` event.
+/// (The kernel's verdicts are `knock_common::Reason`; what the decoder
+/// finds wrong with a packet, `fwknop::Refusal`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
+pub enum SpaRefusal {
     /// No SPA entry's HMAC key authenticates it: forged, damaged, or made
     /// with other keys.
     BadHmac,
@@ -42,15 +44,15 @@ pub enum Reason {
     ReplayCacheFull,
 }
 
-impl Reason {
+impl SpaRefusal {
     pub fn name(self) -> &'static str {
         match self {
-            Reason::BadHmac => "bad_hmac",
-            Reason::Replay => "replay",
-            Reason::TooOld => "too_old",
-            Reason::NotAllowed => "not_allowed",
-            Reason::Malformed => "malformed",
-            Reason::ReplayCacheFull => "replay_cache_full",
+            SpaRefusal::BadHmac => "bad_hmac",
+            SpaRefusal::Replay => "replay",
+            SpaRefusal::TooOld => "too_old",
+            SpaRefusal::NotAllowed => "not_allowed",
+            SpaRefusal::Malformed => "malformed",
+            SpaRefusal::ReplayCacheFull => "replay_cache_full",
         }
     }
 }
@@ -62,7 +64,7 @@ pub enum Verdict {
     Refuse {
         /// The SPA entry whose keys authenticated it, if one did.
         rule: Option<String>,
-        reason: Reason,
+        reason: SpaRefusal,
         /// What exactly, for the operator.
         detail: String,
     },
@@ -182,13 +184,13 @@ impl Judge {
         if listening.is_empty() {
             return Ok(refuse(
                 None,
-                Reason::Malformed,
+                SpaRefusal::Malformed,
                 format!("no SPA entry listens on udp:{port}"),
             ));
         }
         let key = fwknop::replay_key(payload);
         if replays.seen(&key)? {
-            return Ok(refuse(only, Reason::Replay, "accepted before".into()));
+            return Ok(refuse(only, SpaRefusal::Replay, "accepted before".into()));
         }
         let mut opened = None;
         for entry in listening {
@@ -198,13 +200,19 @@ impl Judge {
                     break;
                 }
                 Err(Refusal::BadHmac) => continue,
-                Err(other) => return Ok(refuse(Some(entry), Reason::Malformed, other.to_string())),
+                Err(other) => {
+                    return Ok(refuse(
+                        Some(entry),
+                        SpaRefusal::Malformed,
+                        other.to_string(),
+                    ));
+                }
             }
         }
         let Some((entry, request)) = opened else {
             return Ok(refuse(
                 only,
-                Reason::BadHmac,
+                SpaRefusal::BadHmac,
                 "no key of this port authenticates it".into(),
             ));
         };
@@ -225,14 +233,14 @@ impl Judge {
             Remembered::Already => {
                 return Ok(refuse(
                     Some(entry),
-                    Reason::Replay,
+                    SpaRefusal::Replay,
                     "accepted before".into(),
                 ));
             }
             Remembered::Full => {
                 return Ok(refuse(
                     Some(entry),
-                    Reason::ReplayCacheFull,
+                    SpaRefusal::ReplayCacheFull,
                     "every remembered packet is younger than max_age".into(),
                 ));
             }
@@ -248,9 +256,9 @@ impl Judge {
                     entry.max_age.as_secs()
                 )
             };
-            return Ok(refuse(Some(entry), Reason::TooOld, detail));
+            return Ok(refuse(Some(entry), SpaRefusal::TooOld, detail));
         }
-        let not_allowed = |detail: String| Ok(refuse(Some(entry), Reason::NotAllowed, detail));
+        let not_allowed = |detail: String| Ok(refuse(Some(entry), SpaRefusal::NotAllowed, detail));
         let (MessageType::Access | MessageType::ClientTimeoutAccess) = request.message_type else {
             return not_allowed(format!(
                 "a {:?} message; only access requests are served",
@@ -260,7 +268,7 @@ impl Judge {
         let Some(access) = &request.access else {
             return Ok(refuse(
                 Some(entry),
-                Reason::Malformed,
+                SpaRefusal::Malformed,
                 "an access message without an access request".into(),
             ));
         };
@@ -400,7 +408,7 @@ mod tests {
             .expect("judged")
     }
 
-    fn reason(verdict: &Verdict) -> Option<Reason> {
+    fn reason(verdict: &Verdict) -> Option<SpaRefusal> {
         match verdict {
             Verdict::Grant(_) => None,
             Verdict::Refuse { reason, .. } => Some(*reason),
@@ -423,7 +431,7 @@ mod tests {
         assert_eq!(grant.ports, [PortSpec(Knock::tcp(22))]);
         assert_eq!(grant.open_for, Duration::from_secs(30));
         let again = judged_at(&judge, &mut cache, &fresh, now);
-        assert_eq!(reason(&again), Some(Reason::Replay));
+        assert_eq!(reason(&again), Some(SpaRefusal::Replay));
         // Remembered for max_age, then forgotten (and then too old anyway).
         assert_eq!(
             cache.0.values().copied().collect::<Vec<_>>(),
@@ -447,31 +455,31 @@ mod tests {
         let tcp22 = [(Proto::Tcp, 22)];
         assert_eq!(
             judged(&packet(OTHER_KEY, "198.18.0.2", &tcp22, secs, None), 62201),
-            Some(Reason::Malformed),
+            Some(SpaRefusal::Malformed),
             "right HMAC key, wrong key"
         );
         let mut flipped = packet(KEY, "198.18.0.2", &tcp22, secs, None);
         flipped[60] = if flipped[60] == b'A' { b'B' } else { b'A' };
-        assert_eq!(judged(&flipped, 62201), Some(Reason::BadHmac));
+        assert_eq!(judged(&flipped, 62201), Some(SpaRefusal::BadHmac));
         assert_eq!(
             judged(b"not an SPA packet at all", 62201),
-            Some(Reason::Malformed)
+            Some(SpaRefusal::Malformed)
         );
         assert_eq!(
             judged(&packet(KEY, "198.18.0.2", &tcp22, secs, None), 9),
-            Some(Reason::Malformed),
+            Some(SpaRefusal::Malformed),
             "no entry on that port"
         );
         let old = packet(KEY, "198.18.0.2", &tcp22, secs - 61, None);
-        assert_eq!(judged(&old, 62201), Some(Reason::TooOld));
+        assert_eq!(judged(&old, 62201), Some(SpaRefusal::TooOld));
         assert_eq!(
             judged(&old, 62201),
-            Some(Reason::Replay),
+            Some(SpaRefusal::Replay),
             "remembered once authentic"
         );
         assert_eq!(
             judged(&packet(KEY, "198.18.0.2", &tcp22, secs + 61, None), 62201),
-            Some(Reason::TooOld)
+            Some(SpaRefusal::TooOld)
         );
         assert_eq!(
             judged(&packet(KEY, "198.18.0.2", &tcp22, secs + 59, None), 62201),
@@ -483,7 +491,7 @@ mod tests {
                 &packet(KEY, "198.18.0.2", &[(Proto::Tcp, 2222)], secs, None),
                 62201
             ),
-            Some(Reason::NotAllowed)
+            Some(SpaRefusal::NotAllowed)
         );
         assert_eq!(
             judged(
@@ -496,17 +504,17 @@ mod tests {
                 ),
                 62201
             ),
-            Some(Reason::NotAllowed),
+            Some(SpaRefusal::NotAllowed),
             "every port must be allowed"
         );
         assert_eq!(
             judged(&packet(KEY, "0.0.0.0", &tcp22, secs, None), 62201),
-            Some(Reason::NotAllowed),
+            Some(SpaRefusal::NotAllowed),
             "an address is required"
         );
         assert_eq!(
             judged(&packet(KEY, "203.0.113.9", &tcp22, secs, None), 62201),
-            Some(Reason::NotAllowed),
+            Some(SpaRefusal::NotAllowed),
             "a denied address"
         );
     }
@@ -563,7 +571,7 @@ mod tests {
             &packet(KEY, "198.18.0.2", &tcp22, secs, None),
             now,
         );
-        assert_eq!(reason(&second), Some(Reason::ReplayCacheFull));
+        assert_eq!(reason(&second), Some(SpaRefusal::ReplayCacheFull));
     }
 
     #[test]

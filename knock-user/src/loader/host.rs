@@ -4,7 +4,7 @@
 
 use std::{fs, path::Path};
 
-use knock_common::Settings;
+use knock_common::{ICMP_DEST_UNREACH, ICMPV6_DEST_UNREACH, Settings};
 
 /// The kernel's defaults, for a sysctl that cannot be read.
 const DEFAULT_TTL: u8 = 64;
@@ -12,9 +12,7 @@ const DEFAULT_MSGS_PER_SEC: u32 = 1000;
 const DEFAULT_MSGS_BURST: u32 = 50;
 const DEFAULT_RATELIMIT_MS: u32 = 1000;
 /// `icmp_ratemask` bit of ICMP_DEST_UNREACH.
-const DEST_UNREACH_BIT: u32 = 1 << 3;
-/// ICMPv6 destination unreachable.
-const ICMPV6_DEST_UNREACH: u32 = 1;
+const DEST_UNREACH_BIT: u32 = 1 << ICMP_DEST_UNREACH;
 
 /// The answer-shaping values of one host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +46,7 @@ impl HostAnswers {
             number("ipv4/icmp_ratemask").is_none_or(|mask| mask & DEST_UNREACH_BIT != 0);
         let v6_limited = fs::read_to_string(net.join("ipv6/icmp/ratemask"))
             .ok()
-            .is_none_or(|list| in_ranges(list.trim(), ICMPV6_DEST_UNREACH));
+            .is_none_or(|list| in_ranges(list.trim(), u32::from(ICMPV6_DEST_UNREACH)));
         HostAnswers {
             ttl,
             hop_limit,

@@ -20,9 +20,9 @@ use aya::{
     sys::SyscallError,
 };
 use knock_common::{
-    Addr, Answer, Flow, FlowKey, Grant, IPPROTO_UDP, Instance, PortRoles, Progress, Reason,
-    RuleConfig, SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, SourceRule, SpentKey, addr_words,
-    horizon_units, map_names, source_slot,
+    Addr, Answer, BPF_NOEXIST, Flow, FlowKey, Grant, IPPROTO_UDP, Instance, PortRoles, Progress,
+    Reason, RuleConfig, SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, SourceRule, SpentKey,
+    addr_words, horizon_units, map_names, source_slot,
 };
 
 use super::pins::{GENERATION_MAPS, PinDir, STATE_MAPS};
@@ -65,9 +65,6 @@ pub enum Remembered {
     /// The map is full.
     Full,
 }
-
-/// `BPF_NOEXIST`: insert only when the key is absent.
-const BPF_NOEXIST: u64 = 1;
 
 /// The programs the filter tail-calls, each with its slot (a program array
 /// of one): `xknock_conceal` answers stopped packets, `xknock_knock` runs

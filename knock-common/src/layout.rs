@@ -1,0 +1,203 @@
+//! The layout the loader and the programs agree on: the programs' and maps'
+//! names, what a pinned filter records about itself (`Instance`), and the
+//! version of it all. The `layout_fingerprint` test pins the sizes of every
+//! type a pinned map holds.
+
+use crate::MAX_RULES;
+
+/// Names of the maps in the BPF object, looked up by the loader.
+pub mod map_names {
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const RULES: &str = "RULES";
+    pub const PORT_ROLES: &str = "PORT_ROLES";
+    pub const FIRST_STEPS: &str = "FIRST_STEPS";
+    pub const PROGRESS: &str = "PROGRESS";
+    pub const GRANTS: &str = "GRANTS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const FLOOD_EVENT_BUDGET: &str = "FLOOD_EVENT_BUDGET";
+    pub const PENALTIES: &str = "PENALTIES";
+    pub const ALLOW: &str = "ALLOW";
+    pub const DENY: &str = "DENY";
+    pub const SOURCE_HORIZONS: &str = "SOURCE_HORIZONS";
+    pub const ANSWERS: &str = "ANSWERS";
+    pub const ICMP_GLOBAL: &str = "ICMP_GLOBAL";
+    pub const ICMP_PEERS: &str = "ICMP_PEERS";
+    pub const CONCEAL: &str = "CONCEAL";
+    pub const KNOCK: &str = "KNOCK";
+    pub const SPENT: &str = "SPENT";
+    pub const INSTANCE: &str = "INSTANCE";
+    pub const LOST_EVENTS: &str = "LOST_EVENTS";
+    pub const SPA_DATAGRAMS: &str = "SPA_DATAGRAMS";
+    pub const SPA_BUDGET: &str = "SPA_BUDGET";
+    pub const REPLAY: &str = "REPLAY";
+}
+
+/// Name of the XDP program in the BPF object.
+pub const PROGRAM_NAME: &str = "xknock";
+/// The program that answers stopped packets as closed ports do; the filter
+/// tail-calls it through slot 0 of the `CONCEAL` program array.
+pub const CONCEAL_PROGRAM_NAME: &str = "xknock_conceal";
+/// The program that runs possible knock steps (echo requests too) through
+/// the rules; the filter tail-calls it through slot 0 of the `KNOCK`
+/// program array.
+pub const KNOCK_PROGRAM_NAME: &str = "xknock_knock";
+
+/// `BPF_NOEXIST`, a flag of a map update: insert only when the key is absent.
+pub const BPF_NOEXIST: u64 = 1;
+
+/// Version of the pinned layout: the maps under a `pin_dir`, their keys,
+/// values and sizes. Bump it with any change to a pinned map's type, so a
+/// new loader never reinterprets maps an older one left behind (the
+/// `layout_fingerprint` test fails until it is bumped).
+pub const LAYOUT_VERSION: u32 = 5;
+
+/// Bytes of a rule's name kept in `Instance`.
+pub const RULE_NAME_BYTES: usize = 31;
+
+/// A rule's name as the pinned `INSTANCE` keeps it; empty: a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleName {
+    pub len: u8,
+    pub bytes: [u8; RULE_NAME_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<RuleName>() == 32);
+
+impl RuleName {
+    /// `None` when `name` is longer than `RULE_NAME_BYTES`.
+    pub fn new(name: &str) -> Option<RuleName> {
+        let mut bytes = [0; RULE_NAME_BYTES];
+        bytes
+            .get_mut(..name.len())?
+            .copy_from_slice(name.as_bytes());
+        Some(RuleName {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name, or `None` for a free slot (or bytes that are not one).
+    pub fn get(&self) -> Option<&str> {
+        let bytes = self.bytes.get(..usize::from(self.len))?;
+        core::str::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+    }
+}
+
+/// Index 0 of the pinned `INSTANCE` array: what every loader of one
+/// `pin_dir` shares and the XDP program never reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Instance {
+    /// `LAYOUT_VERSION` of the loader that created the maps; zero: fresh.
+    pub layout: u32,
+    /// `Settings::source_seed`, drawn once: horizons stay where they are
+    /// across loads.
+    pub source_seed: u32,
+    /// Counts the configurations loaded; names their pin directory.
+    pub generation: u64,
+    /// Which rule owns each rule index. A rule keeps its index across
+    /// reloads, so its grants, flows and progress (keyed by index) stay its
+    /// own.
+    pub rules: [RuleName; MAX_RULES],
+}
+const _: () = assert!(core::mem::size_of::<Instance>() == 16 + 32 * MAX_RULES);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is `repr(C)`, `Copy`, made only of integers and byte
+    // arrays with explicit padding fields, so any bit pattern is valid.
+    unsafe impl aya::Pod for crate::Knock {}
+    unsafe impl aya::Pod for crate::Settings {}
+    unsafe impl aya::Pod for crate::SourceHorizon {}
+    unsafe impl aya::Pod for crate::RuleConfig {}
+    unsafe impl aya::Pod for crate::PortRoles {}
+    unsafe impl aya::Pod for crate::SourceRule {}
+    unsafe impl aya::Pod for crate::Progress {}
+    unsafe impl aya::Pod for crate::Grant {}
+    unsafe impl aya::Pod for crate::FlowKey {}
+    unsafe impl aya::Pod for crate::Flow {}
+    unsafe impl aya::Pod for crate::Penalty {}
+    unsafe impl aya::Pod for crate::Event {}
+    unsafe impl aya::Pod for crate::Instance {}
+    unsafe impl aya::Pod for crate::SpentKey {}
+    unsafe impl aya::Pod for crate::ratelimit::GlobalIcmpBudget {}
+    unsafe impl aya::Pod for crate::ratelimit::PeerIcmpRate {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+    use core::mem::size_of;
+
+    /// The sizes of everything pinned, recorded with the layout version
+    /// they belong to: a change here without a new `LAYOUT_VERSION` would
+    /// have a new loader misread an older loader's maps.
+    #[test]
+    fn layout_fingerprint() {
+        let sizes = [
+            size_of::<SourceRule>(),
+            size_of::<Progress>(),
+            size_of::<Grant>(),
+            size_of::<FlowKey>(),
+            size_of::<Flow>(),
+            size_of::<Penalty>(),
+            size_of::<SourceHorizon>(),
+            size_of::<EventBudget>(),
+            size_of::<Event>(),
+            size_of::<Instance>(),
+            size_of::<ratelimit::GlobalIcmpBudget>(),
+            size_of::<ratelimit::PeerIcmpRate>(),
+            Reason::COUNT as usize,
+            Answer::COUNT as usize,
+            MAX_RULES,
+            SOURCE_HORIZON_SLOTS as usize,
+            size_of::<SpentKey>(),
+            SPENT_ENTRIES as usize,
+            size_of::<SpaDatagram>(),
+            SPA_RING_BYTES as usize,
+            REPLAY_ENTRIES as usize,
+        ];
+        assert_eq!(
+            (LAYOUT_VERSION, sizes),
+            (
+                5,
+                [
+                    20,
+                    16,
+                    8,
+                    24,
+                    16,
+                    24,
+                    16,
+                    16,
+                    32,
+                    528,
+                    8,
+                    8,
+                    21,
+                    5,
+                    16,
+                    65536,
+                    8,
+                    4096,
+                    1524,
+                    1 << 20,
+                    65536
+                ]
+            ),
+            "a pinned type changed: bump LAYOUT_VERSION and record the new sizes"
+        );
+    }
+
+    #[test]
+    fn rule_names_fit_or_are_refused() {
+        let name = RuleName::new("ssh").expect("fits");
+        assert_eq!(name.get(), Some("ssh"));
+        assert_eq!(RuleName::default().get(), None);
+        assert!(RuleName::new(&"x".repeat(RULE_NAME_BYTES)).is_some());
+        assert!(RuleName::new(&"x".repeat(RULE_NAME_BYTES + 1)).is_none());
+    }
+}

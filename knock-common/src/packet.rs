@@ -1,0 +1,79 @@
+//! What the wire says: protocol numbers, header sizes and flags, the limits
+//! of the parser's walk over a frame, and the IPv6 flow label of an answer.
+//! One definition each, for the XDP program, the loader and the tests.
+
+use crate::AddrWords;
+
+/// VLAN tags (802.1Q / 802.1ad) the parser walks before giving up (fail closed).
+pub const MAX_VLAN_DEPTH: usize = 2;
+/// IPv6 extension headers the parser walks before giving up (fail closed).
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+/// Largest offset at which the parser reads a header; keeps offsets provably
+/// bounded for the verifier (MTU-sized frames never come near it). A header
+/// starting beyond it counts as truncated.
+pub const MAX_HEADER_OFFSET: usize = 4096;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+/// ICMP; as a `Knock::proto`, an echo request of either family (ICMP over
+/// IPv4, ICMPv6 over IPv6), whose `port` is its payload size.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// IPv6 extension headers (and AH) by their next-header numbers.
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+pub const IPPROTO_MOBILITY: u8 = 135;
+pub const IPPROTO_HIP: u8 = 139;
+pub const IPPROTO_SHIM6: u8 = 140;
+
+/// TCP header flags.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+
+/// ICMP and ICMPv6 message types and codes.
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PORT_UNREACH: u8 = 4;
+
+/// Header sizes without options.
+pub const IPV4_HEADER_LEN: usize = 20;
+pub const IPV6_HEADER_LEN: usize = 40;
+pub const TCP_HEADER_LEN: usize = 20;
+pub const UDP_HEADER_LEN: usize = 8;
+pub const ICMP_HEADER_LEN: usize = 8;
+
+/// XDP program return codes (`enum xdp_action`), as a test run reports them.
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+/// The IPv6 flow label of an answer from `dst` back to `src`: a seeded
+/// hash of the flow, 20 bits, never zero, as the kernel's automatic flow
+/// labels are (the same flow always gets the same label).
+#[inline(always)]
+pub fn flow_label(seed: u32, src: &AddrWords, dst: &AddrWords, ports: u32) -> u32 {
+    let words = [
+        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], ports,
+    ];
+    let mut hash = seed ^ 0x5bd1_e995;
+    let mut i = 0;
+    while i < words.len() {
+        hash = (hash ^ words[i]).wrapping_mul(0x9e37_79b1);
+        hash ^= hash >> 15;
+        i += 1;
+    }
+    let label = hash & 0x000f_ffff;
+    if label == 0 { 1 } else { label }
+}
