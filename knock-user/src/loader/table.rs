@@ -354,3 +354,133 @@ impl TypedKind for ProgramArray {
     type Typed<T> = aya::maps::ProgramArray<T>;
 }
 
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aya_obj::EbpfSectionKind;
+    use knock_common::LAYOUT_VERSION;
+
+    use super::*;
+    use crate::loader::{BPF_OBJECT, TRACED_OBJECT, embedded_program};
+
+    /// The maps `object` declares (its globals' sections aside), with
+    /// their shapes as (type, key size, value size).
+    fn declared(object: &[u8]) -> BTreeMap<String, (u32, u32, u32)> {
+        let object = aya_obj::Object::parse(object).expect("a BPF object");
+        object
+            .maps
+            .iter()
+            .filter(|(_, map)| {
+                matches!(
+                    map.section_kind(),
+                    EbpfSectionKind::Maps | EbpfSectionKind::BtfMaps
+                )
+            })
+            .map(|(name, map)| {
+                let shape = (map.map_type(), map.key_size(), map.value_size());
+                (name.clone(), shape)
+            })
+            .collect()
+    }
+
+    /// The rows `pick` picks, as `declared` lists maps.
+    fn rows(pick: impl Fn(&Row) -> bool) -> BTreeMap<String, (u32, u32, u32)> {
+        TABLE
+            .iter()
+            .filter(|row| pick(row))
+            .map(|row| {
+                let shape = &row.shape;
+                let described = (shape.map_type as u32, shape.key_size, shape.value_size);
+                (row.name.to_owned(), described)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_table_describes_every_map_of_the_objects_and_no_other() {
+        if embedded_program().is_none() {
+            eprintln!("built without the XDP objects (XKNOCK_WITHOUT_EBPF=1): nothing to compare");
+            return;
+        }
+        assert_eq!(
+            declared(BPF_OBJECT),
+            rows(|row| row.kind != Kind::Trace),
+            "the filter's maps are the table's rows but the trace's own"
+        );
+        assert_eq!(
+            declared(TRACED_OBJECT),
+            rows(|_| true),
+            "the traced filter's maps are every row of the table"
+        );
+        let programs = aya_obj::Object::parse(BPF_OBJECT)
+            .expect("a BPF object")
+            .programs;
+        for row in TABLE {
+            if let Kind::Slot { program } = row.kind {
+                assert!(programs.contains_key(program), "{}: no {program}", row.name);
+                assert_eq!(row.shape.map_type, BpfMapType::ProgramArray, "{}", row.name);
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_sizes_configured_only_for_maps_that_grow() {
+        let mut names: Vec<&str> = TABLE.iter().map(|row| row.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), TABLE.len(), "a map named twice");
+        for row in TABLE.iter().filter(|row| row.limit.is_some()) {
+            assert!(
+                matches!(
+                    row.shape.map_type,
+                    BpfMapType::Hash | BpfMapType::LruHash | BpfMapType::LpmTrie
+                ),
+                "{} is sized by the configuration but is not a hash map or trie",
+                row.name
+            );
+        }
+    }
+
+    /// What a pinned filter holds, map by map: the pin's directory, its
+    /// type, key and value sizes, and whether the configuration sizes it.
+    /// A change to any of it is a new pinned layout, as a change of a
+    /// pinned type is to `layout_fingerprint` in knock-common.
+    #[test]
+    fn pinned_layout_fingerprint() {
+        let mut pinned: Vec<String> = TABLE
+            .iter()
+            .filter_map(|row| {
+                let dir = match row.kind {
+                    Kind::State => "maps",
+                    Kind::Generation | Kind::Slot { .. } => "gen",
+                    Kind::Scratch | Kind::Trace => return None,
+                };
+                let shape = &row.shape;
+                let size = if row.limit.is_some() {
+                    "sized"
+                } else {
+                    "fixed"
+                };
+                Some(format!(
+                    "{dir}/{}:{}:{}:{}:{size}",
+                    row.name, shape.map_type as u32, shape.key_size, shape.value_size
+                ))
+            })
+            .collect();
+        pinned.sort_unstable();
+        // FNV-1a: the same on every build.
+        let fingerprint = pinned
+            .join("\n")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        assert_eq!(
+            (LAYOUT_VERSION, pinned.len(), fingerprint),
+            (5, 25, 0x4f30_6350_5be1_6fe2),
+            "the pinned layout changed: bump LAYOUT_VERSION and record the new fingerprint\n{}",
+            pinned.join("\n")
+        );
+    }
+}
