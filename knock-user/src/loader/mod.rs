@@ -245,7 +245,9 @@ impl Filter {
         // Removed again if the load goes no further.
         let unused = UnusedGeneration(Some(dir.clone()));
         let mut loader = Filter::loader(&sizes);
-        // The state pinned already is taken over as it is.
+        // The state pinned already is taken over as it is; the
+        // configuration's maps and slots are made in the new generation's
+        // directory.
         for row in TABLE {
             if let Some(path) = pins.pin(row, generation) {
                 loader.map_pin_path(row.name, path);
@@ -582,10 +584,7 @@ impl Filter {
             .into_iter()
             .map(|(name, fd)| (name.to_owned(), fd))
             .collect();
-        let programs_own = TABLE
-            .iter()
-            .filter(|row| matches!(row.kind, Kind::Slot { .. } | Kind::Scratch));
-        for row in programs_own {
+        for row in TABLE.iter().filter(|row| !row.kind.in_maps()) {
             if let Some(map) = self.ebpf.map(row.name) {
                 let fd = maps::map_data(map).fd().as_fd().as_raw_fd();
                 fds.insert(row.name.to_owned(), fd);

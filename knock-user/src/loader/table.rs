@@ -15,7 +15,13 @@ use aya::{
     Pod,
     maps::{Map, MapError, MapType as BpfMapType},
 };
+use knock_common::{
+    Addr, EventBudget, Flow, FlowKey, Grant, Instance, Penalty, PortRoles, Progress, RuleConfig,
+    Settings, SourceHorizon, SourceRule, SpentKey,
+    ratelimit::{GlobalIcmpBudget, PeerIcmpRate},
+};
 
+use self::kernel::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
 pub use crate::config::MapLimit;
 
 /// The table: each row's doc comment, then
@@ -24,7 +30,7 @@ pub use crate::config::MapLimit;
 /// is a [`Kind`], and the size is `fixed` (by the kernel static) or
 /// `sized(L)`, the configured [`MapLimit`] `L`. The accessors are `Maps`'s,
 /// for the maps it holds ([`Kind::in_maps`]) whose types userspace reads
-/// ([`TypedKind`]).
+/// ([`TypedMap`]).
 ///
 /// It hands the rows to the macro `$then`; the types' names resolve where
 /// that macro is invoked.
@@ -135,8 +141,8 @@ macro_rules! describe {
                     name: name::$name,
                     kind: $kind,
                     limit: $size!($($limit)?),
-                    shape: <$map as MapKind>::SHAPE,
-                    keys: <$map as MapKind>::keys,
+                    shape: <$map as KernelMap>::SHAPE,
+                    keys: <$map as KernelMap>::keys,
                 },
             )+
         ];
@@ -156,13 +162,6 @@ macro_rules! fixed {
         None
     };
 }
-
-use kinds::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
-use knock_common::{
-    Addr, EventBudget, Flow, FlowKey, Grant, Instance, Penalty, PortRoles, Progress, RuleConfig,
-    Settings, SourceHorizon, SourceRule, SpentKey,
-    ratelimit::{GlobalIcmpBudget, PeerIcmpRate},
-};
 
 maps_table!(describe);
 
@@ -223,8 +222,9 @@ pub fn in_maps() -> impl Iterator<Item = &'static Row> {
     TABLE.iter().filter(|row| row.kind.in_maps())
 }
 
-/// A kind of map, as a kernel static declares it: its [`Shape`].
-pub trait MapKind {
+/// A kind of map, as a kernel static declares it (`kernel::LruHashMap<K, V>`):
+/// its [`Shape`].
+pub trait KernelMap {
     const SHAPE: Shape;
 
     /// How many keys `map` holds, for a hash map.
@@ -235,21 +235,21 @@ pub trait MapKind {
 
 /// A kind of map userspace can read, with the aya type that reads it (its
 /// key and value types are `Pod`).
-pub trait TypedKind: MapKind {
+pub trait TypedMap: KernelMap {
     /// The aya map over `T` (`&MapData`, `&mut MapData`).
     type Typed<T>;
 }
 
 /// The aya map that reads a map of kind `M`, over `T`.
-pub type Typed<M, T> = <M as TypedKind>::Typed<T>;
+pub type Typed<M, T> = <M as TypedMap>::Typed<T>;
 
 const fn size<T>() -> u32 {
     size_of::<T>() as u32
 }
 
-/// The kinds of map the filter declares, named as `aya_ebpf::maps` names
-/// them.
-pub mod kinds {
+/// The kinds of map a kernel static declares, named as `aya_ebpf::maps`
+/// names them.
+pub mod kernel {
     use super::PhantomData;
 
     pub struct Array<V>(PhantomData<V>);
@@ -261,7 +261,7 @@ pub mod kinds {
     pub struct ProgramArray;
 }
 
-impl<V> MapKind for Array<V> {
+impl<V> KernelMap for Array<V> {
     const SHAPE: Shape = Shape {
         map_type: BpfMapType::Array,
         key_size: size::<u32>(),
@@ -269,11 +269,11 @@ impl<V> MapKind for Array<V> {
     };
 }
 
-impl<V: Pod> TypedKind for Array<V> {
+impl<V: Pod> TypedMap for Array<V> {
     type Typed<T> = aya::maps::Array<T, V>;
 }
 
-impl<V> MapKind for PerCpuArray<V> {
+impl<V> KernelMap for PerCpuArray<V> {
     const SHAPE: Shape = Shape {
         map_type: BpfMapType::PerCpuArray,
         key_size: size::<u32>(),
@@ -281,11 +281,11 @@ impl<V> MapKind for PerCpuArray<V> {
     };
 }
 
-impl<V: Pod> TypedKind for PerCpuArray<V> {
+impl<V: Pod> TypedMap for PerCpuArray<V> {
     type Typed<T> = aya::maps::PerCpuArray<T, V>;
 }
 
-impl<K: Pod, V: Pod> MapKind for HashMap<K, V> {
+impl<K: Pod, V: Pod> KernelMap for HashMap<K, V> {
     const SHAPE: Shape = Shape {
         map_type: BpfMapType::Hash,
         key_size: size::<K>(),
@@ -297,11 +297,11 @@ impl<K: Pod, V: Pod> MapKind for HashMap<K, V> {
     }
 }
 
-impl<K: Pod, V: Pod> TypedKind for HashMap<K, V> {
+impl<K: Pod, V: Pod> TypedMap for HashMap<K, V> {
     type Typed<T> = aya::maps::HashMap<T, K, V>;
 }
 
-impl<K: Pod, V: Pod> MapKind for LruHashMap<K, V> {
+impl<K: Pod, V: Pod> KernelMap for LruHashMap<K, V> {
     const SHAPE: Shape = Shape {
         map_type: BpfMapType::LruHash,
         ..HashMap::<K, V>::SHAPE
@@ -312,11 +312,11 @@ impl<K: Pod, V: Pod> MapKind for LruHashMap<K, V> {
     }
 }
 
-impl<K: Pod, V: Pod> TypedKind for LruHashMap<K, V> {
+impl<K: Pod, V: Pod> TypedMap for LruHashMap<K, V> {
     type Typed<T> = aya::maps::HashMap<T, K, V>;
 }
 
-impl<K, V> MapKind for LpmTrie<K, V> {
+impl<K, V> KernelMap for LpmTrie<K, V> {
     const SHAPE: Shape = Shape {
         map_type: BpfMapType::LpmTrie,
         // The prefix length, then the key.
@@ -325,11 +325,11 @@ impl<K, V> MapKind for LpmTrie<K, V> {
     };
 }
 
-impl<K: Pod, V: Pod> TypedKind for LpmTrie<K, V> {
+impl<K: Pod, V: Pod> TypedMap for LpmTrie<K, V> {
     type Typed<T> = aya::maps::LpmTrie<T, K, V>;
 }
 
-impl MapKind for RingBuf {
+impl KernelMap for RingBuf {
     const SHAPE: Shape = Shape {
         map_type: BpfMapType::RingBuf,
         key_size: 0,
@@ -337,11 +337,11 @@ impl MapKind for RingBuf {
     };
 }
 
-impl TypedKind for RingBuf {
+impl TypedMap for RingBuf {
     type Typed<T> = aya::maps::RingBuf<T>;
 }
 
-impl MapKind for ProgramArray {
+impl KernelMap for ProgramArray {
     const SHAPE: Shape = Shape {
         map_type: BpfMapType::ProgramArray,
         key_size: size::<u32>(),
@@ -350,7 +350,7 @@ impl MapKind for ProgramArray {
     };
 }
 
-impl TypedKind for ProgramArray {
+impl TypedMap for ProgramArray {
     type Typed<T> = aya::maps::ProgramArray<T>;
 }
 

@@ -12,7 +12,7 @@ use knock_common::{
 use super::{Maps, MapsError};
 use crate::loader::table::{
     Typed,
-    kinds::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    kernel::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     maps_table, name,
 };
 
