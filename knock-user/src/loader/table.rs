@@ -2,7 +2,7 @@
 //! configured limit that sizes it, and its key and value types, written as
 //! its kernel static declares them.
 //!
-//! The rows are written once, in [`maps_table!`]; each user expands them
+//! The rows are written once, in `maps_table!`; each user expands them
 //! with a macro of its own: [`TABLE`] and the [`name`] constants here, the
 //! typed accessors of `Maps` in `maps/accessors.rs`. The loader (the sizes
 //! it loads with, what it pins where, what it reuses), `run`, `status` and
