@@ -4,11 +4,8 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
-use aya::{
-    maps::Array,
-    programs::links::{FdLink, PinnedLink},
-};
-use knock_common::{Instance, MAX_RULES, PORT_ROLES_ENTRIES, PortRoles, RuleConfig};
+use aya::programs::links::{FdLink, PinnedLink};
+use knock_common::{Instance, MAX_RULES, PORT_ROLES_ENTRIES, RuleConfig};
 use serde::Serialize;
 
 use crate::{
@@ -148,25 +145,8 @@ struct PortsOf {
 }
 
 /// The ports of each rule index, from the configuration's port roles.
-fn ports_of_rules(pins: &PinDir, generation: u64) -> Result<Vec<PortsOf>, StatusError> {
-    let path = pins
-        .generation(generation)
-        .join(knock_common::map_names::PORT_ROLES);
-    let data =
-        aya::maps::MapData::from_pin(&path).map_err(|source| crate::loader::maps::MapsError {
-            name: knock_common::map_names::PORT_ROLES,
-            source,
-        })?;
-    let map =
-        aya::maps::Map::from_map_data(data).map_err(|source| crate::loader::maps::MapsError {
-            name: knock_common::map_names::PORT_ROLES,
-            source,
-        })?;
-    let roles: Array<_, PortRoles> =
-        Array::try_from(map).map_err(|source| crate::loader::maps::MapsError {
-            name: knock_common::map_names::PORT_ROLES,
-            source,
-        })?;
+fn ports_of_rules(maps: &Maps) -> Result<Vec<PortsOf>, StatusError> {
+    let roles = maps.port_roles_map()?;
     let mut ports = vec![PortsOf::default(); MAX_RULES];
     for index in 0..PORT_ROLES_ENTRIES {
         let Ok(role) = roles.get(&index, 0) else {
@@ -209,7 +189,7 @@ impl Status {
                 program_id: info.program_id(),
             });
         }
-        let ports = ports_of_rules(pins, pinned.instance.generation)?;
+        let ports = ports_of_rules(&pinned.maps)?;
         let mut rules = Vec::new();
         for (index, rule) in pinned.maps.rules()?.iter().enumerate() {
             let Some(name) = pinned.instance.rules[index].get() else {

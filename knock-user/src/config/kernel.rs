@@ -34,6 +34,36 @@ pub struct KernelConfig {
     pub penalty_entries: u32,
 }
 
+/// A size the configuration gives one of the XDP program's maps (which
+/// map: the loader's map table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapLimit {
+    FirstStepEntries,
+    ProgressEntries,
+    GrantEntries,
+    FlowEntries,
+    PenaltyEntries,
+    /// As many entries as `allow` has prefixes (at least one).
+    AllowList,
+    /// As many entries as `deny` has prefixes (at least one).
+    DenyList,
+}
+
+impl MapLimit {
+    /// The `[limits]` key that sets it; `None` for the lists, which the
+    /// prefixes they hold size.
+    pub fn key(self) -> Option<&'static str> {
+        match self {
+            MapLimit::FirstStepEntries => Some("limits.first_step_entries"),
+            MapLimit::ProgressEntries => Some("limits.progress_entries"),
+            MapLimit::GrantEntries => Some("limits.grant_entries"),
+            MapLimit::FlowEntries => Some("limits.flow_entries"),
+            MapLimit::PenaltyEntries => Some("limits.penalty_entries"),
+            MapLimit::AllowList | MapLimit::DenyList => None,
+        }
+    }
+}
+
 /// A configuration that the kernel cannot represent.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {problem}")]
@@ -60,6 +90,21 @@ impl TryFrom<&Config> for KernelConfig {
 }
 
 impl KernelConfig {
+    /// How many entries `limit` gives its map.
+    pub fn entries(&self, limit: MapLimit) -> u32 {
+        let list =
+            |prefixes: &[(u32, Addr)]| u32::try_from(prefixes.len().max(1)).unwrap_or(u32::MAX);
+        match limit {
+            MapLimit::FirstStepEntries => self.first_step_entries,
+            MapLimit::ProgressEntries => self.progress_entries,
+            MapLimit::GrantEntries => self.grant_entries,
+            MapLimit::FlowEntries => self.flow_entries,
+            MapLimit::PenaltyEntries => self.penalty_entries,
+            MapLimit::AllowList => list(&self.allow),
+            MapLimit::DenyList => list(&self.deny),
+        }
+    }
+
     /// The configuration with its rules at the given indexes (`slots[i]`
     /// for the parts of `config.rules[i]`, each below `MAX_RULES`, none
     /// twice), where a running filter keeps the state of rules it already

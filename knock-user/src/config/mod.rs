@@ -17,7 +17,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-pub use kernel::{KernelConfig, KernelConfigError};
+pub use kernel::{KernelConfig, KernelConfigError, MapLimit};
 use knock_common::{MAX_RULES, MAX_STEPS, RULE_NAME_BYTES};
 use serde::Deserialize;
 use toml::Spanned;
@@ -470,18 +470,18 @@ impl Config {
                 }
             }
         }
-        for (key, limit) in [
-            ("limits.first_step_entries", &file.limits.first_step_entries),
-            ("limits.progress_entries", &file.limits.progress_entries),
-            ("limits.grant_entries", &file.limits.grant_entries),
-            ("limits.flow_entries", &file.limits.flow_entries),
-            ("limits.penalty_entries", &file.limits.penalty_entries),
+        for (limit, value) in [
+            (MapLimit::FirstStepEntries, &file.limits.first_step_entries),
+            (MapLimit::ProgressEntries, &file.limits.progress_entries),
+            (MapLimit::GrantEntries, &file.limits.grant_entries),
+            (MapLimit::FlowEntries, &file.limits.flow_entries),
+            (MapLimit::PenaltyEntries, &file.limits.penalty_entries),
         ] {
-            if !(1..=MAX_MAP_ENTRIES).contains(limit.get_ref()) {
+            if !(1..=MAX_MAP_ENTRIES).contains(value.get_ref()) {
                 return Err(invalid(
-                    limit.span(),
-                    key,
-                    format!("{} is outside 1..={MAX_MAP_ENTRIES}", limit.get_ref()),
+                    value.span(),
+                    limit.key().expect("a [limits] key"),
+                    format!("{} is outside 1..={MAX_MAP_ENTRIES}", value.get_ref()),
                 ));
             }
         }

@@ -22,7 +22,7 @@ use aya::{
     },
 };
 use aya_obj::programs::XdpAttachType;
-use knock_common::{addr_words, map_names};
+use knock_common::addr_words;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -31,24 +31,12 @@ use tokio::{
 use crate::{
     daemon::run::CHANGE_PATIENCE,
     loader::maps::key_addr,
-    loader::pins::{GENERATION_MAPS, PinDir, PinError, STATE_MAPS},
+    loader::pins::{PinDir, PinError},
     loader::{
-        PROGRAM_PIN, TAIL_CALLS, TRACE_SOURCE, TRACED_OBJECT, read_instance, set_tail_calls,
-        set_trace_program,
+        PROGRAM_PIN, TRACE_SOURCE, TRACED_OBJECT, read_instance, set_tail_calls, set_trace_program,
+        table,
     },
 };
-
-/// Maps whose size the configuration sets: the traced object must ask for
-/// the sizes the pinned ones have.
-const SIZED_MAPS: [&str; 7] = [
-    map_names::FIRST_STEPS,
-    map_names::PROGRESS,
-    map_names::GRANTS,
-    map_names::FLOWS,
-    map_names::PENALTIES,
-    map_names::ALLOW,
-    map_names::DENY,
-];
 
 /// The traced program, on the links it was swapped onto.
 struct Traced {
@@ -100,27 +88,19 @@ pub fn trace(pins: &PinDir, addr: IpAddr, duration: Option<Duration>) -> anyhow:
 
 fn swap_in(pins: &PinDir, addr: IpAddr) -> anyhow::Result<Traced> {
     let instance = read_instance(pins)?.ok_or_else(|| PinError::NoFilter(pins.root().into()))?;
-    let generation = pins.generation(instance.generation);
     let mut loader = EbpfLoader::new();
-    let paths: Vec<(&str, std::path::PathBuf)> = STATE_MAPS
-        .iter()
-        .map(|name| (*name, pins.map(name)))
-        .chain(
-            GENERATION_MAPS
-                .iter()
-                .map(|name| (*name, generation.join(name))),
-        )
-        .collect();
-    for (name, path) in &paths {
-        // The traced object fills slots of its own with its own programs,
-        // which log too.
-        if TAIL_CALLS.iter().any(|(_, slot)| slot == name) {
-            continue;
-        }
-        loader.map_pin_path(name, path.clone());
-        if SIZED_MAPS.contains(name) {
-            let info = MapInfo::from_pin(path).with_context(|| format!("{}", path.display()))?;
-            loader.map_max_entries(name, info.max_entries());
+    // The pinned state and configuration; the traced object fills slots of
+    // its own with its own programs, which log too.
+    for row in table::in_maps() {
+        let path = pins
+            .pin(row, instance.generation)
+            .expect("maps of Maps are pinned");
+        loader.map_pin_path(row.name, path.clone());
+        // The configuration sized it: the traced object asks for the size
+        // the pinned one has.
+        if row.limit.is_some() {
+            let info = MapInfo::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+            loader.map_max_entries(row.name, info.max_entries());
         }
     }
     let source = addr_words(&key_addr(addr));

@@ -7,6 +7,7 @@ pub mod host;
 pub mod maps;
 pub mod pins;
 pub mod slots;
+pub mod table;
 
 use std::{
     ffi::CString,
@@ -25,16 +26,17 @@ use aya::{
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use knock_common::{Instance, LAYOUT_VERSION, MAX_RULES, RuleName, Settings, map_names};
+use knock_common::{Instance, LAYOUT_VERSION, MAX_RULES, RuleName, Settings};
 
 use self::{
     host::HostAnswers,
     maps::{Maps, MapsError},
-    pins::{GENERATION_MAPS, Lock, PinDir, PinError, STATE_MAPS},
+    pins::{Lock, PinDir, PinError},
     slots::{NoFreeSlot, Placement, place},
+    table::{Kind, TABLE, name},
 };
 use crate::config::{Config, KernelConfig, KernelConfigError};
-pub use maps::{ExpiredGrant, TAIL_CALLS, display_addr, key_addr};
+pub use maps::{ExpiredGrant, display_addr, key_addr};
 
 /// The XDP program, built by build.rs from knock-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
@@ -192,14 +194,9 @@ pub enum Installed {
 
 /// Which map limit a pinned map's size comes from.
 fn limit_key(map: &str) -> &'static str {
-    match map {
-        map_names::FIRST_STEPS => "limits.first_step_entries",
-        map_names::PROGRESS => "limits.progress_entries",
-        map_names::GRANTS => "limits.grant_entries",
-        map_names::FLOWS => "limits.flow_entries",
-        map_names::PENALTIES => "limits.penalty_entries",
-        _ => "the xknock version (its maps changed without a new layout)",
-    }
+    table::row(map)
+        .and_then(|row| row.limit?.key())
+        .unwrap_or("the xknock version (its maps changed without a new layout)")
 }
 
 impl Filter {
@@ -215,17 +212,14 @@ impl Filter {
         Filter::finish_with(ebpf, maps, config, random_seed())
     }
 
+    /// A loader that gives every map the configuration sizes its size.
     fn loader(config: &KernelConfig) -> EbpfLoader<'static> {
-        let lpm_size = |entries: usize| u32::try_from(entries.max(1)).unwrap_or(u32::MAX);
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(map_names::FIRST_STEPS, config.first_step_entries)
-            .map_max_entries(map_names::PROGRESS, config.progress_entries)
-            .map_max_entries(map_names::GRANTS, config.grant_entries)
-            .map_max_entries(map_names::FLOWS, config.flow_entries)
-            .map_max_entries(map_names::PENALTIES, config.penalty_entries)
-            .map_max_entries(map_names::ALLOW, lpm_size(config.allow.len()))
-            .map_max_entries(map_names::DENY, lpm_size(config.deny.len()));
+        for row in TABLE {
+            if let Some(limit) = row.limit {
+                loader.map_max_entries(row.name, config.entries(limit));
+            }
+        }
         loader
     }
 
@@ -251,15 +245,13 @@ impl Filter {
         // Removed again if the load goes no further.
         let unused = UnusedGeneration(Some(dir.clone()));
         let mut loader = Filter::loader(&sizes);
-        let state_paths: Vec<(&str, PathBuf)> = STATE_MAPS
-            .iter()
-            .map(|name| (*name, pins.map(name)))
-            .collect();
-        for (name, path) in &state_paths {
-            loader.map_pin_path(name, path.clone());
-        }
-        for name in GENERATION_MAPS {
-            loader.map_pin_path(name, dir.join(name));
+        // The state pinned already is taken over as it is; the
+        // configuration's maps and slots are made in the new generation's
+        // directory.
+        for row in TABLE {
+            if let Some(path) = pins.pin(row, generation) {
+                loader.map_pin_path(row.name, path);
+            }
         }
         let mut ebpf = loader.load(BPF_OBJECT).map_err(load_error)?;
         let mut maps = Maps::take(&mut ebpf);
@@ -346,10 +338,7 @@ impl Filter {
         };
         filter.maps.set_settings(&settings)?;
         filter.maps.write_rules(&config.rules, &config.port_roles)?;
-        filter
-            .maps
-            .write_prefixes(map_names::ALLOW, &config.allow)?;
-        filter.maps.write_prefixes(map_names::DENY, &config.deny)?;
+        filter.maps.write_lists(&config.allow, &config.deny)?;
         filter.load_xdp(knock_common::PROGRAM_NAME)?;
         set_tail_calls(&mut filter.ebpf)?;
         Ok(filter)
@@ -595,9 +584,10 @@ impl Filter {
             .into_iter()
             .map(|(name, fd)| (name.to_owned(), fd))
             .collect();
-        for (name, map) in self.ebpf.maps() {
-            if let aya::maps::Map::ProgramArray(data) | aya::maps::Map::PerCpuArray(data) = map {
-                fds.insert(name.to_owned(), data.fd().as_fd().as_raw_fd());
+        for row in TABLE.iter().filter(|row| !row.kind.in_maps()) {
+            if let Some(map) = self.ebpf.map(row.name) {
+                let fd = maps::map_data(map).fd().as_fd().as_raw_fd();
+                fds.insert(row.name.to_owned(), fd);
             }
         }
         fds
@@ -614,7 +604,7 @@ impl Drop for UnusedGeneration {
 
 /// The instance record of a pinned filter, if one is pinned.
 pub fn read_instance(pins: &PinDir) -> Result<Option<Instance>, FilterError> {
-    let path = pins.map(map_names::INSTANCE);
+    let path = pins.map(name::INSTANCE);
     if !path.exists() {
         return Ok(None);
     }
@@ -627,8 +617,10 @@ pub const TRACE_SOURCE: &str = "TRACE_SOURCE";
 
 /// Loads every program the filter tail-calls into its slot.
 pub fn set_tail_calls(ebpf: &mut Ebpf) -> Result<(), FilterError> {
-    for (program, slot) in TAIL_CALLS {
-        set_tail_call(ebpf, program, slot)?;
+    for row in TABLE {
+        if let Kind::Slot { program } = row.kind {
+            set_tail_call(ebpf, program, row.name)?;
+        }
     }
     Ok(())
 }
@@ -636,7 +628,7 @@ pub fn set_tail_calls(ebpf: &mut Ebpf) -> Result<(), FilterError> {
 /// Loads the traced object's logging program into the slot its filter hands
 /// every verdict to.
 pub fn set_trace_program(ebpf: &mut Ebpf) -> Result<(), FilterError> {
-    set_tail_call(ebpf, "xknock_trace", "TRACE_PROGRAM")
+    set_tail_call(ebpf, "xknock_trace", name::TRACE_PROGRAM)
 }
 
 /// Loads XDP program `program` of the object and puts it in slot 0 of the

@@ -17,6 +17,9 @@
 //!     links/MODE:IFACE             the XDP link of each interface (bpffs
 //!                                  refuses dots: IFACE's are written %2e)
 //! ```
+//!
+//! Which map goes where is its kind in the map table (`table.rs`);
+//! [`PinDir::pin`] places it.
 
 use std::{
     fs::{self, File},
@@ -25,40 +28,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use knock_common::{LAYOUT_VERSION, map_names};
+use knock_common::LAYOUT_VERSION;
 
-/// Maps whose contents outlive any one loader and configuration.
-pub const STATE_MAPS: [&str; 18] = [
-    map_names::FIRST_STEPS,
-    map_names::PROGRESS,
-    map_names::GRANTS,
-    map_names::FLOWS,
-    map_names::PENALTIES,
-    map_names::SOURCE_HORIZONS,
-    map_names::COUNTERS,
-    map_names::FLOOD_EVENT_BUDGET,
-    map_names::EVENTS,
-    map_names::LOST_EVENTS,
-    map_names::INSTANCE,
-    map_names::ANSWERS,
-    map_names::ICMP_GLOBAL,
-    map_names::ICMP_PEERS,
-    map_names::SPENT,
-    map_names::SPA_DATAGRAMS,
-    map_names::SPA_BUDGET,
-    map_names::REPLAY,
-];
-
-/// Maps that hold one configuration; each load makes a new set.
-pub const GENERATION_MAPS: [&str; 7] = [
-    map_names::SETTINGS,
-    map_names::RULES,
-    map_names::PORT_ROLES,
-    map_names::ALLOW,
-    map_names::DENY,
-    map_names::CONCEAL,
-    map_names::KNOCK,
-];
+use super::table::{Kind, Row, name};
 
 /// bpffs's magic number in statfs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -194,7 +166,7 @@ impl PinDir {
         if self.root.is_dir() {
             self.check_layout()?;
         }
-        if !self.map(map_names::INSTANCE).exists() {
+        if !self.map(name::INSTANCE).exists() {
             return Err(PinError::NoFilter(self.root.clone()));
         }
         Ok(())
@@ -211,6 +183,20 @@ impl PinDir {
     /// The pin of a state map.
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
+    }
+
+    /// Where a filter whose configuration is generation `generation` pins
+    /// the map of `row`: state in `maps/`, the configuration's maps and
+    /// program slots in the generation's directory; `None` for a map never
+    /// pinned.
+    pub fn pin(&self, row: &Row, generation: u64) -> Option<PathBuf> {
+        match row.kind {
+            Kind::State => Some(self.map(row.name)),
+            Kind::Generation | Kind::Slot { .. } => {
+                Some(self.generation(generation).join(row.name))
+            }
+            Kind::Scratch | Kind::Trace => None,
+        }
     }
 
     /// The directory of configuration generation `generation`.
