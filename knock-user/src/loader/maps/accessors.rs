@@ -9,7 +9,7 @@ use knock_common::{
     ratelimit::{GlobalIcmpBudget, PeerIcmpRate},
 };
 
-use super::{Maps, MapsError};
+use super::base::{Maps, MapsError};
 use crate::loader::table::{
     Typed,
     kernel::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},

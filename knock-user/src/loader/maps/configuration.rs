@@ -4,7 +4,7 @@
 use aya::maps::lpm_trie::Key;
 use knock_common::{Addr, Instance, PortRoles, RuleConfig, Settings};
 
-use super::{Maps, MapsError, map_error};
+use super::base::{Maps, MapsError, map_error};
 use crate::loader::table::name;
 
 impl Maps {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use aya::maps::{MapData, PerCpuArray};
 use knock_common::{Answer, Reason};
 
-use super::{Maps, MapsError, map_data, map_error};
+use super::base::{Maps, MapsError, map_data, map_error};
 use crate::loader::table::{self, Kind, name};
 
 /// How full a map is.

@@ -4,7 +4,7 @@
 use aya::maps::MapError;
 use knock_common::BPF_NOEXIST;
 
-use super::{Maps, MapsError, map_error, remove_where};
+use super::base::{Maps, MapsError, map_error, remove_where};
 use crate::loader::table::name;
 
 /// What `remember_replay` did.

@@ -10,7 +10,7 @@ use knock_common::{
     SpentKey, horizon_units,
 };
 
-use super::{Maps, MapsError, entries, map_error, remove_where};
+use super::base::{Maps, MapsError, entries, map_error, remove_where};
 use crate::loader::table::name;
 
 /// A grant the sweeper found expired and removed.

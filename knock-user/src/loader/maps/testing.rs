@@ -12,7 +12,7 @@ use aya::{
 };
 use knock_common::{Addr, Grant, HORIZON_UNIT_SHIFT, Progress, SourceHorizon, SourceRule};
 
-use super::{Maps, MapsError, entries, map_data, map_error, remove_where};
+use super::base::{Maps, MapsError, entries, map_data, map_error, remove_where};
 use crate::loader::table::name;
 
 /// Rewrites every value of hash map `name` with `change`.
