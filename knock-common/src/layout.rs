@@ -1,38 +1,10 @@
-//! The layout the loader and the programs agree on: the programs' and maps'
-//! names, what a pinned filter records about itself (`Instance`), and the
-//! version of it all. The `layout_fingerprint` test pins the sizes of every
-//! type a pinned map holds.
+//! The layout the loader and the programs agree on: the programs' names
+//! (the maps' are in knock-user's map table, checked against the object),
+//! what a pinned filter records about itself (`Instance`), and the version
+//! of it all. The `layout_fingerprint` test pins the sizes of every type a
+//! pinned map holds.
 
 use crate::MAX_RULES;
-
-/// Names of the maps in the BPF object, looked up by the loader.
-pub mod map_names {
-    pub const SETTINGS: &str = "SETTINGS";
-    pub const RULES: &str = "RULES";
-    pub const PORT_ROLES: &str = "PORT_ROLES";
-    pub const FIRST_STEPS: &str = "FIRST_STEPS";
-    pub const PROGRESS: &str = "PROGRESS";
-    pub const GRANTS: &str = "GRANTS";
-    pub const FLOWS: &str = "FLOWS";
-    pub const COUNTERS: &str = "COUNTERS";
-    pub const EVENTS: &str = "EVENTS";
-    pub const FLOOD_EVENT_BUDGET: &str = "FLOOD_EVENT_BUDGET";
-    pub const PENALTIES: &str = "PENALTIES";
-    pub const ALLOW: &str = "ALLOW";
-    pub const DENY: &str = "DENY";
-    pub const SOURCE_HORIZONS: &str = "SOURCE_HORIZONS";
-    pub const ANSWERS: &str = "ANSWERS";
-    pub const ICMP_GLOBAL: &str = "ICMP_GLOBAL";
-    pub const ICMP_PEERS: &str = "ICMP_PEERS";
-    pub const CONCEAL: &str = "CONCEAL";
-    pub const KNOCK: &str = "KNOCK";
-    pub const SPENT: &str = "SPENT";
-    pub const INSTANCE: &str = "INSTANCE";
-    pub const LOST_EVENTS: &str = "LOST_EVENTS";
-    pub const SPA_DATAGRAMS: &str = "SPA_DATAGRAMS";
-    pub const SPA_BUDGET: &str = "SPA_BUDGET";
-    pub const REPLAY: &str = "REPLAY";
-}
 
 /// Name of the XDP program in the BPF object.
 pub const PROGRAM_NAME: &str = "xknock";

@@ -52,7 +52,7 @@ pub use knocking::{
 };
 pub use layout::{
     BPF_NOEXIST, CONCEAL_PROGRAM_NAME, Instance, KNOCK_PROGRAM_NAME, LAYOUT_VERSION, PROGRAM_NAME,
-    RULE_NAME_BYTES, RuleName, map_names,
+    RULE_NAME_BYTES, RuleName,
 };
 pub use packet::*;
 pub use penalty::{Penalty, record_failure};
