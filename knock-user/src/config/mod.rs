@@ -161,33 +161,94 @@ impl Default for FlowTimeouts {
     }
 }
 
-/// One validated rule.
+/// One validated rule: a `[[rule]]`, or an `[[spa]]` entry (a rule
+/// without a sequence whose grants come from the loader).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
-    /// The live sequence; empty when a one-time file has no unused line
-    /// (the rule then opens nothing), and for a rotating rule, whose
-    /// sequences come from `sequences_at`.
-    pub sequence: Vec<PortSpec>,
-    /// Where a one-time sequence came from: it opens once, and is then
-    /// marked used and replaced.
-    pub once: Option<one_time::OneTime>,
-    /// A rotating rule's secret and schedule.
-    pub rotating: Option<rotating::Rotating>,
-    /// An `[[spa]]`'s keys and policy: it has no sequence, and its grants
-    /// come from the loader when a packet checks out.
-    pub spa: Option<spa::Spa>,
+    /// Where its sequences come from.
+    pub kind: RuleKind,
     pub sequence_timeout: Duration,
     pub open_for: Duration,
     pub protect: Vec<PortSpec>,
 }
 
+/// What opens a rule's ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuleKind {
+    /// `sequence`: the same steps every time.
+    Fixed { sequence: Vec<PortSpec> },
+    /// `sequences_file`: the file's first unused line, which opens once
+    /// and is then marked used and replaced. `sequence` is empty (and
+    /// `file.line` 0) when no line is left: the rule then opens nothing.
+    OneTime {
+        file: one_time::OneTime,
+        sequence: Vec<PortSpec>,
+    },
+    /// `secret_file`: sequences derived from a secret and the time window
+    /// (`Rule::sequences_at`); each opens once.
+    Rotating(rotating::Rotating),
+    /// `[[spa]]`: no sequence; its grants come from the loader when a
+    /// packet checks out.
+    Spa(spa::Spa),
+}
+
 impl Rule {
+    /// The sequence written for it: a fixed rule's, or a one-time rule's
+    /// live line; empty for a one-time rule with no line left, a rotating
+    /// rule (whose sequences come from `sequences_at`) and an SPA entry.
+    pub fn sequence(&self) -> &[PortSpec] {
+        match &self.kind {
+            RuleKind::Fixed { sequence } | RuleKind::OneTime { sequence, .. } => sequence,
+            RuleKind::Rotating(_) | RuleKind::Spa(_) => &[],
+        }
+    }
+
+    /// Its live one-time line, if it is a one-time rule.
+    pub fn one_time(&self) -> Option<&one_time::OneTime> {
+        match &self.kind {
+            RuleKind::OneTime { file, .. } => Some(file),
+            _ => None,
+        }
+    }
+
+    /// Its secret and schedule, if it is a rotating rule.
+    pub fn rotating(&self) -> Option<&rotating::Rotating> {
+        match &self.kind {
+            RuleKind::Rotating(rotating) => Some(rotating),
+            _ => None,
+        }
+    }
+
+    /// Its keys and policy, if it is an SPA entry.
+    pub fn spa(&self) -> Option<&spa::Spa> {
+        match &self.kind {
+            RuleKind::Spa(spa) => Some(spa),
+            _ => None,
+        }
+    }
+
+    /// Whether each sequence opens once: a one-time or a rotating rule's.
+    pub fn opens_once(&self) -> bool {
+        matches!(self.kind, RuleKind::OneTime { .. } | RuleKind::Rotating(_))
+    }
+
+    /// How many steps it takes to knock (0 for an SPA entry).
+    pub fn steps(&self) -> usize {
+        match &self.kind {
+            RuleKind::Rotating(rotating) => rotating.steps,
+            _ => self.sequence().len(),
+        }
+    }
+
     /// How many rule indexes the rule takes in the kernel: two for a
     /// rotating rule (the current window's sequence and the one before),
     /// else one.
     pub fn parts(&self) -> usize {
-        if self.rotating.is_some() { 2 } else { 1 }
+        match self.kind {
+            RuleKind::Rotating(_) => 2,
+            _ => 1,
+        }
     }
 
     /// The sequence of each part at `now`. A rotating rule's part 0 holds
@@ -195,8 +256,8 @@ impl Rule {
     /// even, part 1 the odd one's: a sequence stays in its part (and keeps
     /// the progress made with it) for both windows it is live.
     pub fn sequences_at(&self, now: SystemTime) -> Result<Vec<Vec<PortSpec>>, String> {
-        let Some(rotating) = &self.rotating else {
-            return Ok(vec![self.sequence.clone()]);
+        let RuleKind::Rotating(rotating) = &self.kind else {
+            return Ok(vec![self.sequence().to_vec()]);
         };
         let current = rotating.window(now);
         let mut parts = vec![Vec::new(), Vec::new()];
@@ -208,9 +269,9 @@ impl Rule {
 
     /// What a client sends at `now`.
     pub fn sequence_at(&self, now: SystemTime) -> Result<Vec<PortSpec>, String> {
-        match &self.rotating {
-            Some(rotating) => rotating.sequence(rotating.window(now)),
-            None => Ok(self.sequence.clone()),
+        match &self.kind {
+            RuleKind::Rotating(rotating) => rotating.sequence(rotating.window(now)),
+            _ => Ok(self.sequence().to_vec()),
         }
     }
 }
@@ -268,7 +329,7 @@ impl Config {
     pub fn next_rotation(&self, after: SystemTime) -> Option<SystemTime> {
         self.rules
             .iter()
-            .filter_map(|rule| rule.rotating.as_ref())
+            .filter_map(Rule::rotating)
             .map(|r| r.window_start(r.window(after) + 1))
             .min()
     }
@@ -542,12 +603,9 @@ impl Config {
             for port in protect {
                 protected_by.entry(*port).or_insert(name);
             }
-            let new_rule = |sequence: Vec<PortSpec>, once, rotating| Rule {
+            let new_rule = |kind| Rule {
                 name: name.to_owned(),
-                sequence,
-                once,
-                rotating,
-                spa: None,
+                kind,
                 sequence_timeout: rule.sequence_timeout.0,
                 open_for: rule.open_for.0,
                 protect: protect.clone(),
@@ -583,7 +641,7 @@ impl Config {
                 let (rotating, warning) = rotating_rule(rule, file, dir, &all_protected, &invalid)?;
                 if let Some(other) = rules
                     .iter()
-                    .find(|r| r.rotating.as_ref().is_some_and(|o| o.same_key(&rotating)))
+                    .find(|r| r.rotating().is_some_and(|o| o.same_key(&rotating)))
                 {
                     return Err(invalid(
                         file.span(),
@@ -608,7 +666,7 @@ impl Config {
                     ));
                 }
                 sequence_spans.push(file.span());
-                rules.push(new_rule(Vec::new(), None, Some(rotating)));
+                rules.push(new_rule(RuleKind::Rotating(rotating)));
                 continue;
             }
             let (sequence, span, once) = match (&rule.sequence, &rule.sequences_file) {
@@ -642,11 +700,10 @@ impl Config {
                                 path.display()
                             ));
                             sequence_spans.push(file.span());
-                            rules.push(new_rule(
-                                Vec::new(),
-                                Some(one_time::OneTime { path, line: 0 }),
-                                None,
-                            ));
+                            rules.push(new_rule(RuleKind::OneTime {
+                                file: one_time::OneTime { path, line: 0 },
+                                sequence: Vec::new(),
+                            }));
                             continue;
                         }
                     }
@@ -686,7 +743,15 @@ impl Config {
                 ));
             }
             sequence_spans.push(span.clone());
-            rules.push(new_rule(sequence.clone(), once, None));
+            rules.push(new_rule(match once {
+                Some(file) => RuleKind::OneTime {
+                    file,
+                    sequence: sequence.clone(),
+                },
+                None => RuleKind::Fixed {
+                    sequence: sequence.clone(),
+                },
+            }));
         }
         for file_spa in &file.spas {
             let name = file_spa.name.get_ref();
@@ -704,7 +769,7 @@ impl Config {
                     "{listen} is protected by rule `{protector}`; an SPA port must not be a service port"
                 )));
             }
-            if let Some(rule) = rules.iter().find(|r| r.sequence.contains(&listen)) {
+            if let Some(rule) = rules.iter().find(|r| r.sequence().contains(&listen)) {
                 return Err(at(format!(
                     "{listen} is a knock step of rule `{}`",
                     rule.name
@@ -723,19 +788,13 @@ impl Config {
             sequence_spans.push(file_spa.name.span());
             rules.push(Rule {
                 name: name.clone(),
-                sequence: Vec::new(),
-                once: None,
-                rotating: None,
-                spa: Some(spa),
+                kind: RuleKind::Spa(spa),
                 sequence_timeout: Duration::ZERO,
                 open_for: file_spa.open_for.0,
                 protect: file_spa.protect.get_ref().clone(),
             });
         }
-        let spa_listens: Vec<u16> = rules
-            .iter()
-            .filter_map(|r| Some(r.spa.as_ref()?.listen))
-            .collect();
+        let spa_listens: Vec<u16> = rules.iter().filter_map(|r| Some(r.spa()?.listen)).collect();
         for (rule, span) in rules.iter().zip(&sequence_spans) {
             if let Some(port) = rule
                 .protect
@@ -760,7 +819,7 @@ impl Config {
             ));
         }
         for (rule, span) in rules.iter().zip(&sequence_spans) {
-            for step in &rule.sequence {
+            for step in rule.sequence() {
                 if let Some(protector) = protected_by.get(step) {
                     return Err(invalid(
                         span.clone(),

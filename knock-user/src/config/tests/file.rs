@@ -10,7 +10,7 @@ fn product_example_parses() {
     let rule = &config.rules[0];
     assert_eq!(rule.name, "ssh");
     assert_eq!(
-        rule.sequence,
+        rule.sequence(),
         [
             PortSpec(Knock::tcp(3721)),
             PortSpec(Knock::udp(4728)),
@@ -153,8 +153,8 @@ fn icmp_steps_take_a_payload_size_and_are_never_protected() {
         "sequence = [\"icmp:512\", \"udp:4728\", \"tcp:6742\"]\n{TIMES}protect = [\"tcp:8443\"]\n"
     ));
     let config = Config::parse(&ok).expect("valid");
-    assert_eq!(config.rules[0].sequence[0], PortSpec(Knock::icmp(512)));
-    assert_eq!(config.rules[0].sequence[0].to_string(), "icmp:512");
+    assert_eq!(config.rules[0].sequence()[0], PortSpec(Knock::icmp(512)));
+    assert_eq!(config.rules[0].sequence()[0].to_string(), "icmp:512");
     let kernel = KernelConfig::try_from(&config).expect("fits");
     let index = port_roles_index(knock_common::IPPROTO_ICMP, 512).expect("icmp");
     assert!(

@@ -17,14 +17,14 @@ fn a_one_time_rule_takes_the_first_unused_line_and_checks_them_all() {
     let config = Config::parse_in(&text, dir.path()).expect("valid");
     let rule = &config.rules[0];
     assert_eq!(
-        rule.sequence,
+        rule.sequence(),
         [
             PortSpec(Knock::udp(8001)),
             PortSpec(Knock::tcp(8002)),
             PortSpec(Knock::udp(8003))
         ]
     );
-    assert_eq!(rule.once.as_ref().map(|o| o.line), Some(2));
+    assert_eq!(rule.one_time().map(|o| o.line), Some(2));
     assert_eq!(
         KernelConfig::try_from(&config).expect("fits").rules[0].once,
         1
@@ -48,7 +48,7 @@ fn a_one_time_rule_takes_the_first_unused_line_and_checks_them_all() {
     // Every line used: the rule opens nothing, with a warning.
     std::fs::write(&otp, "#7001,7002,7003\n").expect("write");
     let config = Config::parse_in(&text, dir.path()).expect("valid");
-    assert!(config.rules[0].sequence.is_empty());
+    assert!(config.rules[0].sequence().is_empty());
     assert!(
         config
             .warnings

@@ -18,7 +18,7 @@ fn a_rotating_rule_takes_two_indexes_with_this_and_the_last_windows_sequences() 
         config.warnings
     );
     let rule = &config.rules[1];
-    let rotating = rule.rotating.as_ref().expect("rotating");
+    let rotating = rule.rotating().expect("rotating");
     assert_eq!(
         (rotating.steps, rotating.rotate),
         (5, Duration::from_secs(30))
@@ -132,9 +132,9 @@ fn rotating_rules_are_checked() {
         )
     );
     let config = Config::parse_in(&two, dir.path()).expect("valid");
-    let s = config.rules[1].rotating.as_ref().expect("rotating");
+    let s = config.rules[1].rotating().expect("rotating");
     assert_eq!(
-        config.rules[0].rotating.as_ref().expect("rotating").rotate,
+        config.rules[0].rotating().expect("rotating").rotate,
         Duration::from_secs(30)
     );
     assert!(

@@ -10,12 +10,12 @@ fn an_spa_entry_takes_a_rule_index_and_its_udp_port() {
         with_spa("")
     );
     let config = Config::parse(&text).expect("valid");
-    let spa = config.rules[1].spa.as_ref().expect("an SPA entry");
+    let spa = config.rules[1].spa().expect("an SPA entry");
     assert_eq!(spa.listen, 62201);
     let _ = spa.keys();
     assert_eq!(spa.max_age, Duration::from_secs(120), "fwknop's default");
     assert!(!spa.require_source_address);
-    assert!(config.rules[1].sequence.is_empty());
+    assert!(config.rules[1].sequence().is_empty());
     assert!(
         !format!("{spa:?}").contains("wqpO"),
         "no key in Debug output"
@@ -40,7 +40,7 @@ fn an_spa_entry_takes_a_rule_index_and_its_udp_port() {
         with_spa("")
     ))
     .expect("valid");
-    let spa = alone.rules[0].spa.as_ref().expect("an SPA entry");
+    let spa = alone.rules[0].spa().expect("an SPA entry");
     assert_eq!(
         (spa.listen, spa.max_age, spa.require_source_address),
         (62201, Duration::from_secs(30), true)
