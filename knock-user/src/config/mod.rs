@@ -27,6 +27,13 @@ pub use values::{ConfigDuration, MAX_ICMP_KNOCK_SIZE, PortSpec, Prefix, parse_du
 /// Where the filter is pinned unless `pin_dir` says otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xknock";
 
+/// Denied attempts and first steps reported per CPU and second.
+const DEFAULT_FLOOD_EVENTS_PER_SECOND: u32 = 20;
+
+/// SPA datagrams each CPU hands to the loader per second: far more than
+/// people knock, far less than a flood.
+const DEFAULT_SPA_DATAGRAMS_PER_SECOND: u32 = 100;
+
 /// A configuration that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -203,13 +210,6 @@ impl Config {
             .min()
     }
 }
-
-/// Denied attempts and first steps reported per CPU and second.
-const DEFAULT_FLOOD_EVENTS_PER_SECOND: u32 = 20;
-
-/// SPA datagrams each CPU hands to the loader per second: far more than
-/// people knock, far less than a flood.
-const DEFAULT_SPA_DATAGRAMS_PER_SECOND: u32 = 100;
 
 impl Config {
     /// Parses and validates a whole file.
