@@ -71,7 +71,7 @@ pub(crate) fn spa_costs(effort: &Effort) -> anyhow::Result<SpaCosts> {
     let mut filter = Filter::load(&KernelConfig::try_from(&config)?)?;
     let judge = Judge::new(&config, &slots);
     let rule = &config.rules[1];
-    let spa = rule.spa.as_ref().context("an SPA entry")?;
+    let spa = rule.spa().context("an SPA entry")?;
     let source = key_addr(ip(CLIENT));
     let batch = 200;
     let fresh = |_| {

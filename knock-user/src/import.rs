@@ -253,7 +253,7 @@ mod tests {
         let config = Config::parse(&imported.toml).expect("valid");
         let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["openSSH", "openHTTPS"]);
-        assert_eq!(config.rules[0].sequence.len(), 3);
+        assert_eq!(config.rules[0].sequence().len(), 3);
         assert_eq!(config.rules[0].protect[0].to_string(), "tcp:22");
         assert_eq!(config.rules[1].protect[0].to_string(), "tcp:443");
         assert_eq!(config.rules[0].sequence_timeout.as_secs(), 5);

@@ -13,7 +13,7 @@ use xknock::{
     cli::{Cli, Command},
     client::knock,
     client::sent,
-    config::{KernelConfig, PortSpec},
+    config::{KernelConfig, PortSpec, RuleKind},
     daemon::run::{RunOptions, load_config, read_config, run, warn_of_served_ports},
     loader::embedded_program,
     loader::pins::PinDir,
@@ -155,12 +155,12 @@ fn send_spa(
     allow_ip: Option<std::net::IpAddr>,
 ) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    let rule = config
+    let (rule, spa) = config
         .rules
         .iter()
-        .find(|r| r.name == name && r.spa.is_some())
+        .filter(|r| r.name == name)
+        .find_map(|r| Some((r, r.spa()?)))
         .ok_or_else(|| anyhow!("{} has no [[spa]] named `{name}`", path.display()))?;
-    let spa = rule.spa.as_ref().expect("found by it");
     let target = knock::resolve(host).with_context(|| format!("cannot resolve `{host}`"))?;
     let packet = xknock::client::spa::request(rule, spa, allow_ip, std::time::SystemTime::now())?;
     knock::send_datagram(target, spa.listen, packet.as_bytes())
@@ -195,16 +195,21 @@ fn send_knock(
                 .into_iter()
                 .find(|r| r.name == name)
                 .ok_or_else(|| anyhow!("{} has no rule named `{name}`", path.display()))?;
-            if let Some(r) = &rule.rotating {
-                let (window, steps) = sent::next_window(r)?;
-                rotating = Some((r.clone(), window));
-                steps
-            } else {
-                if rule.sequence.is_empty() {
-                    bail!("rule `{name}` has no unused one-time sequence left");
+            match rule.kind {
+                RuleKind::Rotating(r) => {
+                    let (window, steps) = sent::next_window(&r)?;
+                    rotating = Some((r, window));
+                    steps
                 }
-                once = rule.once;
-                rule.sequence
+                RuleKind::Fixed { sequence } if !sequence.is_empty() => sequence,
+                RuleKind::OneTime { file, sequence } if !sequence.is_empty() => {
+                    once = Some(file);
+                    sequence
+                }
+                // A one-time rule with no line left, or an SPA entry.
+                RuleKind::Fixed { .. } | RuleKind::OneTime { .. } | RuleKind::Spa(_) => {
+                    bail!("rule `{name}` has no unused one-time sequence left")
+                }
             }
         }
         _ if steps.is_empty() => {

@@ -283,8 +283,8 @@ impl Model {
                 .rules
                 .iter()
                 .map(|r| Rule {
-                    sequence: r.sequence.iter().map(port).collect(),
-                    once: r.once.is_some() || r.rotating.is_some(),
+                    sequence: r.sequence().iter().map(port).collect(),
+                    once: r.opens_once(),
                     timeout_ns: nanos(r.sequence_timeout),
                     open_for_ns: nanos(r.open_for),
                     protect: r.protect.iter().map(port).collect(),
@@ -293,7 +293,7 @@ impl Model {
             spa_ports: config
                 .rules
                 .iter()
-                .filter_map(|r| Some((17, r.spa.as_ref()?.listen)))
+                .filter_map(|r| Some((17, r.spa()?.listen)))
                 .collect(),
             allow: config.allow.iter().map(prefix).collect(),
             deny: config.deny.iter().map(prefix).collect(),

@@ -30,7 +30,7 @@ use lab::{
 };
 use proptest::{prelude::*, test_runner::TestRunner};
 use xknock::{
-    config::{Conceal, Config, KernelConfig, PortSpec},
+    config::{Conceal, Config, KernelConfig, PortSpec, RuleKind},
     loader::{Filter, key_addr, monotonic_ns},
 };
 
@@ -274,7 +274,7 @@ fn frames_of(action: &Action, config: &Config) -> Vec<Vec<u8>> {
                 .parse()
                 .expect("literal");
             let copies = if *retransmit { 2 } else { 1 };
-            let mut steps = rule.sequence.clone();
+            let mut steps = rule.sequence().to_vec();
             if *reversed {
                 steps.reverse();
             }
@@ -493,17 +493,21 @@ fn replace_sequence(
 ) -> bool {
     let sequence: Vec<PortSpec> = steps.iter().map(|s| s.parse().expect("step")).collect();
     if rule >= config.rules.len()
-        || config.rules[rule].spa.is_some()
+        || config.rules[rule].spa().is_some()
         || config
             .rules
             .iter()
             .enumerate()
-            .any(|(i, r)| i != rule && r.sequence == sequence)
+            .any(|(i, r)| i != rule && r.sequence() == sequence)
     {
         return false;
     }
     let before = kernel_config(config, once);
-    config.rules[rule].sequence = sequence.clone();
+    // The cases write fixed sequences (and SPA entries, left out above).
+    let RuleKind::Fixed { sequence: written } = &mut config.rules[rule].kind else {
+        unreachable!("a [[rule]] of the differential has a fixed sequence");
+    };
+    *written = sequence.clone();
     let after = kernel_config(config, once);
     let mut roles = after.port_roles.clone();
     for (index, _) in &before.port_roles {

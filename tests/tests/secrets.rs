@@ -200,7 +200,7 @@ fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart(
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
     let rule = rotating_rule(&key);
     let config = Config::parse(&rule).expect("valid");
-    let rotating = config.rules[0].rotating.clone().expect("rotating");
+    let rotating = config.rules[0].rotating().cloned().expect("rotating");
     let sequence = |window: u64| -> Vec<String> {
         rotating
             .sequence(window)

@@ -310,7 +310,7 @@ fn fwknopd_and_xknock_agree_on_the_same_packets() {
         let rule = &config.rules[0];
         xknock::client::spa::request(
             rule,
-            rule.spa.as_ref().expect("an SPA entry"),
+            rule.spa().expect("an SPA entry"),
             Some(CLIENT_V4.parse().expect("address")),
             std::time::SystemTime::now(),
         )

@@ -138,7 +138,7 @@ impl KernelConfig {
                     rule.sequence_timeout,
                 )?,
                 open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
-                once: u32::from(rule.once.is_some() || rule.rotating.is_some()),
+                once: u32::from(rule.opens_once()),
                 ..Default::default()
             };
             let index_of = |spec: &PortSpec| {
@@ -163,7 +163,7 @@ impl KernelConfig {
                 for port in &rule.protect {
                     roles.entry(index_of(port)).or_default().protect_rules |= bit;
                 }
-                if let Some(spa) = &rule.spa {
+                if let Some(spa) = rule.spa() {
                     let listen = PortSpec(Knock::udp(spa.listen));
                     roles.entry(index_of(&listen)).or_default().spa_rules |= bit;
                 }

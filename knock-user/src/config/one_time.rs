@@ -45,13 +45,16 @@ fn parse_step(token: &str) -> Result<PortSpec, String> {
 
 /// Every unused line of the file, with its 1-based number.
 pub fn unused_lines(path: &Path) -> io::Result<Vec<(usize, String)>> {
-    let text = fs::read_to_string(path)?;
-    Ok(text
-        .lines()
+    Ok(unused_lines_in(&fs::read_to_string(path)?))
+}
+
+/// Every unused line of a file's text, with its 1-based number.
+pub fn unused_lines_in(text: &str) -> Vec<(usize, String)> {
+    text.lines()
         .enumerate()
         .map(|(i, line)| (i + 1, line.trim().to_owned()))
         .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
-        .collect())
+        .collect()
 }
 
 /// Marks line `line` (1-based) used, with a `#` at its start, replacing the

@@ -15,8 +15,7 @@
 //!   are the sequence.
 
 use std::{
-    fmt, fs,
-    os::unix::fs::PermissionsExt as _,
+    fmt,
     path::{Path, PathBuf},
     str::FromStr,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -41,6 +40,11 @@ pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
     low: 1024,
     high: 32767,
 };
+/// Steps of a rotating sequence unless `steps` says otherwise.
+pub const DEFAULT_STEPS: usize = 4;
+/// How often a rotating sequence changes unless `rotate` says otherwise
+/// (TOTP's period).
+pub const DEFAULT_ROTATE: Duration = Duration::from_secs(30);
 /// Shortest `rotate` accepted.
 pub const MIN_ROTATE: Duration = Duration::from_secs(2);
 /// Fewest (protocol, port) pairs a range must leave to draw from.
@@ -149,22 +153,16 @@ pub fn keygen() -> Result<String, getrandom::Error> {
     Ok(base64::engine::general_purpose::STANDARD.encode(key))
 }
 
-/// Reads a secret file; the second value warns of a file others may read.
-pub fn read_secret(path: &Path) -> Result<(Vec<u8>, Option<String>), String> {
-    let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let key = parse_secret(&text)?;
-    let mode = fs::metadata(path)
-        .map_err(|e| e.to_string())?
-        .permissions()
-        .mode();
-    let warning = (mode & 0o077 != 0).then(|| {
+/// A warning for the secret file at `path` if its permission bits `mode`
+/// let others read it.
+pub fn readable_by_others(path: &Path, mode: u32) -> Option<String> {
+    (mode & 0o077 != 0).then(|| {
         format!(
             "{} can be read by other users (mode {:o}); `chmod 600` it",
             path.display(),
             mode & 0o777
         )
-    });
-    Ok((key, warning))
+    })
 }
 
 impl Rotating {

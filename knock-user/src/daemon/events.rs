@@ -26,10 +26,7 @@ impl RuleBook {
         let used = slots.iter().flatten().max().map_or(0, |&m| m as usize + 1);
         let mut by_index = vec![None; used];
         for (rule, parts) in config.rules.iter().zip(slots) {
-            let steps = rule
-                .rotating
-                .as_ref()
-                .map_or(rule.sequence.len(), |r| r.steps);
+            let steps = rule.steps();
             for &slot in parts {
                 by_index[slot as usize] = Some((rule.name.clone(), steps));
             }

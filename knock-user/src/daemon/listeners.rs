@@ -19,7 +19,7 @@ pub fn rotating_port_warnings(config: &Config) -> Vec<String> {
     let rotating: Vec<_> = config
         .rules
         .iter()
-        .filter_map(|rule| Some((rule.name.as_str(), rule.rotating.as_ref()?)))
+        .filter_map(|rule| Some((rule.name.as_str(), rule.rotating()?)))
         .collect();
     if rotating.is_empty() {
         return Vec::new();

@@ -511,7 +511,7 @@ fn one_time_source(config: &Config, name: Option<&str>) -> Option<OneTime> {
         .rules
         .iter()
         .find(|r| Some(r.name.as_str()) == name)?;
-    rule.once.clone().filter(|once| once.line > 0)
+    rule.one_time().filter(|once| once.line > 0).cloned()
 }
 
 /// How long a rotation that failed waits before it is tried again.
@@ -532,7 +532,7 @@ fn rotation_step_at(running: &Running) -> Option<SystemTime> {
         .config
         .rules
         .iter()
-        .filter_map(|rule| Some(rule.rotating.as_ref()?.rotate))
+        .filter_map(|rule| Some(rule.rotating()?.rotate))
         .min()?;
     let at = running.next_rotation?;
     Some(at - ROTATION_LEAD.min(shortest / 2))

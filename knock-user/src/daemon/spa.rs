@@ -141,7 +141,7 @@ impl Judge {
             .iter()
             .zip(slots)
             .filter_map(|(rule, parts)| {
-                let spa = rule.spa.as_ref()?;
+                let spa = rule.spa()?;
                 Some(Entry {
                     name: rule.name.clone(),
                     index: *parts.first()?,
