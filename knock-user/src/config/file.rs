@@ -17,7 +17,9 @@ use knock_common::IPPROTO_UDP;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigDuration, PortSpec, Prefix, rotating, spa::DEFAULT_LISTEN};
+use super::{
+    rotating, spa::DEFAULT_LISTEN, values::ConfigDuration, values::PortSpec, values::Prefix,
+};
 
 /// The file as written.
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ use knock_common::{
     horizon_span, port_roles_index, sequence_tag,
 };
 
-use super::{Conceal, Config, PortSpec, Prefix};
+use super::{file::Conceal, model::Config, values::PortSpec, values::Prefix};
 
 /// What the XDP program's maps hold for a configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]

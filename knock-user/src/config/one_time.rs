@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::PortSpec;
+use super::values::PortSpec;
 
 /// The live sequence of a one-time sequences file.
 #[derive(Clone, Debug, PartialEq, Eq)]

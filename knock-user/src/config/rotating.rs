@@ -27,7 +27,7 @@ use knock_common::Knock;
 use serde::{Deserialize, Deserializer, de};
 use sha2::{Digest as _, Sha256};
 
-use super::PortSpec;
+use super::values::PortSpec;
 
 /// Shortest secret accepted: 128 bits.
 pub const MIN_SECRET_BYTES: usize = 16;

@@ -13,9 +13,12 @@ use toml::Spanned;
 
 use super::report::Report;
 use crate::config::{
-    ConfigError, PortSpec, Rule, RuleKind,
     file::{File, FileSpa},
+    model::ConfigError,
+    model::Rule,
+    model::RuleKind,
     spa::Spa,
+    values::PortSpec,
 };
 
 /// Something to protect, and no more rules and SPA entries than the kernel

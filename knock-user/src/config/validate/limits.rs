@@ -2,7 +2,7 @@
 //! beyond their types (any duration and failure count is accepted).
 
 use super::report::Report;
-use crate::config::{ConfigError, Limits, MapLimit};
+use crate::config::{file::Limits, kernel::MapLimit, model::ConfigError};
 
 /// Largest map size accepted (keeps a typo from asking for gigabytes).
 const MAX_MAP_ENTRIES: u32 = 1 << 24;

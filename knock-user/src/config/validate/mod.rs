@@ -20,8 +20,11 @@ use report::Report;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, DEFAULT_FLOOD_EVENTS_PER_SECOND, DEFAULT_PIN_DIR,
-    DEFAULT_SPA_DATAGRAMS_PER_SECOND, Rule, file::File,
+    file::File,
+    model::{
+        Config, ConfigError, DEFAULT_FLOOD_EVENTS_PER_SECOND, DEFAULT_PIN_DIR,
+        DEFAULT_SPA_DATAGRAMS_PER_SECOND, Rule,
+    },
 };
 
 /// The configuration `file` describes; `text` is what it was parsed from.

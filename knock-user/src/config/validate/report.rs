@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::config::ConfigError;
+use crate::config::model::ConfigError;
 
 /// The configuration's text, to turn byte offsets into lines, and the
 /// warnings found so far.

@@ -8,10 +8,13 @@ use toml::Spanned;
 
 use super::report::Report;
 use crate::config::{
-    ConfigError, PortSpec, Rule, RuleKind,
     file::FileRule,
+    model::ConfigError,
+    model::Rule,
+    model::RuleKind,
     one_time::{self, OneTime},
     rotating::{self, Rotating},
+    values::PortSpec,
 };
 
 /// Shortest sequence accepted, and the length below which a warning is given.

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::{report::Report, rule::check_protect};
 use crate::{
     config::{
-        ConfigError, Rule, RuleKind,
         file::FileSpa,
+        model::{ConfigError, Rule, RuleKind},
         spa::{DEFAULT_LISTEN, DEFAULT_MAX_AGE, Spa},
     },
     fwknop::{KeyError, Keys},

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::report::Report;
-use crate::config::{ConfigError, DEFAULT_PIN_DIR, file::File};
+use crate::config::{file::File, model::ConfigError, model::DEFAULT_PIN_DIR};
 
 /// Interface names, the pin directory, and lists that cover more than
 /// they seem to.
