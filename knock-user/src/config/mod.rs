@@ -18,6 +18,8 @@ mod values;
 
 use std::path::Path;
 
+use anyhow::Context as _;
+
 use file::File;
 pub use file::{Conceal, FlowTimeouts, Limits, PenaltyConfig};
 pub use kernel::{KernelConfig, KernelConfigError, MapLimit};
@@ -37,6 +39,24 @@ impl Config {
         let file: File = toml::from_str(text).map_err(ConfigError::Syntax)?;
         validate::validate(text, file.load(dir))
     }
+}
+
+/// Reads and validates a configuration file, printing its warnings.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let config = read_config(path)?;
+    for warning in &config.warnings {
+        log::warn!("{}: {warning}", path.display());
+    }
+    Ok(config)
+}
+
+/// Reads and validates a configuration file, leaving its warnings to the
+/// commands that apply it.
+pub fn read_config(path: &Path) -> anyhow::Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    Config::parse_in(&text, dir).with_context(|| format!("{} is not valid", path.display()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::{
     io::Write as _,
     net::SocketAddr,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -22,7 +22,7 @@ use tokio::{
 use crate::{
     admin::status::nonzero,
     config::{
-        Config,
+        Config, load_config,
         one_time::{self, OneTime},
     },
     daemon::events::{EventFormat, Record, RecordKind, RuleBook},
@@ -47,15 +47,6 @@ pub struct RunOptions {
     pub metrics: Option<SocketAddr>,
 }
 
-/// Reads and validates a configuration file, printing its warnings.
-pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let config = read_config(path)?;
-    for warning in &config.warnings {
-        log::warn!("{}: {warning}", path.display());
-    }
-    Ok(config)
-}
-
 /// Warns of ports this host uses that a rotating rule may draw as steps
 /// (for the commands that run on the server: `run`, a reload,
 /// `check-config`).
@@ -63,15 +54,6 @@ pub fn warn_of_served_ports(config: &Config) {
     for warning in listeners::rotating_port_warnings(config) {
         log::warn!("{warning}");
     }
-}
-
-/// Reads and validates a configuration file, leaving its warnings to the
-/// commands that apply it.
-pub fn read_config(path: &Path) -> anyhow::Result<Config> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    Config::parse_in(&text, dir).with_context(|| format!("{} is not valid", path.display()))
 }
 
 /// The filter this process put in place, and what it was made from.
