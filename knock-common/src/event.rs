@@ -4,77 +4,78 @@
 
 use crate::{Addr, Knock};
 
-/// What an `Event` reports: its `kind` byte on the ring.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    /// A step was accepted; `step` is its 1-based number.
-    Progress = 1,
-    /// Progress was thrown away; `detail` is a `ResetCause`.
-    Reset = 2,
-    /// The last step was accepted; `expires_ns` says until when.
-    Grant = 3,
-    /// A packet to a protected port was dropped (rate limited).
-    Denied = 4,
-    /// A source failed too often; `expires_ns` says until when its knocks
-    /// are ignored.
-    Penalized = 5,
-}
-
-impl EventKind {
-    /// The kind whose byte is `code`, if there is one.
-    pub const fn decode(code: u8) -> Option<EventKind> {
-        match code {
-            1 => Some(EventKind::Progress),
-            2 => Some(EventKind::Reset),
-            3 => Some(EventKind::Grant),
-            4 => Some(EventKind::Denied),
-            5 => Some(EventKind::Penalized),
-            _ => None,
+/// A byte of the ring's record as an enum: the variants with their bytes,
+/// `decode` (the variant of a byte, if any) and `TryFrom<u8>` (the byte
+/// that is none as the error). Each byte is written once, beside its
+/// variant.
+macro_rules! byte_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $(
+                $(#[$variant_meta:meta])*
+                $variant:ident = $byte:literal,
+            )+
         }
-    }
-}
-
-impl TryFrom<u8> for EventKind {
-    /// The byte that is no kind.
-    type Error = u8;
-
-    fn try_from(code: u8) -> Result<EventKind, u8> {
-        EventKind::decode(code).ok_or(code)
-    }
-}
-
-/// Why progress was thrown away: the `detail` byte of an
-/// `EventKind::Reset` event.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ResetCause {
-    /// Another TCP SYN or UDP datagram arrived mid-sequence.
-    WrongPacket = 1,
-    /// The sequence was not completed within the rule's timeout.
-    Timeout = 2,
-    /// The sequence opens once, and it already has.
-    Spent = 3,
-}
-
-impl ResetCause {
-    /// The cause whose byte is `code`, if there is one.
-    pub const fn decode(code: u8) -> Option<ResetCause> {
-        match code {
-            1 => Some(ResetCause::WrongPacket),
-            2 => Some(ResetCause::Timeout),
-            3 => Some(ResetCause::Spent),
-            _ => None,
+    ) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $(
+                $(#[$variant_meta])*
+                $variant = $byte,
+            )+
         }
+
+        impl $name {
+            /// The variant whose byte is `code`, if there is one.
+            pub const fn decode(code: u8) -> Option<$name> {
+                match code {
+                    $($byte => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl TryFrom<u8> for $name {
+            /// The byte that is no variant.
+            type Error = u8;
+
+            fn try_from(code: u8) -> Result<$name, u8> {
+                $name::decode(code).ok_or(code)
+            }
+        }
+    };
+}
+
+byte_enum! {
+    /// What an `Event` reports: its `kind` byte on the ring.
+    pub enum EventKind {
+        /// A step was accepted; `step` is its 1-based number.
+        Progress = 1,
+        /// Progress was thrown away; `detail` is a `ResetCause`.
+        Reset = 2,
+        /// The last step was accepted; `expires_ns` says until when.
+        Grant = 3,
+        /// A packet to a protected port was dropped (rate limited).
+        Denied = 4,
+        /// A source failed too often; `expires_ns` says until when its knocks
+        /// are ignored.
+        Penalized = 5,
     }
 }
 
-impl TryFrom<u8> for ResetCause {
-    /// The byte that is no cause.
-    type Error = u8;
-
-    fn try_from(code: u8) -> Result<ResetCause, u8> {
-        ResetCause::decode(code).ok_or(code)
+byte_enum! {
+    /// Why progress was thrown away: the `detail` byte of an
+    /// `EventKind::Reset` event.
+    pub enum ResetCause {
+        /// Another TCP SYN or UDP datagram arrived mid-sequence.
+        WrongPacket = 1,
+        /// The sequence was not completed within the rule's timeout.
+        Timeout = 2,
+        /// The sequence opens once, and it already has.
+        Spent = 3,
     }
 }
 
