@@ -196,7 +196,7 @@ fn main() -> anyhow::Result<()> {
         }
         Ok("knock-flood") => {
             let mut md = String::new();
-            knock_flood_section(&mut md, &self::flood(&effort, &KNOCK_FLOOD)?, &[]);
+            knock_flood_section(&mut md, &flood(&effort, &KNOCK_FLOOD)?, &[]);
             println!("{md}");
             return Ok(());
         }

@@ -101,7 +101,7 @@ pub struct Event {
     /// Rule index, or `NOT_A_RULE`.
     pub rule: u16,
 }
-const _: () = assert!(core::mem::size_of::<Event>() == 32);
+const _: () = assert!(size_of::<Event>() == 32);
 
 impl Event {
     /// An event of `kind` about a packet `knock` from `addr` for rule index
@@ -193,7 +193,7 @@ impl Event {
             bytes.get(at..at + N)?.try_into().ok()
         }
 
-        if bytes.len() != core::mem::size_of::<Event>() {
+        if bytes.len() != size_of::<Event>() {
             return None;
         }
         Some(Event {
@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn constructors_fill_what_each_kind_reports() {
         let addr = ipv4_mapped([198, 18, 0, 2]);
-        let knock = crate::Knock::udp(4728);
+        let knock = Knock::udp(4728);
         let reset = Event::reset(&addr, knock, 7, ResetCause::Spent);
         assert_eq!(
             reset,

@@ -230,7 +230,7 @@ impl Wire {
             }
             let mut buf = vec![0u8; 2048];
             let mut from: libc::sockaddr_ll = std::mem::zeroed();
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let mut len = size_of::<libc::sockaddr_ll>() as u32;
             let n = libc::recvfrom(
                 self.fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
