@@ -46,7 +46,7 @@ fn check_sequence(sequence: &[PortSpec]) -> Result<(), String> {
 pub(super) fn check_protect(
     owner: &str,
     protect: &Spanned<Vec<PortSpec>>,
-    report: &Report,
+    report: &Report<'_>,
 ) -> Result<(), ConfigError> {
     let at =
         |problem: String| report.invalid(protect.span(), &format!("{owner}: protect"), problem);
@@ -74,7 +74,7 @@ pub(super) fn check_protect(
 pub(super) fn check(
     rule: &FileRule,
     reserved: &[PortSpec],
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<(Rule, Range<usize>), ConfigError> {
     let name = rule.name.get_ref().as_str();
     check_protect(&format!("rule `{name}`"), &rule.protect, report)?;
@@ -135,7 +135,7 @@ fn written(
     name: &str,
     sequence: &[PortSpec],
     span: Range<usize>,
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<(), ConfigError> {
     let key = format!("rule `{name}`: sequence");
     check_sequence(sequence).map_err(|problem| report.invalid(span.clone(), &key, problem))?;
@@ -165,7 +165,7 @@ fn written(
 fn one_time_rule(
     rule: &FileRule,
     file: &Spanned<PathBuf>,
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<RuleKind, ConfigError> {
     let name = rule.name.get_ref();
     let loaded = rule
@@ -220,7 +220,7 @@ fn rotating_rule(
     rule: &FileRule,
     file: &Spanned<PathBuf>,
     reserved: &[PortSpec],
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<Rotating, ConfigError> {
     let name = rule.name.get_ref();
     let (loaded, mode) = rule
