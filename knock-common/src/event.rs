@@ -233,10 +233,7 @@ mod tests {
         // of its fields', asserted above), so all its 32 bytes are
         // initialized; the slice lives no longer than the borrow.
         let bytes = unsafe {
-            core::slice::from_raw_parts(
-                (event as *const Event).cast::<u8>(),
-                core::mem::size_of::<Event>(),
-            )
+            core::slice::from_raw_parts(core::ptr::from_ref(event).cast::<u8>(), size_of::<Event>())
         };
         bytes.try_into().expect("32 bytes")
     }

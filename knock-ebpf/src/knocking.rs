@@ -167,7 +167,7 @@ fn run_knock_rules(
         bpf_loop(
             rules,
             knock_rule as *mut c_void,
-            (&scan as *const KnockScan).cast_mut().cast(),
+            (&raw const scan).cast_mut().cast(),
             0,
         )
     };
