@@ -216,7 +216,7 @@ impl Xknock {
     pub fn kill9(mut self) -> Arc<TestFilter> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.filter.clone()
+        Arc::clone(&self.filter)
     }
 
     /// Waits until the log has a line with `needle`; returns it.

@@ -129,7 +129,7 @@ fn frames_that_cannot_be_parsed_to_their_ports_are_dropped() {
     );
 
     // Cut at every header boundary short of the end of the TCP header.
-    for framed in [web.clone(), three_tags.clone(), long_chain.clone()] {
+    for framed in [web.clone(), three_tags, long_chain] {
         let (bytes, boundaries) = framed.build();
         for &cut in boundaries.iter().filter(|&&b| b >= 14 && b < bytes.len()) {
             assert_eq!(
@@ -141,7 +141,7 @@ fn frames_that_cannot_be_parsed_to_their_ports_are_dropped() {
     }
 
     // A first fragment carrying only the ports, not the TCP flags.
-    let mut first = web.clone();
+    let mut first = web;
     first.fragment = Fragment::First;
     let (bytes, _) = first.build();
     let ports_only = bytes.len() - 20 + 8;

@@ -65,7 +65,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     fs::write(&client_config, rule(&client_file)).expect("write");
     let client_config = client_config.to_str().expect("utf-8");
     let filter = Arc::new(TestFilter::new(&rule(&server_file)));
-    let xknock = Xknock::start_on(&lab, filter.clone(), &[], false);
+    let xknock = Xknock::start_on(&lab, filter, &[], false);
     let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
 
     // The client sends the first unused line of its copy, and marks it.
@@ -211,7 +211,7 @@ fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart(
     };
     let filter = Arc::new(TestFilter::new(&rule));
     let client_config = filter.arg().to_owned();
-    let xknock = Xknock::start_on(&lab, filter.clone(), &[], false);
+    let xknock = Xknock::start_on(&lab, filter, &[], false);
     let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
     // The operator hears of it (and not of the protected port, never drawn).
     let warning = xknock

@@ -165,7 +165,7 @@ fn the_real_fwknop_client_opens_ssh_and_what_is_not_its_own_fresh_request_opens_
     );
     assert_refused(&next_spa_event(&xknock, &mut seen), "bad_hmac");
     let wrong_cipher_key = FwknopKeys {
-        key_base64: other_keys.key_base64.clone(),
+        key_base64: other_keys.key_base64,
         hmac_key_base64: keys.hmac_key_base64.clone(),
     };
     send(

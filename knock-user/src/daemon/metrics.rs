@@ -183,7 +183,7 @@ async fn serve(listener: TcpListener, pins: PinDir, reloads: Arc<Reloads>) {
             continue;
         };
         let pins = pins.clone();
-        let reloads = reloads.clone();
+        let reloads = Arc::clone(&reloads);
         tokio::spawn(async move {
             let _ = answer(stream, &pins, &reloads).await;
         });
