@@ -361,7 +361,7 @@ impl Stored {
         match (self, next.next_step <= 1) {
             // SAFETY: as in `get`; the whole value is overwritten.
             (Stored::FirstStep(slot), true) | (Stored::Later(slot), false) => unsafe {
-                *slot = *next
+                *slot = *next;
             },
             (_, true) => {
                 self.forget(key, horizon_slot);

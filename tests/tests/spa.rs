@@ -95,7 +95,9 @@ fn assert_refused(event: &Value, reason: &str) {
 
 fn assert_granted(event: &Value, admitted: &str) {
     assert_eq!(event["event"], "spa_grant", "{event:#}");
-    let who = event["admitted"].as_str().or(event["source"].as_str());
+    let who = event["admitted"]
+        .as_str()
+        .or_else(|| event["source"].as_str());
     assert_eq!(who, Some(admitted), "{event:#}");
 }
 

@@ -172,7 +172,7 @@ pub fn spawn(
                     Ok(listener) => serve(listener, pins, reloads).await,
                     Err(error) => log::error!("metrics: {error}"),
                 }
-            })
+            });
         })?;
     Ok(())
 }

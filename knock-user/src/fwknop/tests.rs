@@ -38,7 +38,7 @@ impl Fixture {
 
     fn packet(&self) -> &[u8] {
         self.optional("packet")
-            .or(self.optional("spa_data"))
+            .or_else(|| self.optional("spa_data"))
             .unwrap_or_else(|| panic!("{}: no packet", self.name))
             .as_bytes()
     }

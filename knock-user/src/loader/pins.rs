@@ -137,10 +137,10 @@ impl PinDir {
         let existing = self
             .root
             .parent()
-            .unwrap_or(Path::new("/"))
+            .unwrap_or_else(|| Path::new("/"))
             .ancestors()
             .find(|dir| dir.exists())
-            .unwrap_or(Path::new("/"));
+            .unwrap_or_else(|| Path::new("/"));
         check_bpffs(existing, &self.root)?;
         fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
         flock(&self.root)

@@ -245,7 +245,10 @@ fn rotating_rule(
         .as_ref()
         .map_or(rotating::DEFAULT_STEPS, |s| *s.get_ref());
     if !(MIN_STEPS..=MAX_STEPS).contains(&steps) {
-        let span = rule.steps.as_ref().map_or(file.span(), Spanned::span);
+        let span = rule
+            .steps
+            .as_ref()
+            .map_or_else(|| file.span(), Spanned::span);
         return Err(report.invalid(
             span,
             &key_at("steps"),
@@ -274,7 +277,10 @@ fn rotating_rule(
         .map_or(rotating::DEFAULT_PORT_RANGE, |r| *r.get_ref());
     let rotating = Rotating::new(path.clone(), key, rotate, steps, range, reserved.to_vec())
         .map_err(|problem| {
-            let span = rule.port_range.as_ref().map_or(file.span(), Spanned::span);
+            let span = rule
+                .port_range
+                .as_ref()
+                .map_or_else(|| file.span(), Spanned::span);
             report.invalid(span, &key_at("port_range"), problem)
         })?;
     if let Some(warning) = warning {
