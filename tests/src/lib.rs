@@ -168,9 +168,11 @@ impl Drop for Netns {
                 }
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        drop(
+            Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status(),
+        );
     }
 }
 
@@ -318,7 +320,7 @@ impl Lab {
         thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(&buf[..n], from);
+                drop(socket.send_to(&buf[..n], from));
             }
         });
     }
@@ -445,8 +447,8 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.child.kill());
+        drop(self.child.wait());
     }
 }
 

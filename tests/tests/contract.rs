@@ -101,7 +101,7 @@ impl Drop for Background {
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain signal delivery to the group this guard created.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
+            drop(child.wait());
         }
     }
 }
@@ -177,7 +177,7 @@ fn tcp_echo(lab: &Lab, port: u16) {
                 let Ok(mut reader) = stream.try_clone() else {
                     return;
                 };
-                let _ = std::io::copy(&mut reader, &mut stream);
+                drop(std::io::copy(&mut reader, &mut stream));
             });
         }
     });

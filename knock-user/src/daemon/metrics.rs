@@ -185,7 +185,7 @@ async fn serve(listener: TcpListener, pins: PinDir, reloads: Arc<Reloads>) {
         let pins = pins.clone();
         let reloads = Arc::clone(&reloads);
         tokio::spawn(async move {
-            let _ = answer(stream, &pins, &reloads).await;
+            drop(answer(stream, &pins, &reloads).await);
         });
     }
 }

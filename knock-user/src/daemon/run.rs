@@ -201,7 +201,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             // A first run that failed leaves nothing behind; a filter that
             // was running stays as it was.
             if fresh && pins.links().is_ok_and(|links| links.is_empty()) {
-                let _ = pins.remove();
+                drop(pins.remove());
             }
             return Err(error);
         }

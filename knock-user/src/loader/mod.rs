@@ -597,7 +597,7 @@ impl Filter {
 impl Drop for UnusedGeneration {
     fn drop(&mut self) {
         if let Some(dir) = self.0.take() {
-            let _ = std::fs::remove_dir_all(dir);
+            drop(std::fs::remove_dir_all(dir));
         }
     }
 }
