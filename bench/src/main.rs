@@ -2,6 +2,12 @@
 //! against its baselines in one run. Writes target/bench/report.md and
 //! target/bench/chart.svg under the workspace.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the bench's report is what it prints"
+)]
+
 mod conceal;
 mod first_steps;
 mod flood;

@@ -185,6 +185,10 @@ impl log::Log for Stderr {
         metadata.level() <= log::Level::Info && metadata.target().starts_with("xknock")
     }
 
+    #[expect(
+        clippy::print_stderr,
+        reason = "this logger is where the library's `log` messages reach stderr"
+    )]
     fn log(&self, record: &log::Record<'_>) {
         if !self.enabled(record.metadata()) {
             return;

@@ -4,6 +4,12 @@
 //!
 //! Traffic only ever goes between the two namespaces.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{
     env,
     fs::{self, File},

@@ -3,6 +3,12 @@
 //! deny prefixes against real knocks, and an hping3 flood of spoofed first
 //! steps. Every probe targets the lab's server inside the lab's namespaces.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{
     collections::BTreeMap,
     io::{Read, Write},

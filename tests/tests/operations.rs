@@ -3,6 +3,12 @@
 //! a reload swaps the program without a gap, and status, grant, revoke,
 //! detach and the metrics endpoint work against it, with or without a run.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::{Child, Stdio},

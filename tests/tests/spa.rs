@@ -4,6 +4,12 @@
 //! fwknopd and xknock agree on the same packets; `xknock knock --spa` is
 //! accepted by both, over IPv4 and IPv6.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{net::UdpSocket, time::Duration};
 
 use lab::{

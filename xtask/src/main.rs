@@ -5,6 +5,12 @@
 //! the XDP program, whose toolchain and linker set-up installs. The demo and
 //! the bench are binaries of their own, built once set-up is done.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a developer's command-line tool: printing is how it reports"
+)]
+
 mod fresh;
 #[cfg(test)]
 mod house;

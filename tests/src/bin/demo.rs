@@ -5,6 +5,12 @@
 //! shown throughout. The xknock binary is $XKNOCK_BIN, else the one built next
 //! to this one.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the demo narrates on stdout: printing is its job"
+)]
+
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, ensure};
