@@ -122,7 +122,7 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
         | Receiver::XknockKnockPort => {
             let config = match receiver {
                 Receiver::Xknock | Receiver::XknockKnockPort => bench_config(SILENT),
-                Receiver::XknockSpa => KernelConfig::try_from(&crate::spa::spa_config()?)?,
+                Receiver::XknockSpa => KernelConfig::try_from(&spa::spa_config()?)?,
                 _ => bench_config(""),
             };
             lab.server.within(move || -> anyhow::Result<Installed> {
@@ -334,7 +334,7 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
         let installed = install(&lab, receiver)?;
         separate_cpus(&lab)?;
         let template = if receiver == Receiver::XknockSpa {
-            crate::spa::junk_template(&lab)
+            spa::junk_template(&lab)
         } else {
             flood_template(&lab, receiver.port())
         };

@@ -96,8 +96,8 @@ pub(crate) fn time_to_open_knockd(tries: usize) -> anyhow::Result<Stat> {
         }
         Ok(())
     })();
-    let _ = knockd.kill();
-    let _ = knockd.wait();
+    drop(knockd.kill());
+    drop(knockd.wait());
     result?;
     Ok(Stat::of(samples))
 }

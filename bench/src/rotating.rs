@@ -62,7 +62,7 @@ pub(crate) fn rotating_costs(effort: &Effort) -> anyhow::Result<RotatingCosts> {
             "unprotected TCP ACK, one plain rule",
             (&alone, plain.clone()),
         ),
-        ("same, beside a rotating rule", (&beside, plain.clone())),
+        ("same, beside a rotating rule", (&beside, plain)),
         (
             "plain rule's knock step (repeated), one plain rule",
             (&alone, plain_step.clone()),

@@ -31,10 +31,7 @@ pub(crate) fn trace_costs(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost
             "same, while another source is traced",
             (&other, plain.clone()),
         ),
-        (
-            "same, from the traced source (logged)",
-            (&this, plain.clone()),
-        ),
+        ("same, from the traced source (logged)", (&this, plain)),
         (
             "SYN to protected port (drop), no trace running",
             (&filter, protected.clone()),

@@ -10,7 +10,7 @@ pub struct EventBudget {
     pub used: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
+const _: () = assert!(size_of::<EventBudget>() == 16);
 
 /// Once over budget, the clock is read on every this many candidates only,
 /// so a flood does not pay for it per packet; a new window may start that

@@ -102,7 +102,7 @@ pub struct Event {
     /// Rule index, or `NOT_A_RULE`.
     pub rule: u16,
 }
-const _: () = assert!(core::mem::size_of::<Event>() == 32);
+const _: () = assert!(size_of::<Event>() == 32);
 
 impl Event {
     /// An event of `kind` about a packet `knock` from `addr` for rule index
@@ -194,7 +194,7 @@ impl Event {
             bytes.get(at..at + N)?.try_into().ok()
         }
 
-        if bytes.len() != core::mem::size_of::<Event>() {
+        if bytes.len() != size_of::<Event>() {
             return None;
         }
         Some(Event {
@@ -234,10 +234,7 @@ mod tests {
         // of its fields', asserted above), so all its 32 bytes are
         // initialized; the slice lives no longer than the borrow.
         let bytes = unsafe {
-            core::slice::from_raw_parts(
-                (event as *const Event).cast::<u8>(),
-                core::mem::size_of::<Event>(),
-            )
+            core::slice::from_raw_parts(core::ptr::from_ref(event).cast::<u8>(), size_of::<Event>())
         };
         bytes.try_into().expect("32 bytes")
     }
@@ -311,7 +308,7 @@ mod tests {
     #[test]
     fn constructors_fill_what_each_kind_reports() {
         let addr = ipv4_mapped([198, 18, 0, 2]);
-        let knock = crate::Knock::udp(4728);
+        let knock = Knock::udp(4728);
         let reset = Event::reset(&addr, knock, 7, ResetCause::Spent);
         assert_eq!(
             reset,

@@ -16,7 +16,7 @@ pub struct PortRoles {
     pub spa_rules: u16,
     pub _pad: u16,
 }
-const _: () = assert!(core::mem::size_of::<PortRoles>() == 8);
+const _: () = assert!(size_of::<PortRoles>() == 8);
 
 /// `PORT_ROLES` is an array indexed by protocol and port: TCP ports first,
 /// then UDP, then ICMP echo payload sizes.
@@ -39,7 +39,7 @@ pub const fn port_roles_index(proto: u8, port: u16) -> Option<u32> {
 pub struct Grant {
     pub expires_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Grant>() == 8);
+const _: () = assert!(size_of::<Grant>() == 8);
 
 /// Key of `FLOWS`: one admitted connection, as seen on ingress.
 #[repr(C)]
@@ -53,7 +53,7 @@ pub struct FlowKey {
     pub proto: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+const _: () = assert!(size_of::<FlowKey>() == 24);
 
 impl FlowKey {
     pub const fn src_port(&self) -> u16 {
@@ -74,4 +74,4 @@ pub struct Flow {
     /// Non-zero once a FIN was seen: the flow then idles out after `tcp_closing_ns`.
     pub closing: u32,
 }
-const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+const _: () = assert!(size_of::<Flow>() == 16);

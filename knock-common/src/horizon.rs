@@ -41,7 +41,7 @@ pub struct SourceHorizon {
     /// resets at its source's next knock, however late.
     pub later_steps: u32,
 }
-const _: () = assert!(core::mem::size_of::<SourceHorizon>() == 16);
+const _: () = assert!(size_of::<SourceHorizon>() == 16);
 
 /// A kernel clock reading in horizon units.
 #[inline(always)]

@@ -19,7 +19,7 @@ pub struct Knock {
     pub proto: u8,
     pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<Knock>() == 4);
+const _: () = assert!(size_of::<Knock>() == 4);
 
 impl Knock {
     /// A packet of protocol `proto` to `port` (for ICMP, an echo request
@@ -72,7 +72,7 @@ pub struct RuleConfig {
     pub once: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<RuleConfig>() == 4 * MAX_STEPS + 32);
+const _: () = assert!(size_of::<RuleConfig>() == 4 * MAX_STEPS + 32);
 
 /// Key of the pinned `SPENT` map: a sequence of a rule that has opened once
 /// (its value: when, kernel clock). Only completed knocks insert, so no
@@ -84,7 +84,7 @@ pub struct SpentKey {
     pub rule: u32,
     pub sequence_tag: u32,
 }
-const _: () = assert!(core::mem::size_of::<SpentKey>() == 8);
+const _: () = assert!(size_of::<SpentKey>() == 8);
 
 /// Entries of `SPENT`.
 pub const SPENT_ENTRIES: u32 = 4096;
@@ -96,7 +96,7 @@ pub struct SourceRule {
     pub addr: Addr,
     pub rule: u32,
 }
-const _: () = assert!(core::mem::size_of::<SourceRule>() == 20);
+const _: () = assert!(size_of::<SourceRule>() == 20);
 
 /// Value of `FIRST_STEPS` (sources that sent only the first step, the map a
 /// spoofed flood can churn) and `PROGRESS` (sources past the first step):
@@ -111,7 +111,7 @@ pub struct Progress {
     /// The rule's `sequence_tag` when the progress was made.
     pub sequence_tag: u32,
 }
-const _: () = assert!(core::mem::size_of::<Progress>() == 16);
+const _: () = assert!(size_of::<Progress>() == 16);
 
 #[cfg(test)]
 mod tests {

@@ -35,7 +35,7 @@ pub struct RuleName {
     pub len: u8,
     pub bytes: [u8; RULE_NAME_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<RuleName>() == 32);
+const _: () = assert!(size_of::<RuleName>() == 32);
 
 impl RuleName {
     /// `None` when `name` is longer than `RULE_NAME_BYTES`.
@@ -74,7 +74,7 @@ pub struct Instance {
     /// own.
     pub rules: [RuleName; MAX_RULES],
 }
-const _: () = assert!(core::mem::size_of::<Instance>() == 16 + 32 * MAX_RULES);
+const _: () = assert!(size_of::<Instance>() == 16 + 32 * MAX_RULES);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -102,7 +102,6 @@ mod pod {
 mod tests {
     use super::*;
     use crate::*;
-    use core::mem::size_of;
 
     /// The sizes of everything pinned, recorded with the layout version
     /// they belong to: a change here without a new `LAYOUT_VERSION` would

@@ -17,7 +17,7 @@ pub struct Penalty {
     pub failures: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Penalty>() == 24);
+const _: () = assert!(size_of::<Penalty>() == 24);
 
 /// Records one failure at `now_ns`; returns true when it starts a penalty.
 /// Shared by the XDP program and the host tests.

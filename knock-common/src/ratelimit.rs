@@ -21,7 +21,7 @@ pub struct GlobalIcmpBudget {
     /// Messages that may still go out; may run negative after `consume`.
     pub credit: i32,
 }
-const _: () = assert!(core::mem::size_of::<GlobalIcmpBudget>() == 8);
+const _: () = assert!(size_of::<GlobalIcmpBudget>() == 8);
 
 impl GlobalIcmpBudget {
     /// `icmp_global_allow`: whether another error may go out now. Credit is
@@ -64,7 +64,7 @@ pub struct PeerIcmpRate {
     /// Saved-up milliseconds, at most `BURST_FACTOR` intervals.
     pub tokens: u32,
 }
-const _: () = assert!(core::mem::size_of::<PeerIcmpRate>() == 8);
+const _: () = assert!(size_of::<PeerIcmpRate>() == 8);
 
 impl PeerIcmpRate {
     /// `inet_peer_xrlim_allow`: one error per `interval_ms`, with a burst of

@@ -57,7 +57,7 @@ pub struct Settings {
     pub failing_horizon: u32,
     pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 112);
+const _: () = assert!(size_of::<Settings>() == 112);
 
 /// `Settings::conceal`: answer as a closed port of this host answers.
 pub const CONCEAL_CLOSED: u32 = 0;

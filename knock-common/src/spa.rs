@@ -33,7 +33,7 @@ pub struct SpaDatagram {
     pub ifindex: u32,
     pub payload: [u8; SPA_MAX_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<SpaDatagram>() == 1524);
+const _: () = assert!(size_of::<SpaDatagram>() == 1524);
 
 /// Byte offsets of `SpaDatagram`'s fields, for the loader's safe decode.
 pub const SPA_DATAGRAM_HEADER: usize = 24;

@@ -615,7 +615,7 @@ fn sum_packet(ctx: &XdpContext, offset: usize, len: usize) -> Result<Sum, Silent
         bpf_loop(
             (MAX_SUMMED / CHUNK) as u32 + 1,
             sum_chunk as *mut c_void,
-            (&mut chunks as *mut Chunks).cast(),
+            (&raw mut chunks).cast(),
             0,
         )
     };

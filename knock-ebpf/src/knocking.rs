@@ -167,7 +167,7 @@ fn run_knock_rules(
         bpf_loop(
             rules,
             knock_rule as *mut c_void,
-            (&scan as *const KnockScan).cast_mut().cast(),
+            (&raw const scan).cast_mut().cast(),
             0,
         )
     };
@@ -361,7 +361,7 @@ impl Stored {
         match (self, next.next_step <= 1) {
             // SAFETY: as in `get`; the whole value is overwritten.
             (Stored::FirstStep(slot), true) | (Stored::Later(slot), false) => unsafe {
-                *slot = *next
+                *slot = *next;
             },
             (_, true) => {
                 self.forget(key, horizon_slot);

@@ -5,6 +5,10 @@
 
 use anyhow::Context as _;
 
+#[expect(
+    clippy::print_stderr,
+    reason = "a program run by `cargo xtask dist`: it reports on stderr"
+)]
 fn main() -> anyhow::Result<()> {
     let out = std::env::args_os()
         .nth(1)

@@ -66,7 +66,7 @@ pub enum Command {
         /// With --spa: the address to admit (fwknop's -a); without it the
         /// server admits the address the packet comes from (fwknop's -s).
         #[arg(long, requires = "spa", value_name = "ADDR")]
-        allow_ip: Option<std::net::IpAddr>,
+        allow_ip: Option<IpAddr>,
         /// Pause between knocks, such as 20ms or 1s.
         #[arg(long, default_value = "20ms", value_parser = parse_delay)]
         delay: Duration,
@@ -185,6 +185,10 @@ impl log::Log for Stderr {
         metadata.level() <= log::Level::Info && metadata.target().starts_with("xknock")
     }
 
+    #[expect(
+        clippy::print_stderr,
+        reason = "this logger is where the library's `log` messages reach stderr"
+    )]
     fn log(&self, record: &log::Record<'_>) {
         if !self.enabled(record.metadata()) {
             return;

@@ -29,6 +29,11 @@ fn version() -> String {
     format!("{}\nXDP program: {program}", env!("CARGO_PKG_VERSION"))
 }
 
+#[expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the commands answer on stdout and report on stderr: printing is this binary's job"
+)]
 fn main() -> ExitCode {
     xknock::cli::log_to_stderr();
     let version: &'static str = Box::leak(version().into_boxed_str());

@@ -109,7 +109,7 @@ impl Concealment {
         }
     }
 
-    fn rst(&self, ip: &Ip) -> Option<Answer> {
+    fn rst(&self, ip: &Ip<'_>) -> Option<Answer> {
         let seg = ip.packet.get(ip.l4..)?;
         if seg.len() < 20 {
             return None;
@@ -159,7 +159,7 @@ impl Concealment {
         })
     }
 
-    fn unreachable(&mut self, ip: &Ip) -> Option<Answer> {
+    fn unreachable(&mut self, ip: &Ip<'_>) -> Option<Answer> {
         let datagram = ip.packet.get(ip.l4..)?;
         if datagram.len() < 8 {
             return None;
@@ -228,7 +228,7 @@ fn link_back(link: &[u8]) -> Vec<u8> {
 
 /// The pseudo-header of the answer (`reply`: from the probe's destination
 /// back to its source) or of the probe.
-fn pseudo(ip: &Ip, reply: bool, proto: u8, length: usize) -> Sum {
+fn pseudo(ip: &Ip<'_>, reply: bool, proto: u8, length: usize) -> Sum {
     let (from, to) = if reply {
         (&ip.dst, &ip.src)
     } else {
@@ -248,13 +248,13 @@ fn pseudo(ip: &Ip, reply: bool, proto: u8, length: usize) -> Sum {
 
 /// A probe's L4 checksum (at `field` of `l4`) verifies, or is the bare
 /// pseudo-header sum a local sender leaves to offload.
-fn checksum_ok(ip: &Ip, l4: &[u8], field: usize) -> bool {
+fn checksum_ok(ip: &Ip<'_>, l4: &[u8], field: usize) -> bool {
     let pseudo = pseudo(ip, false, ip.proto, l4.len());
     be16(l4, field) == usize::from(pseudo.folded()) || pseudo.slice(l4).verifies()
 }
 
 fn ipv4_header(
-    ip: &Ip,
+    ip: &Ip<'_>,
     tos: u8,
     id: [u8; 2],
     flags: u8,
@@ -272,7 +272,7 @@ fn ipv4_header(
     h
 }
 
-fn ipv6_header(ip: &Ip, tclass: u8, label: u32, payload: usize, next: u8, hop: u8) -> Vec<u8> {
+fn ipv6_header(ip: &Ip<'_>, tclass: u8, label: u32, payload: usize, next: u8, hop: u8) -> Vec<u8> {
     let first = (6u32 << 28) | (u32::from(tclass) << 20) | (label & 0x000f_ffff);
     let mut h = first.to_be_bytes().to_vec();
     h.extend_from_slice(&(payload as u16).to_be_bytes());

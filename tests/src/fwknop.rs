@@ -445,8 +445,8 @@ impl Fwknopd {
 
 impl Drop for Fwknopd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.child.kill());
+        drop(self.child.wait());
     }
 }
 

@@ -4,6 +4,12 @@
 //!
 //! Traffic only ever goes between the two namespaces.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{
     env,
     fs::{self, File},
@@ -168,9 +174,11 @@ impl Drop for Netns {
                 }
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        drop(
+            Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status(),
+        );
     }
 }
 
@@ -318,7 +326,7 @@ impl Lab {
         thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while let Ok((n, from)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(&buf[..n], from);
+                drop(socket.send_to(&buf[..n], from));
             }
         });
     }
@@ -445,8 +453,8 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.child.kill());
+        drop(self.child.wait());
     }
 }
 

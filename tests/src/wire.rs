@@ -178,8 +178,8 @@ impl Wire {
                 addr.sll_ifindex = index;
                 let rc = libc::bind(
                     raw,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_ll>() as u32,
                 );
                 assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
                 Wire { fd, index }
@@ -199,8 +199,8 @@ impl Wire {
                 frame.as_ptr().cast(),
                 frame.len(),
                 0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
             );
             assert_eq!(
                 sent,
@@ -230,13 +230,13 @@ impl Wire {
             }
             let mut buf = vec![0u8; 2048];
             let mut from: libc::sockaddr_ll = std::mem::zeroed();
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let mut len = size_of::<libc::sockaddr_ll>() as u32;
             let n = libc::recvfrom(
                 self.fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 0,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
+                (&raw mut from).cast(),
                 &mut len,
             );
             if n < 0 {

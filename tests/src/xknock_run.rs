@@ -70,11 +70,13 @@ impl TestFilter {
 
 impl Drop for TestFilter {
     fn drop(&mut self) {
-        let _ = Command::new(xknock_bin())
-            .args(["detach", "--config"])
-            .arg(&self.path)
-            .output();
-        let _ = fs::remove_dir_all(&self.pin_dir);
+        drop(
+            Command::new(xknock_bin())
+                .args(["detach", "--config"])
+                .arg(&self.path)
+                .output(),
+        );
+        drop(fs::remove_dir_all(&self.pin_dir));
     }
 }
 
@@ -185,9 +187,10 @@ impl Xknock {
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 // Let the readers drain the last lines.
-                let _ = self
-                    .log
-                    .wait_for(Duration::from_secs(2), |l| l.contains("verdicts:"));
+                drop(
+                    self.log
+                        .wait_for(Duration::from_secs(2), |l| l.contains("verdicts:")),
+                );
                 return (status, self.log.snapshot());
             }
             assert!(
@@ -214,9 +217,9 @@ impl Xknock {
     /// Kills the process with SIGKILL (no chance to clean up) and waits for
     /// it; returns its filter, which stays pinned.
     pub fn kill9(mut self) -> Arc<TestFilter> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.filter.clone()
+        drop(self.child.kill());
+        drop(self.child.wait());
+        Arc::clone(&self.filter)
     }
 
     /// Waits until the log has a line with `needle`; returns it.
@@ -240,7 +243,7 @@ impl Xknock {
 
 impl Drop for Xknock {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.child.kill());
+        drop(self.child.wait());
     }
 }

@@ -5,6 +5,12 @@
 //! it gets nothing. Probes are raw frames from the client's veth, so every
 //! field of them is ours to set.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{net::IpAddr, time::Duration};
 
 use lab::{

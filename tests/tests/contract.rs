@@ -3,6 +3,12 @@
 //! deny prefixes against real knocks, and an hping3 flood of spoofed first
 //! steps. Every probe targets the lab's server inside the lab's namespaces.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -101,7 +107,7 @@ impl Drop for Background {
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain signal delivery to the group this guard created.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
+            drop(child.wait());
         }
     }
 }
@@ -177,7 +183,7 @@ fn tcp_echo(lab: &Lab, port: u16) {
                 let Ok(mut reader) = stream.try_clone() else {
                     return;
                 };
-                let _ = std::io::copy(&mut reader, &mut stream);
+                drop(std::io::copy(&mut reader, &mut stream));
             });
         }
     });

@@ -9,6 +9,12 @@
 //! Timeouts end on half seconds and waits are whole seconds, so the few
 //! milliseconds a case really takes never decide an outcome.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{
     collections::BTreeMap,
     net::IpAddr,

@@ -1,7 +1,7 @@
 //! xknock attached to a real veth in network namespaces, driven by real
 //! clients: OpenSSH, knockd's `knock`, and xknock's own `knock`.
 
-use std::{thread, time::Duration};
+use std::{sync::Arc, thread, time::Duration};
 
 use lab::{
     ARTICLE_STEPS, CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, Sshd, Xknock,
@@ -62,7 +62,7 @@ fn ssh_is_invisible_until_knock_and_again_after_open_for() {
         "ssh after open_for must time out, got {expired:?}"
     );
 
-    let filter = xknock.filter().clone();
+    let filter = Arc::clone(xknock.filter());
     let (status, log) = xknock.stop();
     assert!(status.success(), "xknock exit: {status:?} {log:?}");
     assert!(log.iter().any(|l| l.contains("stays on")), "{log:?}");
@@ -221,7 +221,7 @@ fn generic_mode_attaches_as_xdpgeneric_and_answers_as_a_closed_port() {
         "{:?}",
         xknock.log()
     );
-    let _filter = xknock.filter().clone();
+    let _filter = Arc::clone(xknock.filter());
     let (status, _) = xknock.stop();
     assert!(status.success());
     assert_eq!(

@@ -52,17 +52,17 @@ type Shape = (&'static str, bool, fn(&mut Frame));
 const PARSED: [Shape; 7] = [
     ("plain IPv4", false, |_| {}),
     ("IPv4 with 40 bytes of options", false, |f| {
-        f.ipv4_options = 40
+        f.ipv4_options = 40;
     }),
     ("802.1Q tag", false, |f| f.vlan_tags = vec![0x8100]),
     ("802.1ad + 802.1Q tags", false, |f| {
-        f.vlan_tags = vec![0x88a8, 0x8100]
+        f.vlan_tags = vec![0x88a8, 0x8100];
     }),
     ("plain IPv6", true, |_| {}),
     ("IPv6 with 8 extension headers", true, |f| {
         f.ipv6_ext = vec![
             HOP_BY_HOP, DEST_OPTS, ROUTING, AUTH, DEST_OPTS, ROUTING, AUTH, DEST_OPTS,
-        ]
+        ];
     }),
     ("IPv6 first fragment, tagged", true, |f| {
         f.fragment = Fragment::First;
@@ -129,7 +129,7 @@ fn frames_that_cannot_be_parsed_to_their_ports_are_dropped() {
     );
 
     // Cut at every header boundary short of the end of the TCP header.
-    for framed in [web.clone(), three_tags.clone(), long_chain.clone()] {
+    for framed in [web.clone(), three_tags, long_chain] {
         let (bytes, boundaries) = framed.build();
         for &cut in boundaries.iter().filter(|&&b| b >= 14 && b < bytes.len()) {
             assert_eq!(
@@ -141,7 +141,7 @@ fn frames_that_cannot_be_parsed_to_their_ports_are_dropped() {
     }
 
     // A first fragment carrying only the ports, not the TCP flags.
-    let mut first = web.clone();
+    let mut first = web;
     first.fragment = Fragment::First;
     let (bytes, _) = first.build();
     let ports_only = bytes.len() - 20 + 8;
@@ -226,10 +226,10 @@ fn tagged_and_extension_header_knocks_over_veth_open_the_door() {
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
 
     let chained = knock_frames(CLIENT_V6, SERVER_V6, &|f: &mut Frame| {
-        f.ipv6_ext = vec![HOP_BY_HOP, DEST_OPTS, ROUTING]
+        f.ipv6_ext = vec![HOP_BY_HOP, DEST_OPTS, ROUTING];
     });
     let too_long = knock_frames(CLIENT_V6, SERVER_V6, &|f: &mut Frame| {
-        f.ipv6_ext = vec![DEST_OPTS; 9]
+        f.ipv6_ext = vec![DEST_OPTS; 9];
     });
     send_raw(&lab, &[too_long, chained].concat());
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);

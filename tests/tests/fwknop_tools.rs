@@ -165,7 +165,7 @@ fn a_flipped_byte_or_other_keys_fail_the_hmac() {
     );
     // The right HMAC key with the wrong encryption key.
     let wrong_key = FwknopKeys {
-        key_base64: other.key_base64.clone(),
+        key_base64: other.key_base64,
         hmac_key_base64: keys.hmac_key_base64.clone(),
     };
     assert_eq!(

@@ -3,6 +3,12 @@
 //! a reload swaps the program without a gap, and status, grant, revoke,
 //! detach and the metrics endpoint work against it, with or without a run.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     process::{Child, Stdio},
@@ -111,8 +117,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.child.kill());
+        drop(self.child.wait());
     }
 }
 
@@ -153,7 +159,7 @@ fn kill_9_leaves_the_filter_enforcing_and_a_new_run_keeps_grants_and_flows() {
     let orphaned = status(&lab, &filter);
     let before = program_id(&orphaned);
 
-    let xknock = Xknock::start_on(&lab, filter.clone(), &[], false);
+    let xknock = Xknock::start_on(&lab, Arc::clone(&filter), &[], false);
     assert!(
         xknock
             .log()
@@ -197,7 +203,11 @@ impl Prober {
         let attempts = Arc::new(AtomicUsize::new(0));
         let opened = Arc::new(AtomicUsize::new(0));
         let path = format!("/var/run/netns/{}", lab.client.name);
-        let (s, a, o) = (stop.clone(), attempts.clone(), opened.clone());
+        let (s, a, o) = (
+            Arc::clone(&stop),
+            Arc::clone(&attempts),
+            Arc::clone(&opened),
+        );
         let thread = thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("netns");
             // SAFETY: a valid namespace fd; only this thread changes namespace.
@@ -244,7 +254,7 @@ fn restarts_upgrades_and_reloads_never_leave_a_moment_without_the_filter() {
     // A crash, and an upgrade: a second run loads its program afresh and
     // swaps it onto the pinned link.
     let filter = xknock.kill9();
-    let xknock = Xknock::start_on(&lab, filter.clone(), &[], false);
+    let xknock = Xknock::start_on(&lab, Arc::clone(&filter), &[], false);
     let upgraded = program_id(&status(&lab, &filter));
     // A reload swaps again.
     // SAFETY: plain signal delivery to our own child.
@@ -290,7 +300,7 @@ fn sighup_applies_a_good_file_and_keeps_grants_and_a_bad_one_changes_nothing() {
     let old = "\"tcp:3721\", \"udp:4728\", \"tcp:6742\"";
     let new = "\"udp:5911\", \"tcp:1388\", \"tcp:8203\"";
     let xknock = Xknock::start(&lab, &rule_with(old, ""), &[], false);
-    let filter = xknock.filter().clone();
+    let filter = Arc::clone(xknock.filter());
     let hup = |xknock: &Xknock, expect: &str| {
         let seen = xknock.log().len();
         // SAFETY: plain signal delivery to our own child.
@@ -373,7 +383,7 @@ fn status_grant_revoke_and_detach_work_with_and_without_a_run() {
     let lab = Lab::new();
     lab.tcp_listener(2222);
     let xknock = Xknock::start(&lab, &article_config("60s", "\"tcp:2222\""), &[], false);
-    let filter = xknock.filter().clone();
+    let filter = Arc::clone(xknock.filter());
     let config = filter.arg();
 
     let text = xknock_ok(&lab, &filter, &["status", "--config", config]);
@@ -472,7 +482,7 @@ fn status_grant_revoke_and_detach_work_with_and_without_a_run() {
 fn a_second_run_and_a_changed_map_size_leave_the_running_filter_alone() {
     let lab = Lab::new();
     let xknock = Xknock::start(&lab, &article_config("60s", "\"tcp:22\""), &[], false);
-    let filter = xknock.filter().clone();
+    let filter = Arc::clone(xknock.filter());
     let before = program_id(&status(&lab, &filter));
     let second = filter.xknock(
         &lab,
@@ -575,7 +585,7 @@ fn trace_shows_each_decision_about_one_source_and_puts_the_filter_back() {
     let lab = Lab::new();
     lab.tcp_listener(2222);
     let xknock = Xknock::start(&lab, &article_config("60s", "\"tcp:2222\""), &[], false);
-    let filter = xknock.filter().clone();
+    let filter = Arc::clone(xknock.filter());
     let own = program_id(&status(&lab, &filter));
     let mut trace = lab
         .server
@@ -670,7 +680,7 @@ fn a_reload_resets_progress_through_a_changed_sequence_and_keeps_it_through_an_u
         &[],
         false,
     );
-    let filter = xknock.filter().clone();
+    let filter = Arc::clone(xknock.filter());
     // Two steps of each rule, each from a source of its own (another packet
     // from the same source would reset the other rule's progress).
     let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));

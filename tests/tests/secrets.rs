@@ -21,7 +21,7 @@ use xknock::config::{Config, PortSpec, rotating::Rotating};
 /// Three sequences in knockd's one_time_sequences form.
 const SEQUENCES: &str = "7001,7002:udp,7003\n8001:udp,8002,8003:udp\n9001,9002:udp,9003\n";
 
-fn rule(sequences_file: &std::path::Path) -> String {
+fn rule(sequences_file: &Path) -> String {
     format!(
         "[[rule]]\nname = \"ssh\"\nsequences_file = \"{}\"\nsequence_timeout = \"10s\"\n\
          open_for = \"60s\"\nprotect = [\"tcp:2222\"]\n",
@@ -29,7 +29,7 @@ fn rule(sequences_file: &std::path::Path) -> String {
     )
 }
 
-fn used(path: &std::path::Path) -> Vec<bool> {
+fn used(path: &Path) -> Vec<bool> {
     fs::read_to_string(path)
         .expect("read sequences")
         .lines()
@@ -65,7 +65,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     fs::write(&client_config, rule(&client_file)).expect("write");
     let client_config = client_config.to_str().expect("utf-8");
     let filter = Arc::new(TestFilter::new(&rule(&server_file)));
-    let xknock = Xknock::start_on(&lab, filter.clone(), &[], false);
+    let xknock = Xknock::start_on(&lab, filter, &[], false);
     let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
 
     // The client sends the first unused line of its copy, and marks it.
@@ -129,7 +129,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
         args.extend(replay);
         knock(&lab, &args);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    thread::sleep(Duration::from_millis(500));
     assert_eq!(
         xknock.count_events(&[("event", "grant")]),
         0,
@@ -211,7 +211,7 @@ fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart(
     };
     let filter = Arc::new(TestFilter::new(&rule));
     let client_config = filter.arg().to_owned();
-    let xknock = Xknock::start_on(&lab, filter.clone(), &[], false);
+    let xknock = Xknock::start_on(&lab, filter, &[], false);
     let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
     // The operator hears of it (and not of the protected port, never drawn).
     let warning = xknock

@@ -61,7 +61,7 @@ fn run_with(lab: &Lab, filter: &TestFilter, caps: &[&str]) -> String {
         .args(["run", "--config", filter.arg(), "--iface", &lab.server_if])
         .output()
         .expect("setpriv");
-    let _ = filter.xknock(lab, &["detach", "--config", filter.arg()]);
+    drop(filter.xknock(lab, &["detach", "--config", filter.arg()]));
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -4,6 +4,12 @@
 //! fwknopd and xknock agree on the same packets; `xknock knock --spa` is
 //! accepted by both, over IPv4 and IPv6.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use std::{net::UdpSocket, time::Duration};
 
 use lab::{
@@ -95,7 +101,9 @@ fn assert_refused(event: &Value, reason: &str) {
 
 fn assert_granted(event: &Value, admitted: &str) {
     assert_eq!(event["event"], "spa_grant", "{event:#}");
-    let who = event["admitted"].as_str().or(event["source"].as_str());
+    let who = event["admitted"]
+        .as_str()
+        .or_else(|| event["source"].as_str());
     assert_eq!(who, Some(admitted), "{event:#}");
 }
 
@@ -165,7 +173,7 @@ fn the_real_fwknop_client_opens_ssh_and_what_is_not_its_own_fresh_request_opens_
     );
     assert_refused(&next_spa_event(&xknock, &mut seen), "bad_hmac");
     let wrong_cipher_key = FwknopKeys {
-        key_base64: other_keys.key_base64.clone(),
+        key_base64: other_keys.key_base64,
         hmac_key_base64: keys.hmac_key_base64.clone(),
     };
     send(

@@ -102,7 +102,7 @@ fn datagrams_to_an_spa_port_are_copied_whole_and_stopped() {
             f.vlan_tags = vec![0x88a8, 0x8100];
         }),
         (CLIENT_V6, SERVER_V6, |f| {
-            f.ipv6_ext = vec![lab::frames::DEST_OPTS]
+            f.ipv6_ext = vec![lab::frames::DEST_OPTS];
         }),
     ];
     for (i, (src, dst, shape)) in framings.iter().enumerate() {

@@ -4,6 +4,13 @@
 //! differed at every iteration), and then nothing loaded at all; this says
 //! so with numbers, before any other test fails for want of a filter.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::use_debug,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
 use lab::{article_config, require_root};
 use xknock::{
     config::{Config, KernelConfig},

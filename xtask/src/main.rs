@@ -5,6 +5,12 @@
 //! the XDP program, whose toolchain and linker set-up installs. The demo and
 //! the bench are binaries of their own, built once set-up is done.
 
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a developer's command-line tool: printing is how it reports"
+)]
+
 mod fresh;
 #[cfg(test)]
 mod house;
@@ -282,6 +288,10 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// Mounts the BPF filesystem at /sys/fs/bpf unless one is there: systemd
 /// mounts it at boot, but a fresh machine of this kind boots without it.
+#[allow(
+    trivial_numeric_casts,
+    reason = "statfs's f_type is i64 here, but unsigned or narrower on other targets (musl, 32-bit)"
+)]
 fn mount_bpffs() -> anyhow::Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let path = std::ffi::CString::new(BPFFS)?;

@@ -46,9 +46,9 @@ pub fn record(rotating: &Rotating, window: u64) {
         return;
     };
     if let Some(dir) = path.parent() {
-        let _ = fs::create_dir_all(dir);
+        drop(fs::create_dir_all(dir));
     }
-    let _ = fs::write(path, format!("{window}\n"));
+    drop(fs::write(path, format!("{window}\n")));
 }
 
 fn last_sent(rotating: &Rotating) -> Option<u64> {

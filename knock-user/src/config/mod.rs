@@ -55,7 +55,7 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 pub fn read_config(path: &Path) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
     Config::parse_in(&text, dir).with_context(|| format!("{} is not valid", path.display()))
 }
 

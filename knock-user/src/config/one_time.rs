@@ -68,7 +68,7 @@ pub fn mark_used(path: &Path, line: usize) -> io::Result<()> {
         }
         out.push_str(content);
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let temp = dir.join(format!(".{}.xknock-new", name.unwrap_or_default()));
     let mut file = fs::File::create(&temp)?;

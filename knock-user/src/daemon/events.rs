@@ -326,7 +326,7 @@ mod tests {
     fn bytes(event: &Event) -> Vec<u8> {
         // SAFETY: Event is plain old data without padding.
         unsafe {
-            std::slice::from_raw_parts((event as *const Event).cast::<u8>(), size_of::<Event>())
+            std::slice::from_raw_parts(std::ptr::from_ref(event).cast::<u8>(), size_of::<Event>())
         }
         .to_vec()
     }

@@ -172,7 +172,7 @@ pub fn spawn(
                     Ok(listener) => serve(listener, pins, reloads).await,
                     Err(error) => log::error!("metrics: {error}"),
                 }
-            })
+            });
         })?;
     Ok(())
 }
@@ -183,9 +183,9 @@ async fn serve(listener: TcpListener, pins: PinDir, reloads: Arc<Reloads>) {
             continue;
         };
         let pins = pins.clone();
-        let reloads = reloads.clone();
+        let reloads = Arc::clone(&reloads);
         tokio::spawn(async move {
-            let _ = answer(stream, &pins, &reloads).await;
+            drop(answer(stream, &pins, &reloads).await);
         });
     }
 }

@@ -201,7 +201,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             // A first run that failed leaves nothing behind; a filter that
             // was running stays as it was.
             if fresh && pins.links().is_ok_and(|links| links.is_empty()) {
-                let _ = pins.remove();
+                drop(pins.remove());
             }
             return Err(error);
         }
@@ -249,7 +249,7 @@ async fn serve(
         let listener =
             std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}"))?;
         log::info!("metrics at http://{}/metrics", listener.local_addr()?);
-        metrics::spawn(listener, pins.clone(), reloads.clone())?;
+        metrics::spawn(listener, pins.clone(), Arc::clone(&reloads))?;
     }
     // A one-time line the kernel spent while no run could mark it (one
     // killed between the grant and the mark) is marked now, as its grant

@@ -52,6 +52,10 @@ impl log::Log for Printer {
         true
     }
 
+    #[expect(
+        clippy::print_stdout,
+        reason = "trace's output is these lines on stdout"
+    )]
     fn log(&self, record: &log::Record<'_>) {
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now());
         println!("{time} {}", record.args());

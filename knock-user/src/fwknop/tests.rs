@@ -6,10 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::LazyLock};
 
 use base64::{
     Engine as _,
-    engine::{
-        GeneralPurpose, GeneralPurposeConfig,
-        general_purpose::{STANDARD, STANDARD_NO_PAD},
-    },
+    engine::general_purpose::{STANDARD, STANDARD_NO_PAD},
 };
 use proptest::prelude::*;
 
@@ -41,7 +38,7 @@ impl Fixture {
 
     fn packet(&self) -> &[u8] {
         self.optional("packet")
-            .or(self.optional("spa_data"))
+            .or_else(|| self.optional("spa_data"))
             .unwrap_or_else(|| panic!("{}: no packet", self.name))
             .as_bytes()
     }
@@ -520,7 +517,7 @@ fn a_non_canonical_tag_is_refused() {
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new()
             .with_encode_padding(false)
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone)
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone)
             .with_decode_allow_trailing_bits(true),
     );
     let tag_bytes = |p: &[u8]| lenient.decode(&p[p.len() - 43..]).expect("tag");
@@ -979,8 +976,8 @@ proptest! {
         // panic.
         let keys = test_keys();
         let text = String::from_utf8_lossy(&plaintext);
-        let _ = open(&forge(&keys, &text), &keys);
-        let _ = message::parse(&plaintext);
+        drop(open(&forge(&keys, &text), &keys));
+        drop(message::parse(&plaintext));
     }
 
     #[test]

@@ -597,7 +597,7 @@ impl Filter {
 impl Drop for UnusedGeneration {
     fn drop(&mut self) {
         if let Some(dir) = self.0.take() {
-            let _ = std::fs::remove_dir_all(dir);
+            drop(std::fs::remove_dir_all(dir));
         }
     }
 }
@@ -645,7 +645,7 @@ fn set_tail_call(ebpf: &mut Ebpf, program: &str, slot: &'static str) -> Result<(
         .map_err(FilterError::Program)?
         .try_clone()
         .map_err(|error| FilterError::Program(ProgramError::IOError(error)))?;
-    let map = ebpf.map_mut(slot).ok_or(MapsError {
+    let map = ebpf.map_mut(slot).ok_or_else(|| MapsError {
         name: slot,
         source: MapError::InvalidName { name: slot.into() },
     })?;

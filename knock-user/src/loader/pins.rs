@@ -137,10 +137,10 @@ impl PinDir {
         let existing = self
             .root
             .parent()
-            .unwrap_or(Path::new("/"))
+            .unwrap_or_else(|| Path::new("/"))
             .ancestors()
             .find(|dir| dir.exists())
-            .unwrap_or(Path::new("/"));
+            .unwrap_or_else(|| Path::new("/"));
         check_bpffs(existing, &self.root)?;
         fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
         flock(&self.root)
@@ -286,6 +286,10 @@ fn flock(path: &Path) -> Result<Lock, PinError> {
 }
 
 /// Fails unless `path` (where `root` is, or will be) is on bpffs.
+#[allow(
+    trivial_numeric_casts,
+    reason = "statfs's f_type is i64 here, but unsigned or narrower on other targets (musl, 32-bit)"
+)]
 fn check_bpffs(path: &Path, root: &Path) -> Result<(), PinError> {
     let not_bpffs = || PinError::NotBpffs(root.to_owned());
     let c_path =

@@ -5,7 +5,13 @@
 //! shown throughout. The xknock binary is $XKNOCK_BIN, else the one built next
 //! to this one.
 
-use std::time::Duration;
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the demo narrates on stdout: printing is its job"
+)]
+
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use lab::{Lab, SERVER_V4, Sshd, Xknock, ssh_refused};
@@ -86,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     say("Stopping xknock run (SIGINT): it prints its verdict counters; the filter stays");
-    let filter = xknock.filter().clone();
+    let filter = Arc::clone(xknock.filter());
     let (status, _) = xknock.stop();
     ensure!(status.success(), "xknock exited with {status}");
     let still = ssh(&sshd, &lab)?;

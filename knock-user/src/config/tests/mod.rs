@@ -1,7 +1,7 @@
 //! The configuration's tests, by concern; the helpers here write the
 //! files they parse.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use knock_common::{
     CONCEAL_CLOSED, CONCEAL_DROP, IPPROTO_TCP, IPPROTO_UDP, Knock, PortRoles, horizon_span,

@@ -12,7 +12,7 @@ fn an_spa_entry_takes_a_rule_index_and_its_udp_port() {
     let config = Config::parse(&text).expect("valid");
     let spa = config.rules[1].spa().expect("an SPA entry");
     assert_eq!(spa.listen, 62201);
-    let _ = spa.keys();
+    drop(spa.keys());
     assert_eq!(spa.max_age, Duration::from_secs(120), "fwknop's default");
     assert!(!spa.require_source_address);
     assert!(config.rules[1].sequence().is_empty());

@@ -23,7 +23,7 @@ use crate::config::{
 
 /// Something to protect, and no more rules and SPA entries than the kernel
 /// has indexes.
-pub(super) fn count(file: &File, report: &Report) -> Result<(), ConfigError> {
+pub(super) fn count(file: &File, report: &Report<'_>) -> Result<(), ConfigError> {
     if file.rules.is_empty() && file.spas.is_empty() {
         return Err(report.invalid(
             0..0,
@@ -61,7 +61,7 @@ pub(super) fn reserved(file: &File) -> Vec<PortSpec> {
 
 /// Every rule's and SPA entry's name: present, short enough for the
 /// kernel's record, and not one that came before.
-pub(super) fn names(file: &File, report: &Report) -> Result<(), ConfigError> {
+pub(super) fn names(file: &File, report: &Report<'_>) -> Result<(), ConfigError> {
     let all = || {
         file.rules
             .iter()
@@ -77,7 +77,7 @@ pub(super) fn names(file: &File, report: &Report) -> Result<(), ConfigError> {
 fn check_name<'a>(
     name: &Spanned<String>,
     mut before: impl Iterator<Item = &'a Spanned<String>>,
-    report: &Report,
+    report: &Report<'_>,
 ) -> Result<(), ConfigError> {
     let text = name.get_ref();
     let problem = if text.is_empty() {
@@ -99,7 +99,7 @@ pub(super) fn rule(
     before: &[Rule],
     rule: &Rule,
     span: Range<usize>,
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<(), ConfigError> {
     let name = &rule.name;
     if let RuleKind::Rotating(rotating) = &rule.kind {
@@ -155,7 +155,7 @@ pub(super) fn spa_listen(
     before: &[Rule],
     file: &FileSpa,
     spa: &Spa,
-    report: &Report,
+    report: &Report<'_>,
 ) -> Result<(), ConfigError> {
     let listen = PortSpec(Knock::udp(spa.listen));
     let at = |problem: String| {
@@ -186,7 +186,7 @@ pub(super) fn spa_listen(
 pub(super) fn all(
     rules: &[Rule],
     spans: &[Range<usize>],
-    report: &Report,
+    report: &Report<'_>,
 ) -> Result<(), ConfigError> {
     let spa_listens: Vec<u16> = rules.iter().filter_map(|r| Some(r.spa()?.listen)).collect();
     for (rule, span) in rules.iter().zip(spans) {

@@ -8,7 +8,7 @@ use crate::config::{file::Limits, kernel::MapLimit, model::ConfigError};
 const MAX_MAP_ENTRIES: u32 = 1 << 24;
 
 /// Every configuration-sized map's size is within 1..=MAX_MAP_ENTRIES.
-pub(super) fn check(limits: &Limits, report: &Report) -> Result<(), ConfigError> {
+pub(super) fn check(limits: &Limits, report: &Report<'_>) -> Result<(), ConfigError> {
     for (limit, value) in [
         (MapLimit::FirstStepEntries, &limits.first_step_entries),
         (MapLimit::ProgressEntries, &limits.progress_entries),

@@ -46,7 +46,7 @@ fn check_sequence(sequence: &[PortSpec]) -> Result<(), String> {
 pub(super) fn check_protect(
     owner: &str,
     protect: &Spanned<Vec<PortSpec>>,
-    report: &Report,
+    report: &Report<'_>,
 ) -> Result<(), ConfigError> {
     let at =
         |problem: String| report.invalid(protect.span(), &format!("{owner}: protect"), problem);
@@ -74,7 +74,7 @@ pub(super) fn check_protect(
 pub(super) fn check(
     rule: &FileRule,
     reserved: &[PortSpec],
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<(Rule, Range<usize>), ConfigError> {
     let name = rule.name.get_ref().as_str();
     check_protect(&format!("rule `{name}`"), &rule.protect, report)?;
@@ -135,7 +135,7 @@ fn written(
     name: &str,
     sequence: &[PortSpec],
     span: Range<usize>,
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<(), ConfigError> {
     let key = format!("rule `{name}`: sequence");
     check_sequence(sequence).map_err(|problem| report.invalid(span.clone(), &key, problem))?;
@@ -165,7 +165,7 @@ fn written(
 fn one_time_rule(
     rule: &FileRule,
     file: &Spanned<PathBuf>,
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<RuleKind, ConfigError> {
     let name = rule.name.get_ref();
     let loaded = rule
@@ -220,7 +220,7 @@ fn rotating_rule(
     rule: &FileRule,
     file: &Spanned<PathBuf>,
     reserved: &[PortSpec],
-    report: &mut Report,
+    report: &mut Report<'_>,
 ) -> Result<Rotating, ConfigError> {
     let name = rule.name.get_ref();
     let (loaded, mode) = rule
@@ -245,7 +245,10 @@ fn rotating_rule(
         .as_ref()
         .map_or(rotating::DEFAULT_STEPS, |s| *s.get_ref());
     if !(MIN_STEPS..=MAX_STEPS).contains(&steps) {
-        let span = rule.steps.as_ref().map_or(file.span(), Spanned::span);
+        let span = rule
+            .steps
+            .as_ref()
+            .map_or_else(|| file.span(), Spanned::span);
         return Err(report.invalid(
             span,
             &key_at("steps"),
@@ -274,7 +277,10 @@ fn rotating_rule(
         .map_or(rotating::DEFAULT_PORT_RANGE, |r| *r.get_ref());
     let rotating = Rotating::new(path.clone(), key, rotate, steps, range, reserved.to_vec())
         .map_err(|problem| {
-            let span = rule.port_range.as_ref().map_or(file.span(), Spanned::span);
+            let span = rule
+                .port_range
+                .as_ref()
+                .map_or_else(|| file.span(), Spanned::span);
             report.invalid(span, &key_at("port_range"), problem)
         })?;
     if let Some(warning) = warning {

@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// The entry's `protect`, as a rule's is checked.
-pub(super) fn protect(spa: &FileSpa, report: &Report) -> Result<(), ConfigError> {
+pub(super) fn protect(spa: &FileSpa, report: &Report<'_>) -> Result<(), ConfigError> {
     check_protect(
         &format!("spa `{}`", spa.name.get_ref()),
         &spa.protect,
@@ -23,7 +23,7 @@ pub(super) fn protect(spa: &FileSpa, report: &Report) -> Result<(), ConfigError>
 }
 
 /// The entry's `listen` port and keys, checked.
-pub(super) fn keys(spa: &FileSpa, report: &Report) -> Result<Spa, ConfigError> {
+pub(super) fn keys(spa: &FileSpa, report: &Report<'_>) -> Result<Spa, ConfigError> {
     let name = spa.name.get_ref();
     let key_at = |key: &str| format!("spa `{name}`: {key}");
     let Some(listen) = spa.listen_port() else {
@@ -63,7 +63,7 @@ pub(super) fn keys(spa: &FileSpa, report: &Report) -> Result<Spa, ConfigError> {
 }
 
 /// The entry's `max_age`: fwknop's timestamps count seconds.
-pub(super) fn max_age(file: &FileSpa, spa: &Spa, report: &Report) -> Result<(), ConfigError> {
+pub(super) fn max_age(file: &FileSpa, spa: &Spa, report: &Report<'_>) -> Result<(), ConfigError> {
     if spa.max_age < Duration::from_secs(1) {
         return Err(report.invalid(
             file.name.span(),

@@ -8,7 +8,7 @@ use crate::config::{file::File, model::ConfigError, model::DEFAULT_PIN_DIR};
 
 /// Interface names, the pin directory, and lists that cover more than
 /// they seem to.
-pub(super) fn check(file: &File, report: &mut Report) -> Result<(), ConfigError> {
+pub(super) fn check(file: &File, report: &mut Report<'_>) -> Result<(), ConfigError> {
     for iface in &file.interfaces {
         let name = iface.get_ref();
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', '\0']) {

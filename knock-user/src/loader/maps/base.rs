@@ -125,7 +125,7 @@ pub(super) fn remove_where<K: Pod, V: Pod>(
         .collect();
     for (key, _) in &gone {
         // Gone already (evicted, or removed by the kernel) is fine.
-        let _ = map.remove(key);
+        drop(map.remove(key));
     }
     gone
 }

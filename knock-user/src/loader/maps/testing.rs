@@ -39,14 +39,14 @@ impl Maps {
         rewrite(name::FIRST_STEPS, self.first_steps_map_mut()?, progress)?;
         rewrite(name::PROGRESS, self.progress_map_mut()?, progress)?;
         rewrite(name::GRANTS, self.grants_map_mut()?, |g| {
-            g.expires_ns = g.expires_ns.saturating_sub(ns)
+            g.expires_ns = g.expires_ns.saturating_sub(ns);
         })?;
         rewrite(name::PENALTIES, self.penalties_map_mut()?, |p| {
             p.window_start_ns = p.window_start_ns.wrapping_sub(ns);
             p.ignored_until_ns = p.ignored_until_ns.saturating_sub(ns);
         })?;
         rewrite(name::FLOWS, self.flows_map_mut()?, |f| {
-            f.last_seen_ns = f.last_seen_ns.wrapping_sub(ns)
+            f.last_seen_ns = f.last_seen_ns.wrapping_sub(ns);
         })?;
         let units = (ns >> HORIZON_UNIT_SHIFT) as u32;
         // Each slot once, though sources may share one.
