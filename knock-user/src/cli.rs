@@ -58,7 +58,7 @@ pub enum Command {
         /// Name of the rule whose sequence to send.
         #[arg(long, requires = "config", conflicts_with = "spa")]
         rule: Option<String>,
-        /// Name of the [[spa]] entry whose keys sign and encrypt one SPA
+        /// Name of the `[[spa]]` entry whose keys sign and encrypt one SPA
         /// packet asking for all its protected ports (what the fwknop
         /// client sends; fwknopd accepts it too).
         #[arg(long, requires = "config")]

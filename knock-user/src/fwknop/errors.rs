@@ -1,6 +1,6 @@
 //! Why a packet was refused, or could not be made.
 
-/// Why [`open`] refused a payload.
+/// Why [`open`](super::open) refused a payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The tag is not the HMAC of the ciphertext under the HMAC key: not a
@@ -28,7 +28,7 @@ impl Refusal {
     }
 }
 
-/// Why [`seal`] made no packet.
+/// Why [`seal`](super::seal) made no packet.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     /// The system gave no random bytes for the salt and random value.
