@@ -100,6 +100,14 @@ impl Xknock {
     /// Starts `xknock run` on `filter`'s configuration (a restart, when a
     /// filter is already pinned there).
     pub fn start_on(lab: &Lab, filter: Arc<TestFilter>, extra_args: &[&str], echo: bool) -> Xknock {
+        let xknock = Xknock::spawn_on(lab, filter, extra_args, echo);
+        xknock.wait_attached();
+        xknock
+    }
+
+    /// Starts `xknock run` on `filter`'s configuration without waiting for
+    /// anything.
+    pub fn spawn_on(lab: &Lab, filter: Arc<TestFilter>, extra_args: &[&str], echo: bool) -> Xknock {
         let mut child = lab
             .server
             .command(xknock_bin())
@@ -122,13 +130,18 @@ impl Xknock {
             child.stderr.take().expect("stderr"),
             echo.then_some("  xknock| "),
         );
-        let xknock = Xknock {
+        Xknock {
             child,
             events,
             log,
             filter,
-        };
-        let attached = xknock.log.wait_for(Duration::from_secs(30), |l| {
+        }
+    }
+
+    /// Waits until `run` says it has attached (and fails the test when it
+    /// says it cannot).
+    pub fn wait_attached(&self) {
+        let attached = self.log.wait_for(Duration::from_secs(30), |l| {
             l.contains("attached to") || l.contains("error")
         });
         assert!(
@@ -136,9 +149,8 @@ impl Xknock {
                 .as_deref()
                 .is_some_and(|l| l.contains("attached to")),
             "xknock did not attach: {:?}",
-            xknock.log.snapshot()
+            self.log.snapshot()
         );
-        xknock
     }
 
     /// Waits for an event whose fields include every (key, value) in `fields`.

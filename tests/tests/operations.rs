@@ -378,6 +378,38 @@ fn sighup_applies_a_good_file_and_keeps_grants_and_a_bad_one_changes_nothing() {
     assert_eq!(lab.tcp_connect(SERVER_V4, 2222), Reach::Refused);
 }
 
+/// A signal that arrives while `run` loads the filter waits for the event
+/// loop: a SIGHUP reloads once it runs, a SIGINT then stops it cleanly. (A
+/// signal before the handlers existed ended the process by its default
+/// action: SIGHUP's kills.)
+#[test]
+fn signals_sent_while_run_loads_the_filter_wait_for_its_event_loop() {
+    let lab = Lab::new();
+    // A two-step sequence: its warning is printed before the filter loads.
+    let config = rule_with("\"tcp:3721\", \"udp:4728\"", "");
+    let xknock = Xknock::spawn_on(&lab, Arc::new(TestFilter::new(&config)), &[], false);
+    assert!(
+        xknock
+            .wait_log("warning", Duration::from_secs(30))
+            .is_some(),
+        "no warning: {:?}",
+        xknock.log()
+    );
+    // SAFETY: plain signal delivery to our own child.
+    unsafe { libc::kill(xknock.pid(), libc::SIGHUP) };
+    xknock.wait_attached();
+    assert!(
+        xknock
+            .wait_log("reloaded", Duration::from_secs(30))
+            .is_some(),
+        "the SIGHUP was not answered with a reload: {:?}",
+        xknock.log()
+    );
+    let (status, log) = xknock.stop();
+    assert!(status.success(), "{status:?} {log:?}");
+    assert!(log.iter().any(|l| l.contains("stopped;")), "{log:?}");
+}
+
 #[test]
 fn status_grant_revoke_and_detach_work_with_and_without_a_run() {
     let lab = Lab::new();

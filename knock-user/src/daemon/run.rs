@@ -16,7 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use knock_common::{EventBudget, SpaDatagram};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
 };
 
 use crate::{
@@ -173,6 +173,14 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     if embedded_program().is_none() {
         return Err(FilterError::NoProgram.into());
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    let signals = {
+        let _context = runtime.enter();
+        Signals::register()?
+    };
     let config = load_config(&options.config)?;
     let (ifaces, source) = if options.ifaces.is_empty() {
         (config.interfaces.clone(), "interfaces")
@@ -206,11 +214,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
-    let streamed = runtime.block_on(serve(&mut running, &options, &ifaces, &pins));
+    let streamed = runtime.block_on(serve(&mut running, signals, &options, &ifaces, &pins));
     let maps = running.filter.maps();
     log::info!("verdicts: {}", nonzero(&maps.counters()?));
     log::info!("answers: {}", nonzero(&maps.answers()?));
@@ -231,8 +235,30 @@ const EVENTS_PER_TURN: usize = 1024;
 /// How often expired grants and idle flows are swept out of the maps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The signals `run` answers. They are registered before anything is
+/// attached: one that arrives while the filter loads waits for the event
+/// loop (a SIGINT or SIGTERM then stops `run` as usual, a SIGHUP reloads),
+/// instead of ending the process by its default action.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Registers them; needs the event loop's context.
+    fn register() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            hangup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        })
+    }
+}
+
 async fn serve(
     running: &mut Running,
+    mut signals: Signals,
     options: &RunOptions,
     ifaces: &[String],
     pins: &PinDir,
@@ -240,9 +266,6 @@ async fn serve(
     let mut ring = poll_ring(running.filter.maps_mut().take_events()?, "event")?;
     let mut datagrams = poll_ring(running.filter.maps_mut().take_spa_datagrams()?, "SPA")?;
     let mut refusals = RefusalBudget::default();
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let reloads = Arc::new(Reloads::default());
     if let Some(addr) = options.metrics {
@@ -352,7 +375,7 @@ async fn serve(
                 }
             }
             () = rotation => rotate(running, options, pins),
-            _ = sighup.recv() => {
+            _ = signals.hangup.recv() => {
                 let result = reload(running, options, ifaces, pins);
                 reloads.record(result.is_ok());
                 match result {
@@ -366,8 +389,8 @@ async fn serve(
                     ),
                 }
             }
-            _ = sigint.recv() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
+            _ = signals.interrupt.recv() => return Ok(()),
+            _ = signals.terminate.recv() => return Ok(()),
         }
     }
 }
