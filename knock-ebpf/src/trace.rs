@@ -57,8 +57,7 @@ pub fn decision(ctx: &XdpContext, reason: Reason) {
 pub fn handed_over() -> Reason {
     TRACE_REASON
         .get(0)
-        .and_then(|index| Reason::ALL.get(*index as usize))
-        .copied()
+        .and_then(|index| Reason::decode(*index))
         .unwrap_or(Reason::DropMalformed)
 }
 
