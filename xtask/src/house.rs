@@ -358,28 +358,41 @@ pub fn circles(edges: &BTreeSet<(PathBuf, PathBuf)>) -> Vec<Vec<PathBuf>> {
 /// knock-user edges between top-level modules that do not go down
 /// [`USER_RANKS`].
 pub fn upward(edges: &BTreeSet<(PathBuf, PathBuf)>) -> Vec<(PathBuf, PathBuf)> {
-    let rank = |rel: &PathBuf| {
-        let top = module_path(rel)
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "main".into());
-        let top = if rel == Path::new("lib.rs") {
-            "main".into()
-        } else {
-            top
-        };
-        USER_RANKS
-            .iter()
-            .find(|(name, _)| *name == top)
-            .map(|(_, r)| *r)
-    };
     edges
         .iter()
         .filter(|(from, to)| {
-            let (a, b) = (module_path(from), module_path(to));
-            a.first() != b.first() && rank(from).unwrap_or(u8::MAX) <= rank(to).unwrap_or(0)
+            let (a, b) = (top_module(from), top_module(to));
+            a != b && rank(&a).unwrap_or(u8::MAX) <= rank(&b).unwrap_or(0)
         })
         .cloned()
+        .collect()
+}
+
+/// The top-level module a file belongs to; the crate roots (`lib.rs`,
+/// `main.rs`) are `main`.
+fn top_module(rel: &Path) -> String {
+    module_path(rel)
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "main".into())
+}
+
+/// A top-level module's rank in [`USER_RANKS`], if it has one.
+fn rank(top: &str) -> Option<u8> {
+    USER_RANKS
+        .iter()
+        .find(|(name, _)| *name == top)
+        .map(|(_, rank)| *rank)
+}
+
+/// knock-user's top-level modules that [`USER_RANKS`] does not rank: a new
+/// module must take its place in the order before the check covers it.
+pub fn unranked(sources: &Sources) -> BTreeSet<String> {
+    sources
+        .files
+        .keys()
+        .map(|rel| top_module(rel))
+        .filter(|top| rank(top).is_none())
         .collect()
 }
 
@@ -453,7 +466,9 @@ mod tests {
 
     #[test]
     fn knock_user_imports_go_down_and_never_in_a_circle() {
-        let edges = sources("knock-user").edges();
+        let sources = sources("knock-user");
+        assert_eq!(unranked(&sources), BTreeSet::new());
+        let edges = sources.edges();
         assert!(edges.len() > 50, "the scan found the imports: {edges:?}");
         assert_eq!(circles(&edges), Vec::<Vec<PathBuf>>::new());
         assert_eq!(upward(&edges), Vec::<(PathBuf, PathBuf)>::new());
