@@ -17,7 +17,7 @@
 //! - `addr`, `horizon`, `penalty`, `budget`, `ratelimit`, `checksum`:
 //!   addresses, per-source horizons, penalties, event budgets, ICMP rate
 //!   limits, checksums;
-//! - `layout`: map and program names, the pinned `Instance` and
+//! - `layout`: program names, the pinned `Instance` and
 //!   `LAYOUT_VERSION`, above all the others.
 #![cfg_attr(not(test), no_std)]
 
