@@ -251,6 +251,16 @@ impl Xknock {
         let index = self.log.wait_index(from, timeout, |l| l.contains(needle))?;
         self.log.snapshot().get(index).cloned()
     }
+
+    /// Sends SIGHUP and waits for the line with `expect` that xknock logs
+    /// after it (`reloaded`); fails the test with the log when none comes.
+    pub fn hup(&self, expect: &str) -> String {
+        let from = self.log_len();
+        // SAFETY: plain signal delivery to our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGHUP) };
+        self.wait_log_after(from, expect, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no `{expect}` after SIGHUP: {:?}", self.log()))
+    }
 }
 
 impl Drop for Xknock {

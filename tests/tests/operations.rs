@@ -257,15 +257,7 @@ fn restarts_upgrades_and_reloads_never_leave_a_moment_without_the_filter() {
     let xknock = Xknock::start_on(&lab, Arc::clone(&filter), &[], false);
     let upgraded = program_id(&status(&lab, &filter));
     // A reload swaps again.
-    // SAFETY: plain signal delivery to our own child.
-    unsafe { libc::kill(xknock.pid(), libc::SIGHUP) };
-    assert!(
-        xknock
-            .wait_log("reloaded", Duration::from_secs(30))
-            .is_some(),
-        "{:?}",
-        xknock.log()
-    );
+    xknock.hup("reloaded");
     let reloaded = program_id(&status(&lab, &filter));
     thread::sleep(Duration::from_millis(300));
     let (attempts, opened) = prober.finish();
@@ -301,20 +293,11 @@ fn sighup_applies_a_good_file_and_keeps_grants_and_a_bad_one_changes_nothing() {
     let new = "\"udp:5911\", \"tcp:1388\", \"tcp:8203\"";
     let xknock = Xknock::start(&lab, &rule_with(old, ""), &[], false);
     let filter = Arc::clone(xknock.filter());
+    // The first reload line after the signal says how the reload went.
     let hup = |xknock: &Xknock, expect: &str| {
-        let seen = xknock.log().len();
-        // SAFETY: plain signal delivery to our own child.
-        unsafe { libc::kill(xknock.pid(), libc::SIGHUP) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = xknock.log();
-            if let Some(line) = log[seen..].iter().find(|l| l.contains("reload")) {
-                assert!(line.contains(expect), "{line}");
-                return line.clone();
-            }
-            assert!(Instant::now() < deadline, "no reload line: {log:?}");
-            thread::sleep(Duration::from_millis(50));
-        }
+        let line = xknock.hup("reload");
+        assert!(line.contains(expect), "{line}");
+        line
     };
     lab::article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
@@ -395,16 +378,8 @@ fn signals_sent_while_run_loads_the_filter_wait_for_its_event_loop() {
         "no warning: {:?}",
         xknock.log()
     );
-    // SAFETY: plain signal delivery to our own child.
-    unsafe { libc::kill(xknock.pid(), libc::SIGHUP) };
+    xknock.hup("reloaded");
     xknock.wait_attached();
-    assert!(
-        xknock
-            .wait_log("reloaded", Duration::from_secs(30))
-            .is_some(),
-        "the SIGHUP was not answered with a reload: {:?}",
-        xknock.log()
-    );
     let (status, log) = xknock.stop();
     assert!(status.success(), "{status:?} {log:?}");
     assert!(log.iter().any(|l| l.contains("stopped;")), "{log:?}");
@@ -562,13 +537,7 @@ fn metrics_are_served_in_prometheus_text_format() {
     );
     lab::article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant")]);
-    // SAFETY: plain signal delivery to our own child.
-    unsafe { libc::kill(xknock.pid(), libc::SIGHUP) };
-    assert!(
-        xknock
-            .wait_log("reloaded", Duration::from_secs(30))
-            .is_some()
-    );
+    xknock.hup("reloaded");
     let curl = lab
         .server
         .command("curl")
@@ -720,13 +689,7 @@ fn a_reload_resets_progress_through_a_changed_sequence_and_keeps_it_through_an_u
     lab::knock(&lab, &[&v6, "udp:7001", "tcp:7002"]);
     xknock.expect_event(&[("event", "progress"), ("rule", "web"), ("step", "2")]);
     filter.rewrite(&config("\"udp:5911\", \"tcp:1388\", \"tcp:6742\""));
-    // SAFETY: plain signal delivery to our own child.
-    unsafe { libc::kill(xknock.pid(), libc::SIGHUP) };
-    assert!(
-        xknock
-            .wait_log("reloaded", Duration::from_secs(30))
-            .is_some()
-    );
+    xknock.hup("reloaded");
     // The old sequence's progress would complete the new one with its last
     // step; it must count for nothing.
     lab::knock(&lab, &[&v4, "tcp:6742"]);
