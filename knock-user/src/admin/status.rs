@@ -1,6 +1,6 @@
 //! What the filter pinned at a `pin_dir` is doing, read from its pins (a
-//! `run` process may or may not be alive), and the commands that change
-//! its state from outside: `grant`, `revoke`, `detach`.
+//! `run` process may or may not be alive), and `Pinned`, the opened filter
+//! that `grant`, `revoke` and `detach` (in `admin`) change.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
