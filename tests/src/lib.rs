@@ -190,9 +190,9 @@ pub struct Lab {
     pub server_if: String,
     pub client_if: String,
     /// An XDP program on the client's end (XDP_PASS unless asked otherwise): frames a native XDP program
-    /// sends back with XDP_TX (xknock's closed-port answers) only reach a
-    /// veth peer that runs XDP itself (turning GRO on was not enough on
-    /// Linux 6.18). A real NIC needs nothing of the kind.
+    /// sends back with XDP_TX (the benchmarks' reference programs) only
+    /// reach a veth peer that runs XDP itself (turning GRO on was not
+    /// enough on Linux 6.18). A real NIC needs nothing of the kind.
     _client_xdp: Option<aya::Ebpf>,
 }
 

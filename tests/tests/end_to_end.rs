@@ -203,7 +203,7 @@ fn knock_ports_and_protected_ports_look_closed_other_ports_untouched() {
 }
 
 #[test]
-fn generic_mode_attaches_as_xdpgeneric_and_answers_as_a_closed_port() {
+fn generic_mode_attaches_as_xdpgeneric_and_the_host_answers_as_a_closed_port() {
     let lab = Lab::new();
     lab.tcp_listener(22);
     let xknock = Xknock::start(
@@ -213,7 +213,7 @@ fn generic_mode_attaches_as_xdpgeneric_and_answers_as_a_closed_port() {
         false,
     );
     assert_eq!(lab.attached_xdp().as_deref(), Some("xdpgeneric"));
-    // XDP_TX in generic mode goes out through the stack's own transmit path.
+    // Steered to the host's closed port, in generic mode too: refused.
     assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Refused);
     assert_eq!(lab.tcp_connect(SERVER_V4, 3721), Reach::Refused);
     assert!(

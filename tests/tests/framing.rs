@@ -22,7 +22,13 @@ fn ip(s: &str) -> IpAddr {
 
 fn load() -> Filter {
     require_root();
-    let config = Config::parse(&article_config("60s", "\"tcp:22\"")).expect("valid");
+    // Stopped packets are dropped, not steered to the host's closed port,
+    // so that a verdict reads as pass or drop (concealment: conceal.rs).
+    let config = format!(
+        "conceal = \"drop\"\n{}",
+        article_config("60s", "\"tcp:22\"")
+    );
+    let config = Config::parse(&config).expect("valid");
     Filter::load(&KernelConfig::try_from(&config).expect("fits")).expect("load")
 }
 
