@@ -283,3 +283,78 @@ fn with_conceal_drop_nothing_answers_at_knock_and_protected_ports() {
         }
     }
 }
+
+/// Loads `ruleset` into the server's nftables.
+fn nft(lab: &Lab, ruleset: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("host.nft");
+    std::fs::write(&path, ruleset).expect("write ruleset");
+    let out = lab
+        .server
+        .command("nft")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("nft");
+    assert!(
+        out.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A host firewall on the server changes closed ports and concealed ones
+/// alike, because a concealed port's answer is a closed port's: with a
+/// stateful firewall that lets unused ports answer (conntrack, invalid
+/// packets dropped), the answers still match field by field; with one
+/// that drops every unused port, both are silent.
+#[test]
+fn a_host_firewall_treats_concealed_ports_as_closed_ones() {
+    let (lab, _xknock) = guarded_lab("closed");
+    let prober = Prober::new(&lab);
+    let stateful = "table inet host {\n chain input {\n  type filter hook input priority 0; policy accept;\n  ct state invalid drop\n  ct state established,related accept\n  tcp dport 22 accept\n }\n}\n";
+    let closed = "table inet host {\n chain input {\n  type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  tcp dport 22 accept\n  udp dport 51820 accept\n }\n}\n";
+    // No per-peer ICMP limit, so that every UDP probe is answered: the
+    // shared budget has a test of its own.
+    for limit in ["net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0"] {
+        let out = lab
+            .server
+            .command("sysctl")
+            .args(["-w", limit])
+            .output()
+            .expect("sysctl");
+        assert!(out.status.success(), "sysctl -w {limit}");
+    }
+    for (name, ruleset, answering) in [("stateful", stateful, true), ("dropping", closed, false)] {
+        nft(&lab, &format!("flush ruleset\n{ruleset}"));
+        let mut answered = 0;
+        for (src, dst) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+            let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            for (kind, probe, kernel_answers) in probes(src, dst) {
+                let closed = prober.answers(&probe(CLOSED_TCP, CLOSED_UDP));
+                answered += closed.len();
+                if !answering || !kernel_answers {
+                    assert!(closed.is_empty(), "{name}: {kind}:\n{}", show(&closed));
+                }
+                for (tcp_port, udp_port) in [(KNOCK_TCP, KNOCK_UDP), (PROTECTED_TCP, PROTECTED_UDP)]
+                {
+                    let answers = prober.answers(&probe(tcp_port, udp_port));
+                    assert_eq!(
+                        answers,
+                        closed,
+                        "{name} firewall, {kind} to port {tcp_port}/{udp_port} of {dst}:\n{}\nat a closed port\n{}",
+                        show(&answers),
+                        show(&closed)
+                    );
+                }
+            }
+        }
+        // The stateful firewall drops what conntrack finds invalid (a FIN
+        // or an ACK out of nowhere), and lets the rest be answered.
+        println!("conceal: behind the {name} firewall, {answered} probes answered at closed ports");
+        assert!(
+            !answering || answered >= 10,
+            "{name}: only {answered} answered"
+        );
+    }
+}
