@@ -1,6 +1,14 @@
 //! What the wire says: protocol numbers, header sizes and flags, the limits
 //! of the parser's walk over a frame. One definition each, for the XDP program, the loader and the tests.
 
+/// Ethernet: the header, a VLAN tag, and the EtherTypes the programs read.
+pub const ETH_HEADER_LEN: usize = 14;
+pub const VLAN_TAG_LEN: usize = 4;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
 /// VLAN tags (802.1Q / 802.1ad) the parser walks before giving up (fail closed).
 pub const MAX_VLAN_DEPTH: usize = 2;
 /// IPv6 extension headers the parser walks before giving up (fail closed).

@@ -12,19 +12,14 @@
 
 use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use knock_common::{
-    Answer, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    IPV6_HEADER_LEN, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, STEER_TO_PORT, SteerKey, TCP_RST,
-    is_ipv6_extension, quotes_a_packet,
+    Answer, ETH_HEADER_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_FRAGMENT,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN, MAX_IPV6_EXT_HEADERS,
+    MAX_VLAN_DEPTH, STEER_TO_PORT, SteerKey, TCP_RST, VLAN_TAG_LEN, is_ipv6_extension,
+    quotes_a_packet,
 };
 
 use crate::conceal;
 
-const ETH_HEADER_LEN: usize = 14;
-const VLAN_TAG_LEN: usize = 4;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
 /// `BPF_F_PSEUDO_HDR` is not set: ports and quotes are not in the
 /// pseudo-header. The low bits give the size of the field replaced.
 const CSUM_WORD: u64 = 2;
