@@ -64,6 +64,12 @@ fn program_id(status: &Value) -> u64 {
         .expect("an interface")
 }
 
+fn egress_program_id(status: &Value) -> u64 {
+    status["interfaces"][0]["egress_program_id"]
+        .as_u64()
+        .expect("an egress program")
+}
+
 /// An interactive ssh session: each line sent comes back prefixed.
 struct Session {
     child: Child,
@@ -194,6 +200,8 @@ struct Prober {
     stop: Arc<AtomicBool>,
     attempts: Arc<AtomicUsize>,
     opened: Arc<AtomicUsize>,
+    /// Probes refused: answered with an RST that carried the probed port.
+    refused: Arc<AtomicUsize>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -202,11 +210,13 @@ impl Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(AtomicUsize::new(0));
         let opened = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         let path = format!("/var/run/netns/{}", lab.client.name);
-        let (s, a, o) = (
+        let (s, a, o, r) = (
             Arc::clone(&stop),
             Arc::clone(&attempts),
             Arc::clone(&opened),
+            Arc::clone(&refused),
         );
         let thread = thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("netns");
@@ -217,21 +227,26 @@ impl Prober {
             let addr = std::net::SocketAddr::new(SERVER_V6.parse().expect("addr"), port);
             while !s.load(Ordering::Relaxed) {
                 a.fetch_add(1, Ordering::Relaxed);
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    o.fetch_add(1, Ordering::Relaxed);
-                }
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    Ok(_) => o.fetch_add(1, Ordering::Relaxed),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        r.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(_) => 0,
+                };
             }
         });
         Prober {
             stop,
             attempts,
             opened,
+            refused,
             thread: Some(thread),
         }
     }
 
-    /// Stops probing; returns (attempts, opened).
-    fn finish(mut self) -> (usize, usize) {
+    /// Stops probing; returns (attempts, opened, refused).
+    fn finish(mut self) -> (usize, usize, usize) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             thread.join().expect("prober");
@@ -239,6 +254,7 @@ impl Prober {
         (
             self.attempts.load(Ordering::Relaxed),
             self.opened.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
         )
     }
 }
@@ -249,6 +265,7 @@ fn restarts_upgrades_and_reloads_never_leave_a_moment_without_the_filter() {
     lab.tcp_listener(2222);
     let xknock = Xknock::start(&lab, &article_config("60s", "\"tcp:2222\""), &[], false);
     let first = program_id(&status(&lab, xknock.filter()));
+    let first_egress = egress_program_id(&status(&lab, xknock.filter()));
     let prober = Prober::start(&lab, 2222);
     thread::sleep(Duration::from_millis(300));
     // A crash, and an upgrade: a second run loads its program afresh and
@@ -256,21 +273,35 @@ fn restarts_upgrades_and_reloads_never_leave_a_moment_without_the_filter() {
     let filter = xknock.kill9();
     let xknock = Xknock::start_on(&lab, Arc::clone(&filter), &[], false);
     let upgraded = program_id(&status(&lab, &filter));
+    let upgraded_egress = egress_program_id(&status(&lab, &filter));
     // A reload swaps again.
     xknock.hup("reloaded");
     let reloaded = program_id(&status(&lab, &filter));
+    let reloaded_egress = egress_program_id(&status(&lab, &filter));
     thread::sleep(Duration::from_millis(300));
-    let (attempts, opened) = prober.finish();
+    let (attempts, opened, refused) = prober.finish();
     assert!(attempts > 20, "only {attempts} probes");
     assert_eq!(
         opened, 0,
         "{opened} of {attempts} probes reached the service"
     );
+    // Concealed as a closed port all along: the host's RST got the probed
+    // port back at every instant, the egress program swapped with the filter.
+    assert_eq!(
+        refused, attempts,
+        "{refused} of {attempts} probes got a closed port's RST"
+    );
     assert!(
         first != upgraded && upgraded != reloaded,
         "{first} {upgraded} {reloaded}"
     );
-    eprintln!("{attempts} probes through a crash, an upgrade and a reload: none opened");
+    assert!(
+        first_egress != upgraded_egress && upgraded_egress != reloaded_egress,
+        "egress programs {first_egress} {upgraded_egress} {reloaded_egress}"
+    );
+    eprintln!(
+        "{attempts} probes through a crash, an upgrade and a reload: none opened, all refused"
+    );
     // And the port does open for a source that knocks.
     lab::article_knock(&lab, SERVER_V4);
     xknock.expect_event(&[("event", "grant")]);

@@ -37,6 +37,9 @@ pub struct InterfaceStatus {
     pub mode: String,
     pub link_id: u32,
     pub program_id: u32,
+    /// The egress program that gives the host's answers to steered packets
+    /// their ports back, if its pinned link is there.
+    pub egress_program_id: Option<u32>,
 }
 
 /// A rule as the running filter holds it.
@@ -182,11 +185,20 @@ impl Status {
             let info = FdLink::from(PinnedLink::from_pin(&link.path).map_err(error)?)
                 .info()
                 .map_err(error)?;
+            let egress = pins.egress_link(&link.iface);
+            let egress_program_id = match PinnedLink::from_pin(&egress) {
+                Ok(pinned) => {
+                    let error = |e| StatusError::Link(egress.display().to_string(), e);
+                    Some(FdLink::from(pinned).info().map_err(error)?.program_id())
+                }
+                Err(_) => None,
+            };
             interfaces.push(InterfaceStatus {
                 name: link.iface,
                 mode: link.mode,
                 link_id: info.id(),
                 program_id: info.program_id(),
+                egress_program_id,
             });
         }
         let ports = ports_of_rules(&pinned.maps)?;
@@ -267,9 +279,13 @@ impl Status {
             );
         }
         for iface in &self.interfaces {
+            let egress = iface.egress_program_id.map_or_else(
+                || "no egress program (answers to concealed ports are not restored)".to_owned(),
+                |id| format!("egress program {id}"),
+            );
             let _ = writeln!(
                 out,
-                "interface {} ({} mode): program {}, link {}",
+                "interface {} ({} mode): program {}, link {}, {egress}",
                 iface.name, iface.mode, iface.program_id, iface.link_id
             );
         }
