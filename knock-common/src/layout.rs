@@ -98,8 +98,7 @@ mod pod {
     unsafe impl aya::Pod for crate::Event {}
     unsafe impl aya::Pod for crate::Instance {}
     unsafe impl aya::Pod for crate::SpentKey {}
-    unsafe impl aya::Pod for crate::SteerKey {}
-    unsafe impl aya::Pod for crate::Steered {}
+    unsafe impl aya::Pod for crate::SteeredSlot {}
 }
 
 #[cfg(test)]
@@ -123,9 +122,8 @@ mod tests {
             size_of::<EventBudget>(),
             size_of::<Event>(),
             size_of::<Instance>(),
-            size_of::<SteerKey>(),
-            size_of::<Steered>(),
-            STEERED_ENTRIES as usize,
+            size_of::<SteeredSlot>(),
+            STEERED_SLOTS as usize,
             Reason::COUNT as usize,
             Answer::COUNT as usize,
             MAX_RULES,
@@ -151,10 +149,9 @@ mod tests {
                     16,
                     32,
                     528,
-                    20,
-                    8,
-                    16384,
-                    21,
+                    28,
+                    65536,
+                    22,
                     4,
                     16,
                     65536,

@@ -5,10 +5,13 @@
 //! as it answers at any closed port. Its source port is replaced too, by a
 //! keyed hash of the peer, both ports and the protocol (`steered_port`),
 //! so that each steered flow is told apart in the answer by the port it is
-//! sent to. The egress program finds the original ports by that
-//! (`SteerKey`, in the `STEERED` map) and puts them back: in a TCP RST's
-//! ports, or in the header an ICMP error quotes, with the checksums the
-//! change touches.
+//! sent to. The egress program finds the original ports by that: the
+//! `STEERED` array has a slot for each steered port (`SteeredSlot`), which
+//! the steering writes and the egress program reads back, and puts them
+//! back: in a TCP RST's ports, or in the header an ICMP error quotes, with
+//! the checksums the change touches. A plain array slot costs the steering
+//! one write, where a hash map insert took a lock; its writes are not
+//! atomic, so a reader checks that a slot is whole (`SteeredSlot::holds`).
 //!
 //! The replacement port is a function of the flow, not drawn per packet:
 //! the kernel's answers hash the flow (the IPv6 flow label of an RST), and
@@ -16,11 +19,11 @@
 //!
 //! Plain Rust, host-tested; the XDP and TC programs run the same functions.
 
-use crate::{AddrWords, checksum::Sum};
+use crate::{AddrWords, addr_words, checksum::Sum};
 
-/// `STEERED`'s key: the peer a steered packet came from, the source port
-/// it was given, and its protocol; the kernel's answer goes to that peer
-/// and port.
+/// A steered flow as its answer names it: the peer a steered packet came
+/// from, the source port it was given, and its protocol; the kernel's
+/// answer goes to that peer and port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SteerKey {
@@ -33,8 +36,8 @@ pub struct SteerKey {
 }
 const _: () = assert!(size_of::<SteerKey>() == 20);
 
-/// `STEERED`'s value: what the packet carried before it was steered, all
-/// big-endian as on the wire.
+/// What a steered packet carried before it was steered, all big-endian as
+/// on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Steered {
@@ -46,9 +49,48 @@ pub struct Steered {
 }
 const _: () = assert!(size_of::<Steered>() == 8);
 
-/// How many steered flows `STEERED` remembers: an answer follows its
-/// packet within microseconds, a reassembly timeout within a minute.
-pub const STEERED_ENTRIES: u32 = 16384;
+/// One slot of the `STEERED` array: the flow last steered with the slot's
+/// port, and what its packet carried.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteeredSlot {
+    pub key: SteerKey,
+    pub steered: Steered,
+}
+const _: () = assert!(size_of::<SteeredSlot>() == 28);
+
+/// `STEERED`'s slots: one for each port a flow can be steered with. A
+/// slot holds its flow until another is steered with the same port: an
+/// answer follows its packet within microseconds, a reassembly timeout
+/// within a minute.
+pub const STEERED_SLOTS: u32 = 1 << 16;
+
+/// The slot of the flows steered with `port`.
+#[inline(always)]
+pub fn steered_slot(port: [u8; 2]) -> u32 {
+    u32::from(u16::from_be_bytes(port))
+}
+
+impl SteeredSlot {
+    /// What the packet of `key`'s flow carried, if this slot holds that
+    /// flow, whole: the steered port recomputed from the slot's peer and
+    /// original ports must be `key`'s, which a slot that two writers raced
+    /// over, or that was read while written, fails.
+    #[inline(always)]
+    pub fn holds(&self, key: &SteerKey, seed: u32) -> Option<Steered> {
+        if self.key != *key {
+            return None;
+        }
+        let port = steered_port(
+            seed,
+            &addr_words(&self.key.peer),
+            self.steered.src_port,
+            self.steered.dst_port,
+            key.proto,
+        );
+        (port == key.port).then_some(self.steered)
+    }
+}
 
 /// The port where the host's stack answers as at a closed port: no socket
 /// can be bound to it.
@@ -183,6 +225,53 @@ mod tests {
             replace_udp_words([0xff, 0xff], &[[0, 0]], &[[0, 0]]),
             [0xff, 0xff]
         );
+    }
+
+    #[test]
+    fn a_slot_gives_back_only_the_whole_flow_it_holds() {
+        let seed = 0x1234_5678;
+        let flow = |peer: [u8; 16], sport: u16, dport: u16| {
+            let (src_port, dst_port) = (sport.to_be_bytes(), dport.to_be_bytes());
+            let port = steered_port(seed, &addr_words(&peer), src_port, dst_port, 6);
+            SteeredSlot {
+                key: SteerKey {
+                    peer,
+                    port,
+                    proto: 6,
+                    _pad: 0,
+                },
+                steered: Steered {
+                    src_port,
+                    dst_port,
+                    check: [0xab, 0xcd],
+                    _pad: [0; 2],
+                },
+            }
+        };
+        let a = flow([7; 16], 40000, 22);
+        let b = flow([9; 16], 40001, 3721);
+        assert_eq!(a.holds(&a.key, seed), Some(a.steered));
+        assert_eq!(a.holds(&b.key, seed), None, "another flow's key");
+        assert_eq!(a.holds(&a.key, seed ^ 1), None, "another load's seed");
+        // Torn: one writer's key, the other's ports.
+        let torn = SteeredSlot {
+            key: a.key,
+            steered: b.steered,
+        };
+        assert_eq!(torn.holds(&a.key, seed), None);
+        let torn = SteeredSlot {
+            key: SteerKey {
+                peer: b.key.peer,
+                ..a.key
+            },
+            steered: a.steered,
+        };
+        assert_eq!(torn.holds(&torn.key, seed), None);
+        assert_eq!(
+            steered_slot(a.key.port),
+            u32::from(u16::from_be_bytes(a.key.port))
+        );
+        assert!(steered_slot([0xff, 0xff]) < STEERED_SLOTS);
     }
 
     #[test]

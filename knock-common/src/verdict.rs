@@ -67,6 +67,10 @@ counted! {
         /// An ICMP echo request that was a knock step: it passes, and the host
         /// answers it as it answers every ping.
         PassEchoKnock => "pass_echo_knock",
+        /// TCP/UDP to port 0, which no rule can use: it passes as to any
+        /// unprotected port, and first clears its peer's steered flow of the
+        /// same source port, so the host's answer leaves as the host made it.
+        PassPortZero => "pass_port_zero",
         /// A knock step that advanced a sequence (dropped like every knock).
         DropKnockAdvanced => "drop_knock_advanced",
         /// A knock step that completed a sequence and created a grant.
@@ -100,7 +104,7 @@ counted! {
 
 impl Reason {
     pub const fn passes(self) -> bool {
-        (self as u32) <= Reason::PassEchoKnock as u32
+        (self as u32) <= Reason::PassPortZero as u32
     }
 
     /// Stopped at a knock port, a protected port or an SPA port: with
@@ -161,19 +165,20 @@ mod tests {
                 (5, "pass_admitted_flow"),
                 (6, "pass_allowlisted"),
                 (7, "pass_echo_knock"),
-                (8, "drop_knock_advanced"),
-                (9, "drop_knock_granted"),
-                (10, "drop_knock_duplicate"),
-                (11, "drop_knock_port"),
-                (12, "drop_protected"),
-                (13, "drop_denied"),
-                (14, "drop_penalized"),
-                (15, "drop_spa_copied"),
-                (16, "drop_spa_shed"),
-                (17, "drop_spa_unfit"),
-                (18, "drop_malformed"),
-                (19, "drop_too_many_vlan_tags"),
-                (20, "drop_ext_header_chain_too_long"),
+                (8, "pass_port_zero"),
+                (9, "drop_knock_advanced"),
+                (10, "drop_knock_granted"),
+                (11, "drop_knock_duplicate"),
+                (12, "drop_knock_port"),
+                (13, "drop_protected"),
+                (14, "drop_denied"),
+                (15, "drop_penalized"),
+                (16, "drop_spa_copied"),
+                (17, "drop_spa_shed"),
+                (18, "drop_spa_unfit"),
+                (19, "drop_malformed"),
+                (20, "drop_too_many_vlan_tags"),
+                (21, "drop_ext_header_chain_too_long"),
             ]
         );
         let answers: Vec<(u32, &str)> = Answer::ALL.iter().map(|a| (*a as u32, a.name())).collect();
@@ -192,8 +197,8 @@ mod tests {
     #[test]
     fn passing_and_concealing_reasons_are_the_ones_they_were() {
         let passing: Vec<Reason> = Reason::ALL.into_iter().filter(|r| r.passes()).collect();
-        assert_eq!(passing, &Reason::ALL[..8]);
+        assert_eq!(passing, &Reason::ALL[..9]);
         let concealing: Vec<Reason> = Reason::ALL.into_iter().filter(|r| r.conceals()).collect();
-        assert_eq!(concealing, &Reason::ALL[8..18]);
+        assert_eq!(concealing, &Reason::ALL[9..19]);
     }
 }

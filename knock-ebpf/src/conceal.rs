@@ -8,8 +8,9 @@
 //! problem, a reassembly timeout) or stays silent (a wrong checksum, a
 //! source route, an RST) exactly as it would at a closed port: options,
 //! IDs, flow labels, ICMP budgets and timing are its own. `STEERED`
-//! records each steered flow's ports, by the source port it was given, so
-//! the egress program (`restore`) can give the answer back the ports the
+//! records each steered flow's ports in the slot of the source port it was
+//! given (one write, no lock: a flood of stopped packets costs it little),
+//! so the egress program (`restore`) can give the answer back the ports the
 //! prober used. The knock has counted before: the answer never depends on
 //! it.
 //!
@@ -20,12 +21,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use knock_common::{
-    Answer, IPPROTO_TCP, IPPROTO_UDP, STEER_TO_PORT, STEERED_ENTRIES, Settings, SteerKey, Steered,
-    replace_udp_words, replace_words, steered_port,
+    Answer, CONCEAL_CLOSED, IPPROTO_TCP, IPPROTO_UDP, STEER_TO_PORT, STEERED_SLOTS, Settings,
+    SteerKey, Steered, SteeredSlot, replace_udp_words, replace_words, steered_port, steered_slot,
 };
 
 use crate::parse::{self, Parsed, Transport, bytes_at, store_at};
@@ -34,10 +35,10 @@ use crate::parse::{self, Parsed, Transport, bytes_at, store_at};
 static CONCEAL: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static ANSWERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Answer::COUNT, 0);
-/// The ports of each steered flow, by its peer, the source port it was
-/// given and its protocol: what the egress program puts back.
+/// The ports of each steered flow, in the slot of the source port it was
+/// given: what the egress program puts back.
 #[map]
-static STEERED: LruHashMap<SteerKey, Steered> = LruHashMap::with_max_entries(STEERED_ENTRIES, 0);
+static STEERED: Array<SteeredSlot> = Array::with_max_entries(STEERED_SLOTS, 0);
 
 /// Where a TCP and a UDP header hold their checksum.
 const TCP_CHECK_AT: usize = 16;
@@ -51,19 +52,37 @@ pub fn hand_over(ctx: &XdpContext) {
     unsafe { CONCEAL.tail_call(ctx, 0) };
 }
 
-/// Steers the stopped packet to port 0 for the host to answer, recording
-/// its ports first; `Unrecorded` (the packet is to be dropped) when it
-/// cannot be.
+/// What the steering program made of a packet handed to it.
+pub enum Handed {
+    /// A packet of the peer's own to port 0 (`Reason::PassPortZero`): its
+    /// peer's steered flow of that source port is cleared; it passes.
+    PortZero,
+    /// A stopped packet: steered, or (`Unrecorded`) to be dropped.
+    Stopped(Answer),
+}
+
+/// Steers a stopped packet to port 0 for the host to answer, recording its
+/// ports first (`Unrecorded`, to be dropped, when it cannot be); clears
+/// the steered flow a packet to port 0 names.
 #[inline(always)]
-pub fn steer(ctx: &XdpContext, settings: &Settings) -> Answer {
-    try_steer(ctx, settings).unwrap_or(Answer::Unrecorded)
+pub fn handle(ctx: &XdpContext, settings: Option<&Settings>) -> Handed {
+    let Ok(Parsed::Transport(l4)) = parse::parse(ctx) else {
+        return Handed::Stopped(Answer::Unrecorded);
+    };
+    if l4.dst_port == STEER_TO_PORT {
+        forget(ctx, &l4);
+        return Handed::PortZero;
+    }
+    match settings {
+        Some(settings) if settings.conceal == CONCEAL_CLOSED => {
+            Handed::Stopped(steer(ctx, settings, &l4).unwrap_or(Answer::Unrecorded))
+        }
+        _ => Handed::Stopped(Answer::Unrecorded),
+    }
 }
 
 #[inline(always)]
-fn try_steer(ctx: &XdpContext, settings: &Settings) -> Option<Answer> {
-    let Parsed::Transport(l4) = parse::parse(ctx).ok()? else {
-        return None;
-    };
+fn steer(ctx: &XdpContext, settings: &Settings, l4: &Transport) -> Option<Answer> {
     let check_at = match l4.proto {
         IPPROTO_TCP => TCP_CHECK_AT,
         IPPROTO_UDP => UDP_CHECK_AT,
@@ -93,7 +112,15 @@ fn try_steer(ctx: &XdpContext, settings: &Settings) -> Option<Answer> {
         check,
         _pad: [0; 2],
     };
-    STEERED.insert(&key, &original, 0).ok()?;
+    let slot = STEERED.get_ptr_mut(steered_slot(port))?;
+    // SAFETY: a slot of the array; a reader that meets it half written
+    // finds it torn (`SteeredSlot::holds`) and takes nothing from it.
+    unsafe {
+        *slot = SteeredSlot {
+            key,
+            steered: original,
+        }
+    };
     let to = [port, STEER_TO_PORT];
     let check = if l4.proto == IPPROTO_TCP {
         replace_words(check, &from, &to)
@@ -114,23 +141,34 @@ fn try_steer(ctx: &XdpContext, settings: &Settings) -> Option<Answer> {
 /// same peer and source port left is forgotten, so the host's answer to
 /// it leaves as the host made it.
 #[inline(always)]
-pub fn forget(ctx: &XdpContext, l4: &Transport) {
-    if let Ok(packet) = l4.with_source(ctx) {
-        let key = SteerKey {
-            peer: packet.src(),
-            port: packet.src_port,
-            proto: l4.proto,
-            _pad: 0,
-        };
-        let _ = STEERED.remove(&key);
+fn forget(ctx: &XdpContext, l4: &Transport) {
+    let Ok(packet) = l4.with_source(ctx) else {
+        return;
+    };
+    let Some(slot) = STEERED.get_ptr_mut(steered_slot(packet.src_port)) else {
+        return;
+    };
+    let key = SteerKey {
+        peer: packet.src(),
+        port: packet.src_port,
+        proto: l4.proto,
+        _pad: 0,
+    };
+    // SAFETY: a slot of the array, written whole or not at all by this
+    // CPU; a racing writer's flow may be lost, and its answer then leaves
+    // as the host made it.
+    unsafe {
+        if (*slot).key == key {
+            *slot = SteeredSlot::default();
+        }
     }
 }
 
-/// The ports a steered flow of `key` came with.
+/// The ports a steered flow of `key` came with, if its slot holds it whole.
 #[inline(always)]
-pub fn steered(key: &SteerKey) -> Option<Steered> {
-    // SAFETY: the value is copied out at once.
-    unsafe { STEERED.get(key) }.copied()
+pub fn steered(key: &SteerKey, seed: u32) -> Option<Steered> {
+    let slot = STEERED.get(steered_slot(key.port))?;
+    slot.holds(key, seed)
 }
 
 /// Counts a steering (or its failure) or an answer by its kind.

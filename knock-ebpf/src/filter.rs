@@ -6,9 +6,9 @@ use aya_ebpf::programs::XdpContext;
 use knock_common::{IPPROTO_UDP, PortRoles, Reason, STEER_TO_PORT, Settings};
 
 use crate::{
-    conceal, guard, horizon,
+    guard, horizon,
     knocking::{self, KnockHandover},
-    parse::{self, Packet, ParseError, Parsed},
+    parse::{self, Packet, ParseError, Parsed, Transport},
     settings, spa,
 };
 
@@ -21,15 +21,11 @@ pub fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
         Parsed::LaterFragment => return Ok(Reason::PassLaterFragment),
         Parsed::Transport(l4) => l4,
     };
-    if l4.dst_port == STEER_TO_PORT && !l4.is_echo() {
-        // The peer's own packet to port 0 is answered as it was sent.
-        conceal::forget(ctx, &l4);
-    }
     let echo = l4.is_echo();
     let roles = settings::roles_of(l4.proto, l4.dst_port());
     let opens = l4.opens_connection();
     if !opens && roles.knock_rules == 0 && roles.protect_rules == 0 {
-        return Ok(Reason::PassUnprotected);
+        return Ok(unprotected(&l4));
     }
     let Some(settings) = settings::settings() else {
         return Ok(Reason::PassUnprotected);
@@ -84,5 +80,16 @@ pub fn beyond_knocks(
     if roles.protect_rules != 0 {
         return guard::protected(settings, packet, roles.protect_rules, slot, admitted_until);
     }
-    Reason::PassUnprotected
+    unprotected(&packet.l4)
+}
+
+/// The verdict on TCP or UDP to a port no rule uses: it passes; to port 0
+/// it first has its peer's steered flow cleared (`verdict::act`).
+#[inline(always)]
+fn unprotected(l4: &Transport) -> Reason {
+    if l4.dst_port == STEER_TO_PORT && !l4.is_echo() {
+        Reason::PassPortZero
+    } else {
+        Reason::PassUnprotected
+    }
 }

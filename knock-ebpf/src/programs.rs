@@ -19,9 +19,12 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use knock_common::{Answer, CONCEAL_CLOSED, Reason};
+use knock_common::{Answer, Reason};
 
-use crate::{conceal, events, filter, knocking, restore, settings, trace, verdict};
+use crate::{
+    conceal::{self, Handed},
+    events, filter, knocking, restore, settings, trace, verdict,
+};
 
 /// The filter: every packet's verdict, counted and acted on. A frame that
 /// cannot be parsed down to what the decision needs is dropped.
@@ -61,17 +64,19 @@ fn try_knock() -> Option<Reason> {
 
 /// Steers a packet the filter stopped to the host's closed port 0, for the
 /// host to answer as a closed port answers (`conceal`); drops it where that
-/// cannot be done, or with `conceal = "drop"`.
+/// cannot be done, or with `conceal = "drop"`. Also clears the steered flow
+/// a packet of the peer's own to port 0 names, and passes that packet.
 #[xdp]
 pub fn xknock_conceal(ctx: XdpContext) -> u32 {
-    let answer = match settings::settings() {
-        Some(settings) if settings.conceal == CONCEAL_CLOSED => conceal::steer(&ctx, settings),
-        _ => Answer::Unrecorded,
-    };
-    conceal::count(answer);
-    match answer {
-        Answer::Steered => xdp_action::XDP_PASS,
-        _ => xdp_action::XDP_DROP,
+    match conceal::handle(&ctx, settings::settings()) {
+        Handed::PortZero => xdp_action::XDP_PASS,
+        Handed::Stopped(answer) => {
+            conceal::count(answer);
+            match answer {
+                Answer::Steered => xdp_action::XDP_PASS,
+                _ => xdp_action::XDP_DROP,
+            }
+        }
     }
 }
 

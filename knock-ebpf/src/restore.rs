@@ -1,6 +1,6 @@
 //! The host's answers to steered packets, on their way out: a TCP RST
 //! sent from port 0, or an ICMP / ICMPv6 error quoting a packet sent to
-//! port 0, whose peer and port `STEERED` knows (`conceal`), gets back the
+//! port 0, whose peer and port `STEERED` holds (`conceal`), gets back the
 //! ports of the packet the prober sent: the RST's own ports, or the quoted
 //! header's ports and checksum, with the checksums over them updated. Any
 //! other packet leaves untouched, and so does an answer from port 0 that
@@ -18,7 +18,7 @@ use knock_common::{
     quotes_a_packet,
 };
 
-use crate::conceal;
+use crate::{conceal, settings};
 
 /// `BPF_F_PSEUDO_HDR` is not set: ports and quotes are not in the
 /// pseudo-header. The low bits give the size of the field replaced.
@@ -94,7 +94,8 @@ fn rst(ctx: &TcContext, l4: usize, peer: Peer) -> Option<Answer> {
         return None;
     }
     let key = peer.key(ctx, [ports[2], ports[3]], IPPROTO_TCP)?;
-    let Some(steered) = conceal::steered(&key) else {
+    let seed = settings::settings()?.source_seed;
+    let Some(steered) = conceal::steered(&key, seed) else {
         return Some(Answer::Unmatched);
     };
     // The RST goes back: from the port probed to the prober's port.
@@ -136,7 +137,8 @@ fn quoted(ctx: &TcContext, icmp: usize, v6: bool) -> Option<Answer> {
         return None;
     }
     let key = peer.key(ctx, [ports[0], ports[1]], proto)?;
-    let Some(steered) = conceal::steered(&key) else {
+    let seed = settings::settings()?.source_seed;
+    let Some(steered) = conceal::steered(&key, seed) else {
         return Some(Answer::Unmatched);
     };
     let icmp_check = icmp + ICMP_CHECK_AT;

