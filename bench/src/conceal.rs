@@ -1,8 +1,9 @@
-//! What concealment costs: building a closed port's answer in XDP, against
-//! stopping the same packet silently and against XDP_PASS. Every run is
-//! measured alone (one BPF_PROG_TEST_RUN per packet, the kernel's own
-//! timing): the program rewrites the frame it answers, so a repeated run
-//! would measure the answer to the answer.
+//! What concealment costs: steering a stopped packet to the host's closed
+//! port in XDP, against stopping it silently and against XDP_PASS; and a
+//! flood the host answers through xknock, against the host's own closed
+//! port. Every test run is measured alone (one BPF_PROG_TEST_RUN per
+//! packet, the kernel's own timing): a steered run returns XDP_PASS with
+//! the frame rewritten, so a repeated run would steer the steered frame.
 
 use std::{fmt::Write as _, net::IpAddr, time::Duration};
 
@@ -12,7 +13,8 @@ use xknock::loader::{BASELINE_OBJECT, Filter};
 
 use crate::{
     CLIENT, CLIENT_V6, Effort, FloodRow, PathCost, SERVER, SERVER_V6, Stat, baseline, baseline_run,
-    bench_config, cost_table, flood_table, ip, paired_trials, xknock_run,
+    bench_config, cost_table, flood_table_against, ip, paired_trials, round_ratio, row_of,
+    xknock_run,
 };
 
 /// Unicast addresses for the frames' Ethernet header.
@@ -21,7 +23,7 @@ const FROM: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 
 /// The filter as the bench's other rows load it, but steering what it
 /// stops to the host's closed port (`conceal = "closed"`).
-fn answering() -> anyhow::Result<Filter> {
+fn steering() -> anyhow::Result<Filter> {
     Ok(Filter::load(&bench_config(""))?)
 }
 
@@ -44,7 +46,7 @@ pub fn answer_costs(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
     baseline(&mut baselines, "xdp_pass")?;
     let pass_run = baseline_run(&baselines, "xdp_pass");
     let silent = Filter::load(&bench_config(crate::SILENT))?;
-    let answering = answering()?;
+    let steering = steering()?;
     let (v4, v6): ((IpAddr, IpAddr), (IpAddr, IpAddr)) =
         ((ip(CLIENT), ip(SERVER)), (ip(CLIENT_V6), ip(SERVER_V6)));
     let syn = |(src, dst): (IpAddr, IpAddr)| Probe::tcp(src, dst, 22, SYN).frame(TO, FROM);
@@ -55,18 +57,21 @@ pub fn answer_costs(effort: &Effort) -> anyhow::Result<(Stat, Vec<PathCost>)> {
             "SYN to a protected port, stopped silently (conceal = \"drop\")",
             (&silent, syn(v4)),
         ),
-        ("the same, answered with an RST", (&answering, syn(v4))),
         (
-            "IPv6 SYN to a protected port, answered with an RST",
-            (&answering, syn(v6)),
+            "the same, steered to the host's closed port (conceal = \"closed\")",
+            (&steering, syn(v4)),
         ),
         (
-            "UDP to a knock port, answered with an ICMP port unreachable",
-            (&answering, udp(v4)),
+            "IPv6 SYN to a protected port, steered to the host's closed port",
+            (&steering, syn(v6)),
         ),
         (
-            "IPv6 UDP to a knock port, answered with ICMPv6",
-            (&answering, udp(v6)),
+            "UDP to a knock port, steered to the host's closed port",
+            (&steering, udp(v4)),
+        ),
+        (
+            "IPv6 UDP to a knock port, steered to the host's closed port",
+            (&steering, udp(v6)),
         ),
     ];
     paired_trials(
@@ -87,20 +92,52 @@ pub fn render(
 ) {
     let _ = writeln!(
         md,
-        "\n## Concealment: building a closed port's answer (BPF_PROG_TEST_RUN, run by run)\n\n\
+        "\n## Concealment: steering to the host's closed port (BPF_PROG_TEST_RUN, run by run)\n\n\
          Each figure is the mean of {} single runs, {} trials; a single run carries the test \
-         harness's fixed cost, so compare within this table. ICMP limits are lifted so every \
-         UDP run builds its answer.\n",
+         harness's fixed cost, so compare within this table. A steered run ends in XDP_PASS with \
+         the frame rewritten (destination port 0, source port a keyed hash, checksums updated, \
+         the flow recorded in `STEERED`): the XDP part only. The host's answer and its ports put \
+         back on egress are in the flood below.\n",
         (effort.repeat / 50).max(1000),
         effort.trials,
     );
     cost_table(md, pass, costs, 0);
     let _ = writeln!(
         md,
-        "\nA spoofed SYN flood at the first knock port, every SYN answered with an RST that \
-         goes back over veth to an XDP_DROP program on the client, in rounds of its own against \
-         a bare XDP_DROP receiver ({} rounds of {} frames).\n",
+        "\nA spoofed SYN flood at the first knock port: xknock (`conceal = \"closed\"`) steers \
+         every SYN to the host's closed port, the kernel answers it with an RST and xknock's \
+         egress program gives the RST back its ports. Against it, in the same rounds ({} rounds \
+         of {} frames), the same flood at the host's own closed port without xknock and a bare \
+         XDP_DROP receiver. The RSTs go back over veth to an XDP_DROP program on the client \
+         (through a default route, the client's MAC static). Both answering rows count the RSTs \
+         the server's kernel sent (`OutRsts` in its `/proc/net/snmp`), so they measure the same \
+         thing; a random source the kernel will not answer (0/8, 127/8, multicast) is counted in \
+         neither.\n",
         effort.flood_rounds, effort.flood_frames
     );
-    flood_table(md, "pkt/s", answering);
+    flood_table_against(
+        md,
+        "pkt/s",
+        answering,
+        &[
+            ("the closed port", "the host's own closed port"),
+            ("XDP_DROP", "bare XDP_DROP"),
+        ],
+    );
+    if let (Some(xknock), Some(closed)) = (
+        row_of(answering, "xknock"),
+        row_of(answering, "the host's own closed port"),
+    ) {
+        let count = |name: &str| xknock.answers.get(name).copied().unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "\nxknock answered {:.2} as fast as the closed port in the same rounds (median of \
+             per-round ratios). Its own counters over its rounds: {} SYNs steered, {} RSTs \
+             restored, {} answers from port 0 unmatched.",
+            round_ratio(xknock, closed),
+            count("steered_to_host"),
+            count("answer_restored"),
+            count("answer_unmatched"),
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! Spoofed-SYN floods over veth: xknock against XDP_DROP, a port-reading
-//! XDP program, nftables and iptables, counted by each receiver.
+//! XDP program, nftables and iptables, counted by each receiver; and
+//! xknock steering a flood to the host's closed port against the host's
+//! own closed port, both counted by the RSTs the kernel sent.
 
 use lab::wire::mac_of;
 
@@ -9,7 +11,12 @@ use super::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Receiver {
     Xknock,
+    /// xknock (`conceal = "closed"`) flooded at the first step's port:
+    /// every SYN steered to the host's closed port and answered there.
     XknockAnswering,
+    /// No xknock: the host's own closed port answers the flood, the
+    /// reference for `XknockAnswering`.
+    ClosedPort,
     /// xknock with an `[[spa]]` entry, flooded at its port with junk.
     XknockSpa,
     /// xknock (`conceal = "drop"`) flooded at the first step's port: every
@@ -26,8 +33,8 @@ pub(crate) enum Receiver {
 
 impl Receiver {
     /// The receivers of the main flood; concealment's answering flood runs
-    /// in rounds of its own against XDP_DROP (`conceal`), so it cannot slow
-    /// these.
+    /// in rounds of its own against the host's closed port (`conceal`), so
+    /// it cannot slow these.
     pub(crate) const ALL: [Receiver; 6] = [
         Receiver::Xknock,
         Receiver::XdpDrop,
@@ -41,7 +48,10 @@ impl Receiver {
         match self {
             Receiver::Xknock => "xknock (XDP native, protected tcp:22)",
             Receiver::XknockAnswering => {
-                "xknock with conceal = \"closed\", flood at the first knock port: every SYN answered with an RST"
+                "xknock (conceal = \"closed\"), flood at the first knock port: every SYN steered to the host's closed port, its RST restored on egress"
+            }
+            Receiver::ClosedPort => {
+                "the host's own closed port, no xknock: every SYN answered with an RST"
             }
             Receiver::XknockSpa => {
                 "xknock, junk at the SPA port: copied up to the per-CPU rate, the rest shed"
@@ -63,11 +73,18 @@ impl Receiver {
     /// The port its flood is aimed at.
     fn port(self) -> u16 {
         match self {
-            Receiver::XknockAnswering | Receiver::XknockKnockPort | Receiver::NftablesKnockPort => {
-                FIRST_STEP_PORT
-            }
+            Receiver::XknockAnswering
+            | Receiver::ClosedPort
+            | Receiver::XknockKnockPort
+            | Receiver::NftablesKnockPort => FIRST_STEP_PORT,
             _ => 22,
         }
+    }
+
+    /// Whether the host's stack answers its flood: counted by the RSTs
+    /// sent, and the answers need a way back.
+    fn answers(self) -> bool {
+        matches!(self, Receiver::XknockAnswering | Receiver::ClosedPort)
     }
 }
 
@@ -76,6 +93,8 @@ pub(crate) enum Installed {
     Filter(Filter),
     Program(#[expect(dead_code, reason = "held so the program stays attached")] Ebpf),
     Netfilter,
+    /// Nothing but the host's stack.
+    Stack,
 }
 
 pub(crate) struct FloodRow {
@@ -86,6 +105,9 @@ pub(crate) struct FloodRow {
     pub rounds: Vec<f64>,
     /// Of the frames generated, the share the receiver counted.
     pub delivered: f64,
+    /// xknock's concealment counters after its rounds (`ANSWERS`); empty
+    /// for the other receivers.
+    pub answers: BTreeMap<&'static str, u64>,
 }
 
 /// A TCP SYN to the server's `port` addressed to its veth MAC, with valid
@@ -113,8 +135,43 @@ pub(crate) fn nft_ruleset(conntrack: bool, port: u16) -> String {
     )
 }
 
+/// A way back for the RSTs to the flood's random sources: a default route
+/// through the client, whose MAC the server knows for good (the client's
+/// XDP_DROP would drop its ARP replies, and a resolving neighbour holds the
+/// answers back before TC egress sees them).
+fn route_answers(lab: &Lab) -> anyhow::Result<()> {
+    let mac = mac_of(&lab.client, &lab.client_if)
+        .map(|b| format!("{b:02x}"))
+        .join(":");
+    let iface = lab.server_if.as_str();
+    run_in(
+        &lab.server,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            CLIENT,
+            "lladdr",
+            &mac,
+            "dev",
+            iface,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    run_in(
+        &lab.server,
+        "ip",
+        &["route", "replace", "default", "via", CLIENT, "dev", iface],
+    )?;
+    Ok(())
+}
+
 pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed> {
     let iface = lab.server_if.clone();
+    if receiver.answers() {
+        route_answers(lab)?;
+    }
     match receiver {
         Receiver::Xknock
         | Receiver::XknockAnswering
@@ -143,6 +200,11 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
             program.attach(name.as_c_str(), XdpMode::Driver)?;
             Ok(Installed::Program(ebpf))
         }),
+        Receiver::ClosedPort => {
+            // Without an XDP program, veth takes XDP frames only with GRO on.
+            run_in(&lab.server, "ethtool", &["-K", &lab.server_if, "gro", "on"])?;
+            Ok(Installed::Stack)
+        }
         Receiver::Nftables
         | Receiver::NftablesConntrack
         | Receiver::NftablesKnockPort
@@ -207,8 +269,34 @@ pub(crate) fn separate_cpus(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Packets the receiver has dropped so far, by its own counters.
+/// The TCP RSTs the server's kernel has sent so far (`OutRsts` of
+/// `/proc/net/snmp` in its namespace).
+fn out_rsts(lab: &Lab) -> anyhow::Result<u64> {
+    let snmp = run_in(&lab.server, "cat", &["/proc/net/snmp"])?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().context("no Tcp:")?,
+        tcp.next().context("no Tcp: values")?,
+    );
+    let at = names
+        .split_whitespace()
+        .position(|name| name == "OutRsts")
+        .context("no OutRsts")?;
+    values
+        .split_whitespace()
+        .nth(at)
+        .context("no OutRsts value")?
+        .parse()
+        .map_err(Into::into)
+}
+
+/// Packets the receiver has dropped so far, by its own counters; for a
+/// receiver whose host answers, the RSTs its kernel sent, so xknock's
+/// steering and the plain closed port are counted alike.
 pub(crate) fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> anyhow::Result<u64> {
+    if receiver.answers() {
+        return out_rsts(lab);
+    }
     match (receiver, installed) {
         (Receiver::Xknock, Installed::Filter(filter)) => {
             Ok(filter.maps().counters()?["drop_protected"])
@@ -230,10 +318,6 @@ pub(crate) fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> a
             .filter(|(name, _)| name.starts_with("drop_"))
             .map(|(_, count)| count)
             .sum()),
-        // Answered or not, every packet that reached the answering program.
-        (Receiver::XknockAnswering, Installed::Filter(filter)) => {
-            Ok(filter.maps().answers()?.values().sum())
-        }
         (Receiver::XdpDrop | Receiver::XdpReadDrop, _) => {
             let stats = run_in(&lab.server, "ethtool", &["-S", &lab.server_if])?;
             stats
@@ -329,8 +413,7 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
         // Answers coming back end at the client's XDP_DROP, not its stack;
         // where nothing comes back the client runs no program, as before
         // concealment.
-        let lab =
-            Lab::with_client_program((receiver == Receiver::XknockAnswering).then_some("xdp_drop"));
+        let lab = Lab::with_client_program(receiver.answers().then_some("xdp_drop"));
         let installed = install(&lab, receiver)?;
         separate_cpus(&lab)?;
         let template = if receiver == Receiver::XknockSpa {
@@ -350,7 +433,7 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
     for _ in 0..effort.flood_rounds {
         for bench in &mut benches {
             let before = dropped(&bench.lab, bench.receiver, &bench.installed)?;
-            let generator = if bench.receiver == Receiver::XknockAnswering {
+            let generator = if bench.receiver.answers() {
                 "xdp_flood_restoring"
             } else {
                 "xdp_flood"
@@ -369,13 +452,20 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
         }
     }
     let generated = f64::from(effort.flood_frames) * effort.flood_rounds as f64;
-    Ok(benches
+    benches
         .into_iter()
-        .map(|bench| FloodRow {
-            label: bench.receiver.label(),
-            pps: Stat::of(bench.rates.clone()),
-            rounds: bench.rates,
-            delivered: bench.counted as f64 / generated,
+        .map(|bench| {
+            let answers = match &bench.installed {
+                Installed::Filter(filter) => filter.maps().answers()?,
+                _ => BTreeMap::new(),
+            };
+            Ok(FloodRow {
+                label: bench.receiver.label(),
+                pps: Stat::of(bench.rates.clone()),
+                rounds: bench.rates,
+                delivered: bench.counted as f64 / generated,
+                answers,
+            })
         })
-        .collect())
+        .collect()
 }

@@ -65,9 +65,17 @@ const KNOCK_FLOOD: [Receiver; 3] = [
     Receiver::NftablesKnockPort,
 ];
 
+/// The flood xknock steers to the host's closed port, against that closed
+/// port without xknock and the XDP_DROP limit, in the same rounds.
+const ANSWERING_FLOOD: [Receiver; 3] = [
+    Receiver::XknockAnswering,
+    Receiver::ClosedPort,
+    Receiver::XdpDrop,
+];
+
 /// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing;
-/// `XKNOCK_BENCH_ONLY=paths`, `=first-steps` or `=knock-flood` runs only
-/// that section.
+/// `XKNOCK_BENCH_ONLY=paths`, `=first-steps`, `=knock-flood` or `=conceal`
+/// runs only that section.
 pub struct Effort {
     pub repeat: u32,
     pub trials: usize,
@@ -200,6 +208,14 @@ fn main() -> anyhow::Result<()> {
             println!("{md}");
             return Ok(());
         }
+        Ok("conceal") => {
+            let (pass, costs) = on_cpu_1(|| conceal::answer_costs(&effort))?;
+            let answering = flood(&effort, &ANSWERING_FLOOD)?;
+            let mut md = String::new();
+            conceal::render(&mut md, &effort, pass, &costs, &answering);
+            println!("{md}");
+            return Ok(());
+        }
         Ok("knock-flood") => {
             let mut md = String::new();
             knock_flood_section(&mut md, &flood(&effort, &KNOCK_FLOOD)?, &[]);
@@ -215,7 +231,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     eprintln!("bench: first steps from new sources");
     let first_steps = on_cpu_1(|| first_steps::first_step_costs(&effort))?;
-    eprintln!("bench: building closed-port answers");
+    eprintln!("bench: steering to the closed port");
     let (answer_pass, answers) = on_cpu_1(|| conceal::answer_costs(&effort))?;
     eprintln!("bench: tracing");
     let (trace_pass, traces, instructions) = on_cpu_1(|| trace::trace_costs(&effort))?;
@@ -237,8 +253,8 @@ fn main() -> anyhow::Result<()> {
     let flood = flood(&effort, &Receiver::ALL)?;
     eprintln!("bench: spoofed SYN flood at the first knock port, against XDP_DROP and nftables");
     let knock_flood = self::flood(&effort, &KNOCK_FLOOD)?;
-    eprintln!("bench: answering flood at a knock port, against XDP_DROP");
-    let answering = self::flood(&effort, &[Receiver::XknockAnswering, Receiver::XdpDrop])?;
+    eprintln!("bench: answering flood at a knock port, against the host's closed port");
+    let answering = self::flood(&effort, &ANSWERING_FLOOD)?;
     eprintln!("bench: junk flood at the SPA port, against XDP_DROP");
     let spa_flood = self::flood(&effort, &[Receiver::XknockSpa, Receiver::XdpDrop])?;
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);

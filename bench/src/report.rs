@@ -181,25 +181,44 @@ pub(crate) fn knock_flood_section(md: &mut String, rows: &[FloodRow], plain: &[F
 }
 
 /// The first row whose receiver's label starts with `start`.
-fn row_of<'a>(rows: &'a [FloodRow], start: &str) -> Option<&'a FloodRow> {
+pub(crate) fn row_of<'a>(rows: &'a [FloodRow], start: &str) -> Option<&'a FloodRow> {
     rows.iter().find(|r| r.label.starts_with(start))
 }
 
 /// A table of flood receivers: rate, range, ratio to the bare XDP_DROP
 /// receiver of the same rounds, and the share of frames counted.
 pub(crate) fn flood_table(md: &mut String, rate: &str, rows: &[FloodRow]) {
+    flood_table_against(md, rate, rows, &[("XDP_DROP", "bare XDP_DROP")]);
+}
+
+/// `flood_table` with a ratio column "vs `name`" for each of `references`
+/// (`name`, the start of its row's label), to that row in the same rounds.
+pub(crate) fn flood_table_against(
+    md: &mut String,
+    rate: &str,
+    rows: &[FloodRow],
+    references: &[(&str, &str)],
+) {
+    let (mut names, mut aligns) = (String::new(), String::new());
+    for (name, _) in references {
+        let _ = write!(names, " vs {name} |");
+        aligns.push_str(" ---: |");
+    }
     let _ = writeln!(
         md,
-        "| receiver | {rate} (median) | range | vs XDP_DROP | frames counted |\n| --- | ---: | ---: | ---: | ---: |"
+        "| receiver | {rate} (median) | range |{names} frames counted |\n| --- | ---: | ---: |{aligns} ---: |"
     );
-    let limit = row_of(rows, "bare XDP_DROP");
     for row in rows {
+        let mut ratios = String::new();
+        for (_, start) in references {
+            let ratio = row_of(rows, start).map_or(f64::NAN, |r| round_ratio(row, r));
+            let _ = write!(ratios, " {ratio:.2} |");
+        }
         let _ = writeln!(
             md,
-            "| {} | {} | {:.2} | {:.1} % |",
+            "| {} | {} |{ratios} {:.1} % |",
             row.label,
             row.pps.cells(0),
-            limit.map_or(f64::NAN, |limit| round_ratio(row, limit)),
             row.delivered * 100.0
         );
     }
