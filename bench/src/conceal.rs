@@ -104,11 +104,12 @@ pub fn render(
     cost_table(md, pass, costs, 0);
     let _ = writeln!(
         md,
-        "\nA spoofed SYN flood at the first knock port: xknock (`conceal = \"closed\"`) steers \
-         every SYN to the host's closed port, the kernel answers it with an RST and xknock's \
-         egress program gives the RST back its ports. Against it, in the same rounds ({} rounds \
-         of {} frames), the same flood at the host's own closed port without xknock and a bare \
-         XDP_DROP receiver. The RSTs go back over veth to an XDP_DROP program on the client \
+        "\nA spoofed SYN flood at the first knock port (every SYN also a first knock step) and \
+         at the protected port: xknock (`conceal = \"closed\"`) steers every SYN to the host's \
+         closed port, the kernel answers it with an RST and xknock's egress program gives the \
+         RST back its ports. Against them, in the same rounds ({} rounds of {} frames), the same \
+         flood at the host's own closed port, behind a bare XDP_PASS program (veth's XDP path, as \
+         xknock takes it) and without any, and a bare XDP_DROP receiver. The RSTs go back over veth to an XDP_DROP program on the client \
          (through a default route, the client's MAC static). Both answering rows count the RSTs \
          the server's kernel sent (`OutRsts` in its `/proc/net/snmp`), so they measure the same \
          thing; a random source the kernel will not answer (0/8, 127/8, multicast) is counted in \
@@ -120,20 +121,42 @@ pub fn render(
         "pkt/s",
         answering,
         &[
-            ("the closed port", "the host's own closed port"),
+            (
+                "the closed port behind XDP_PASS",
+                "the host's own closed port behind",
+            ),
+            ("the closed port", "the host's own closed port, no"),
             ("XDP_DROP", "bare XDP_DROP"),
         ],
     );
-    if let (Some(xknock), Some(closed)) = (
-        row_of(answering, "xknock"),
-        row_of(answering, "the host's own closed port"),
-    ) {
+    let Some(closed) = row_of(answering, "the host's own closed port behind") else {
+        return;
+    };
+    for (at, xknock) in [
+        (
+            "the first knock port",
+            row_of(
+                answering,
+                "xknock (conceal = \"closed\"), flood at the first",
+            ),
+        ),
+        (
+            "the protected port",
+            row_of(
+                answering,
+                "xknock (conceal = \"closed\"), flood at the protected",
+            ),
+        ),
+    ] {
+        let Some(xknock) = xknock else {
+            continue;
+        };
         let count = |name: &str| xknock.answers.get(name).copied().unwrap_or(0);
         let _ = writeln!(
             md,
-            "\nxknock answered {:.2} as fast as the closed port in the same rounds (median of \
-             per-round ratios). Its own counters over its rounds: {} SYNs steered, {} RSTs \
-             restored, {} answers from port 0 unmatched.",
+            "\nAt {at}, xknock answered {:.2} as fast as the closed port behind XDP_PASS in the same rounds \
+             (median of per-round ratios). Its own counters over its rounds: {} SYNs steered, \
+             {} RSTs restored, {} answers from port 0 unmatched.",
             round_ratio(xknock, closed),
             count("steered_to_host"),
             count("answer_restored"),

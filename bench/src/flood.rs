@@ -14,9 +14,15 @@ pub(crate) enum Receiver {
     /// xknock (`conceal = "closed"`) flooded at the first step's port:
     /// every SYN steered to the host's closed port and answered there.
     XknockAnswering,
+    /// xknock (`conceal = "closed"`) flooded at the protected port: every
+    /// SYN steered and answered, with no knock step to count.
+    XknockAnsweringProtected,
     /// No xknock: the host's own closed port answers the flood, the
     /// reference for `XknockAnswering`.
     ClosedPort,
+    /// The host's own closed port behind a bare XDP_PASS program: the
+    /// reference that takes veth's XDP path, as xknock does.
+    ClosedPortBehindXdpPass,
     /// xknock with an `[[spa]]` entry, flooded at its port with junk.
     XknockSpa,
     /// xknock (`conceal = "drop"`) flooded at the first step's port: every
@@ -50,8 +56,14 @@ impl Receiver {
             Receiver::XknockAnswering => {
                 "xknock (conceal = \"closed\"), flood at the first knock port: every SYN steered to the host's closed port, its RST restored on egress"
             }
+            Receiver::XknockAnsweringProtected => {
+                "xknock (conceal = \"closed\"), flood at the protected port: every SYN steered, no knock step"
+            }
             Receiver::ClosedPort => {
                 "the host's own closed port, no xknock: every SYN answered with an RST"
+            }
+            Receiver::ClosedPortBehindXdpPass => {
+                "the host's own closed port behind a bare XDP_PASS program: every SYN answered with an RST"
             }
             Receiver::XknockSpa => {
                 "xknock, junk at the SPA port: copied up to the per-CPU rate, the rest shed"
@@ -75,6 +87,7 @@ impl Receiver {
         match self {
             Receiver::XknockAnswering
             | Receiver::ClosedPort
+            | Receiver::ClosedPortBehindXdpPass
             | Receiver::XknockKnockPort
             | Receiver::NftablesKnockPort => FIRST_STEP_PORT,
             _ => 22,
@@ -84,7 +97,13 @@ impl Receiver {
     /// Whether the host's stack answers its flood: counted by the RSTs
     /// sent, and the answers need a way back.
     fn answers(self) -> bool {
-        matches!(self, Receiver::XknockAnswering | Receiver::ClosedPort)
+        matches!(
+            self,
+            Receiver::XknockAnswering
+                | Receiver::XknockAnsweringProtected
+                | Receiver::ClosedPort
+                | Receiver::ClosedPortBehindXdpPass
+        )
     }
 }
 
@@ -175,6 +194,7 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
     match receiver {
         Receiver::Xknock
         | Receiver::XknockAnswering
+        | Receiver::XknockAnsweringProtected
         | Receiver::XknockSpa
         | Receiver::XknockKnockPort => {
             let config = match receiver {
@@ -188,18 +208,21 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
                 Ok(Installed::Filter(filter))
             })
         }
-        Receiver::XdpDrop | Receiver::XdpReadDrop => lab.server.within(move || {
-            let name = match receiver {
-                Receiver::XdpDrop => "xdp_drop",
-                _ => "xdp_read_drop",
-            };
-            let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
-            baseline(&mut ebpf, name)?;
-            let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
-            let name = std::ffi::CString::new(iface)?;
-            program.attach(name.as_c_str(), XdpMode::Driver)?;
-            Ok(Installed::Program(ebpf))
-        }),
+        Receiver::XdpDrop | Receiver::XdpReadDrop | Receiver::ClosedPortBehindXdpPass => {
+            lab.server.within(move || {
+                let name = match receiver {
+                    Receiver::XdpDrop => "xdp_drop",
+                    Receiver::ClosedPortBehindXdpPass => "xdp_pass",
+                    _ => "xdp_read_drop",
+                };
+                let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
+                baseline(&mut ebpf, name)?;
+                let program: &mut Xdp = ebpf.program_mut(name).context(name)?.try_into()?;
+                let name = std::ffi::CString::new(iface)?;
+                program.attach(name.as_c_str(), XdpMode::Driver)?;
+                Ok(Installed::Program(ebpf))
+            })
+        }
         Receiver::ClosedPort => {
             // Without an XDP program, veth takes XDP frames only with GRO on.
             run_in(&lab.server, "ethtool", &["-K", &lab.server_if, "gro", "on"])?;

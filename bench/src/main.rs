@@ -65,10 +65,13 @@ const KNOCK_FLOOD: [Receiver; 3] = [
     Receiver::NftablesKnockPort,
 ];
 
-/// The flood xknock steers to the host's closed port, against that closed
-/// port without xknock and the XDP_DROP limit, in the same rounds.
-const ANSWERING_FLOOD: [Receiver; 3] = [
+/// The floods xknock steers to the host's closed port (at a knock port, at
+/// the protected port), against that closed port behind a bare XDP_PASS
+/// program and without any, and the XDP_DROP limit, in the same rounds.
+const ANSWERING_FLOOD: [Receiver; 5] = [
     Receiver::XknockAnswering,
+    Receiver::XknockAnsweringProtected,
+    Receiver::ClosedPortBehindXdpPass,
     Receiver::ClosedPort,
     Receiver::XdpDrop,
 ];
