@@ -642,7 +642,10 @@ impl Wire {
     /// The round trip of `probe` to its first answer, between the times
     /// the kernel stamped the probe leaving and the answer arriving, as
     /// `tap` (a `Wire::stamped` on this wire's interface) saw them; None
-    /// when no answer comes within `wait`.
+    /// when no answer comes within `wait`, `Err` when the kernel did not
+    /// stamp the frames as they passed (it only does while its timestamp
+    /// switch is on, which it turns on a moment after a socket asks; until
+    /// then a frame gets the time it is read, which measures nothing).
     pub fn round_trip(
         &self,
         tap: &Wire,
@@ -650,11 +653,14 @@ impl Wire {
         to: [u8; 6],
         from: [u8; 6],
         wait: Duration,
-    ) -> Option<Duration> {
+    ) -> Option<Result<Duration, Unstamped>> {
         let frame = probe.frame(to, from);
         tap.drain();
         self.drain();
         self.send(&frame);
+        let after_send = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
         let mut sent = None;
         let deadline = Instant::now() + wait;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -671,12 +677,21 @@ impl Wire {
                     sent.expect("the probe's stamp"),
                     got.stamp.expect("a stamp"),
                 );
-                return Some(arrived.saturating_sub(sent));
+                // Stamped as it left, the probe's time is before send
+                // returned; stamped when read, after.
+                if sent >= after_send {
+                    return Some(Err(Unstamped));
+                }
+                return Some(Ok(arrived.saturating_sub(sent)));
             }
         }
         None
     }
 }
+
+/// Frames that the kernel did not timestamp as they passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unstamped;
 
 /// (Addresses, the prober's port, flow label) of a TCP answer.
 type LabelKey = (Vec<u8>, u16, u32);
