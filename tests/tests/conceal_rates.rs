@@ -1,0 +1,395 @@
+//! Concealment against counting and timing: the knock and protected ports
+//! draw their ICMP errors from the kernel's own budgets (per peer and
+//! global, IPv4 and IPv6), so one drained at a closed port is drained for
+//! them too and the other way round; and their answers take as long as a
+//! closed port's, measured with kernel timestamps. Each test also asserts
+//! that no stopped packet reached a listener.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests and the lab show what they do on the test's output"
+)]
+
+use std::{net::IpAddr, thread, time::Duration};
+
+use lab::{
+    CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6,
+    probing::{
+        CLOSED_TCP, CLOSED_TCP_B, CLOSED_UDP, CLOSED_UDP_B, Guarded, KNOCK_TCP, KNOCK_UDP,
+        PROTECTED_TCP, PROTECTED_UDP, Prober, sysctl,
+    },
+    wire::{Probe, SYN, Unstamped, Wire},
+};
+
+/// How long an answer may take to come back while a budget is probed.
+const ANSWER: Duration = Duration::from_millis(60);
+/// More datagrams than any budget here holds.
+const FLOOD: usize = 40;
+
+/// Client addresses of their own for each round, each with a fresh
+/// per-peer bucket at the server: (IPv4, IPv6) third and later addresses
+/// of the lab's client.
+fn peer(lab: &Lab, prober: &Prober, n: u8, v6: bool) -> (IpAddr, IpAddr) {
+    let (client, server, prefix) = if v6 {
+        (format!("fd18::{n:x}"), SERVER_V6, 64)
+    } else {
+        (format!("198.18.0.{n}"), SERVER_V4, 24)
+    };
+    let with = format!("{client}/{prefix}");
+    let mut args = vec!["addr", "add", &with, "dev", &lab.client_if];
+    if v6 {
+        args.push("nodad");
+    }
+    lab.client.ip(&args);
+    let (src, dst): (IpAddr, IpAddr) = (client.parse().unwrap(), server.parse().unwrap());
+    // The server learns the new neighbour first (an echo for IPv4, a
+    // first probe's answer for IPv6; neither takes from a budget).
+    if src.is_ipv4() {
+        assert!(prober.ping(src, dst).is_some(), "no echo reply for {src}");
+    } else {
+        let syn = Probe::tcp(src, dst, CLOSED_TCP, SYN);
+        let answers = prober.wire.exchange(
+            &syn,
+            prober.server_mac,
+            prober.client_mac,
+            Duration::from_millis(400),
+        );
+        assert_eq!(answers.len(), 1, "no RST for {src}");
+    }
+    (src, dst)
+}
+
+/// Whether a UDP datagram from `src` to `port` gets an answer.
+fn answered(prober: &Prober, src: IpAddr, dst: IpAddr, port: u16) -> bool {
+    !prober
+        .answers(&Probe::udp(src, dst, port, 12), ANSWER)
+        .is_empty()
+}
+
+/// How many datagrams to `port` are answered before the first one is not.
+fn drain(prober: &Prober, src: IpAddr, dst: IpAddr, port: u16) -> usize {
+    let answers = (0..FLOOD)
+        .take_while(|_| answered(prober, src, dst, port))
+        .count();
+    assert!(answers < FLOOD, "{FLOOD} datagrams at {port}: all answered");
+    answers
+}
+
+/// After draining the budget at one UDP port, every other port (closed,
+/// knock, protected) is silent, until the budget refills after `refill`.
+/// Returns the number of answers before silence, and what each port did
+/// after: (role, answered).
+fn drained_everywhere(
+    prober: &Prober,
+    (src, dst): (IpAddr, IpAddr),
+    at: (&str, u16),
+    refill: Duration,
+) -> (usize, Vec<String>) {
+    let ports = [
+        ("closed", CLOSED_UDP),
+        ("closed B", CLOSED_UDP_B),
+        ("knock", KNOCK_UDP),
+        ("protected", PROTECTED_UDP),
+    ];
+    let drained = drain(prober, src, dst, at.1);
+    let mut answering = Vec::new();
+    for (role, port) in ports {
+        if port != at.1 && answered(prober, src, dst, port) {
+            answering.push(format!("{role} ({port})"));
+        }
+    }
+    thread::sleep(refill);
+    // Refilled: silence came from the budget, not from a port that never
+    // answers (a concealed port after the closed one, and the other way).
+    let (role, port) = if at.1 == CLOSED_UDP {
+        ("knock", KNOCK_UDP)
+    } else {
+        ("closed", CLOSED_UDP)
+    };
+    assert!(
+        answered(prober, src, dst, port),
+        "{src}: the {role} port did not answer once the budget refilled"
+    );
+    println!(
+        "conceal: {src}: {drained} answers at the {} port ({}), then answering: [{}]",
+        at.0,
+        at.1,
+        answering.join(", ")
+    );
+    (drained, answering)
+}
+
+/// The kernel's per-peer ICMP bucket (a burst of 6, then one per
+/// icmp_ratelimit; for IPv6 a /64 route's share of it): once a peer drained
+/// it at a closed UDP port, the knock and protected ports stay silent to
+/// that peer too; drained at the knock or the protected port, the closed
+/// ports stay silent; and the burst is the same size wherever drained.
+#[test]
+fn the_per_peer_icmp_budget_is_the_kernels_own() {
+    let guarded = Guarded::start(|lab| {
+        // One token a second for IPv6 too (its /64 route gets a quarter).
+        sysctl(&lab.server, "net.ipv6.icmp.ratelimit", "4000");
+    });
+    let prober = Prober::new(&guarded.lab);
+    let refill = Duration::from_millis(1200);
+    let mut failures = Vec::new();
+    let mut n = 3;
+    for v6 in [false, true] {
+        let mut bursts = Vec::new();
+        for at in [
+            ("closed", CLOSED_UDP),
+            ("knock", KNOCK_UDP),
+            ("protected", PROTECTED_UDP),
+        ] {
+            let peer = peer(&guarded.lab, &prober, n, v6);
+            n += 1;
+            let (drained, answering) = drained_everywhere(&prober, peer, at, refill);
+            if !answering.is_empty() {
+                failures.push(format!(
+                    "{}: drained at the {} port, then {answering:?} answered",
+                    peer.0, at.0
+                ));
+            }
+            bursts.push(drained);
+        }
+        assert!(
+            (1..FLOOD).contains(&bursts[0]),
+            "the kernel's burst at a closed port: {}",
+            bursts[0]
+        );
+        if bursts.iter().any(|b| *b != bursts[0]) {
+            failures.push(format!(
+                "bursts (closed, knock, protected) differ: {bursts:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    guarded.assert_nothing_reached_a_listener(6);
+}
+
+/// The kernel's global ICMP budget (icmp_msgs_per_sec, shared by IPv4 and
+/// IPv6), set to one a second with the per-peer buckets off: drained at a
+/// closed port, the knock and protected ports get no answer either, and
+/// drained at a concealed port, the closed ports get none.
+#[test]
+fn the_global_icmp_budget_is_the_kernels_own() {
+    let guarded = Guarded::start(|lab| {
+        sysctl(&lab.server, "net.ipv4.icmp_ratelimit", "0");
+        sysctl(&lab.server, "net.ipv6.icmp.ratelimit", "0");
+        sysctl(&lab.server, "net.ipv4.icmp_msgs_per_sec", "1");
+        sysctl(&lab.server, "net.ipv4.icmp_msgs_burst", "2");
+    });
+    let prober = Prober::new(&guarded.lab);
+    let refill = Duration::from_millis(1200);
+    let mut failures = Vec::new();
+    for (src, dst) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
+        let peer = (src.parse().unwrap(), dst.parse().unwrap());
+        for at in [
+            ("closed", CLOSED_UDP),
+            ("knock", KNOCK_UDP),
+            ("protected", PROTECTED_UDP),
+        ] {
+            thread::sleep(refill);
+            let (_, answering) = drained_everywhere(&prober, peer, at, refill);
+            if !answering.is_empty() {
+                failures.push(format!(
+                    "{src}: drained at the {} port, then {answering:?} answered",
+                    at.0
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    guarded.assert_nothing_reached_a_listener(6);
+}
+
+/// Round trips of one kind of probe at one port, in microseconds.
+struct Times {
+    name: String,
+    micros: Vec<f64>,
+    missing: usize,
+}
+
+impl Times {
+    fn median(&self) -> f64 {
+        quantile(&self.micros, 0.5)
+    }
+
+    /// The standard error of the median, from the interquartile range
+    /// (as for a normal distribution: 1.253 sigma / sqrt n).
+    fn error(&self) -> f64 {
+        let sigma = (quantile(&self.micros, 0.75) - quantile(&self.micros, 0.25)) / 1.349;
+        1.253 * sigma / (self.micros.len().max(1) as f64).sqrt()
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "{:<26} median {:6.2} us  (p25 {:6.2}, p75 {:6.2}, n {}, no answer {})",
+            self.name,
+            self.median(),
+            quantile(&self.micros, 0.25),
+            quantile(&self.micros, 0.75),
+            self.micros.len(),
+            self.missing
+        )
+    }
+}
+
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+const ROUNDS: usize = 300;
+const WARM_UP: usize = 20;
+
+/// Round trips, from the probe leaving the client's veth to the answer
+/// arriving there (kernel timestamps), of a SYN (an RST back) and a UDP
+/// datagram (a port unreachable back), IPv4 and IPv6, at two closed ports
+/// A and B, the knock port and the protected port, interleaved in a
+/// shuffled order round after round. The medians at the concealed ports
+/// must not differ from the closed ports' by more than A and B differ, plus
+/// a margin of 1 us, 10 % of the closed median, or four standard errors,
+/// whichever is largest: an answer built anywhere else than where the
+/// kernel builds a closed port's shows.
+#[test]
+fn answers_take_as_long_as_a_closed_ports() {
+    let guarded = Guarded::start(|lab| {
+        for (key, value) in [
+            ("net.ipv4.icmp_ratelimit", "0"),
+            ("net.ipv6.icmp.ratelimit", "0"),
+            ("net.ipv4.icmp_msgs_per_sec", "100000000"),
+            ("net.ipv4.icmp_msgs_burst", "100000000"),
+        ] {
+            sysctl(&lab.server, key, value);
+        }
+    });
+    let prober = Prober::new(&guarded.lab);
+    let tap = Wire::stamped(&guarded.lab.client, &guarded.lab.client_if);
+    let ports = [
+        ("closed A", CLOSED_TCP, CLOSED_UDP),
+        ("closed B", CLOSED_TCP_B, CLOSED_UDP_B),
+        ("knock", KNOCK_TCP, KNOCK_UDP),
+        ("protected", PROTECTED_TCP, PROTECTED_UDP),
+    ];
+    let mut series = Vec::new();
+    for (src, dst, family) in [
+        (CLIENT_V4, SERVER_V4, "IPv4"),
+        (CLIENT_V6, SERVER_V6, "IPv6"),
+    ] {
+        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        for l4 in ["RST", "unreachable"] {
+            let probes: Vec<Probe> = ports
+                .iter()
+                .map(|&(_, tcp, udp)| match l4 {
+                    "RST" => Probe::tcp(src, dst, tcp, SYN),
+                    _ => Probe::udp(src, dst, udp, 12),
+                })
+                .collect();
+            series.push((family, l4, probes));
+        }
+    }
+    let mut times: Vec<Vec<Times>> = series
+        .iter()
+        .map(|(family, l4, _)| {
+            ports
+                .iter()
+                .map(|(role, _, _)| Times {
+                    name: format!("{family} {l4} at {role}"),
+                    micros: Vec::new(),
+                    missing: 0,
+                })
+                .collect()
+        })
+        .collect();
+    // The kernel turns its timestamps on a moment after the tap asks.
+    let first = &series[0].2[0];
+    let stamped = (0..500).any(|_| {
+        thread::sleep(Duration::from_millis(10));
+        let trip = prober.wire.round_trip(
+            &tap,
+            first,
+            prober.server_mac,
+            prober.client_mac,
+            Duration::from_millis(100),
+        );
+        matches!(trip, Some(Ok(_)))
+    });
+    assert!(stamped, "the kernel does not timestamp the tap's frames");
+    let mut unstamped = 0;
+    let mut order = [0, 1, 2, 3];
+    let mut seed: u32 = 0x2545_f491;
+    for round in 0..WARM_UP + ROUNDS {
+        for (s, (_, _, probes)) in series.iter().enumerate() {
+            // A Fisher-Yates shuffle from a fixed xorshift sequence.
+            for i in (1..order.len()).rev() {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                order.swap(i, seed as usize % (i + 1));
+            }
+            for &p in &order {
+                let trip = prober.wire.round_trip(
+                    &tap,
+                    &probes[p],
+                    prober.server_mac,
+                    prober.client_mac,
+                    Duration::from_millis(100),
+                );
+                if round < WARM_UP {
+                    continue;
+                }
+                match trip {
+                    Some(Ok(trip)) => times[s][p].micros.push(trip.as_secs_f64() * 1e6),
+                    Some(Err(Unstamped)) => unstamped += 1,
+                    None => times[s][p].missing += 1,
+                }
+            }
+        }
+    }
+    assert_eq!(unstamped, 0, "round trips the kernel did not timestamp");
+    let mut failures = Vec::new();
+    for kind in &times {
+        for t in kind {
+            println!("conceal: {}", t.show());
+        }
+        let [a, b, concealed @ ..] = kind.as_slice() else {
+            unreachable!()
+        };
+        assert!(
+            a.missing + b.missing == 0,
+            "the kernel did not always answer:\n{}\n{}",
+            a.show(),
+            b.show()
+        );
+        let closed: Vec<f64> = a.micros.iter().chain(&b.micros).copied().collect();
+        let closed_median = quantile(&closed, 0.5);
+        let calibration = (a.median() - b.median()).abs();
+        for t in concealed {
+            let error = (t.error().powi(2) + (a.error().powi(2) + b.error().powi(2)) / 4.0).sqrt();
+            let margin = 1.0_f64.max(0.1 * closed_median).max(4.0 * error);
+            let differ = (t.median() - closed_median).abs();
+            println!(
+                "conceal: {}: {differ:.2} us from the closed median {closed_median:.2}; \
+                 allowed {calibration:.2} (A against B) + {margin:.2}",
+                t.name
+            );
+            if t.missing > 0 || differ > calibration + margin {
+                failures.push(format!(
+                    "{}: median {:.2} us against closed {closed_median:.2} (A-B {calibration:.2}, \
+                     margin {margin:.2}), {} without answer",
+                    t.name,
+                    t.median(),
+                    t.missing
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    guarded.assert_nothing_reached_a_listener(ROUNDS);
+}
