@@ -8,9 +8,13 @@ use crate::MAX_RULES;
 
 /// Name of the XDP program in the BPF object.
 pub const PROGRAM_NAME: &str = "xknock";
-/// The program that answers stopped packets as closed ports do; the filter
-/// tail-calls it through slot 0 of the `CONCEAL` program array.
+/// The program that steers stopped packets to the host's closed port 0
+/// (`steer`); the filter tail-calls it through slot 0 of the `CONCEAL`
+/// program array.
 pub const CONCEAL_PROGRAM_NAME: &str = "xknock_conceal";
+/// The TC egress program that gives the host's answers to steered packets
+/// back their ports; attached beside the filter on every interface.
+pub const RESTORE_PROGRAM_NAME: &str = "xknock_restore";
 /// The program that runs possible knock steps (echo requests too) through
 /// the rules; the filter tail-calls it through slot 0 of the `KNOCK`
 /// program array.
@@ -23,7 +27,7 @@ pub const BPF_NOEXIST: u64 = 1;
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the
 /// `layout_fingerprint` test fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Bytes of a rule's name kept in `Instance`.
 pub const RULE_NAME_BYTES: usize = 31;
@@ -94,8 +98,8 @@ mod pod {
     unsafe impl aya::Pod for crate::Event {}
     unsafe impl aya::Pod for crate::Instance {}
     unsafe impl aya::Pod for crate::SpentKey {}
-    unsafe impl aya::Pod for crate::ratelimit::GlobalIcmpBudget {}
-    unsafe impl aya::Pod for crate::ratelimit::PeerIcmpRate {}
+    unsafe impl aya::Pod for crate::SteerKey {}
+    unsafe impl aya::Pod for crate::Steered {}
 }
 
 #[cfg(test)]
@@ -119,8 +123,9 @@ mod tests {
             size_of::<EventBudget>(),
             size_of::<Event>(),
             size_of::<Instance>(),
-            size_of::<ratelimit::GlobalIcmpBudget>(),
-            size_of::<ratelimit::PeerIcmpRate>(),
+            size_of::<SteerKey>(),
+            size_of::<Steered>(),
+            STEERED_ENTRIES as usize,
             Reason::COUNT as usize,
             Answer::COUNT as usize,
             MAX_RULES,
@@ -134,7 +139,7 @@ mod tests {
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                5,
+                6,
                 [
                     20,
                     16,
@@ -146,10 +151,11 @@ mod tests {
                     16,
                     32,
                     528,
+                    20,
                     8,
-                    8,
+                    16384,
                     21,
-                    5,
+                    4,
                     16,
                     65536,
                     8,

@@ -14,16 +14,16 @@
 //! - `spa`: datagrams handed to the loader for SPA;
 //! - `verdict`: the counted reasons and concealment answers;
 //! - `event`: the `EVENTS` ring's record, its kinds and reset causes;
-//! - `addr`, `horizon`, `penalty`, `budget`, `ratelimit`, `checksum`:
-//!   addresses, per-source horizons, penalties, event budgets, ICMP rate
-//!   limits, checksums;
+//! - `steer`: how a stopped packet is steered to the host's closed port 0
+//!   and its answer given back its ports;
+//! - `addr`, `horizon`, `penalty`, `budget`, `checksum`: addresses,
+//!   per-source horizons, penalties, event budgets, checksums;
 //! - `layout`: program names, the pinned `Instance` and
 //!   `LAYOUT_VERSION`, above all the others.
 #![cfg_attr(not(test), no_std)]
 
 pub mod checksum;
 pub mod machine;
-pub mod ratelimit;
 
 mod addr;
 mod budget;
@@ -36,6 +36,7 @@ mod packet;
 mod penalty;
 mod settings;
 mod spa;
+mod steer;
 mod verdict;
 
 pub use addr::{Addr, AddrWords, addr_words, ipv4_mapped, words_addr};
@@ -52,12 +53,16 @@ pub use knocking::{
 };
 pub use layout::{
     BPF_NOEXIST, CONCEAL_PROGRAM_NAME, Instance, KNOCK_PROGRAM_NAME, LAYOUT_VERSION, PROGRAM_NAME,
-    RULE_NAME_BYTES, RuleName,
+    RESTORE_PROGRAM_NAME, RULE_NAME_BYTES, RuleName,
 };
 pub use packet::*;
 pub use penalty::{Penalty, record_failure};
 pub use settings::{CONCEAL_CLOSED, CONCEAL_DROP, Settings};
 pub use spa::{
     REPLAY_ENTRIES, SPA_DATAGRAM_HEADER, SPA_MAX_BYTES, SPA_MIN_BYTES, SPA_RING_BYTES, SpaDatagram,
+};
+pub use steer::{
+    STEER_TO_PORT, STEERED_ENTRIES, SteerKey, Steered, quotes_a_packet, replace_udp_words,
+    replace_words, steered_port,
 };
 pub use verdict::{Answer, Reason};

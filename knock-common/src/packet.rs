@@ -1,8 +1,5 @@
 //! What the wire says: protocol numbers, header sizes and flags, the limits
-//! of the parser's walk over a frame, and the IPv6 flow label of an answer.
-//! One definition each, for the XDP program, the loader and the tests.
-
-use crate::AddrWords;
+//! of the parser's walk over a frame. One definition each, for the XDP program, the loader and the tests.
 
 /// VLAN tags (802.1Q / 802.1ad) the parser walks before giving up (fail closed).
 pub const MAX_VLAN_DEPTH: usize = 2;
@@ -29,6 +26,23 @@ pub const IPPROTO_DSTOPTS: u8 = 60;
 pub const IPPROTO_MOBILITY: u8 = 135;
 pub const IPPROTO_HIP: u8 = 139;
 pub const IPPROTO_SHIM6: u8 = 140;
+
+/// Whether `next_header` is an IPv6 extension header (one the parser walks
+/// past, or AH).
+#[inline(always)]
+pub fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(
+        next_header,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_FRAGMENT
+            | IPPROTO_AH
+            | IPPROTO_DSTOPTS
+            | IPPROTO_MOBILITY
+            | IPPROTO_HIP
+            | IPPROTO_SHIM6
+    )
+}
 
 /// TCP header flags.
 pub const TCP_FIN: u8 = 0x01;
@@ -58,22 +72,3 @@ pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
-
-/// The IPv6 flow label of an answer from `dst` back to `src`: a seeded
-/// hash of the flow, 20 bits, never zero, as the kernel's automatic flow
-/// labels are (the same flow always gets the same label).
-#[inline(always)]
-pub fn flow_label(seed: u32, src: &AddrWords, dst: &AddrWords, ports: u32) -> u32 {
-    let words = [
-        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], ports,
-    ];
-    let mut hash = seed ^ 0x5bd1_e995;
-    let mut i = 0;
-    while i < words.len() {
-        hash = (hash ^ words[i]).wrapping_mul(0x9e37_79b1);
-        hash ^= hash >> 15;
-        i += 1;
-    }
-    let label = hash & 0x000f_ffff;
-    if label == 0 { 1 } else { label }
-}

@@ -34,18 +34,6 @@ pub struct Settings {
     pub source_seed: u32,
     /// `CONCEAL_CLOSED` or `CONCEAL_DROP`.
     pub conceal: u32,
-    /// The host's ICMP error limits (see `ratelimit`), read from its sysctls
-    /// at load: the global rate and burst (zero rate: no global limit) and
-    /// the per-peer intervals (zero: no per-peer limit).
-    pub icmp_msgs_per_sec: u32,
-    pub icmp_msgs_burst: u32,
-    pub icmp_ratelimit_ms: u32,
-    pub icmpv6_ratelimit_ms: u32,
-    /// TTL and hop limit of the host's own packets (`ip_default_ttl`,
-    /// the interface's IPv6 `hop_limit`).
-    pub ttl: u8,
-    pub hop_limit: u8,
-    pub _pad: [u8; 2],
     /// SPA datagrams each CPU may hand to the loader per second; the rest
     /// are shed (counted, never passed).
     pub spa_datagrams_per_sec: u32,
@@ -55,11 +43,10 @@ pub struct Settings {
     /// `SourceHorizon::failing_until` is raised this many horizon units
     /// past now: it covers the penalty window and the penalty.
     pub failing_horizon: u32,
-    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 112);
+const _: () = assert!(size_of::<Settings>() == 88);
 
-/// `Settings::conceal`: answer as a closed port of this host answers.
+/// `Settings::conceal`: the host's stack answers, as at a closed port.
 pub const CONCEAL_CLOSED: u32 = 0;
 /// `Settings::conceal`: stay silent.
 pub const CONCEAL_DROP: u32 = 1;

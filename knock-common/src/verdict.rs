@@ -104,7 +104,7 @@ impl Reason {
     }
 
     /// Stopped at a knock port, a protected port or an SPA port: with
-    /// `conceal = "closed"` the sender gets what a closed port would answer.
+    /// `conceal = "closed"` the host's stack answers it as a closed port.
     pub const fn conceals(self) -> bool {
         (self as u32) >= Reason::DropKnockAdvanced as u32
             && (self as u32) <= Reason::DropSpaUnfit as u32
@@ -112,20 +112,23 @@ impl Reason {
 }
 
 counted! {
-    /// Per-CPU counters of what concealment did with a packet it stopped
-    /// (`ANSWERS`, one slot each; none move with `conceal = "drop"`).
+    /// Per-CPU counters of concealment (`ANSWERS`, one slot each; none move
+    /// with `conceal = "drop"`): packets steered to the host's closed port
+    /// 0, and the host's answers to them on their way out.
     pub enum Answer {
-        /// A TCP RST sent back, as to a closed port.
-        Rst => "answer_rst",
-        /// An ICMP or ICMPv6 port unreachable sent back.
-        Unreachable => "answer_unreachable",
-        /// No port unreachable: the host's ICMP rate limit had run out.
-        RateLimited => "silent_rate_limited",
-        /// No answer: the probe's checksum was wrong, and the kernel drops those.
-        BadChecksum => "silent_bad_checksum",
-        /// No answer, as from the kernel: an RST, a fragment, a broadcast or
-        /// multicast, a martian source, a truncated or inconsistent header.
-        Unanswerable => "silent_unanswerable",
+        /// A stopped packet steered to port 0, for the host to answer as a
+        /// closed port (or to stay silent, as it would there).
+        Steered => "steered_to_host",
+        /// A stopped packet that could not be recorded for its answer:
+        /// dropped, never passed with ports its answer could not get back.
+        Unrecorded => "silent_unrecorded",
+        /// An answer of the host (an RST, an ICMP error) to a steered
+        /// packet, given back the packet's ports.
+        Restored => "answer_restored",
+        /// An answer from port 0 that no steered packet explains (a probe
+        /// of port 0 itself, or a flood pushed the record out): sent as the
+        /// host made it.
+        Unmatched => "answer_unmatched",
     }
 }
 
@@ -177,11 +180,10 @@ mod tests {
         assert_eq!(
             answers,
             [
-                (0, "answer_rst"),
-                (1, "answer_unreachable"),
-                (2, "silent_rate_limited"),
-                (3, "silent_bad_checksum"),
-                (4, "silent_unanswerable"),
+                (0, "steered_to_host"),
+                (1, "silent_unrecorded"),
+                (2, "answer_restored"),
+                (3, "answer_unmatched"),
             ]
         );
         assert_eq!(Answer::decode(Answer::COUNT), None);

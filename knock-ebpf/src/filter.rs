@@ -3,10 +3,10 @@
 //! ports), or let it pass untouched.
 
 use aya_ebpf::programs::XdpContext;
-use knock_common::{IPPROTO_UDP, PortRoles, Reason, Settings};
+use knock_common::{IPPROTO_UDP, PortRoles, Reason, STEER_TO_PORT, Settings};
 
 use crate::{
-    guard, horizon,
+    conceal, guard, horizon,
     knocking::{self, KnockHandover},
     parse::{self, Packet, ParseError, Parsed},
     settings, spa,
@@ -21,6 +21,10 @@ pub fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
         Parsed::LaterFragment => return Ok(Reason::PassLaterFragment),
         Parsed::Transport(l4) => l4,
     };
+    if l4.dst_port == STEER_TO_PORT && !l4.is_echo() {
+        // The peer's own packet to port 0 is answered as it was sent.
+        conceal::forget(ctx, &l4);
+    }
     let echo = l4.is_echo();
     let roles = settings::roles_of(l4.proto, l4.dst_port());
     let opens = l4.opens_connection();

@@ -20,6 +20,7 @@ mod knocking;
 mod object;
 mod parse;
 mod programs;
+mod restore;
 mod settings;
 mod spa;
 mod verdict;

@@ -11,7 +11,8 @@ use knock_common::{
     IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HIP, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6,
     IPPROTO_MOBILITY, IPPROTO_ROUTING, IPPROTO_SHIM6, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_LEN,
     IPV6_HEADER_LEN, Knock, MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, Reason,
-    TCP_ACK, TCP_HEADER_LEN, TCP_SYN, UDP_HEADER_LEN, addr_words, ipv4_mapped, words_addr,
+    TCP_ACK, TCP_HEADER_LEN, TCP_SYN, UDP_HEADER_LEN, addr_words, ipv4_mapped, is_ipv6_extension,
+    words_addr,
 };
 
 const ETH_HEADER_LEN: usize = 14;
@@ -109,6 +110,7 @@ impl Transport {
     }
 
     /// Where the IP header starts, and whether it is IPv6.
+    #[allow(dead_code, reason = "only the traced object's trace reads it")]
     pub fn network(&self) -> (usize, bool) {
         match self.source {
             Source::Ipv4(at) => (at - IPV4_SOURCE, false),
@@ -304,21 +306,6 @@ struct Network {
     ip_end: usize,
     /// The protocol and type of an echo request in this family.
     echo_request: (u8, u8),
-}
-
-#[inline(always)]
-fn is_ipv6_extension(next_header: u8) -> bool {
-    matches!(
-        next_header,
-        IPPROTO_HOPOPTS
-            | IPPROTO_ROUTING
-            | IPPROTO_FRAGMENT
-            | IPPROTO_AH
-            | IPPROTO_DSTOPTS
-            | IPPROTO_MOBILITY
-            | IPPROTO_HIP
-            | IPPROTO_SHIM6
-    )
 }
 
 #[inline(always)]

@@ -10,12 +10,18 @@
 //! `conclude`, to `xknock_conceal` for the packets they stop (with
 //! `conceal = "closed"`) and, in the traced object, to `xknock_trace`. Each
 //! is a program of its own so the verifier checks it once, not once for
-//! every path that leads to it.
+//! every path that leads to it. `xknock_restore` is no XDP program: it runs
+//! on the same interfaces' egress (TC) and gives the host's answers to the
+//! packets `xknock_conceal` steered back their ports.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_UNSPEC, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use knock_common::{Answer, CONCEAL_CLOSED, Reason};
 
-use crate::{conceal, events, filter, knocking, settings, trace, verdict};
+use crate::{conceal, events, filter, knocking, restore, settings, trace, verdict};
 
 /// The filter: every packet's verdict, counted and acted on. A frame that
 /// cannot be parsed down to what the decision needs is dropped.
@@ -53,19 +59,28 @@ fn try_knock() -> Option<Reason> {
     }))
 }
 
-/// Answers a packet the filter stopped as a closed port of this host would,
-/// or drops it where the kernel would stay silent.
+/// Steers a packet the filter stopped to the host's closed port 0, for the
+/// host to answer as a closed port answers (`conceal`); drops it where that
+/// cannot be done, or with `conceal = "drop"`.
 #[xdp]
 pub fn xknock_conceal(ctx: XdpContext) -> u32 {
     let answer = match settings::settings() {
-        Some(settings) if settings.conceal == CONCEAL_CLOSED => conceal::answer(&ctx, settings),
-        _ => Answer::Unanswerable,
+        Some(settings) if settings.conceal == CONCEAL_CLOSED => conceal::steer(&ctx, settings),
+        _ => Answer::Unrecorded,
     };
     conceal::count(answer);
     match answer {
-        Answer::Rst | Answer::Unreachable => xdp_action::XDP_TX,
+        Answer::Steered => xdp_action::XDP_PASS,
         _ => xdp_action::XDP_DROP,
     }
+}
+
+/// Gives the host's answers to steered packets back their ports on the way
+/// out (`restore`); every packet goes on (to the next TC program, if any).
+#[classifier]
+pub fn xknock_restore(ctx: TcContext) -> i32 {
+    restore::restore(&ctx);
+    TC_ACT_UNSPEC
 }
 
 /// Counts the verdict, lets a running trace see it (the trace then acts on

@@ -18,6 +18,7 @@ mod knocking;
 mod object;
 mod parse;
 mod programs;
+mod restore;
 mod settings;
 mod spa;
 mod trace;

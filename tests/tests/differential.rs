@@ -1,8 +1,8 @@
 //! Differential tests: generated configurations and packet sequences run
-//! through the reference model (lab::model, and lab::answers for what a
-//! stopped packet gets back) and through the real XDP program via
-//! BPF_PROG_TEST_RUN; verdicts, answers (byte by byte), progress and live
-//! grants must agree.
+//! through the reference model (lab::model, and lab::answers for how a
+//! stopped packet is steered to the host's closed port) and through the
+//! real XDP program via BPF_PROG_TEST_RUN; verdicts, steered frames (byte
+//! by byte), progress and live grants must agree.
 //!
 //! Time is simulated on both sides: the model's clock advances, and every
 //! timestamp stored in the kernel maps is moved back by the same amount.
@@ -21,12 +21,9 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use knock_common::{
-    Addr, PortRoles, Settings, XDP_DROP, XDP_PASS, XDP_TX, checksum::Sum, horizon_units,
-    ratelimit::BURST_FACTOR,
-};
+use knock_common::{Addr, PortRoles, XDP_DROP, XDP_PASS, horizon_units};
 use lab::{
-    answers::{Answer, Concealment, Host},
+    answers::Concealment,
     frames::{
         AUTH, DEST_OPTS, Fragment, Frame, HOP_BY_HOP, ROUTING, TCP, TCP_ACK, TCP_FIN, TCP_PSH,
         TCP_RST, TCP_SYN, UDP,
@@ -416,54 +413,8 @@ fn kernel_live_grants(filter: &mut Filter) -> Vec<(Source, usize)> {
 enum Outcome {
     Pass,
     Drop,
-    /// XDP_TX of this frame: a closed port's answer.
-    Answer(Vec<u8>),
-}
-
-/// The per-peer interval the cases run with: long next to a case, so no
-/// token comes back while one runs.
-const ICMP_INTERVAL_MS: u32 = 20_000;
-
-/// Lifts the host's global ICMP budget and stretches the per-peer interval,
-/// so that the per-peer burst alone decides, the same in a case that takes
-/// a millisecond or a second; returns what the answers carry. A new peer
-/// starts with a minute's worth of tokens, as in the kernel: three here.
-fn per_peer_limit_only(filter: &mut Filter) -> Host {
-    let limited = Settings {
-        icmp_msgs_per_sec: 0,
-        icmp_ratelimit_ms: ICMP_INTERVAL_MS,
-        icmpv6_ratelimit_ms: ICMP_INTERVAL_MS,
-        ..filter.maps().settings().expect("settings")
-    };
-    filter
-        .maps_mut()
-        .set_settings(&limited)
-        .expect("write settings");
-    Host {
-        ttl: limited.ttl,
-        hop_limit: limited.hop_limit,
-        seed: limited.source_seed,
-        burst: (BURST_FACTOR * ICMP_INTERVAL_MS).min(60_000) / ICMP_INTERVAL_MS,
-    }
-}
-
-/// The IP ID of an ICMP error over IPv4 is the kernel's random pick: the
-/// expected frame takes the program's, once its header checksum verifies
-/// over it.
-fn adopt_random_id(expected: &mut [u8], out: &[u8], id_at: usize) -> Result<(), TestCaseError> {
-    let l3 = id_at - 4;
-    prop_assert!(
-        out.len() >= l3 + 20 && expected.len() >= l3 + 20,
-        "short answer"
-    );
-    prop_assert!(
-        Sum::ZERO.slice(&out[l3..l3 + 20]).verifies(),
-        "the answer's IP header checksum is wrong: {:02x?}",
-        &out[l3..l3 + 20]
-    );
-    expected[id_at..id_at + 2].copy_from_slice(&out[id_at..id_at + 2]);
-    expected[l3 + 10..l3 + 12].copy_from_slice(&out[l3 + 10..l3 + 12]);
-    Ok(())
+    /// XDP_PASS of this frame, changed: steered to the host's closed port.
+    Steered(Vec<u8>),
 }
 
 static CASES: AtomicU64 = AtomicU64::new(0);
@@ -537,10 +488,8 @@ fn run_case(config_text: &str, once: [bool; 2], actions: &[Action]) -> Result<()
     for (rule, once) in once.into_iter().enumerate().take(config.rules.len()) {
         model.set_once(rule, once);
     }
-    let mut concealment = Concealment::new(
-        config.conceal == Conceal::Closed,
-        per_peer_limit_only(&mut filter),
-    );
+    let seed = filter.maps().settings().expect("settings").source_seed;
+    let concealment = Concealment::new(config.conceal == Conceal::Closed, seed);
     for (index, action) in actions.iter().enumerate() {
         if let Action::Wait(secs) = action {
             model.advance(secs * SECOND);
@@ -558,26 +507,17 @@ fn run_case(config_text: &str, once: [bool; 2], actions: &[Action]) -> Result<()
             }
             let (action_code, output) = filter.test_run_output(&bytes).expect("test run");
             let kernel = match action_code {
-                XDP_PASS => Outcome::Pass,
+                XDP_PASS if output == bytes => Outcome::Pass,
+                XDP_PASS => Outcome::Steered(output),
                 XDP_DROP => Outcome::Drop,
-                XDP_TX => Outcome::Answer(output),
                 other => panic!("unexpected XDP action {other}"),
             };
             let expected = match model.packet(&bytes) {
                 Verdict::Pass => Outcome::Pass,
                 Verdict::Drop => Outcome::Drop,
-                Verdict::Stopped => match concealment.answer(&bytes) {
-                    Answer::Silent => Outcome::Drop,
-                    Answer::Frame {
-                        mut bytes,
-                        random_id_at,
-                    } => {
-                        if let (Some(at), Outcome::Answer(out)) = (random_id_at, &kernel) {
-                            adopt_random_id(&mut bytes, out, at)?;
-                        }
-                        Outcome::Answer(bytes)
-                    }
-                },
+                Verdict::Stopped => concealment
+                    .steered(&bytes)
+                    .map_or(Outcome::Drop, Outcome::Steered),
             };
             prop_assert_eq!(
                 &kernel,
@@ -590,7 +530,7 @@ fn run_case(config_text: &str, once: [bool; 2], actions: &[Action]) -> Result<()
             FRAMES.fetch_add(1, Ordering::Relaxed);
             match kernel {
                 Outcome::Pass => PASSES.fetch_add(1, Ordering::Relaxed),
-                Outcome::Answer(_) => ANSWERS.fetch_add(1, Ordering::Relaxed),
+                Outcome::Steered(_) => ANSWERS.fetch_add(1, Ordering::Relaxed),
                 Outcome::Drop => 0,
             };
         }
@@ -665,7 +605,7 @@ fn model_and_xdp_program_agree_on_generated_sequences() {
     );
     eprintln!(
         "differential: {cases} sequences, {frames} frames compared ({passes} passed, \
-         {answers} answered as closed ports, {penalized} ignored under penalty), \
+         {answers} steered to the host's closed port, {penalized} ignored under penalty), \
          {grants} live-grant observations, {replaced} sequences replaced, \
          {spent} spent-sequence observations"
     );
@@ -682,7 +622,7 @@ fn model_and_xdp_program_agree_on_generated_sequences() {
             && replaced > 0
             && spent > 0,
         "generator too narrow: {grants} grants, {penalized} penalized, {passes}/{frames} passed, \
-         {answers} answered, {replaced} replaced, {spent} spent"
+         {answers} steered, {replaced} replaced, {spent} spent"
     );
 }
 

@@ -1,9 +1,10 @@
 //! The XDP program in the kernel: loading it with the configured map sizes,
 //! filling its maps, attaching it, and reading its state back. Its
 //! submodules own what it stands on: the pin directory, the maps, the
-//! placement of rules in slots, the host's own answers.
+//! placement of rules in slots. Beside the XDP filter, every interface gets
+//! the TC egress program that gives the host's answers to steered packets
+//! back their ports (`knock_common::steer`).
 
-pub mod host;
 pub mod maps;
 pub mod pins;
 pub mod slots;
@@ -21,15 +22,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapError, ProgramArray},
     programs::{
-        ProgramError, TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType, TestRun as _,
+        TestRunOptions, TestRunResult, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::{XdpLink, XdpLinkId},
     },
 };
-use knock_common::{Instance, LAYOUT_VERSION, MAX_RULES, RuleName, Settings};
+use knock_common::{Instance, LAYOUT_VERSION, MAX_RULES, RESTORE_PROGRAM_NAME, RuleName, Settings};
 
 use self::{
-    host::HostAnswers,
     maps::{Maps, MapsError},
     pins::{Lock, PinDir, PinError},
     slots::{NoFreeSlot, Placement, place},
@@ -124,6 +126,23 @@ pub enum FilterError {
     /// The pinned link could not be used or made.
     #[error("the pinned XDP link of `{iface}`")]
     Link {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The egress program that gives answers back their ports could not be
+    /// attached (TCX, Linux 6.6 or later).
+    #[error(
+        "cannot attach the egress program to `{iface}` (TCX, Linux 6.6 or later, is needed for `conceal = \"closed\"`)"
+    )]
+    Egress {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    /// The pinned egress link could not be used or made.
+    #[error("the pinned egress link of `{iface}`")]
+    EgressLink {
         iface: String,
         #[source]
         source: std::io::Error,
@@ -334,14 +353,80 @@ impl Filter {
         let settings = Settings {
             source_seed: seed,
             ipv4_slot_prefix: knock_common::ipv4_slot_prefix(seed),
-            ..HostAnswers::read().apply(config.settings)
+            ..config.settings
         };
         filter.maps.set_settings(&settings)?;
         filter.maps.write_rules(&config.rules, &config.port_roles)?;
         filter.maps.write_lists(&config.allow, &config.deny)?;
         filter.load_xdp(knock_common::PROGRAM_NAME)?;
         set_tail_calls(&mut filter.ebpf)?;
+        filter
+            .restore_program()?
+            .load()
+            .map_err(FilterError::Program)?;
         Ok(filter)
+    }
+
+    /// The TC egress program that gives answers back their ports.
+    fn restore_program(&mut self) -> Result<&mut SchedClassifier, FilterError> {
+        self.ebpf
+            .program_mut(RESTORE_PROGRAM_NAME)
+            .expect("the object defines the restore program")
+            .try_into()
+            .map_err(FilterError::Program)
+    }
+
+    /// Attaches the egress program to `iface` on a TCX link of its own.
+    fn attach_egress(&mut self, iface: &str) -> Result<SchedClassifierLinkId, FilterError> {
+        let name = CString::new(iface).map_err(|_| FilterError::UnknownInterface(iface.into()))?;
+        self.restore_program()?
+            .attach(
+                name.as_c_str(),
+                TcAttach::Tcx {
+                    attach_type: TcAttachType::Egress,
+                    order: LinkOrder::default(),
+                },
+            )
+            .map_err(|source| FilterError::Egress {
+                iface: iface.to_owned(),
+                source,
+            })
+    }
+
+    /// Puts the egress program on `iface` for good, as `install` does the
+    /// filter: on the pinned egress link, replacing the program there in
+    /// one step, or on a new link, pinned before this returns.
+    fn install_egress(&mut self, pins: &PinDir, iface: &str) -> Result<(), FilterError> {
+        let link_error = |source: std::io::Error| FilterError::EgressLink {
+            iface: iface.to_owned(),
+            source,
+        };
+        let path = pins.egress_link(iface);
+        if path.exists() {
+            let link =
+                PinnedLink::from_pin(&path).map_err(|e| link_error(std::io::Error::other(e)))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(link))
+                .map_err(|e| link_error(std::io::Error::other(e)))?;
+            match self.restore_program()?.attach_to_link(link) {
+                Ok(_) => return Ok(()),
+                Err(error) => {
+                    log::info!(
+                        "the pinned egress link of `{iface}` is no longer usable ({error}); attaching anew"
+                    );
+                    std::fs::remove_file(&path).map_err(link_error)?;
+                }
+            }
+        }
+        let id = self.attach_egress(iface)?;
+        let link = self
+            .restore_program()?
+            .take_link(id)
+            .map_err(FilterError::Program)?;
+        let link = FdLink::try_from(link).map_err(|e| link_error(std::io::Error::other(e)))?;
+        // On failure the link is dropped, which detaches it.
+        link.pin(&path)
+            .map_err(|e| link_error(std::io::Error::other(e)))?;
+        Ok(())
     }
 
     /// Has the verifier check the object's XDP program `name`.
@@ -367,6 +452,10 @@ impl Filter {
     /// Attaches to `iface` without pinning (tests and benchmarks: it comes
     /// off when the filter is dropped); returns the mode actually used.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, FilterError> {
+        check_interface(iface)?;
+        // Answers to what the filter steers get their ports back from the
+        // first packet on.
+        self.attach_egress(iface)?;
         self.attach_link(iface, mode).map(|(_, mode)| mode)
     }
 
@@ -414,6 +503,10 @@ impl Filter {
         iface: &str,
         mode: AttachMode,
     ) -> Result<Installed, FilterError> {
+        check_interface(iface)?;
+        // The answers' egress program first: no packet is steered before
+        // its answer can get its ports back.
+        self.install_egress(pins, iface)?;
         let link_error = |source: std::io::Error| FilterError::Link {
             iface: iface.to_owned(),
             source,

@@ -16,6 +16,8 @@
 //!       never a mix: they swap with the program)
 //!     links/MODE:IFACE             the XDP link of each interface (bpffs
 //!                                  refuses dots: IFACE's are written %2e)
+//!     egress/IFACE                 the TC egress link of each interface (the
+//!                                  program that gives answers back their ports)
 //! ```
 //!
 //! Which map goes where is its kind in the map table (`table.rs`);
@@ -109,7 +111,7 @@ impl PinDir {
     pub fn own(&self) -> Result<Lock, PinError> {
         let lock = self.own_any_layout()?;
         self.check_layout()?;
-        for dir in [self.maps_dir(), self.links_dir()] {
+        for dir in [self.maps_dir(), self.links_dir(), self.egress_dir()] {
             fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         }
         Ok(lock)
@@ -180,6 +182,15 @@ impl PinDir {
         self.layout.join("links")
     }
 
+    fn egress_dir(&self) -> PathBuf {
+        self.layout.join("egress")
+    }
+
+    /// Where the egress link of `iface` is pinned.
+    pub fn egress_link(&self, iface: &str) -> PathBuf {
+        self.egress_dir().join(escape(iface))
+    }
+
     /// The pin of a state map.
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
@@ -231,8 +242,7 @@ impl PinDir {
 
     /// Where the link of `iface`, made in `mode`, is pinned.
     pub fn link(&self, iface: &str, mode: &str) -> PathBuf {
-        let iface = iface.replace('%', "%25").replace('.', "%2e");
-        self.links_dir().join(format!("{mode}:{iface}"))
+        self.links_dir().join(format!("{mode}:{}", escape(iface)))
     }
 
     /// Every pinned link.
@@ -263,8 +273,16 @@ impl PinDir {
     /// Unpins everything below the directory and removes it: the links
     /// detach (no process holds them) and the maps go with the programs.
     pub fn remove(&self) -> Result<(), PinError> {
+        // The filters first, then what answers for them: nothing steered
+        // is left without the program that gives its answer back its ports.
+        remove_tree(&self.links_dir())?;
         remove_tree(&self.root)
     }
+}
+
+/// An interface name as bpffs takes it, which refuses dots.
+fn escape(iface: &str) -> String {
+    iface.replace('%', "%25").replace('.', "%2e")
 }
 
 /// An exclusive flock on the directory `path`, or `Busy` at once.

@@ -17,8 +17,7 @@ use aya::{
 };
 use knock_common::{
     Addr, EventBudget, Flow, FlowKey, Grant, Instance, Penalty, PortRoles, Progress, RuleConfig,
-    Settings, SourceHorizon, SourceRule, SpentKey,
-    ratelimit::{GlobalIcmpBudget, PeerIcmpRate},
+    Settings, SourceHorizon, SourceRule, SpentKey, SteerKey, Steered,
 };
 
 use self::kernel::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
@@ -68,14 +67,13 @@ macro_rules! maps_table {
                 => lost_events_map, lost_events_map_mut;
             /// What every loader of the pin directory shares.
             INSTANCE: Array<Instance>, Kind::State, fixed => instance_map, instance_map_mut;
-            /// What concealment did per CPU, by kind of answer.
+            /// What concealment did per CPU: packets steered to the host,
+            /// answers given back their ports.
             ANSWERS: PerCpuArray<u64>, Kind::State, fixed => answers_map, answers_map_mut;
-            /// The host-wide budget of ICMP errors.
-            ICMP_GLOBAL: Array<GlobalIcmpBudget>, Kind::State, fixed
-                => icmp_global_map, icmp_global_map_mut;
-            /// Each slot's rate of ICMP errors.
-            ICMP_PEERS: Array<PeerIcmpRate>, Kind::State, fixed
-                => icmp_peers_map, icmp_peers_map_mut;
+            /// The ports of each flow steered to the host's closed port 0,
+            /// which the egress program puts back in the host's answers.
+            STEERED: LruHashMap<SteerKey, Steered>, Kind::State, fixed
+                => steered_map, steered_map_mut;
             /// One-time sequences spent, and when.
             SPENT: LruHashMap<SpentKey, u64>, Kind::State, fixed => spent_map, spent_map_mut;
             /// Datagrams to SPA ports (`run` takes it).
@@ -106,8 +104,6 @@ macro_rules! maps_table {
             KNOCK_HANDOVER: PerCpuArray<[u8; 72]>, Kind::Scratch, fixed;
             /// `xknock_knock`'s verdict, handed back.
             KNOCK_VERDICT: PerCpuArray<u32>, Kind::Scratch, fixed;
-            /// Concealment's checksum chunk.
-            SUM_SCRATCH: PerCpuArray<[u32; 129]>, Kind::Scratch, fixed;
             /// Where the traced filter hands every verdict to `xknock_trace`.
             TRACE_PROGRAM: ProgramArray, Kind::Trace, fixed;
             /// The verdict handed to `xknock_trace`.
@@ -478,7 +474,7 @@ mod tests {
             });
         assert_eq!(
             (LAYOUT_VERSION, pinned.len(), fingerprint),
-            (5, 25, 0x4f30_6350_5be1_6fe2),
+            (6, 24, 0x5687_e047_1d8a_a1ef),
             "the pinned layout changed: bump LAYOUT_VERSION and record the new fingerprint\n{}",
             pinned.join("\n")
         );

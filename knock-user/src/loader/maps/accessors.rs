@@ -5,8 +5,7 @@
 use aya::maps::MapData;
 use knock_common::{
     Addr, Flow, FlowKey, Grant, Instance, Penalty, PortRoles, Progress, RuleConfig, Settings,
-    SourceHorizon, SourceRule, SpentKey,
-    ratelimit::{GlobalIcmpBudget, PeerIcmpRate},
+    SourceHorizon, SourceRule, SpentKey, SteerKey, Steered,
 };
 
 use super::base::{Maps, MapsError};

@@ -1,0 +1,226 @@
+//! Concealment by the host's own answers. A TCP segment or UDP datagram
+//! that xknock stops (with `conceal = "closed"`) is not answered by xknock:
+//! it is steered to destination port 0, where nothing can listen, and
+//! passed to the host's stack, which answers it (or stays silent) exactly
+//! as it answers at any closed port. Its source port is replaced too, by a
+//! keyed hash of the peer, both ports and the protocol (`steered_port`),
+//! so that each steered flow is told apart in the answer by the port it is
+//! sent to. The egress program finds the original ports by that
+//! (`SteerKey`, in the `STEERED` map) and puts them back: in a TCP RST's
+//! ports, or in the header an ICMP error quotes, with the checksums the
+//! change touches.
+//!
+//! The replacement port is a function of the flow, not drawn per packet:
+//! the kernel's answers hash the flow (the IPv6 flow label of an RST), and
+//! a probe sent twice must get the same answer twice, as at a closed port.
+//!
+//! Plain Rust, host-tested; the XDP and TC programs run the same functions.
+
+use crate::{AddrWords, checksum::Sum};
+
+/// `STEERED`'s key: the peer a steered packet came from, the source port
+/// it was given, and its protocol; the kernel's answer goes to that peer
+/// and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerKey {
+    /// The peer, IPv4-mapped for IPv4.
+    pub peer: [u8; 16],
+    /// The source port the packet was given (`steered_port`), big-endian.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<SteerKey>() == 20);
+
+/// `STEERED`'s value: what the packet carried before it was steered, all
+/// big-endian as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Steered {
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    /// The L4 checksum as it came (an ICMP error quotes it).
+    pub check: [u8; 2],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Steered>() == 8);
+
+/// How many steered flows `STEERED` remembers: an answer follows its
+/// packet within microseconds, a reassembly timeout within a minute.
+pub const STEERED_ENTRIES: u32 = 16384;
+
+/// The port where the host's stack answers as at a closed port: no socket
+/// can be bound to it.
+pub const STEER_TO_PORT: [u8; 2] = [0, 0];
+
+/// The source port a packet from `peer` (`src_port` to `dst_port`,
+/// `proto`) is steered with: a keyed hash of them, never zero.
+#[inline(always)]
+pub fn steered_port(
+    seed: u32,
+    peer: &AddrWords,
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    proto: u8,
+) -> [u8; 2] {
+    let ports = u32::from_be_bytes([src_port[0], src_port[1], dst_port[0], dst_port[1]]);
+    let words = [peer[0], peer[1], peer[2], peer[3], ports, u32::from(proto)];
+    let mut hash = seed ^ 0x2545_f491;
+    let mut i = 0;
+    while i < words.len() {
+        hash = (hash ^ words[i]).wrapping_mul(0x9e37_79b1);
+        hash ^= hash >> 15;
+        i += 1;
+    }
+    let port = (hash ^ (hash >> 16)) as u16;
+    if port == 0 {
+        [0, 1]
+    } else {
+        port.to_be_bytes()
+    }
+}
+
+/// Whether an ICMP (`v6`: ICMPv6) message of `icmp_type` is an error that
+/// quotes the packet it answers: destination unreachable, time exceeded,
+/// parameter problem (and, for IPv6, packet too big).
+#[inline(always)]
+pub fn quotes_a_packet(v6: bool, icmp_type: u8) -> bool {
+    if v6 {
+        matches!(icmp_type, 1..=4)
+    } else {
+        matches!(icmp_type, 3 | 11 | 12)
+    }
+}
+
+/// A checksum field (big-endian) after the 16-bit words `from` it covered
+/// became `to` (RFC 1624, eq. 3).
+#[inline(always)]
+pub fn replace_words<const N: usize>(
+    check: [u8; 2],
+    from: &[[u8; 2]; N],
+    to: &[[u8; 2]; N],
+) -> [u8; 2] {
+    let mut sum = Sum::ZERO.word(!u16::from_be_bytes(check));
+    let mut i = 0;
+    while i < N {
+        sum = sum
+            .word(!u16::from_be_bytes(from[i]))
+            .word(u16::from_be_bytes(to[i]));
+        i += 1;
+    }
+    (!sum.folded()).to_be_bytes()
+}
+
+/// A UDP checksum field after the same change: zero (IPv4: no checksum)
+/// stays zero, and a computed zero is sent as all ones (RFC 768).
+#[inline(always)]
+pub fn replace_udp_words<const N: usize>(
+    check: [u8; 2],
+    from: &[[u8; 2]; N],
+    to: &[[u8; 2]; N],
+) -> [u8; 2] {
+    if check == [0, 0] {
+        return check;
+    }
+    let check = replace_words(check, from, to);
+    if check == [0, 0] { [0xff, 0xff] } else { check }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::pseudo_v4;
+
+    fn segment(src_port: [u8; 2], dst_port: [u8; 2]) -> Vec<u8> {
+        let mut tcp = vec![0u8; 24];
+        tcp[0..2].copy_from_slice(&src_port);
+        tcp[2..4].copy_from_slice(&dst_port);
+        tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        tcp[12] = 0x50;
+        tcp[13] = 0x02;
+        tcp[20..24].copy_from_slice(b"data");
+        let sum = pseudo_v4(&[10, 0, 0, 2], &[10, 0, 0, 1], 6, 24).slice(&tcp);
+        tcp[16..18].copy_from_slice(&sum.checksum().to_be_bytes());
+        tcp
+    }
+
+    #[test]
+    fn an_incremental_update_gives_the_checksum_computed_anew() {
+        for (sport, dport) in [(40000u16, 22u16), (1, 65535), (0xffff, 0xffff), (12345, 0)] {
+            let before = segment(sport.to_be_bytes(), dport.to_be_bytes());
+            let to = [[0x9a, 0x0f], STEER_TO_PORT];
+            let after = segment(to[0], to[1]);
+            let check = replace_words(
+                [before[16], before[17]],
+                &[[before[0], before[1]], [before[2], before[3]]],
+                &to,
+            );
+            assert_eq!(check, [after[16], after[17]], "{sport} -> {dport}");
+            // And back again, as the egress program restores a quote.
+            let back = replace_words(
+                check,
+                &to,
+                &[[before[0], before[1]], [before[2], before[3]]],
+            );
+            assert_eq!(back, [before[16], before[17]]);
+        }
+    }
+
+    #[test]
+    fn a_udp_datagram_without_checksum_keeps_none_and_never_gets_zero() {
+        assert_eq!(replace_udp_words([0, 0], &[[0, 53]], &[[0, 0]]), [0, 0]);
+        // A field that would come out zero is sent as all ones.
+        // 0xfffe covers a sum of 1; the word 1 becoming 0 leaves a sum of
+        // 0, whose checksum 0xffff stays (the +0 form RFC 768 sends).
+        assert_eq!(
+            replace_udp_words([0xff, 0xfe], &[[0, 1]], &[[0, 0]]),
+            [0xff, 0xff]
+        );
+        // A sum of all ones would give a zero field: sent as all ones.
+        assert_eq!(replace_words([0xff, 0xff], &[[0, 0]], &[[0, 0]]), [0, 0]);
+        assert_eq!(
+            replace_udp_words([0xff, 0xff], &[[0, 0]], &[[0, 0]]),
+            [0xff, 0xff]
+        );
+    }
+
+    #[test]
+    fn errors_quote_and_informational_messages_do_not() {
+        for v4 in [3, 11, 12] {
+            assert!(quotes_a_packet(false, v4));
+        }
+        for other in [0, 4, 5, 8, 13, 128, 255] {
+            assert!(!quotes_a_packet(false, other), "{other}");
+        }
+        for v6 in [1, 2, 3, 4] {
+            assert!(quotes_a_packet(true, v6));
+        }
+        for other in [0, 5, 128, 129, 135, 136] {
+            assert!(!quotes_a_packet(true, other), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_steered_port_depends_on_the_whole_flow_and_the_seed_and_is_never_zero() {
+        let peer = [1, 2, 3, 4];
+        let base = steered_port(7, &peer, [0x9c, 0x40], [0, 22], 6);
+        assert_eq!(base, steered_port(7, &peer, [0x9c, 0x40], [0, 22], 6));
+        assert_ne!(base, steered_port(8, &peer, [0x9c, 0x40], [0, 22], 6));
+        assert_ne!(
+            base,
+            steered_port(7, &[1, 2, 3, 5], [0x9c, 0x40], [0, 22], 6)
+        );
+        assert_ne!(base, steered_port(7, &peer, [0x9c, 0x41], [0, 22], 6));
+        assert_ne!(base, steered_port(7, &peer, [0x9c, 0x40], [0, 23], 6));
+        assert_ne!(base, steered_port(7, &peer, [0x9c, 0x40], [0, 22], 17));
+        // Over every destination port of one probe, no zero and few repeats.
+        let mut seen = std::collections::HashSet::new();
+        for port in 0..=u16::MAX {
+            let steered = steered_port(7, &peer, [0x9c, 0x40], port.to_be_bytes(), 6);
+            assert_ne!(steered, [0, 0]);
+            seen.insert(steered);
+        }
+        assert!(seen.len() > 40_000, "{} distinct of 65536", seen.len());
+    }
+}
