@@ -112,11 +112,11 @@ impl Sentinel {
         let stopped = Arc::clone(&stop);
         let thread = thread::spawn(move || {
             let guarded = [
-                KNOCK_TCP,
-                KNOCK_UDP,
-                KNOCK_TCP_LAST,
-                PROTECTED_TCP,
-                PROTECTED_UDP,
+                (TCP, KNOCK_TCP),
+                (UDP, KNOCK_UDP),
+                (TCP, KNOCK_TCP_LAST),
+                (TCP, PROTECTED_TCP),
+                (UDP, PROTECTED_UDP),
             ];
             let closed = [CLOSED_TCP, CLOSED_UDP, CLOSED_TCP_B, CLOSED_UDP_B];
             let (mut breaches, mut seen) = (Vec::new(), 0);
@@ -131,8 +131,8 @@ impl Sentinel {
                     seen += 1;
                 }
                 let listener_answer = proto == UDP || flags & 0x12 == 0x12;
-                if (!got.outgoing && guarded.contains(&dst))
-                    || (got.outgoing && guarded.contains(&src) && listener_answer)
+                if (!got.outgoing && guarded.contains(&(proto, dst)))
+                    || (got.outgoing && guarded.contains(&(proto, src)) && listener_answer)
                 {
                     let way = if got.outgoing { "out from" } else { "in to" };
                     let port = if got.outgoing { src } else { dst };
@@ -238,7 +238,8 @@ impl Guarded {
 
     /// Fails the test if any packet xknock stopped reached the stack at its
     /// own port, or a listener, or a listener answered; and shows that the
-    /// tap saw the probes at the closed ports (at least `closed`).
+    /// tap saw the probes at the closed ports (at least `closed` packets
+    /// that carry ports).
     pub fn assert_nothing_reached_a_listener(mut self, closed: usize) {
         // What is in flight lands first.
         thread::sleep(Duration::from_millis(200));

@@ -322,7 +322,8 @@ fn fragmented_probes_get_the_kernels_answers_at_concealed_ports() {
                 differ += usize::from(differs(name, role, concealed, &answers[0]));
             }
             println!("{name}: closed port {expect}");
-            sent += 1;
+            // Without the first piece, nothing at the closed port has ports.
+            sent += usize::from(*expect != "silence");
         }
     }
     assert_eq!(differ, 0, "{differ} answers differ from the kernel's");
