@@ -462,7 +462,16 @@ fn a_source_routed_scan_shows_concealed_ports_as_it_shows_closed_ones() {
             .lab
             .client
             .command("nmap")
-            .args([kind, "-n", "-Pn", "-T4", "--max-retries", "1"])
+            .args([
+                kind,
+                "-n",
+                "-Pn",
+                "-T4",
+                "--max-retries",
+                "1",
+                "--min-rate",
+                "3000",
+            ])
             .args(["--ip-options", &format!("L {SERVER_V4}"), "-p", ports])
             .args(["-oG", "-", SERVER_V4])
             .output()
