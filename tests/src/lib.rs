@@ -28,6 +28,7 @@ pub mod frames;
 pub mod fwknop;
 mod lines;
 pub mod model;
+pub mod probing;
 pub mod wire;
 mod xknock_run;
 

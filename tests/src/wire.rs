@@ -1,25 +1,31 @@
 //! Raw frames on the client's veth: probes built to the byte (checksums,
-//! TOS, flags, sequence numbers) and the answers that come back, read as
+//! TOS, flags, sequence numbers, IPv4 options, IPv6 extension headers,
+//! fragments) and the answers that come back, read as
 //! named fields so that an answer from xknock can be compared, field by
 //! field, with the one the server's kernel gives at a port where nothing
 //! listens.
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
-use knock_common::{
-    IPPROTO_ICMP as ICMP, IPPROTO_ICMPV6 as ICMPV6,
-    checksum::{Sum, pseudo_v4, pseudo_v6},
-};
+use knock_common::{IPPROTO_ICMP as ICMP, IPPROTO_ICMPV6 as ICMPV6, checksum::Sum};
 pub use knock_common::{
     IPPROTO_TCP as TCP, IPPROTO_UDP as UDP, TCP_ACK as ACK, TCP_FIN as FIN, TCP_PSH as PSH,
     TCP_RST as RST, TCP_SYN as SYN, TCP_URG as URG,
 };
 
 use crate::Netns;
+
+mod fields;
+mod probe;
+
+pub use fields::fields;
+pub use probe::{Ext, Probe, ethernet, fresh_ident};
 
 /// The Ethernet address of `iface` in `ns`.
 pub fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
@@ -37,118 +43,6 @@ pub fn mac_of(ns: &Netns, iface: &str) -> [u8; 6] {
     bytes.try_into().expect("six bytes")
 }
 
-/// A TCP segment or UDP datagram to send raw.
-#[derive(Clone, Debug)]
-pub struct Probe {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub proto: u8,
-    pub src_port: u16,
-    pub dst_port: u16,
-    /// TOS (IPv4) or traffic class (IPv6).
-    pub tos: u8,
-    pub tcp_flags: u8,
-    pub seq: u32,
-    pub ack: u32,
-    pub payload: Vec<u8>,
-    /// Sends the L4 checksum off by one, as `nmap --badsum` does.
-    pub bad_checksum: bool,
-}
-
-impl Probe {
-    pub fn tcp(src: IpAddr, dst: IpAddr, dst_port: u16, flags: u8) -> Probe {
-        Probe {
-            src,
-            dst,
-            proto: TCP,
-            src_port: 40123,
-            dst_port,
-            tos: 0,
-            tcp_flags: flags,
-            seq: 0x1234_5678,
-            ack: if flags & ACK != 0 { 0x0bad_cafe } else { 0 },
-            payload: Vec::new(),
-            bad_checksum: false,
-        }
-    }
-
-    pub fn udp(src: IpAddr, dst: IpAddr, dst_port: u16, payload: usize) -> Probe {
-        Probe {
-            proto: UDP,
-            payload: (0..payload).map(|i| (i % 251) as u8).collect(),
-            ..Probe::tcp(src, dst, dst_port, 0)
-        }
-    }
-
-    /// The IP packet (no Ethernet header).
-    pub fn packet(&self) -> Vec<u8> {
-        let mut l4 = Vec::new();
-        l4.extend_from_slice(&self.src_port.to_be_bytes());
-        l4.extend_from_slice(&self.dst_port.to_be_bytes());
-        let checksum_at = if self.proto == TCP {
-            l4.extend_from_slice(&self.seq.to_be_bytes());
-            l4.extend_from_slice(&self.ack.to_be_bytes());
-            l4.extend_from_slice(&[5 << 4, self.tcp_flags, 0xfa, 0xf0, 0, 0, 0, 0]);
-            16
-        } else {
-            l4.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-            l4.extend_from_slice(&[0, 0]);
-            6
-        };
-        l4.extend_from_slice(&self.payload);
-        let pseudo = match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                pseudo_v4(&s.octets(), &d.octets(), self.proto, l4.len() as u16)
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                pseudo_v6(&s.octets(), &d.octets(), self.proto, l4.len() as u32)
-            }
-            _ => panic!("one family"),
-        };
-        let mut checksum = pseudo.slice(&l4).checksum();
-        if self.proto == UDP && checksum == 0 {
-            checksum = 0xffff;
-        }
-        if self.bad_checksum {
-            checksum = checksum.wrapping_sub(1).max(1);
-        }
-        l4[checksum_at..checksum_at + 2].copy_from_slice(&checksum.to_be_bytes());
-        let mut ip = Vec::new();
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                ip.extend_from_slice(&[0x45, self.tos]);
-                ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-                ip.extend_from_slice(&[0x43, 0x21, 0x40, 0, 64, self.proto, 0, 0]);
-                ip.extend_from_slice(&s.octets());
-                ip.extend_from_slice(&d.octets());
-                let sum = Sum::ZERO.slice(&ip).checksum();
-                ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                ip.extend_from_slice(&[0x60 | (self.tos >> 4), self.tos << 4, 0x12, 0x34]);
-                ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-                ip.extend_from_slice(&[self.proto, 64]);
-                ip.extend_from_slice(&s.octets());
-                ip.extend_from_slice(&d.octets());
-            }
-            _ => unreachable!(),
-        }
-        ip.extend_from_slice(&l4);
-        ip
-    }
-
-    /// The whole Ethernet frame from `from` to `to`.
-    pub fn frame(&self, to: [u8; 6], from: [u8; 6]) -> Vec<u8> {
-        let mut frame = Vec::new();
-        frame.extend_from_slice(&to);
-        frame.extend_from_slice(&from);
-        let ethertype: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86dd };
-        frame.extend_from_slice(&ethertype.to_be_bytes());
-        frame.extend_from_slice(&self.packet());
-        frame
-    }
-}
-
 /// An AF_PACKET socket on one interface of a namespace: sends frames and
 /// reads every frame that arrives.
 pub struct Wire {
@@ -156,8 +50,29 @@ pub struct Wire {
     index: i32,
 }
 
+/// A frame read from a `Wire`: whether it went out of the interface rather
+/// than in, and when the kernel saw it (on a `Wire::stamped` socket).
+pub struct Received {
+    pub frame: Vec<u8>,
+    pub outgoing: bool,
+    pub stamp: Option<Duration>,
+}
+
+/// The identifier of the echo requests a `Wire` sends.
+const ECHO_ID: u16 = 0x786b;
+
 impl Wire {
     pub fn open(ns: &Netns, iface: &str) -> Wire {
+        Wire::open_with(ns, iface, false)
+    }
+
+    /// A wire whose frames carry the kernel's time of arrival (or, for a
+    /// frame going out, of leaving): SO_TIMESTAMPNS.
+    pub fn stamped(ns: &Netns, iface: &str) -> Wire {
+        Wire::open_with(ns, iface, true)
+    }
+
+    fn open_with(ns: &Netns, iface: &str, stamped: bool) -> Wire {
         let iface = iface.to_owned();
         ns.within(move || {
             let name = std::ffi::CString::new(iface.clone()).expect("name");
@@ -182,6 +97,17 @@ impl Wire {
                     size_of::<libc::sockaddr_ll>() as u32,
                 );
                 assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+                if stamped {
+                    let on: libc::c_int = 1;
+                    let rc = libc::setsockopt(
+                        raw,
+                        libc::SOL_SOCKET,
+                        libc::SO_TIMESTAMPNS,
+                        (&raw const on).cast(),
+                        size_of::<libc::c_int>() as u32,
+                    );
+                    assert_eq!(rc, 0, "SO_TIMESTAMPNS: {}", std::io::Error::last_os_error());
+                }
                 Wire { fd, index }
             }
         })
@@ -213,46 +139,72 @@ impl Wire {
 
     /// Drops whatever arrived so far.
     pub fn drain(&self) {
-        while self.receive(Duration::ZERO).is_some() {}
+        while self.read(Duration::ZERO).is_some() {}
     }
 
-    /// The next incoming frame within `wait`.
+    /// The next incoming frame within `wait` (an empty one for a frame
+    /// going out).
     fn receive(&self, wait: Duration) -> Option<Vec<u8>> {
+        self.read(wait)
+            .map(|got| if got.outgoing { Vec::new() } else { got.frame })
+    }
+
+    /// The next frame, in or out, within `wait`.
+    pub fn read(&self, wait: Duration) -> Option<Received> {
         let mut poll = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one pollfd on the stack; then a buffer recvfrom fills.
+        let millis = wait.as_micros().div_ceil(1000) as i32;
+        // SAFETY: one pollfd on the stack; then recvmsg fills a buffer, an
+        // address and a control buffer, all on this stack frame, and reads
+        // only the control messages the kernel wrote within its length.
         unsafe {
-            if libc::poll(&mut poll, 1, wait.as_millis() as i32) <= 0 {
+            if libc::poll(&mut poll, 1, millis) <= 0 {
                 return None;
             }
             let mut buf = vec![0u8; 2048];
             let mut from: libc::sockaddr_ll = std::mem::zeroed();
-            let mut len = size_of::<libc::sockaddr_ll>() as u32;
-            let n = libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&raw mut from).cast(),
-                &mut len,
-            );
+            let mut control = [0u64; 16];
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_name = (&raw mut from).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = size_of_val(&control);
+            let n = libc::recvmsg(self.fd.as_raw_fd(), &raw mut msg, 0);
             if n < 0 {
                 return None;
             }
-            // Only what came in, not our own frames going out.
-            if from.sll_pkttype == libc::PACKET_OUTGOING {
-                return Some(Vec::new());
+            let mut stamp = None;
+            let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    stamp = Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+                }
+                cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
             }
             buf.truncate(n as usize);
-            Some(buf)
+            Some(Received {
+                frame: buf,
+                outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
+                stamp,
+            })
         }
     }
 
-    /// Sends `probe` and returns the TCP, ICMP and ICMPv6 frames from
-    /// `server` to the probe's source within `wait`.
+    /// Sends `probe` (its fragments in order, if it has some) and returns
+    /// the TCP, ICMP and ICMPv6 frames from its destination to its source
+    /// within `wait`.
     pub fn exchange(
         &self,
         probe: &Probe,
@@ -260,24 +212,242 @@ impl Wire {
         from: [u8; 6],
         wait: Duration,
     ) -> Vec<Vec<u8>> {
+        self.exchange_frames(&probe.frames(to, from), probe, to, from, wait)
+    }
+
+    /// Like `exchange`, sending `frames` (say, the probe's fragments in
+    /// another order, or some of them).
+    pub fn exchange_frames(
+        &self,
+        frames: &[Vec<u8>],
+        probe: &Probe,
+        to: [u8; 6],
+        from: [u8; 6],
+        wait: Duration,
+    ) -> Vec<Vec<u8>> {
+        self.exchange_batch(&[(frames.to_vec(), probe)], to, from, wait)
+            .pop()
+            .expect("one probe")
+    }
+
+    /// Sends each probe's frames, then returns each probe's answers within
+    /// `wait`: with more than one probe, an answer belongs to the probe
+    /// whose source port it is addressed to (TCP) or quotes (ICMP), so the
+    /// probes need source ports of their own.
+    ///
+    /// Right after an IPv4 answer without DF (an ICMP error, whose ID comes
+    /// from the kernel's counter for this peer) it sends an echo request:
+    /// the reply's ID, from the same counter, is what `fields` shows the
+    /// answer's ID against.
+    pub fn exchange_batch(
+        &self,
+        batch: &[(Vec<Vec<u8>>, &Probe)],
+        to: [u8; 6],
+        from: [u8; 6],
+        wait: Duration,
+    ) -> Vec<Vec<Vec<u8>>> {
         self.drain();
-        self.send(&probe.frame(to, from));
+        for (frames, _) in batch {
+            for frame in frames {
+                self.send(frame);
+            }
+        }
+        let mut answers = vec![Vec::new(); batch.len()];
+        // Answers waiting for the echo reply sent after them: (answer,
+        // when it arrived, how many answers without DF and echo replies
+        // had arrived by then, the echo's sequence number).
+        let mut pending: Vec<(Vec<u8>, Instant, u32, u16)> = Vec::new();
+        let mut counted = 0;
         let deadline = Instant::now() + wait;
-        let mut answers = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(frame) = self.receive(left) else {
+        // While an echo reply is due, a little longer.
+        let mut echo_deadline = deadline;
+        loop {
+            let until = if pending.is_empty() {
+                deadline
+            } else {
+                deadline.max(echo_deadline)
+            };
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
                 break;
             };
-            if frame.len() > 14 && frame[6..12] == to && answers_probe(&frame[14..], probe) {
-                answers.push(frame);
+            let Some(frame) = self.receive(left) else {
+                continue;
+            };
+            if frame.len() <= 14 || frame[6..12] != to {
+                continue;
             }
+            let ip = &frame[14..];
+            if let Some((echo_seq, echo_ident)) = echo_reply(ip) {
+                let anchored: Vec<_> = pending
+                    .extract_if(.., |(_, _, _, seq)| *seq == echo_seq)
+                    .collect();
+                for (answer, at, count, _) in anchored {
+                    // The answers and echo replies that came between took
+                    // IDs from the counter too.
+                    let between = counted - count;
+                    let slack = at.elapsed().as_millis() as u32 + 1;
+                    ANCHORS.with_borrow_mut(|anchors| {
+                        anchors.insert(answer, (echo_ident, between + slack))
+                    });
+                }
+                counted += 1;
+                continue;
+            }
+            let owner = (0..batch.len()).find(|&i| {
+                answers_probe(ip, batch[i].1) && (batch.len() == 1 || belongs(ip, batch[i].1))
+            });
+            let Some(owner) = owner else {
+                continue;
+            };
+            if ip[0] >> 4 == 4 && ip[6] & 0x40 == 0 {
+                counted += 1;
+                let probe = batch[owner].1;
+                let sequence = counted as u16;
+                self.send(&ethernet(
+                    &echo_request(probe.src, probe.dst, sequence),
+                    true,
+                    to,
+                    from,
+                ));
+                pending.push((frame.clone(), Instant::now(), counted, sequence));
+                echo_deadline = Instant::now() + Duration::from_millis(200);
+            }
+            answers[owner].push(frame);
         }
         answers
     }
+
+    /// Sends an echo request from `src` to `dst` and returns the ID of the
+    /// reply's IP header, if one comes within `wait`.
+    pub fn ping(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        to: [u8; 6],
+        from: [u8; 6],
+        wait: Duration,
+    ) -> Option<u16> {
+        self.drain();
+        let sequence = 0xfff0;
+        self.send(&ethernet(&echo_request(src, dst, sequence), true, to, from));
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let frame = self.receive(left)?;
+            if frame.len() > 14
+                && frame[6..12] == to
+                && let Some((seq, ident)) = echo_reply(&frame[14..])
+                && seq == sequence
+            {
+                return Some(ident);
+            }
+        }
+        None
+    }
+
+    /// The round trip of `probe` to its first answer, between the times
+    /// the kernel stamped the probe leaving and the answer arriving, as
+    /// `tap` (a `Wire::stamped` on this wire's interface) saw them; None
+    /// when no answer comes within `wait`, `Err` when the kernel did not
+    /// stamp the frames as they passed (it only does while its timestamp
+    /// switch is on, which it turns on a moment after a socket asks; until
+    /// then a frame gets the time it is read, which measures nothing).
+    pub fn round_trip(
+        &self,
+        tap: &Wire,
+        probe: &Probe,
+        to: [u8; 6],
+        from: [u8; 6],
+        wait: Duration,
+    ) -> Option<Result<Duration, Unstamped>> {
+        let frame = probe.frame(to, from);
+        tap.drain();
+        self.drain();
+        self.send(&frame);
+        let after_send = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        let mut sent = None;
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let got = tap.read(left)?;
+            if got.outgoing {
+                if got.frame == frame {
+                    sent = got.stamp;
+                }
+            } else if got.frame.len() > 14
+                && got.frame[6..12] == to
+                && answers_probe(&got.frame[14..], probe)
+            {
+                let (sent, arrived) = (
+                    sent.expect("the probe's stamp"),
+                    got.stamp.expect("a stamp"),
+                );
+                // Stamped as it left, the probe's time is before send
+                // returned; stamped when read, after.
+                if sent >= after_send {
+                    return Some(Err(Unstamped));
+                }
+                return Some(Ok(arrived.saturating_sub(sent)));
+            }
+        }
+        None
+    }
+}
+
+/// Frames that the kernel did not timestamp as they passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unstamped;
+
+thread_local! {
+    /// For each IPv4 answer `exchange` read without DF: the ID of the echo
+    /// reply that followed it, and by how much more than one the counter
+    /// may have moved in between (answers that came between, and the
+    /// milliseconds, +1, that passed).
+    static ANCHORS: RefCell<HashMap<Vec<u8>, (u16, u32)>> = RefCell::default();
+}
+
+/// The echo reply's ID and allowance `exchange` noted for `answer`.
+fn anchor(answer: &[u8]) -> Option<(u16, u32)> {
+    ANCHORS.with_borrow(|anchors| anchors.get(answer).copied())
+}
+
+/// An IPv4 echo request with `sequence`, from `src` to `dst`.
+fn echo_request(src: IpAddr, dst: IpAddr, sequence: u16) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("echo requests are IPv4 here")
+    };
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&ECHO_ID.to_be_bytes());
+    icmp.extend_from_slice(&sequence.to_be_bytes());
+    icmp.extend_from_slice(b"xknock!!");
+    let sum = Sum::ZERO.slice(&icmp).checksum();
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x77, 0x77, 0x40, 0, 64, ICMP, 0, 0]);
+    ip.extend_from_slice(&s.octets());
+    ip.extend_from_slice(&d.octets());
+    let sum = Sum::ZERO.slice(&ip).checksum();
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(&icmp);
+    ip
+}
+
+/// The (sequence number, IP ID) of an echo reply to a `Wire`'s request.
+fn echo_reply(ip: &[u8]) -> Option<(u16, u16)> {
+    let header_len = usize::from(ip.first()? & 0x0f) * 4;
+    let icmp = ip.get(header_len..header_len + 8)?;
+    (ip[0] >> 4 == 4 && ip[9] == ICMP && icmp[0] == 0 && icmp[4..6] == ECHO_ID.to_be_bytes())
+        .then(|| (be16(icmp, 6), be16(ip, 4)))
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
 }
 
 /// Whether an IP packet is a TCP, ICMP or ICMPv6 packet to the probe's
-/// source from its destination (neighbour discovery excluded).
+/// source from its destination (echo replies and neighbour discovery
+/// excluded).
 fn answers_probe(ip: &[u8], probe: &Probe) -> bool {
     match (probe.src, probe.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -286,6 +456,7 @@ fn answers_probe(ip: &[u8], probe: &Probe) -> bool {
                 && (ip[9] == TCP || ip[9] == ICMP)
                 && ip[12..16] == d.octets()
                 && ip[16..20] == s.octets()
+                && echo_reply(ip).is_none()
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             ip.len() >= 48
@@ -298,129 +469,44 @@ fn answers_probe(ip: &[u8], probe: &Probe) -> bool {
     }
 }
 
-/// An answer as named fields: every header field, with checksums replaced
-/// by whether they verify, the probed port by `PORT`, what the kernel makes
-/// random by `random`, and a quoted probe by how much of it is quoted.
-pub fn fields(frame: &[u8], probe: &Probe) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut put = |name: &str, value: String| out.push((name.to_owned(), value));
-    let port = |p: u16| {
-        if p == probe.dst_port {
-            "PORT".to_owned()
-        } else {
-            p.to_string()
-        }
-    };
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let be16 = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
-    let be32 = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    put("eth.dst", hex(&frame[0..6]));
-    put("eth.src", hex(&frame[6..12]));
-    put("eth.type", hex(&frame[12..14]));
-    let ip = &frame[14..];
-    let (proto, l4, pseudo) = if ip[0] >> 4 == 4 {
-        let header_len = usize::from(ip[0] & 0x0f) * 4;
-        let total = usize::from(be16(ip, 2));
-        put("ip.version_ihl", hex(&ip[0..1]));
-        put("ip.tos", hex(&ip[1..2]));
-        put("ip.total_length", total.to_string());
-        let df = ip[6] & 0x40 != 0;
-        // Without DF the kernel draws IDs from a keyed hash.
-        put("ip.id", if df { hex(&ip[4..6]) } else { "random".into() });
-        put("ip.flags_fragment", hex(&ip[6..8]));
-        put("ip.ttl", ip[8].to_string());
-        put("ip.protocol", ip[9].to_string());
-        put(
-            "ip.checksum",
-            verifies(Sum::ZERO.slice(&ip[..header_len]), false),
-        );
-        put("ip.src", hex(&ip[12..16]));
-        put("ip.dst", hex(&ip[16..20]));
-        put("ip.options", hex(&ip[20..header_len]));
-        put("frame.padding", (ip.len() - total).to_string());
-        let l4 = &ip[header_len..total];
-        let pseudo = pseudo_v4(
-            &ip[12..16].try_into().unwrap(),
-            &ip[16..20].try_into().unwrap(),
-            ip[9],
-            l4.len() as u16,
-        );
-        (ip[9], l4, pseudo)
-    } else {
-        let payload = usize::from(be16(ip, 4));
-        put("ip6.version", (ip[0] >> 4).to_string());
-        put(
-            "ip6.traffic_class",
-            format!("{:02x}", (ip[0] << 4) | (ip[1] >> 4)),
-        );
-        // The kernel's automatic flow labels hash the flow with a secret.
-        let label = be32(ip, 0) & 0x000f_ffff;
-        put(
-            "ip6.flow_label",
-            if label == 0 {
-                "0".into()
-            } else {
-                "hashed".into()
-            },
-        );
-        put("ip6.payload_length", payload.to_string());
-        put("ip6.next_header", ip[6].to_string());
-        put("ip6.hop_limit", ip[7].to_string());
-        put("ip6.src", hex(&ip[8..24]));
-        put("ip6.dst", hex(&ip[24..40]));
-        let l4 = &ip[40..40 + payload];
-        let pseudo = pseudo_v6(
-            &ip[8..24].try_into().unwrap(),
-            &ip[24..40].try_into().unwrap(),
-            ip[6],
-            payload as u32,
-        );
-        (ip[6], l4, pseudo)
-    };
+/// Whether an answer (IP packet) is addressed to the probe's source port,
+/// or quotes a packet from it.
+fn belongs(ip: &[u8], probe: &Probe) -> bool {
+    let (proto, l4) = transport(ip);
     match proto {
-        TCP => {
-            put("tcp.src_port", port(be16(l4, 0)));
-            put("tcp.dst_port", port(be16(l4, 2)));
-            put("tcp.seq", format!("{:08x}", be32(l4, 4)));
-            put("tcp.ack", format!("{:08x}", be32(l4, 8)));
-            put("tcp.data_offset", (l4[12] >> 4).to_string());
-            put("tcp.flags", format!("{:02x}", l4[13]));
-            put("tcp.window", be16(l4, 14).to_string());
-            // The kernel leaves an IPv6 RST's checksum to offload (the
-            // pseudo-header sum alone), which a real NIC completes.
-            let offloaded = be16(l4, 16) == pseudo.folded();
-            put("tcp.checksum", verifies(pseudo.slice(l4), offloaded));
-            put("tcp.urgent", be16(l4, 18).to_string());
-            put("tcp.rest", hex(&l4[20..]));
+        Some(TCP) => l4.len() >= 4 && be16(l4, 2) == probe.src_port,
+        Some(ICMP | ICMPV6) if l4.len() > 8 => {
+            let (_, quoted) = transport(&l4[8..]);
+            quoted.len() >= 2 && be16(quoted, 0) == probe.src_port
         }
-        ICMP | ICMPV6 => {
-            put("icmp.type", l4[0].to_string());
-            put("icmp.code", l4[1].to_string());
-            let sum = if proto == ICMP { Sum::ZERO } else { pseudo };
-            put("icmp.checksum", verifies(sum.slice(l4), false));
-            put("icmp.rest_of_header", hex(&l4[4..8]));
-            let quoted = &l4[8..];
-            let sent = probe.packet();
-            let matches = sent.starts_with(quoted);
-            put(
-                "icmp.quote",
-                if matches {
-                    format!("the probe's first {} of {} bytes", quoted.len(), sent.len())
-                } else {
-                    format!("not the probe: {}", hex(quoted))
-                },
-            );
-        }
-        other => put("unexpected protocol", other.to_string()),
+        _ => false,
     }
-    out
 }
 
-fn verifies(sum: Sum, offloaded: bool) -> String {
-    if sum.verifies() || offloaded {
-        "ok"
-    } else {
-        "WRONG"
+/// The protocol and payload after an IP header and its extension headers;
+/// no protocol for a fragment that is not the first.
+fn transport(ip: &[u8]) -> (Option<u8>, &[u8]) {
+    if ip.len() < 20 {
+        return (None, &[]);
     }
-    .into()
+    if ip[0] >> 4 == 4 {
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        let first = be16(ip, 6) & 0x1fff == 0;
+        return (first.then_some(ip[9]), ip.get(header_len..).unwrap_or(&[]));
+    }
+    let (mut next, mut at) = (ip.get(6).copied(), 40);
+    while let Some(kind) = next {
+        match kind {
+            Ext::HOP_BY_HOP | Ext::ROUTING | Ext::DESTINATION if ip.len() >= at + 2 => {
+                next = Some(ip[at]);
+                at += (usize::from(ip[at + 1]) + 1) * 8;
+            }
+            Ext::FRAGMENT if ip.len() >= at + 8 => {
+                next = (be16(ip, at + 2) & 0xfff8 == 0).then_some(ip[at]);
+                at += 8;
+            }
+            _ => break,
+        }
+    }
+    (next, ip.get(at..).unwrap_or(&[]))
 }
