@@ -62,7 +62,7 @@ pub use spa::{
     REPLAY_ENTRIES, SPA_DATAGRAM_HEADER, SPA_MAX_BYTES, SPA_MIN_BYTES, SPA_RING_BYTES, SpaDatagram,
 };
 pub use steer::{
-    STEER_TO_PORT, STEERED_SLOTS, SteerKey, Steered, SteeredSlot, quotes_a_packet,
-    replace_udp_words, replace_words, steered_port, steered_slot,
+    FLOW_LABEL_MASK, STEER_TO_PORT, STEERED_SLOTS, SteerKey, Steered, SteeredSlot, quotes_a_packet,
+    replace_udp_words, replace_words, steered_label, steered_port, steered_slot,
 };
 pub use verdict::{Answer, Reason};

@@ -46,8 +46,11 @@ pub struct Steered {
     /// The L4 checksum as it came (an ICMP error quotes it).
     pub check: [u8; 2],
     pub _pad: [u8; 2],
+    /// An IPv6 packet's first word (version, traffic class, flow label):
+    /// the label an RST that reflects it carries.
+    pub first_word: [u8; 4],
 }
-const _: () = assert!(size_of::<Steered>() == 8);
+const _: () = assert!(size_of::<Steered>() == 12);
 
 /// One slot of the `STEERED` array: the flow last steered with the slot's
 /// port, and what its packet carried.
@@ -57,7 +60,7 @@ pub struct SteeredSlot {
     pub key: SteerKey,
     pub steered: Steered,
 }
-const _: () = assert!(size_of::<SteeredSlot>() == 28);
+const _: () = assert!(size_of::<SteeredSlot>() == 32);
 
 /// `STEERED`'s slots: one for each port a flow can be steered with. A
 /// slot holds its flow until another is steered with the same port: an
@@ -121,6 +124,42 @@ pub fn steered_port(
     } else {
         port.to_be_bytes()
     }
+}
+
+/// The IPv6 flow label mask of a header's first word.
+pub const FLOW_LABEL_MASK: u32 = 0x000f_ffff;
+/// The label bit the kernel sets on every label it makes when
+/// `net.ipv6.flowlabel_state_ranges` is on.
+const FLOW_LABEL_STATELESS: u32 = 0x0008_0000;
+
+/// The flow label an RST from the host to a steered flow leaves with, in
+/// place of `made` (the one the host made, a hash of the steered ports):
+/// `made` itself when it is zero (no automatic labels) or the probe's own
+/// (`reflected`: the host reflects labels); else, as the host's own labels
+/// are, a keyed hash of the flow the prober sent (never zero, the host's
+/// stateless bit kept), which no probe of port 0 reproduces.
+#[inline(always)]
+pub fn steered_label(seed: u32, peer: &AddrWords, steered: &Steered, made: u32) -> u32 {
+    let reflected = u32::from_be_bytes(steered.first_word) & FLOW_LABEL_MASK;
+    if made == 0 || made == reflected {
+        return made;
+    }
+    let ports = u32::from_be_bytes([
+        steered.src_port[0],
+        steered.src_port[1],
+        steered.dst_port[0],
+        steered.dst_port[1],
+    ]);
+    let words = [peer[0], peer[1], peer[2], peer[3], ports];
+    let mut hash = seed ^ 0x5bd1_e995;
+    let mut i = 0;
+    while i < words.len() {
+        hash = (hash ^ words[i]).wrapping_mul(0x9e37_79b1);
+        hash ^= hash >> 15;
+        i += 1;
+    }
+    let label = (hash & (FLOW_LABEL_MASK & !FLOW_LABEL_STATELESS)) | (made & FLOW_LABEL_STATELESS);
+    if label == 0 { 1 } else { label }
 }
 
 /// Whether an ICMP (`v6`: ICMPv6) message of `icmp_type` is an error that
@@ -244,7 +283,7 @@ mod tests {
                     src_port,
                     dst_port,
                     check: [0xab, 0xcd],
-                    _pad: [0; 2],
+                    ..Steered::default()
                 },
             }
         };
@@ -272,6 +311,44 @@ mod tests {
             u32::from(u16::from_be_bytes(a.key.port))
         );
         assert!(steered_slot([0xff, 0xff]) < STEERED_SLOTS);
+    }
+
+    #[test]
+    fn an_rst_label_is_a_keyed_hash_of_the_probed_flow_unless_the_host_made_none_or_reflected() {
+        let peer = [1, 2, 3, 4];
+        let steered = |sport: u16, dport: u16, label: u32| Steered {
+            src_port: sport.to_be_bytes(),
+            dst_port: dport.to_be_bytes(),
+            first_word: (0x6000_0000 | label).to_be_bytes(),
+            ..Steered::default()
+        };
+        let flow = steered(40000, 22, 0x12345);
+        let label = steered_label(7, &peer, &flow, 0x0abcd);
+        assert_ne!(label, 0);
+        assert_eq!(label & !FLOW_LABEL_MASK, 0);
+        // The same flow, the same label, whatever the steered hash was.
+        assert_eq!(label, steered_label(7, &peer, &flow, 0x05555));
+        assert_ne!(
+            label,
+            steered_label(7, &peer, &steered(40001, 22, 0x12345), 0x0abcd)
+        );
+        assert_ne!(
+            label,
+            steered_label(7, &peer, &steered(40000, 23, 0x12345), 0x0abcd)
+        );
+        assert_ne!(label, steered_label(8, &peer, &flow, 0x0abcd));
+        // No automatic labels, or reflected ones: the host's, as made.
+        assert_eq!(steered_label(7, &peer, &flow, 0), 0);
+        assert_eq!(steered_label(7, &peer, &flow, 0x12345), 0x12345);
+        // The stateless bit as the host set it.
+        assert_eq!(
+            steered_label(7, &peer, &flow, 0x80001) & FLOW_LABEL_STATELESS,
+            FLOW_LABEL_STATELESS
+        );
+        assert_eq!(
+            steered_label(7, &peer, &flow, 0x00001) & FLOW_LABEL_STATELESS,
+            0
+        );
     }
 
     #[test]

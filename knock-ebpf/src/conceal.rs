@@ -106,11 +106,18 @@ fn steer(ctx: &XdpContext, settings: &Settings, l4: &Transport) -> Option<Answer
         proto: l4.proto,
         _pad: 0,
     };
+    let (l3, v6) = l4.network();
+    let first_word = if v6 {
+        bytes_at::<4>(ctx, l3).ok()?
+    } else {
+        [0; 4]
+    };
     let original = Steered {
         src_port: from[0],
         dst_port: from[1],
         check,
         _pad: [0; 2],
+        first_word,
     };
     let slot = STEERED.get_ptr_mut(steered_slot(port))?;
     // SAFETY: a slot of the array; a reader that meets it half written

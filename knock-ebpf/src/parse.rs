@@ -104,7 +104,6 @@ impl Transport {
     }
 
     /// Where the IP header starts, and whether it is IPv6.
-    #[allow(dead_code, reason = "only the traced object's trace reads it")]
     pub fn network(&self) -> (usize, bool) {
         match self.source {
             Source::Ipv4(at) => (at - IPV4_SOURCE, false),

@@ -13,10 +13,10 @@
 
 use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use knock_common::{
-    Answer, ETH_HEADER_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_FRAGMENT,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN, MAX_HEADER_OFFSET,
-    MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, STEER_TO_PORT, SteerKey, TCP_RST, VLAN_TAG_LEN,
-    is_ipv6_extension, quotes_a_packet,
+    Answer, ETH_HEADER_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, FLOW_LABEL_MASK,
+    IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN,
+    MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, STEER_TO_PORT, SteerKey, TCP_RST,
+    VLAN_TAG_LEN, addr_words, is_ipv6_extension, quotes_a_packet, steered_label,
 };
 
 use crate::{conceal, settings};
@@ -81,7 +81,7 @@ fn try_restore(ctx: &TcContext) -> Option<Answer> {
         )
     };
     match proto {
-        IPPROTO_TCP => rst(ctx, l4, peer),
+        IPPROTO_TCP => rst(ctx, l3, l4, peer),
         IPPROTO_ICMP if !v6 => quoted(ctx, l4, false),
         IPPROTO_ICMPV6 if v6 => quoted(ctx, l4, true),
         _ => None,
@@ -90,7 +90,7 @@ fn try_restore(ctx: &TcContext) -> Option<Answer> {
 
 /// An RST from port 0 to a steered flow's peer and port.
 #[inline(always)]
-fn rst(ctx: &TcContext, l4: usize, peer: Peer) -> Option<Answer> {
+fn rst(ctx: &TcContext, l3: usize, l4: usize, peer: Peer) -> Option<Answer> {
     let ports = four(ctx, l4)?;
     if [ports[0], ports[1]] != STEER_TO_PORT || byte(ctx, l4 + 13)? & TCP_RST == 0 {
         return None;
@@ -108,6 +108,17 @@ fn rst(ctx: &TcContext, l4: usize, peer: Peer) -> Option<Answer> {
         steered.src_port[1],
     ];
     replace_ports(ctx, l4, ports, to, l4 + TCP_CHECK_AT)?;
+    if peer.v6 {
+        // The host hashed the steered ports into the label: the label the
+        // prober sees is one of the flow it sent (outside every checksum).
+        let word = u32::from_be_bytes(four(ctx, l3)?);
+        let made = word & FLOW_LABEL_MASK;
+        let label = steered_label(seed, &addr_words(&key.peer), &steered, made);
+        if label != made {
+            ctx.store(l3, &((word & !FLOW_LABEL_MASK) | label).to_be_bytes(), 0)
+                .ok()?;
+        }
+    }
     Some(Answer::Restored)
 }
 

@@ -378,13 +378,19 @@ fn port_unreachable_ids_come_from_the_counter_of_echo_replies() {
     guarded.assert_nothing_reached_a_listener(ROUNDS);
 }
 
-/// IPv6 flow labels are the kernel's: an RST's is a keyed hash of its flow
-/// (so it differs from port to port), an ICMPv6 error's a hash of its type
-/// and code (the same for every port). What the knock and protected ports
-/// answer once xknock guards them carries, to the bit, the label the
-/// kernel gave the very same flow while nothing listened there.
+/// IPv6 flow labels. An ICMPv6 error's is the kernel's own, a hash of its
+/// type and code, the same for every port: what the knock and protected
+/// ports answer carries, to the bit, the label the kernel gave the very
+/// same probe while nothing listened there. An RST's is a keyed hash of its
+/// flow: the host makes it for the steered flow (port 0), so the egress
+/// program puts in its place a keyed hash of the flow the prober sent, as
+/// the kernel's own are to a prober without the key: the same flow gets
+/// the same label, each port one of its own, and none is the label the
+/// host gives a probe of port 0 from the steered source port (were it,
+/// sweeping port 0's source ports after a scan would name the concealed
+/// ports).
 #[test]
-fn ipv6_flow_labels_are_the_ones_the_kernel_gives_the_same_flow() {
+fn ipv6_flow_labels_are_the_kernels_or_a_keyed_hash_of_the_probed_flow() {
     let (src, dst) = v6();
     let ports = [("closed", CLOSED_TCP, CLOSED_UDP)]
         .into_iter()
@@ -407,18 +413,20 @@ fn ipv6_flow_labels_are_the_ones_the_kernel_gives_the_same_flow() {
             })
             .collect()
     };
+    let label_of = |prober: &Prober, probe: &Probe, name: &str| -> u32 {
+        let answers = prober
+            .wire
+            .exchange(probe, prober.server_mac, prober.client_mac, WAIT);
+        assert_eq!(answers.len(), 1, "{name}");
+        let ip = &answers[0][14..];
+        u32::from_be_bytes([0, ip[1] & 0x0f, ip[2], ip[3]])
+    };
     let labels = |lab: &lab::Lab| -> Vec<(String, u32)> {
         let prober = Prober::new(lab);
         probes()
             .into_iter()
             .map(|(name, probe)| {
-                let answers =
-                    prober
-                        .wire
-                        .exchange(&probe, prober.server_mac, prober.client_mac, WAIT);
-                assert_eq!(answers.len(), 1, "{name}");
-                let ip = &answers[0][14..];
-                let label = u32::from_be_bytes([0, ip[1] & 0x0f, ip[2], ip[3]]);
+                let label = label_of(&prober, &probe, &name);
                 (name, label)
             })
             .collect()
@@ -429,23 +437,79 @@ fn ipv6_flow_labels_are_the_ones_the_kernel_gives_the_same_flow() {
         before = labels(lab);
     });
     let after = labels(&guarded.lab);
-    let mut differ = Vec::new();
+    let again = labels(&guarded.lab);
     for ((name, label), (_, kernel)) in after.iter().zip(&before) {
         println!("conceal: {name}: flow label {label:05x}, the kernel's while closed {kernel:05x}");
-        if label != kernel {
-            differ.push(format!("{name}: {label:05x}, not {kernel:05x}"));
-        }
     }
     // What makes the comparison mean something: the kernel's RST labels
     // differ by port, its unreachables' do not.
-    let rst: Vec<u32> = before.iter().step_by(2).map(|(_, l)| *l).collect();
-    let icmp: Vec<u32> = before.iter().skip(1).step_by(2).map(|(_, l)| *l).collect();
+    let rst = |labels: &[(String, u32)]| -> Vec<u32> {
+        labels.iter().step_by(2).map(|(_, l)| *l).collect()
+    };
+    let icmp = |labels: &[(String, u32)]| -> Vec<u32> {
+        labels.iter().skip(1).step_by(2).map(|(_, l)| *l).collect()
+    };
+    let (kernel_rst, kernel_icmp) = (rst(&before), icmp(&before));
     assert!(
-        rst[0] != rst[1] && rst[1] != rst[2] && rst[0] != rst[2],
+        kernel_rst[0] != kernel_rst[1]
+            && kernel_rst[1] != kernel_rst[2]
+            && kernel_rst[0] != kernel_rst[2],
         "{before:x?}"
     );
-    assert!(icmp.iter().all(|l| *l == icmp[0] && *l != 0), "{before:x?}");
-    assert!(differ.is_empty(), "labels once guarded: {differ:#?}");
+    assert!(
+        kernel_icmp.iter().all(|l| *l == kernel_icmp[0] && *l != 0),
+        "{before:x?}"
+    );
+    // ICMPv6 errors: the kernel's, to the bit.
+    assert_eq!(
+        icmp(&after),
+        kernel_icmp,
+        "unreachables' labels once guarded"
+    );
+    // RSTs: the closed port's untouched; the concealed ports' a label per
+    // flow, the same when asked again.
+    let guarded_rst = rst(&after);
+    assert_eq!(guarded_rst[0], kernel_rst[0], "the closed port's RST label");
+    assert_eq!(guarded_rst, rst(&again), "the same flows, the same labels");
+    for (i, label) in guarded_rst.iter().enumerate().skip(1) {
+        assert!(*label != 0 && *label <= 0xf_ffff, "{after:x?}");
+        assert!(
+            guarded_rst
+                .iter()
+                .enumerate()
+                .all(|(j, other)| j == i || other != label),
+            "a label of its own per port: {after:x?}"
+        );
+    }
+    // No probe of port 0 from the steered source port gives them away.
+    let pins = xknock::loader::pins::PinDir::new(&guarded.xknock.filter().pin_dir);
+    let seed = xknock::loader::read_instance(&pins)
+        .expect("the instance record")
+        .expect("a pinned filter")
+        .source_seed;
+    let prober = Prober::new(&guarded.lab);
+    let IpAddr::V6(peer) = src else {
+        unreachable!("an IPv6 probe")
+    };
+    for (&(role, tcp, _), label) in CONCEALED.iter().zip(&guarded_rst[1..]) {
+        let probe = Probe::tcp(src, dst, tcp, SYN);
+        let steered = knock_common::steered_port(
+            seed,
+            &knock_common::addr_words(&peer.octets()),
+            probe.src_port.to_be_bytes(),
+            tcp.to_be_bytes(),
+            knock_common::IPPROTO_TCP,
+        );
+        let zero = Probe {
+            src_port: u16::from_be_bytes(steered),
+            ..Probe::tcp(src, dst, 0, SYN)
+        };
+        let port_zero = label_of(&prober, &zero, "SYN at port 0");
+        assert_ne!(
+            port_zero, *label,
+            "the {role} port's RST label is port 0's from the steered source port"
+        );
+    }
     guarded.assert_nothing_reached_a_listener(2);
 }
 
