@@ -312,6 +312,36 @@ impl Prober {
     }
 }
 
+/// The key of the running filter's hashes (its pinned instance record).
+pub fn source_seed(xknock: &Xknock) -> u32 {
+    let pins = xknock::loader::pins::PinDir::new(&xknock.filter().pin_dir);
+    xknock::loader::read_instance(&pins)
+        .expect("the instance record")
+        .expect("a pinned filter")
+        .source_seed
+}
+
+/// A SYN to port 0 from the source port xknock steers `probe`'s flow (a
+/// TCP probe) with, under `seed`: what a prober sweeping port 0's source
+/// ports after a scan sends.
+pub fn port_zero_from_steered(seed: u32, probe: &Probe) -> Probe {
+    let peer = match probe.src {
+        IpAddr::V4(v4) => knock_common::ipv4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let steered = knock_common::steered_port(
+        seed,
+        &knock_common::addr_words(&peer),
+        probe.src_port.to_be_bytes(),
+        probe.dst_port.to_be_bytes(),
+        TCP,
+    );
+    Probe {
+        src_port: u16::from_be_bytes(steered),
+        ..Probe::tcp(probe.src, probe.dst, 0, crate::wire::SYN)
+    }
+}
+
 /// Answers as text, for failure messages.
 pub fn show(answers: &[Fields]) -> String {
     if answers.is_empty() {

@@ -15,20 +15,16 @@ use std::{net::IpAddr, time::Duration};
 
 use lab::{
     CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, Xknock, article_config,
-    wire::{ACK, FIN, PSH, Probe, RST, SYN, URG, Wire, fields, mac_of},
+    probing::{
+        CLOSED_TCP, CLOSED_UDP, KNOCK_TCP, KNOCK_UDP, PROTECTED_TCP, PROTECTED_UDP, Prober,
+        port_zero_from_steered, show, source_seed,
+    },
+    wire::{ACK, FIN, PSH, Probe, RST, SYN, URG},
 };
 
-const CLOSED_TCP: u16 = 5555;
-const CLOSED_UDP: u16 = 5556;
-/// Steps of the article's sequence (tcp:3721 udp:4728 tcp:6742).
-const KNOCK_TCP: u16 = 3721;
-const KNOCK_UDP: u16 = 4728;
-const PROTECTED_TCP: u16 = 22;
-const PROTECTED_UDP: u16 = 51820;
 /// Long enough for the kernel to resolve the client's address first.
 const WAIT: Duration = Duration::from_millis(400);
 
-type Fields = Vec<(String, String)>;
 /// Builds a probe for a (TCP port, UDP port).
 type BuildProbe = Box<dyn Fn(u16, u16) -> Probe>;
 
@@ -49,31 +45,6 @@ fn guarded_lab(conceal: &str) -> (Lab, Xknock) {
     );
     let xknock = Xknock::start(&lab, &config, &[], false);
     (lab, xknock)
-}
-
-struct Prober {
-    wire: Wire,
-    server_mac: [u8; 6],
-    client_mac: [u8; 6],
-}
-
-impl Prober {
-    fn new(lab: &Lab) -> Prober {
-        Prober {
-            wire: Wire::open(&lab.client, &lab.client_if),
-            server_mac: mac_of(&lab.server, &lab.server_if),
-            client_mac: mac_of(&lab.client, &lab.client_if),
-        }
-    }
-
-    /// The answers to `probe`, as fields.
-    fn answers(&self, probe: &Probe) -> Vec<Fields> {
-        self.wire
-            .exchange(probe, self.server_mac, self.client_mac, WAIT)
-            .iter()
-            .map(|frame| fields(frame, probe))
-            .collect()
-    }
 }
 
 /// A probe of each kind nmap and scapy send, for one family: what to call
@@ -152,20 +123,6 @@ fn probes(src: IpAddr, dst: IpAddr) -> Vec<(&'static str, BuildProbe, bool)> {
     ]
 }
 
-fn show(answers: &[Fields]) -> String {
-    answers
-        .iter()
-        .map(|fields| {
-            fields
-                .iter()
-                .map(|(name, value)| format!("  {name} = {value}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .collect::<Vec<_>>()
-        .join("\n  --\n")
-}
-
 #[test]
 fn knock_and_protected_ports_answer_field_by_field_as_a_closed_port() {
     let (lab, xknock) = guarded_lab("closed");
@@ -175,7 +132,7 @@ fn knock_and_protected_ports_answer_field_by_field_as_a_closed_port() {
     for (src, dst) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
         let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
         for (kind, probe, kernel_answers) in probes(src, dst) {
-            let closed = prober.answers(&probe(CLOSED_TCP, CLOSED_UDP));
+            let closed = prober.answers(&probe(CLOSED_TCP, CLOSED_UDP), WAIT);
             assert_eq!(
                 closed.len(),
                 usize::from(kernel_answers),
@@ -186,7 +143,7 @@ fn knock_and_protected_ports_answer_field_by_field_as_a_closed_port() {
                 ("knock", KNOCK_TCP, KNOCK_UDP),
                 ("protected", PROTECTED_TCP, PROTECTED_UDP),
             ] {
-                let answers = prober.answers(&probe(tcp_port, udp_port));
+                let answers = prober.answers(&probe(tcp_port, udp_port), WAIT);
                 assert_eq!(
                     answers,
                     closed,
@@ -272,12 +229,12 @@ fn with_conceal_drop_nothing_answers_at_knock_and_protected_ports() {
                 continue;
             }
             assert_eq!(
-                prober.answers(&probe(CLOSED_TCP, CLOSED_UDP)).len(),
+                prober.answers(&probe(CLOSED_TCP, CLOSED_UDP), WAIT).len(),
                 1,
                 "{kind}"
             );
             for (tcp_port, udp_port) in [(KNOCK_TCP, KNOCK_UDP), (PROTECTED_TCP, PROTECTED_UDP)] {
-                let answers = prober.answers(&probe(tcp_port, udp_port));
+                let answers = prober.answers(&probe(tcp_port, udp_port), WAIT);
                 assert!(answers.is_empty(), "{kind} to {dst}:\n{}", show(&answers));
             }
         }
@@ -331,14 +288,14 @@ fn a_host_firewall_treats_concealed_ports_as_closed_ones() {
         for (src, dst) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
             let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
             for (kind, probe, kernel_answers) in probes(src, dst) {
-                let closed = prober.answers(&probe(CLOSED_TCP, CLOSED_UDP));
+                let closed = prober.answers(&probe(CLOSED_TCP, CLOSED_UDP), WAIT);
                 answered += closed.len();
                 if !answering || !kernel_answers {
                     assert!(closed.is_empty(), "{name}: {kind}:\n{}", show(&closed));
                 }
                 for (tcp_port, udp_port) in [(KNOCK_TCP, KNOCK_UDP), (PROTECTED_TCP, PROTECTED_UDP)]
                 {
-                    let answers = prober.answers(&probe(tcp_port, udp_port));
+                    let answers = prober.answers(&probe(tcp_port, udp_port), WAIT);
                     assert_eq!(
                         answers,
                         closed,
@@ -367,37 +324,19 @@ fn a_host_firewall_treats_concealed_ports_as_closed_ones() {
 fn port_zero_answers_from_port_zero_even_from_a_steered_source_port() {
     let (lab, xknock) = guarded_lab("closed");
     let prober = Prober::new(&lab);
-    let pins = xknock::loader::pins::PinDir::new(&xknock.filter().pin_dir);
-    let seed = xknock::loader::read_instance(&pins)
-        .expect("the instance record")
-        .expect("a pinned filter")
-        .source_seed;
+    let seed = source_seed(&xknock);
     for (src, dst) in [(CLIENT_V4, SERVER_V4), (CLIENT_V6, SERVER_V6)] {
         let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
         let probe = Probe::tcp(src, dst, KNOCK_TCP, SYN);
-        let answers = prober.answers(&probe);
+        let answers = prober.answers(&probe, WAIT);
         assert_eq!(answers.len(), 1, "{dst}: the knock port answers as closed");
         assert!(
             answers[0].contains(&("tcp.src_port".into(), "PORT".into())),
             "{dst}: from the knock port\n{}",
             show(&answers)
         );
-        let peer = match src {
-            IpAddr::V4(v4) => knock_common::ipv4_mapped(v4.octets()),
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        let steered = knock_common::steered_port(
-            seed,
-            &knock_common::addr_words(&peer),
-            probe.src_port.to_be_bytes(),
-            KNOCK_TCP.to_be_bytes(),
-            knock_common::IPPROTO_TCP,
-        );
-        let zero = Probe {
-            src_port: u16::from_be_bytes(steered),
-            ..Probe::tcp(src, dst, 0, SYN)
-        };
-        let answers = prober.answers(&zero);
+        let zero = port_zero_from_steered(seed, &probe);
+        let answers = prober.answers(&zero, WAIT);
         assert_eq!(answers.len(), 1, "{dst}: port 0 answers");
         assert!(
             answers[0].contains(&("tcp.src_port".into(), "PORT".into()))

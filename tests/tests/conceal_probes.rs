@@ -18,8 +18,8 @@ use std::{net::IpAddr, time::Duration};
 use lab::{
     CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6,
     probing::{
-        CLOSED_TCP, CLOSED_UDP, CONCEALED, Fields, Guarded, KNOCK_UDP, PROTECTED_UDP, Prober, show,
-        sysctl, unlimited_icmp,
+        CLOSED_TCP, CLOSED_UDP, CONCEALED, Fields, Guarded, KNOCK_UDP, PROTECTED_UDP, Prober,
+        port_zero_from_steered, show, source_seed, sysctl, unlimited_icmp,
     },
     wire::{Ext, Probe, SYN},
 };
@@ -482,28 +482,10 @@ fn ipv6_flow_labels_are_the_kernels_or_a_keyed_hash_of_the_probed_flow() {
         );
     }
     // No probe of port 0 from the steered source port gives them away.
-    let pins = xknock::loader::pins::PinDir::new(&guarded.xknock.filter().pin_dir);
-    let seed = xknock::loader::read_instance(&pins)
-        .expect("the instance record")
-        .expect("a pinned filter")
-        .source_seed;
+    let seed = source_seed(&guarded.xknock);
     let prober = Prober::new(&guarded.lab);
-    let IpAddr::V6(peer) = src else {
-        unreachable!("an IPv6 probe")
-    };
     for (&(role, tcp, _), label) in CONCEALED.iter().zip(&guarded_rst[1..]) {
-        let probe = Probe::tcp(src, dst, tcp, SYN);
-        let steered = knock_common::steered_port(
-            seed,
-            &knock_common::addr_words(&peer.octets()),
-            probe.src_port.to_be_bytes(),
-            tcp.to_be_bytes(),
-            knock_common::IPPROTO_TCP,
-        );
-        let zero = Probe {
-            src_port: u16::from_be_bytes(steered),
-            ..Probe::tcp(src, dst, 0, SYN)
-        };
+        let zero = port_zero_from_steered(seed, &Probe::tcp(src, dst, tcp, SYN));
         let port_zero = label_of(&prober, &zero, "SYN at port 0");
         assert_ne!(
             port_zero, *label,
