@@ -72,6 +72,9 @@ pub const ICMPV6_PORT_UNREACH: u8 = 4;
 pub const IPV4_HEADER_LEN: usize = 20;
 pub const IPV6_HEADER_LEN: usize = 40;
 pub const TCP_HEADER_LEN: usize = 20;
+/// Where a TCP and a UDP header hold their checksum.
+pub const TCP_CHECK_AT: usize = 16;
+pub const UDP_CHECK_AT: usize = 6;
 pub const UDP_HEADER_LEN: usize = 8;
 pub const ICMP_HEADER_LEN: usize = 8;
 

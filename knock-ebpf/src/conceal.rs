@@ -26,7 +26,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     Answer, CONCEAL_CLOSED, IPPROTO_TCP, IPPROTO_UDP, STEER_TO_PORT, STEERED_SLOTS, Settings,
-    SteerKey, Steered, SteeredSlot, replace_udp_words, replace_words, steered_port, steered_slot,
+    SteerKey, Steered, SteeredSlot, TCP_CHECK_AT, UDP_CHECK_AT, replace_udp_words, replace_words,
+    steered_port, steered_slot,
 };
 
 use crate::parse::{self, Parsed, Transport, bytes_at, store_at};
@@ -39,10 +40,6 @@ static ANSWERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Answer::COUNT, 
 /// given: what the egress program puts back.
 #[map]
 static STEERED: Array<SteeredSlot> = Array::with_max_entries(STEERED_SLOTS, 0);
-
-/// Where a TCP and a UDP header hold their checksum.
-const TCP_CHECK_AT: usize = 16;
-const UDP_CHECK_AT: usize = 6;
 
 /// Hands a packet the filter stopped to `xknock_conceal`; returns only if
 /// that program is not in place.

@@ -15,8 +15,9 @@ use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_skb_load_bytes, program
 use knock_common::{
     Answer, ETH_HEADER_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, FLOW_LABEL_MASK,
     IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN,
-    MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, STEER_TO_PORT, SteerKey, TCP_RST,
-    VLAN_TAG_LEN, addr_words, is_ipv6_extension, quotes_a_packet, steered_label,
+    MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, STEER_TO_PORT, SteerKey, TCP_CHECK_AT,
+    TCP_RST, UDP_CHECK_AT, VLAN_TAG_LEN, addr_words, is_ipv6_extension, quotes_a_packet,
+    steered_label,
 };
 
 use crate::{conceal, settings};
@@ -25,10 +26,8 @@ use crate::{conceal, settings};
 /// pseudo-header. The low bits give the size of the field replaced.
 const CSUM_WORD: u64 = 2;
 const CSUM_PORTS: u64 = 4;
-/// Where the checksum is in an ICMP header, a TCP header and a UDP header.
+/// Where the checksum is in an ICMP header.
 const ICMP_CHECK_AT: usize = 2;
-const TCP_CHECK_AT: usize = 16;
-const UDP_CHECK_AT: usize = 6;
 /// Where the ICMP error's quote starts, after its header.
 const QUOTE_AT: usize = 8;
 
