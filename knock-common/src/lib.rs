@@ -62,7 +62,8 @@ pub use spa::{
     REPLAY_ENTRIES, SPA_DATAGRAM_HEADER, SPA_MAX_BYTES, SPA_MIN_BYTES, SPA_RING_BYTES, SpaDatagram,
 };
 pub use steer::{
-    FLOW_LABEL_MASK, STEER_TO_PORT, STEERED_SLOTS, SteerKey, Steered, SteeredSlot, quotes_a_packet,
-    replace_udp_words, replace_words, steered_label, steered_port, steered_slot,
+    ECHO_ANY, ECHO_EXACT, FLOW_LABEL_MASK, STEER_TO_PORT, STEERED_SLOTS, SteerKey, Steered,
+    SteeredSlot, datagram_echo, quotes_a_packet, replace_udp_words, replace_words, rst_echo,
+    segment_echo, steered_label, steered_port, steered_slot,
 };
 pub use verdict::{Answer, Reason};

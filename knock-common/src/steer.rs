@@ -19,7 +19,7 @@
 //!
 //! Plain Rust, host-tested; the XDP and TC programs run the same functions.
 
-use crate::{AddrWords, addr_words, checksum::Sum};
+use crate::{AddrWords, TCP_ACK, TCP_FIN, TCP_SYN, addr_words, checksum::Sum};
 
 /// A steered flow as its answer names it: the peer a steered packet came
 /// from, the source port it was given, and its protocol; the kernel's
@@ -45,12 +45,59 @@ pub struct Steered {
     pub dst_port: [u8; 2],
     /// The L4 checksum as it came (an ICMP error quotes it).
     pub check: [u8; 2],
-    pub _pad: [u8; 2],
+    /// `ECHO_EXACT`: an answer to this packet echoes `echo`; `ECHO_ANY`:
+    /// what it echoes cannot be known here (a first fragment).
+    pub echo_kind: u8,
+    pub _pad: u8,
     /// An IPv6 packet's first word (version, traffic class, flow label):
     /// the label an RST that reflects it carries.
     pub first_word: [u8; 4],
+    /// What the host's answer echoes of the packet (`segment_echo`,
+    /// `datagram_echo`): an answer that echoes anything else answers
+    /// another flow that took the slot since.
+    pub echo: [u8; 4],
 }
-const _: () = assert!(size_of::<Steered>() == 12);
+const _: () = assert!(size_of::<Steered>() == 16);
+
+/// `Steered::echo_kind`.
+pub const ECHO_ANY: u8 = 0;
+pub const ECHO_EXACT: u8 = 1;
+
+impl Steered {
+    /// A packet of the peer's own to port 0 (not steered): its answer
+    /// leaves as the host made it.
+    #[inline(always)]
+    pub fn to_port_zero(&self) -> bool {
+        self.dst_port == STEER_TO_PORT
+    }
+}
+
+/// What the host's RST to a TCP segment echoes of it (RFC 9293 3.10.7.1,
+/// as `tcp_v4_send_reset` and `tcp_v6_send_reset` build it): to a segment
+/// with ACK, its acknowledgment number, as the RST's sequence number; to
+/// one without, its sequence number plus the SYN, FIN and data it
+/// occupies, as the RST's acknowledgment number. Big-endian.
+#[inline(always)]
+pub fn segment_echo(flags: u8, seq: [u8; 4], ack: [u8; 4], data_len: u32) -> [u8; 4] {
+    if flags & TCP_ACK != 0 {
+        return ack;
+    }
+    let occupied = u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0) + data_len;
+    u32::from_be_bytes(seq).wrapping_add(occupied).to_be_bytes()
+}
+
+/// What an RST echoes of the segment it answers (see `segment_echo`).
+#[inline(always)]
+pub fn rst_echo(flags: u8, seq: [u8; 4], ack: [u8; 4]) -> [u8; 4] {
+    if flags & TCP_ACK != 0 { ack } else { seq }
+}
+
+/// What an ICMP error to a UDP datagram echoes of it, as the host got it:
+/// its length and checksum fields (the quote carries the whole header).
+#[inline(always)]
+pub fn datagram_echo(len: [u8; 2], check: [u8; 2]) -> [u8; 4] {
+    [len[0], len[1], check[0], check[1]]
+}
 
 /// One slot of the `STEERED` array: the flow last steered with the slot's
 /// port, and what its packet carried.
@@ -60,7 +107,7 @@ pub struct SteeredSlot {
     pub key: SteerKey,
     pub steered: Steered,
 }
-const _: () = assert!(size_of::<SteeredSlot>() == 32);
+const _: () = assert!(size_of::<SteeredSlot>() == 36);
 
 /// `STEERED`'s slots: one for each port a flow can be steered with. A
 /// slot holds its flow until another is steered with the same port: an
@@ -76,22 +123,31 @@ pub fn steered_slot(port: [u8; 2]) -> u32 {
 
 impl SteeredSlot {
     /// What the packet of `key`'s flow carried, if this slot holds that
-    /// flow, whole: the steered port recomputed from the slot's peer and
-    /// original ports must be `key`'s, which a slot that two writers raced
-    /// over, or that was read while written, fails.
+    /// flow, whole, and the answer echoing `echo` answers it. Whole: the
+    /// steered port recomputed from the slot's peer and original ports
+    /// must be `key`'s (a packet to port 0 keeps its own), which a slot
+    /// that two writers raced over, or that was read while written, fails.
+    /// And a flow of the same peer and steered port that took the slot
+    /// since (a collision, one chance in 65,535) fails the echo.
     #[inline(always)]
-    pub fn holds(&self, key: &SteerKey, seed: u32) -> Option<Steered> {
-        if self.key != *key {
+    pub fn holds(&self, key: &SteerKey, seed: u32, echo: [u8; 4]) -> Option<Steered> {
+        let steered = self.steered;
+        if self.key != *key || (steered.echo_kind != ECHO_ANY && steered.echo != echo) {
             return None;
         }
-        let port = steered_port(
-            seed,
-            &addr_words(&self.key.peer),
-            self.steered.src_port,
-            self.steered.dst_port,
-            key.proto,
-        );
-        (port == key.port).then_some(self.steered)
+        let whole = if steered.to_port_zero() {
+            steered.src_port == key.port
+        } else {
+            key.port
+                == steered_port(
+                    seed,
+                    &addr_words(&self.key.peer),
+                    steered.src_port,
+                    steered.dst_port,
+                    key.proto,
+                )
+        };
+        whole.then_some(steered)
     }
 }
 
@@ -283,21 +339,40 @@ mod tests {
                     src_port,
                     dst_port,
                     check: [0xab, 0xcd],
+                    echo_kind: ECHO_EXACT,
+                    echo: [1, 2, 3, 4],
                     ..Steered::default()
                 },
             }
         };
         let a = flow([7; 16], 40000, 22);
         let b = flow([9; 16], 40001, 3721);
-        assert_eq!(a.holds(&a.key, seed), Some(a.steered));
-        assert_eq!(a.holds(&b.key, seed), None, "another flow's key");
-        assert_eq!(a.holds(&a.key, seed ^ 1), None, "another load's seed");
+        let echo = a.steered.echo;
+        assert_eq!(a.holds(&a.key, seed, echo), Some(a.steered));
+        assert_eq!(a.holds(&b.key, seed, echo), None, "another flow's key");
+        assert_eq!(a.holds(&a.key, seed ^ 1, echo), None, "another load's seed");
+        assert_eq!(
+            a.holds(&a.key, seed, [9; 4]),
+            None,
+            "an answer to another packet"
+        );
+        let fragment = SteeredSlot {
+            steered: Steered {
+                echo_kind: ECHO_ANY,
+                ..a.steered
+            },
+            ..a
+        };
+        assert!(
+            fragment.holds(&a.key, seed, [9; 4]).is_some(),
+            "a first fragment's"
+        );
         // Torn: one writer's key, the other's ports.
         let torn = SteeredSlot {
             key: a.key,
             steered: b.steered,
         };
-        assert_eq!(torn.holds(&a.key, seed), None);
+        assert_eq!(torn.holds(&a.key, seed, b.steered.echo), None);
         let torn = SteeredSlot {
             key: SteerKey {
                 peer: b.key.peer,
@@ -305,7 +380,21 @@ mod tests {
             },
             steered: a.steered,
         };
-        assert_eq!(torn.holds(&torn.key, seed), None);
+        assert_eq!(torn.holds(&torn.key, seed, echo), None);
+        // A packet to port 0 keeps its own source port.
+        let zero = SteeredSlot {
+            key: SteerKey {
+                port: [0x9c, 0x40],
+                ..a.key
+            },
+            steered: Steered {
+                src_port: [0x9c, 0x40],
+                dst_port: STEER_TO_PORT,
+                ..a.steered
+            },
+        };
+        let held = zero.holds(&zero.key, seed, echo).expect("its own slot");
+        assert!(held.to_port_zero());
         assert_eq!(
             steered_slot(a.key.port),
             u32::from(u16::from_be_bytes(a.key.port))
@@ -349,6 +438,26 @@ mod tests {
             steered_label(7, &peer, &flow, 0x00001) & FLOW_LABEL_STATELESS,
             0
         );
+    }
+
+    #[test]
+    fn an_rst_echoes_what_the_segment_it_answers_says_it_would() {
+        let (seq, ack) = (0xffff_fff0u32.to_be_bytes(), 0x1234_5678u32.to_be_bytes());
+        // A SYN: its sequence number and one, wrapping.
+        let syn = segment_echo(TCP_SYN, seq, ack, 0);
+        assert_eq!(syn, 0xffff_fff1u32.to_be_bytes());
+        assert_eq!(rst_echo(TCP_ACK | crate::TCP_RST, [0; 4], syn), syn);
+        // FIN with 33 bytes of data, and a bare segment with 16.
+        assert_eq!(
+            segment_echo(TCP_FIN, seq, ack, 33),
+            0x0000_0012u32.to_be_bytes()
+        );
+        assert_eq!(segment_echo(0, seq, ack, 16), 0u32.to_be_bytes());
+        // With ACK: the acknowledgment number, whatever else it carries.
+        let acked = segment_echo(TCP_ACK | TCP_SYN | TCP_FIN, seq, ack, 100);
+        assert_eq!(acked, ack);
+        assert_eq!(rst_echo(crate::TCP_RST, acked, [0; 4]), ack);
+        assert_eq!(datagram_echo([0, 20], [0xab, 0xcd]), [0, 20, 0xab, 0xcd]);
     }
 
     #[test]

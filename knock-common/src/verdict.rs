@@ -129,10 +129,13 @@ counted! {
         /// An answer of the host (an RST, an ICMP error) to a steered
         /// packet, given back the packet's ports.
         Restored => "answer_restored",
-        /// An answer from port 0 that no steered packet explains (a probe
-        /// of port 0 itself, or a flood pushed the record out): sent as the
+        /// An answer of the host to a probe of port 0 itself: sent as the
         /// host made it.
-        Unmatched => "answer_unmatched",
+        PortZero => "answer_port_zero",
+        /// An answer from port 0 whose flow's slot another flow took since
+        /// (a collision, rare but for a flood): dropped, as if lost, rather
+        /// than sent with ports that are not the prober's.
+        Unmatched => "silent_unmatched",
     }
 }
 
@@ -188,7 +191,8 @@ mod tests {
                 (0, "steered_to_host"),
                 (1, "silent_unrecorded"),
                 (2, "answer_restored"),
-                (3, "answer_unmatched"),
+                (3, "answer_port_zero"),
+                (4, "silent_unmatched"),
             ]
         );
         assert_eq!(Answer::decode(Answer::COUNT), None);

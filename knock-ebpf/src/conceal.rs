@@ -25,12 +25,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Answer, CONCEAL_CLOSED, IPPROTO_TCP, IPPROTO_UDP, STEER_TO_PORT, STEERED_SLOTS, Settings,
-    SteerKey, Steered, SteeredSlot, TCP_CHECK_AT, UDP_CHECK_AT, replace_udp_words, replace_words,
-    steered_port, steered_slot,
+    Answer, CONCEAL_CLOSED, ECHO_ANY, ECHO_EXACT, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN,
+    STEER_TO_PORT, STEERED_SLOTS, Settings, SteerKey, Steered, SteeredSlot, TCP_CHECK_AT,
+    UDP_CHECK_AT, datagram_echo, replace_udp_words, replace_words, segment_echo, steered_port,
+    steered_slot,
 };
 
-use crate::parse::{self, Parsed, Transport, bytes_at, store_at};
+use crate::parse::{self, Packet, Parsed, Transport, bytes_at, store_at};
 
 #[map]
 static CONCEAL: ProgramArray = ProgramArray::with_max_entries(1, 0);
@@ -52,22 +53,22 @@ pub fn hand_over(ctx: &XdpContext) {
 /// What the steering program made of a packet handed to it.
 pub enum Handed {
     /// A packet of the peer's own to port 0 (`Reason::PassPortZero`): its
-    /// peer's steered flow of that source port is cleared; it passes.
+    /// flow takes the slot of its source port as it is; it passes.
     PortZero,
     /// A stopped packet: steered, or (`Unrecorded`) to be dropped.
     Stopped(Answer),
 }
 
 /// Steers a stopped packet to port 0 for the host to answer, recording its
-/// ports first (`Unrecorded`, to be dropped, when it cannot be); clears
-/// the steered flow a packet to port 0 names.
+/// ports first (`Unrecorded`, to be dropped, when it cannot be); records a
+/// packet to port 0 as it is.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, settings: Option<&Settings>) -> Handed {
     let Ok(Parsed::Transport(l4)) = parse::parse(ctx) else {
         return Handed::Stopped(Answer::Unrecorded);
     };
     if l4.dst_port == STEER_TO_PORT {
-        forget(ctx, &l4);
+        record_port_zero(ctx, &l4);
         return Handed::PortZero;
     }
     match settings {
@@ -80,11 +81,7 @@ pub fn handle(ctx: &XdpContext, settings: Option<&Settings>) -> Handed {
 
 #[inline(always)]
 fn steer(ctx: &XdpContext, settings: &Settings, l4: &Transport) -> Option<Answer> {
-    let check_at = match l4.proto {
-        IPPROTO_TCP => TCP_CHECK_AT,
-        IPPROTO_UDP => UDP_CHECK_AT,
-        _ => return None,
-    };
+    let check_at = check_at(l4)?;
     let packet = l4.with_source(ctx).ok()?;
     let at = l4.header_at();
     let ports = bytes_at::<4>(ctx, at).ok()?;
@@ -97,82 +94,137 @@ fn steer(ctx: &XdpContext, settings: &Settings, l4: &Transport) -> Option<Answer
         from[1],
         l4.proto,
     );
-    let key = SteerKey {
-        peer: packet.src(),
-        port,
-        proto: l4.proto,
-        _pad: 0,
-    };
-    let (l3, v6) = l4.network();
-    let first_word = if v6 {
-        bytes_at::<4>(ctx, l3).ok()?
-    } else {
-        [0; 4]
-    };
-    let original = Steered {
-        src_port: from[0],
-        dst_port: from[1],
-        check,
-        _pad: [0; 2],
-        first_word,
-    };
-    let slot = STEERED.get_ptr_mut(steered_slot(port))?;
-    // SAFETY: a slot of the array; a reader that meets it half written
-    // finds it torn (`SteeredSlot::holds`) and takes nothing from it.
-    unsafe {
-        *slot = SteeredSlot {
-            key,
-            steered: original,
-        }
-    };
     let to = [port, STEER_TO_PORT];
-    let check = if l4.proto == IPPROTO_TCP {
+    let sent_check = if l4.proto == IPPROTO_TCP {
         replace_words(check, &from, &to)
     } else {
         replace_udp_words(check, &from, &to)
     };
+    record(ctx, l4, &packet, port, from, check, sent_check)?;
     store_at(
         ctx,
         at,
         &[port[0], port[1], STEER_TO_PORT[0], STEER_TO_PORT[1]],
     )
     .ok()?;
-    store_at(ctx, at + check_at, &check).ok()?;
+    store_at(ctx, at + check_at, &sent_check).ok()?;
     Some(Answer::Steered)
 }
 
-/// A packet of the peer's own to port 0: whatever a steered flow of the
-/// same peer and source port left is forgotten, so the host's answer to
-/// it leaves as the host made it.
+/// A packet of the peer's own to port 0: its flow takes the slot of its
+/// source port as it is, so the host's answer to it leaves as the host
+/// made it (and a steered flow's answer from that slot, unmatched, does
+/// not leave with ports that are not its prober's).
 #[inline(always)]
-fn forget(ctx: &XdpContext, l4: &Transport) {
-    let Ok(packet) = l4.with_source(ctx) else {
-        return;
-    };
-    let Some(slot) = STEERED.get_ptr_mut(steered_slot(packet.src_port)) else {
-        return;
-    };
-    let key = SteerKey {
-        peer: packet.src(),
-        port: packet.src_port,
-        proto: l4.proto,
-        _pad: 0,
-    };
-    // SAFETY: a slot of the array, written whole or not at all by this
-    // CPU; a racing writer's flow may be lost, and its answer then leaves
-    // as the host made it.
-    unsafe {
-        if (*slot).key == key {
-            *slot = SteeredSlot::default();
-        }
+fn record_port_zero(ctx: &XdpContext, l4: &Transport) -> Option<()> {
+    let check_at = check_at(l4)?;
+    let packet = l4.with_source(ctx).ok()?;
+    let check = bytes_at::<2>(ctx, l4.header_at() + check_at).ok()?;
+    let ports = [packet.src_port, STEER_TO_PORT];
+    record(ctx, l4, &packet, packet.src_port, ports, check, check)
+}
+
+/// Where the checksum of a TCP or UDP header is.
+#[inline(always)]
+fn check_at(l4: &Transport) -> Option<usize> {
+    match l4.proto {
+        IPPROTO_TCP => Some(TCP_CHECK_AT),
+        IPPROTO_UDP => Some(UDP_CHECK_AT),
+        _ => None,
     }
 }
 
-/// The ports a steered flow of `key` came with, if its slot holds it whole.
+/// Writes the flow of `packet`, sent to the host from port `port`, into
+/// that port's slot: its original ports and checksum `check`, and what the
+/// host's answer will echo of it (with the checksum it gets,
+/// `sent_check`).
 #[inline(always)]
-pub fn steered(key: &SteerKey, seed: u32) -> Option<Steered> {
+fn record(
+    ctx: &XdpContext,
+    l4: &Transport,
+    packet: &Packet,
+    port: [u8; 2],
+    ports: [[u8; 2]; 2],
+    check: [u8; 2],
+    sent_check: [u8; 2],
+) -> Option<()> {
+    let (l3, v6) = l4.network();
+    let first_word = if v6 {
+        bytes_at::<4>(ctx, l3).ok()?
+    } else {
+        [0; 4]
+    };
+    let (echo_kind, echo) = echo(ctx, l4, l3, v6, sent_check)?;
+    let slot = STEERED.get_ptr_mut(steered_slot(port))?;
+    // SAFETY: a slot of the array; a reader that meets it half written
+    // finds it torn (`SteeredSlot::holds`) and takes nothing from it.
+    unsafe {
+        *slot = SteeredSlot {
+            key: SteerKey {
+                peer: packet.src(),
+                port,
+                proto: l4.proto,
+                _pad: 0,
+            },
+            steered: Steered {
+                src_port: ports[0],
+                dst_port: ports[1],
+                check,
+                echo_kind,
+                _pad: 0,
+                first_word,
+                echo,
+            },
+        }
+    };
+    Some(())
+}
+
+/// What the host's answer to the packet will echo of it: a TCP segment's
+/// sequence or acknowledgment number (`segment_echo`), which a first
+/// fragment cannot tell (its data goes on in other fragments); a UDP
+/// datagram's length and checksum as the host gets them.
+#[inline(always)]
+fn echo(
+    ctx: &XdpContext,
+    l4: &Transport,
+    l3: usize,
+    v6: bool,
+    sent_check: [u8; 2],
+) -> Option<(u8, [u8; 4])> {
+    let at = l4.header_at();
+    if l4.proto == IPPROTO_UDP {
+        let len = bytes_at::<2>(ctx, at + 4).ok()?;
+        return Some((ECHO_EXACT, datagram_echo(len, sent_check)));
+    }
+    if !l4.whole {
+        return Some((ECHO_ANY, [0; 4]));
+    }
+    let header = bytes_at::<10>(ctx, at + 4).ok()?;
+    let ip_end = if v6 {
+        let payload = bytes_at::<2>(ctx, l3 + 4).ok()?;
+        l3 + IPV6_HEADER_LEN + usize::from(u16::from_be_bytes(payload))
+    } else {
+        let total = bytes_at::<2>(ctx, l3 + 2).ok()?;
+        l3 + usize::from(u16::from_be_bytes(total))
+    };
+    let data_at = at + usize::from(header[8] >> 4) * 4;
+    // Lengths that do not add up: the host drops the segment unanswered.
+    let data_len = ip_end.saturating_sub(data_at);
+    let seq = [header[0], header[1], header[2], header[3]];
+    let ack = [header[4], header[5], header[6], header[7]];
+    Some((
+        ECHO_EXACT,
+        segment_echo(l4.tcp_flags, seq, ack, data_len as u32),
+    ))
+}
+
+/// The ports a steered flow of `key` came with, if its slot holds it whole
+/// and an answer echoing `echo` answers it.
+#[inline(always)]
+pub fn steered(key: &SteerKey, seed: u32, echo: [u8; 4]) -> Option<Steered> {
     let slot = STEERED.get(steered_slot(key.port))?;
-    slot.holds(key, seed)
+    slot.holds(key, seed, echo)
 }
 
 /// Counts a steering (or its failure) or an answer by its kind.

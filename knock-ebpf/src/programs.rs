@@ -15,7 +15,7 @@
 //! packets `xknock_conceal` steered back their ports.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -81,11 +81,16 @@ pub fn xknock_conceal(ctx: XdpContext) -> u32 {
 }
 
 /// Gives the host's answers to steered packets back their ports on the way
-/// out (`restore`); every packet goes on (to the next TC program, if any).
+/// out (`restore`); every packet goes on (to the next TC program, if any)
+/// but an answer whose flow's slot another flow took since, which is
+/// dropped.
 #[classifier]
 pub fn xknock_restore(ctx: TcContext) -> i32 {
-    restore::restore(&ctx);
-    TC_ACT_UNSPEC
+    if restore::restore(&ctx) {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT
+    }
 }
 
 /// Counts the verdict, lets a running trace see it (the trace then acts on

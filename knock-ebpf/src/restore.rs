@@ -16,8 +16,8 @@ use knock_common::{
     Answer, ETH_HEADER_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, FLOW_LABEL_MASK,
     IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN,
     MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, STEER_TO_PORT, SteerKey, TCP_CHECK_AT,
-    TCP_RST, UDP_CHECK_AT, VLAN_TAG_LEN, addr_words, is_ipv6_extension, quotes_a_packet,
-    steered_label,
+    TCP_RST, UDP_CHECK_AT, VLAN_TAG_LEN, addr_words, datagram_echo, is_ipv6_extension,
+    quotes_a_packet, rst_echo, segment_echo, steered_label,
 };
 
 use crate::{conceal, settings};
@@ -32,12 +32,15 @@ const ICMP_CHECK_AT: usize = 2;
 const QUOTE_AT: usize = 8;
 
 /// Gives an answer to a steered packet back its ports; counts what it did
-/// when the packet was such an answer (or looked like one).
+/// when the packet was an answer from port 0. False: the packet is such an
+/// answer, but its flow's slot holds another flow, and it must not leave.
 #[inline(always)]
-pub fn restore(ctx: &TcContext) {
-    if let Some(answer) = try_restore(ctx) {
-        conceal::count(answer);
-    }
+pub fn restore(ctx: &TcContext) -> bool {
+    let Some(answer) = try_restore(ctx) else {
+        return true;
+    };
+    conceal::count(answer);
+    answer != Answer::Unmatched
 }
 
 /// Where the IP header starts, and whether it is IPv6; `None` for anything
@@ -94,11 +97,20 @@ fn rst(ctx: &TcContext, l3: usize, l4: usize, peer: Peer) -> Option<Answer> {
     if [ports[0], ports[1]] != STEER_TO_PORT || byte(ctx, l4 + 13)? & TCP_RST == 0 {
         return None;
     }
+    let numbers = loaded::<8>(ctx, l4 + 4)?;
+    let echo = rst_echo(
+        byte(ctx, l4 + 13)?,
+        [numbers[0], numbers[1], numbers[2], numbers[3]],
+        [numbers[4], numbers[5], numbers[6], numbers[7]],
+    );
     let key = peer.key(ctx, [ports[2], ports[3]], IPPROTO_TCP)?;
     let seed = settings::settings()?.source_seed;
-    let Some(steered) = conceal::steered(&key, seed) else {
+    let Some(steered) = conceal::steered(&key, seed, echo) else {
         return Some(Answer::Unmatched);
     };
+    if steered.to_port_zero() {
+        return Some(Answer::PortZero);
+    }
     // The RST goes back: from the port probed to the prober's port.
     let to = [
         steered.dst_port[0],
@@ -131,7 +143,7 @@ fn quoted(ctx: &TcContext, icmp: usize, v6: bool) -> Option<Answer> {
     // A rare packet (an error the host sends): its quote is read through
     // the helper, wherever it lies in the buffer.
     let quote = icmp + QUOTE_AT;
-    let (proto, l4, peer) = if v6 {
+    let (proto, l4, peer, ip_len) = if v6 {
         quoted_v6(ctx, quote)?
     } else {
         // A later fragment quotes no ports; steered packets are first ones.
@@ -144,7 +156,13 @@ fn quoted(ctx: &TcContext, icmp: usize, v6: bool) -> Option<Answer> {
             at: quote + 12,
             v6: false,
         };
-        (loaded::<1>(ctx, quote + 9)?[0], quote + header_len, peer)
+        let ip_len = usize::from(u16::from_be_bytes(loaded::<2>(ctx, quote + 2)?));
+        (
+            loaded::<1>(ctx, quote + 9)?[0],
+            quote + header_len,
+            peer,
+            ip_len,
+        )
     };
     let check_at = match proto {
         IPPROTO_TCP => TCP_CHECK_AT,
@@ -155,11 +173,15 @@ fn quoted(ctx: &TcContext, icmp: usize, v6: bool) -> Option<Answer> {
     if [ports[2], ports[3]] != STEER_TO_PORT {
         return None;
     }
+    let echo = quoted_echo(ctx, proto, l4, quote + ip_len);
     let key = peer.key(ctx, [ports[0], ports[1]], proto)?;
     let seed = settings::settings()?.source_seed;
-    let Some(steered) = conceal::steered(&key, seed) else {
+    let Some(steered) = conceal::steered(&key, seed, echo) else {
         return Some(Answer::Unmatched);
     };
+    if steered.to_port_zero() {
+        return Some(Answer::PortZero);
+    }
     let icmp_check = icmp + ICMP_CHECK_AT;
     let to = [
         steered.src_port[0],
@@ -175,10 +197,32 @@ fn quoted(ctx: &TcContext, icmp: usize, v6: bool) -> Option<Answer> {
     Some(Answer::Restored)
 }
 
-/// The protocol, header offset and source of the packet an ICMPv6 error
-/// quotes at `quote`, past its extension headers.
+/// What the quoted packet, whose transport header is at `l4` and which
+/// ends at `end` (by its IP length), says an answer to it echoes: as the
+/// steering recorded it (`conceal::echo`). A quote too short to say is
+/// echoed by nothing a record holds (but a first fragment's).
 #[inline(always)]
-fn quoted_v6(ctx: &TcContext, quote: usize) -> Option<(u8, usize, Peer)> {
+fn quoted_echo(ctx: &TcContext, proto: u8, l4: usize, end: usize) -> [u8; 4] {
+    if proto == IPPROTO_UDP {
+        return loaded::<4>(ctx, l4 + 4)
+            .map_or([0; 4], |f| datagram_echo([f[0], f[1]], [f[2], f[3]]));
+    }
+    let Some(f) = loaded::<10>(ctx, l4 + 4) else {
+        return [0; 4];
+    };
+    let data_len = end.saturating_sub(l4 + usize::from(f[8] >> 4) * 4);
+    segment_echo(
+        f[9],
+        [f[0], f[1], f[2], f[3]],
+        [f[4], f[5], f[6], f[7]],
+        data_len as u32,
+    )
+}
+
+/// The protocol, header offset, source and IP length of the packet an
+/// ICMPv6 error quotes at `quote`, past its extension headers.
+#[inline(always)]
+fn quoted_v6(ctx: &TcContext, quote: usize) -> Option<(u8, usize, Peer, usize)> {
     let peer = Peer {
         at: quote + 8,
         v6: true,
@@ -202,7 +246,8 @@ fn quoted_v6(ctx: &TcContext, quote: usize) -> Option<(u8, usize, Peer)> {
         };
         next = ext[0];
     }
-    Some((next, offset, peer))
+    let payload = usize::from(u16::from_be_bytes(loaded::<2>(ctx, quote + 4)?));
+    Some((next, offset, peer, IPV6_HEADER_LEN + payload))
 }
 
 /// The `N` bytes at `at`, read in place from the packet's linear part.

@@ -595,3 +595,80 @@ fn states(grepable: &str, ranges: &str) -> Vec<(u16, String)> {
         })
         .collect()
 }
+
+/// Two flows of one peer whose steered source ports collide share one
+/// slot: the answer to the first that comes after the second took the slot
+/// must leave neither with the second's ports nor from port 0. A SYN to the
+/// knock port in fragments, the last one missing, is answered only when
+/// reassembly times out (2 s); meanwhile a SYN of the same peer to the
+/// protected port, from a source port picked to collide (the test knows
+/// the key), takes the slot. The late answer is dropped, as if lost.
+#[test]
+fn a_late_answer_whose_slot_another_flow_took_is_dropped_not_misaddressed() {
+    let guarded = Guarded::start(|lab| {
+        unlimited_icmp(&lab.server);
+        sysctl(&lab.server, "net.ipv4.ipfrag_time", "2");
+    });
+    let seed = source_seed(&guarded.xknock);
+    let prober = Prober::new(&guarded.lab);
+    let (src, dst) = v4();
+    let IpAddr::V4(client) = src else {
+        unreachable!("an IPv4 probe")
+    };
+    let peer = knock_common::addr_words(&knock_common::ipv4_mapped(client.octets()));
+    let steered = |sport: u16, dport: u16| {
+        knock_common::steered_port(
+            seed,
+            &peer,
+            sport.to_be_bytes(),
+            dport.to_be_bytes(),
+            knock_common::IPPROTO_TCP,
+        )
+    };
+    let (knock, protected) = (CONCEALED[0].1, CONCEALED[1].1);
+    let mut by_steered = std::collections::HashMap::new();
+    for sport in 1024..=u16::MAX {
+        by_steered.entry(steered(sport, protected)).or_insert(sport);
+    }
+    let (first_sport, second_sport) = (40000..=u16::MAX)
+        .find_map(|s| by_steered.get(&steered(s, knock)).map(|&b| (s, b)))
+        .expect("two source ports whose flows collide");
+    let first = Probe {
+        src_port: first_sport,
+        payload: vec![0x5a; 20],
+        ..Probe::tcp(src, dst, knock, SYN).fragmented(&[24, 32])
+    };
+    let second = Probe {
+        src_port: second_sport,
+        seq: 0x0bad_cafe,
+        ..Probe::tcp(src, dst, protected, SYN)
+    };
+    let frames = first.frames(prober.server_mac, prober.client_mac);
+    let pending = prober.batch(
+        &[(frames[..2].to_vec(), &first)],
+        Duration::from_millis(300),
+    );
+    assert!(
+        pending[0].is_empty(),
+        "answered before reassembly timed out"
+    );
+    let answers = prober.answers(&second, WAIT);
+    assert_eq!(
+        answers.len(),
+        1,
+        "the second SYN is answered\n{}",
+        show(&answers)
+    );
+    assert!(
+        answers[0].contains(&("tcp.src_port".into(), "PORT".into())),
+        "from the protected port\n{}",
+        show(&answers)
+    );
+    let late = prober.batch(&[(Vec::new(), &first)], Duration::from_millis(3500));
+    assert!(
+        late[0].is_empty(),
+        "the first flow's late answer left with another flow's ports or from port 0\n{}",
+        show(&late[0])
+    );
+    guarded.assert_nothing_reached_a_listener(0);
+}
