@@ -156,11 +156,11 @@ pub fn render(
             md,
             "\nAt {at}, xknock answered {:.2} as fast as the closed port behind XDP_PASS in the same rounds \
              (median of per-round ratios). Its own counters over its rounds: {} SYNs steered, \
-             {} RSTs restored, {} answers from port 0 unmatched.",
+             {} RSTs restored, {} dropped (their slot taken by another flow).",
             round_ratio(xknock, closed),
             count("steered_to_host"),
             count("answer_restored"),
-            count("answer_unmatched"),
+            count("silent_unmatched"),
         );
     }
 }

@@ -174,7 +174,7 @@ fn knock_and_protected_ports_answer_field_by_field_as_a_closed_port() {
     };
     assert_eq!(count("steered_to_host"), compared, "{answers}");
     assert_eq!(count("answer_restored"), answered, "{answers}");
-    assert_eq!(count("answer_unmatched"), 0, "{answers}");
+    assert_eq!(count("silent_unmatched"), 0, "{answers}");
     assert_eq!(count("silent_unrecorded"), 0, "{answers}");
 }
 
