@@ -75,6 +75,16 @@ pub const TCP_HEADER_LEN: usize = 20;
 /// Where a TCP and a UDP header hold their checksum.
 pub const TCP_CHECK_AT: usize = 16;
 pub const UDP_CHECK_AT: usize = 6;
+
+/// Where the checksum of a `proto` header is: TCP's or UDP's, else none.
+#[inline(always)]
+pub fn l4_check_at(proto: u8) -> Option<usize> {
+    match proto {
+        IPPROTO_TCP => Some(TCP_CHECK_AT),
+        IPPROTO_UDP => Some(UDP_CHECK_AT),
+        _ => None,
+    }
+}
 pub const UDP_HEADER_LEN: usize = 8;
 pub const ICMP_HEADER_LEN: usize = 8;
 

@@ -165,21 +165,36 @@ pub fn steered_port(
     dst_port: [u8; 2],
     proto: u8,
 ) -> [u8; 2] {
-    let ports = u32::from_be_bytes([src_port[0], src_port[1], dst_port[0], dst_port[1]]);
+    let ports = ports_word(src_port, dst_port);
     let words = [peer[0], peer[1], peer[2], peer[3], ports, u32::from(proto)];
-    let mut hash = seed ^ 0x2545_f491;
-    let mut i = 0;
-    while i < words.len() {
-        hash = (hash ^ words[i]).wrapping_mul(0x9e37_79b1);
-        hash ^= hash >> 15;
-        i += 1;
-    }
+    let hash = keyed_hash(seed ^ 0x2545_f491, &words);
     let port = (hash ^ (hash >> 16)) as u16;
     if port == 0 {
         [0, 1]
     } else {
         port.to_be_bytes()
     }
+}
+
+/// Two big-endian ports as one word, source first.
+#[inline(always)]
+fn ports_word(src_port: [u8; 2], dst_port: [u8; 2]) -> u32 {
+    u32::from_be_bytes([src_port[0], src_port[1], dst_port[0], dst_port[1]])
+}
+
+/// A multiplicative hash of `words`, started from `start` (the seed mixed
+/// with a constant of each use, so that the steered port and the label are
+/// independent hashes of one flow).
+#[inline(always)]
+fn keyed_hash<const N: usize>(start: u32, words: &[u32; N]) -> u32 {
+    let mut hash = start;
+    let mut i = 0;
+    while i < N {
+        hash = (hash ^ words[i]).wrapping_mul(0x9e37_79b1);
+        hash ^= hash >> 15;
+        i += 1;
+    }
+    hash
 }
 
 /// The IPv6 flow label mask of a header's first word.
@@ -200,20 +215,9 @@ pub fn steered_label(seed: u32, peer: &AddrWords, steered: &Steered, made: u32) 
     if made == 0 || made == reflected {
         return made;
     }
-    let ports = u32::from_be_bytes([
-        steered.src_port[0],
-        steered.src_port[1],
-        steered.dst_port[0],
-        steered.dst_port[1],
-    ]);
+    let ports = ports_word(steered.src_port, steered.dst_port);
     let words = [peer[0], peer[1], peer[2], peer[3], ports];
-    let mut hash = seed ^ 0x5bd1_e995;
-    let mut i = 0;
-    while i < words.len() {
-        hash = (hash ^ words[i]).wrapping_mul(0x9e37_79b1);
-        hash ^= hash >> 15;
-        i += 1;
-    }
+    let hash = keyed_hash(seed ^ 0x5bd1_e995, &words);
     let label = (hash & (FLOW_LABEL_MASK & !FLOW_LABEL_STATELESS)) | (made & FLOW_LABEL_STATELESS);
     if label == 0 { 1 } else { label }
 }

@@ -26,9 +26,8 @@ use aya_ebpf::{
 };
 use knock_common::{
     Answer, CONCEAL_CLOSED, ECHO_ANY, ECHO_EXACT, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN,
-    STEER_TO_PORT, STEERED_SLOTS, Settings, SteerKey, Steered, SteeredSlot, TCP_CHECK_AT,
-    UDP_CHECK_AT, datagram_echo, replace_udp_words, replace_words, segment_echo, steered_port,
-    steered_slot,
+    STEER_TO_PORT, STEERED_SLOTS, Settings, SteerKey, Steered, SteeredSlot, datagram_echo,
+    l4_check_at, replace_udp_words, replace_words, segment_echo, steered_port, steered_slot,
 };
 
 use crate::parse::{self, Packet, Parsed, Transport, bytes_at, store_at};
@@ -81,7 +80,7 @@ pub fn handle(ctx: &XdpContext, settings: Option<&Settings>) -> Handed {
 
 #[inline(always)]
 fn steer(ctx: &XdpContext, settings: &Settings, l4: &Transport) -> Option<Answer> {
-    let check_at = check_at(l4)?;
+    let check_at = l4_check_at(l4.proto)?;
     let packet = l4.with_source(ctx).ok()?;
     let at = l4.header_at();
     let ports = bytes_at::<4>(ctx, at).ok()?;
@@ -117,21 +116,11 @@ fn steer(ctx: &XdpContext, settings: &Settings, l4: &Transport) -> Option<Answer
 /// not leave with ports that are not its prober's).
 #[inline(always)]
 fn record_port_zero(ctx: &XdpContext, l4: &Transport) -> Option<()> {
-    let check_at = check_at(l4)?;
+    let check_at = l4_check_at(l4.proto)?;
     let packet = l4.with_source(ctx).ok()?;
     let check = bytes_at::<2>(ctx, l4.header_at() + check_at).ok()?;
     let ports = [packet.src_port, STEER_TO_PORT];
     record(ctx, l4, &packet, packet.src_port, ports, check, check)
-}
-
-/// Where the checksum of a TCP or UDP header is.
-#[inline(always)]
-fn check_at(l4: &Transport) -> Option<usize> {
-    match l4.proto {
-        IPPROTO_TCP => Some(TCP_CHECK_AT),
-        IPPROTO_UDP => Some(UDP_CHECK_AT),
-        _ => None,
-    }
 }
 
 /// Writes the flow of `packet`, sent to the host from port `port`, into

@@ -16,7 +16,7 @@ use knock_common::{
     Answer, ETH_HEADER_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, FLOW_LABEL_MASK,
     IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HEADER_LEN,
     MAX_HEADER_OFFSET, MAX_IPV6_EXT_HEADERS, MAX_VLAN_DEPTH, STEER_TO_PORT, SteerKey, TCP_CHECK_AT,
-    TCP_RST, UDP_CHECK_AT, VLAN_TAG_LEN, addr_words, datagram_echo, is_ipv6_extension,
+    TCP_RST, VLAN_TAG_LEN, addr_words, datagram_echo, is_ipv6_extension, l4_check_at,
     quotes_a_packet, rst_echo, segment_echo, steered_label,
 };
 
@@ -164,11 +164,7 @@ fn quoted(ctx: &TcContext, icmp: usize, v6: bool) -> Option<Answer> {
             ip_len,
         )
     };
-    let check_at = match proto {
-        IPPROTO_TCP => TCP_CHECK_AT,
-        IPPROTO_UDP => UDP_CHECK_AT,
-        _ => return None,
-    };
+    let check_at = l4_check_at(proto)?;
     let ports = loaded::<4>(ctx, l4)?;
     if [ports[2], ports[3]] != STEER_TO_PORT {
         return None;
