@@ -24,7 +24,7 @@ use aya::{
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType, TestRun as _,
         TestRunOptions, TestRunResult, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
+        links::FdLink,
         tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::{XdpLink, XdpLinkId},
     },
@@ -403,18 +403,14 @@ impl Filter {
         };
         let path = pins.egress_link(iface);
         if path.exists() {
-            let link =
-                PinnedLink::from_pin(&path).map_err(|e| link_error(std::io::Error::other(e)))?;
-            let link = SchedClassifierLink::try_from(FdLink::from(link))
-                .map_err(|e| link_error(std::io::Error::other(e)))?;
-            match self.restore_program()?.attach_to_link(link) {
-                Ok(_) => return Ok(()),
-                Err(error) => {
-                    log::info!(
-                        "the pinned egress link of `{iface}` is no longer usable ({error}); attaching anew"
-                    );
-                    std::fs::remove_file(&path).map_err(link_error)?;
-                }
+            let program = self.restore_program()?;
+            let swapped =
+                pins::swap_pinned(&path, "egress link", iface, |link: SchedClassifierLink| {
+                    program.attach_to_link(link).map(drop)
+                })
+                .map_err(link_error)?;
+            if swapped {
+                return Ok(());
             }
         }
         let id = self.attach_egress(iface)?;
@@ -512,20 +508,13 @@ impl Filter {
             source,
         };
         if let Some(pinned) = pins.links()?.into_iter().find(|l| l.iface == iface) {
-            let link = PinnedLink::from_pin(&pinned.path)
-                .map_err(|e| link_error(std::io::Error::other(e)))?;
-            let link = XdpLink::try_from(FdLink::from(link))
-                .map_err(|e| link_error(std::io::Error::other(e)))?;
-            match self.program_mut()?.attach_to_link(link) {
-                Ok(_) => return Ok(Installed::Replaced(pinned.mode)),
-                // The interface went away and took the link's attachment
-                // with it: the pin is stale.
-                Err(error) => {
-                    log::info!(
-                        "the pinned link of `{iface}` is no longer usable ({error}); attaching anew"
-                    );
-                    std::fs::remove_file(&pinned.path).map_err(link_error)?;
-                }
+            let program = self.program_mut()?;
+            let swapped = pins::swap_pinned(&pinned.path, "link", iface, |link: XdpLink| {
+                program.attach_to_link(link).map(drop)
+            })
+            .map_err(link_error)?;
+            if swapped {
+                return Ok(Installed::Replaced(pinned.mode));
             }
         }
         let (id, used) = self.attach_link(iface, mode)?;

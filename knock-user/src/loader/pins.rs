@@ -30,6 +30,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use aya::programs::{
+    ProgramError,
+    links::{FdLink, PinnedLink},
+};
 use knock_common::LAYOUT_VERSION;
 
 use super::table::{Kind, Row, name};
@@ -277,6 +281,34 @@ impl PinDir {
         // is left without the program that gives its answer back its ports.
         remove_tree(&self.links_dir())?;
         remove_tree(&self.root)
+    }
+}
+
+/// Swaps a program onto the link pinned at `path` (the `what` of `iface`)
+/// in one step, with `swap`; false when the pin is stale (the interface went
+/// away and took the link's attachment with it): the pin is removed then,
+/// for a new link to take its place.
+pub fn swap_pinned<L>(
+    path: &Path,
+    what: &str,
+    iface: &str,
+    swap: impl FnOnce(L) -> Result<(), ProgramError>,
+) -> io::Result<bool>
+where
+    L: TryFrom<FdLink>,
+    L::Error: std::error::Error + Send + Sync + 'static,
+{
+    let link = PinnedLink::from_pin(path).map_err(io::Error::other)?;
+    let link = L::try_from(FdLink::from(link)).map_err(io::Error::other)?;
+    match swap(link) {
+        Ok(()) => Ok(true),
+        Err(error) => {
+            log::info!(
+                "the pinned {what} of `{iface}` is no longer usable ({error}); attaching anew"
+            );
+            fs::remove_file(path)?;
+            Ok(false)
+        }
     }
 }
 
