@@ -60,13 +60,17 @@ pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_URG: u8 = 0x20;
 
-/// ICMP and ICMPv6 message types and codes.
+/// ICMP and ICMPv6 message types: echo requests, and the errors that
+/// quote the packet they answer.
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
 pub const ICMPV6_DEST_UNREACH: u8 = 1;
-pub const ICMPV6_PORT_UNREACH: u8 = 4;
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEED: u8 = 3;
+pub const ICMPV6_PARAMPROB: u8 = 4;
 
 /// Header sizes without options.
 pub const IPV4_HEADER_LEN: usize = 20;

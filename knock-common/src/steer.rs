@@ -19,7 +19,11 @@
 //!
 //! Plain Rust, host-tested; the XDP and TC programs run the same functions.
 
-use crate::{AddrWords, TCP_ACK, TCP_FIN, TCP_SYN, addr_words, checksum::Sum};
+use crate::{
+    AddrWords, ICMP_DEST_UNREACH, ICMP_PARAMETERPROB, ICMP_TIME_EXCEEDED, ICMPV6_DEST_UNREACH,
+    ICMPV6_PARAMPROB, ICMPV6_PKT_TOOBIG, ICMPV6_TIME_EXCEED, TCP_ACK, TCP_FIN, TCP_SYN, addr_words,
+    checksum::Sum,
+};
 
 /// A steered flow as its answer names it: the peer a steered packet came
 /// from, the source port it was given, and its protocol; the kernel's
@@ -228,9 +232,15 @@ pub fn steered_label(seed: u32, peer: &AddrWords, steered: &Steered, made: u32) 
 #[inline(always)]
 pub fn quotes_a_packet(v6: bool, icmp_type: u8) -> bool {
     if v6 {
-        matches!(icmp_type, 1..=4)
+        matches!(
+            icmp_type,
+            ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB
+        )
     } else {
-        matches!(icmp_type, 3 | 11 | 12)
+        matches!(
+            icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+        )
     }
 }
 
