@@ -18,7 +18,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    rotating, spa::DEFAULT_LISTEN, values::ConfigDuration, values::PortSpec, values::Prefix,
+    fleet::OfflineSpend, rotating, spa::DEFAULT_LISTEN, values::ConfigDuration, values::PortSpec,
+    values::Prefix,
 };
 
 /// The file as written.
@@ -49,6 +50,34 @@ pub(super) struct File {
     pub rules: Vec<FileRule>,
     #[serde(default, rename = "spa")]
     pub spas: Vec<FileSpa>,
+    #[serde(default)]
+    pub fleet: Option<FileFleet>,
+}
+
+/// `[fleet]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileFleet {
+    pub etcd: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub node: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub cert_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub key_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub offline_spend: OfflineSpend,
+    /// What `ca_file`, `cert_file` and `key_file` name, as `File::load`
+    /// read them, in that order.
+    #[serde(skip)]
+    pub tls_files: [Option<Loaded>; 3],
+    /// This machine's host name, the default `node`, as `File::load` read it.
+    #[serde(skip)]
+    pub hostname: Option<String>,
 }
 
 /// A `[[rule]]` as written.
@@ -146,8 +175,9 @@ impl Loaded {
 }
 
 impl File {
-    /// Reads the files its rules name (`sequences_file`, `secret_file`),
-    /// relative to `dir`, the directory the configuration is in.
+    /// Reads the files it names (`sequences_file`, `secret_file`, `[fleet]`'s
+    /// TLS files), relative to `dir`, the directory the configuration is in,
+    /// and the host name a `[fleet]` without `node` stands for.
     pub fn load(mut self, dir: &Path) -> File {
         for rule in &mut self.rules {
             rule.sequences = rule.sequences_file.as_ref().map(|f| Loaded::read(dir, f));
@@ -158,6 +188,20 @@ impl File {
                     .map_err(|e| e.to_string());
                 (loaded, mode)
             });
+        }
+        if let Some(fleet) = &mut self.fleet {
+            let read =
+                |file: &Option<Spanned<PathBuf>>| file.as_ref().map(|f| Loaded::read(dir, f));
+            fleet.tls_files = [
+                read(&fleet.ca_file),
+                read(&fleet.cert_file),
+                read(&fleet.key_file),
+            ];
+            if fleet.node.is_none() {
+                fleet.hostname = fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|name| name.trim().to_owned());
+            }
         }
         self
     }

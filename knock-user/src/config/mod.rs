@@ -8,6 +8,7 @@
 //! `Config::parse` and `Config::parse_in`.
 
 mod file;
+pub mod fleet;
 mod kernel;
 mod model;
 pub mod one_time;

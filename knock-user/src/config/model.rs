@@ -7,7 +7,7 @@ use std::{
 
 use super::{
     file::{Conceal, FlowTimeouts, Limits, PenaltyConfig},
-    one_time, rotating, spa,
+    fleet, one_time, rotating, spa,
     values::{PortSpec, Prefix},
 };
 
@@ -168,6 +168,8 @@ pub struct Config {
     pub flows: FlowTimeouts,
     pub penalty: PenaltyConfig,
     pub rules: Vec<Rule>,
+    /// `[fleet]`: the hosts this one shares its grants and spends with.
+    pub fleet: Option<fleet::Fleet>,
     /// Legal but unwise choices, each naming its line.
     pub warnings: Vec<String>,
 }

@@ -12,6 +12,7 @@ use super::*;
 
 mod collisions;
 mod file;
+mod fleet;
 mod kernel;
 mod one_time;
 mod rotating;

@@ -3,11 +3,12 @@
 //! naming its line and key. A function of data alone: it reads nothing.
 //!
 //! One checker per section (`top` for the top-level keys and lists,
-//! `limits`, `rule`, `spa`) and `cross` for what rules may not share. They
+//! `limits`, `rule`, `spa`, `fleet`) and `cross` for what rules may not share. They
 //! run in one fixed order, so a file with several problems is always told
 //! of the same one first.
 
 mod cross;
+mod fleet;
 mod limits;
 mod report;
 mod rule;
@@ -56,6 +57,14 @@ pub(super) fn validate(text: &str, file: File) -> Result<Config, ConfigError> {
         spans.push(file_spa.name.span());
     }
     cross::all(&rules, &spans, &report)?;
+    let fleet = match &file.fleet {
+        Some(written) => {
+            let fleet = fleet::check(written, &report)?;
+            fleet::own_traffic(&fleet, written, &rules, &spans, &report)?;
+            Some(fleet)
+        }
+        None => None,
+    };
 
     Ok(Config {
         interfaces: file
@@ -79,6 +88,7 @@ pub(super) fn validate(text: &str, file: File) -> Result<Config, ConfigError> {
         flows: file.flows,
         penalty: file.penalty,
         rules,
+        fleet,
         warnings: report.warnings,
     })
 }
