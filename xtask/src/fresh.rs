@@ -20,6 +20,9 @@ use anyhow::{Context as _, ensure};
 use crate::{debug_dir, ensure_carries_program, workspace_root};
 
 const LINKER: &str = "bpf-linker";
+/// The protobuf compiler, which etcd-client's build runs (Debian's
+/// protobuf-compiler, installed by set-up with libprotobuf-dev).
+const PROTOC: &str = "protoc";
 
 /// Builds in target/fresh-machine, first without bpf-linker, then with it,
 /// and fails unless each step does what a fresh machine needs.
@@ -32,24 +35,29 @@ pub fn check_order_of_events() -> anyhow::Result<()> {
     if target.exists() {
         fs::remove_dir_all(&target).with_context(|| format!("removing {}", target.display()))?;
     }
-    let shadows = target.join("path-without-bpf-linker");
-    let without_linker = path_without(LINKER, &shadows)?;
+    let shadows = target.join("path-without");
+    // Before set-up neither is there; a check-only build still needs protoc.
+    let before_setup = path_without(&[LINKER, PROTOC], &shadows.join("before-setup"))?;
+    let without_linker = path_without(&[LINKER], &shadows.join("without-linker"))?;
     let real_path = env::var_os("PATH").unwrap_or_default();
     let xknock = debug_dir(&target).join("xknock");
 
     // `./x` builds xtask before set-up has installed anything.
-    let built = build(&target, &without_linker, &[], "xtask")?;
+    let built = build(&target, &before_setup, &[], "xtask")?;
     ensure!(
         built.status.success(),
-        "xtask does not build without bpf-linker, so set-up could never run:\n{}",
+        "xtask does not build without bpf-linker and protoc, so set-up could never run:\n{}",
         stderr(&built)
     );
 
     // Building xknock before set-up fails, and says what to do.
-    let refused = build(&target, &without_linker, &[], "knock-user")?;
+    let refused = build(&target, &before_setup, &[], "knock-user")?;
+    // Which build script stops it first varies: xknock's own, or
+    // etcd-client's (which needs protoc).
+    let named = ["bpf-linker is not on PATH", "Could not find `protoc`"];
     ensure!(
-        !refused.status.success() && stderr(&refused).contains("bpf-linker is not on PATH"),
-        "building xknock without bpf-linker should fail naming bpf-linker; it {}:\n{}",
+        !refused.status.success() && named.iter().any(|n| stderr(&refused).contains(n)),
+        "building xknock before set-up should fail naming what set-up installs (bpf-linker, protoc); it {}:\n{}",
         refused.status,
         stderr(&refused)
     );
@@ -140,6 +148,9 @@ fn build(
         command.env("RUSTC", cargo.with_file_name("rustc"));
         command
     };
+    if find(PROTOC, path).is_none() {
+        command.env_remove("PROTOC");
+    }
     let output = command
         .args(["build", "--package", package])
         .env("PATH", path)
@@ -158,13 +169,13 @@ fn find(name: &str, path: &OsString) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// PATH with `name` hidden: each directory that holds it is replaced by a
-/// directory under `shadows` that links to everything else in it.
-fn path_without(name: &str, shadows: &Path) -> anyhow::Result<OsString> {
+/// PATH with `names` hidden: each directory that holds one is replaced by
+/// a directory under `shadows` that links to everything else in it.
+fn path_without(names: &[&str], shadows: &Path) -> anyhow::Result<OsString> {
     let path = env::var_os("PATH").unwrap_or_default();
     let mut dirs = Vec::new();
     for (index, dir) in env::split_paths(&path).enumerate() {
-        if !dir.join(name).exists() {
+        if !names.iter().any(|name| dir.join(name).exists()) {
             dirs.push(dir);
             continue;
         }
@@ -172,16 +183,18 @@ fn path_without(name: &str, shadows: &Path) -> anyhow::Result<OsString> {
         fs::create_dir_all(&shadow)?;
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
-            if entry.file_name() != name {
+            if !names.iter().any(|name| entry.file_name() == *name) {
                 symlink(entry.path(), shadow.join(entry.file_name()))?;
             }
         }
         dirs.push(shadow);
     }
     let without = env::join_paths(dirs)?;
-    ensure!(
-        find(name, &without).is_none(),
-        "{name} is still on the PATH meant to hide it"
-    );
+    for name in names {
+        ensure!(
+            find(name, &without).is_none(),
+            "{name} is still on the PATH meant to hide it"
+        );
+    }
     Ok(without)
 }

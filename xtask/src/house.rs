@@ -28,6 +28,7 @@ pub const USER_RANKS: &[(&str, u8)] = &[
     ("daemon", 5),
     ("admin", 4),
     ("client", 3),
+    ("fleet", 3),
     ("import", 3),
     ("loader", 2),
     ("config", 1),

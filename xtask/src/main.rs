@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 const BPF_TOOLCHAIN: &str = "nightly-2026-07-01";
 /// bpf-linker 0.10.3 uses the nightly's own LLVM 22; newer ones want LLVM 23.
 const BPF_LINKER_VERSION: &str = "0.10.3";
-/// Debian packages the tests and the demo drive.
+/// Debian packages the tests and the demo drive, and those xknock's build needs.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "openssh-server",
@@ -52,6 +52,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     // `systemd-analyze verify` checks the unit.
     "systemd",
+    // etcd-client (the fleet) compiles etcd's protos when xknock builds.
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    // The fleet's tests run a three-member etcd cluster (and etcdctl).
+    "etcd-server",
+    "etcd-client",
 ];
 
 #[derive(Parser)]
