@@ -74,12 +74,23 @@ fn main() -> ExitCode {
             (Some(config), Some(spa)) => send_spa(&host, &config, &spa, allow_ip),
             (config, _) => send_knock(&host, steps, config, rule, delay),
         },
-        Command::Status { config, json } => pins_of(&config).and_then(|pins| {
-            let status = Status::read(&pins)?;
+        Command::Status { config, json } => read_config(&config).and_then(|config| {
+            let status = Status::read(&PinDir::new(&config.pin_dir))?;
+            let fleet = config
+                .fleet
+                .as_ref()
+                .map(|fleet| admin::FleetHosts::read(&config, fleet));
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                let mut value = serde_json::to_value(&status)?;
+                if let Some(fleet) = &fleet {
+                    value["fleet"] = serde_json::to_value(fleet)?;
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print!("{}", status.render_text());
+                if let Some(fleet) = &fleet {
+                    print!("{}", fleet.render_text());
+                }
             }
             Ok(())
         }),
@@ -101,9 +112,19 @@ fn main() -> ExitCode {
             config,
             rule,
             flows,
-        } => pins_of(&config).and_then(|pins| {
+        } => read_config(&config).and_then(|config| {
+            let pins = PinDir::new(&config.pin_dir);
             let (grants, ended) = admin::revoke(&pins, addr, rule.as_deref(), flows)?;
             eprintln!("xknock: revoked {grants} grant(s) of {addr}; ended {ended} flow(s)");
+            if let Some(fleet) = &config.fleet {
+                let keys = admin::revoke_fleet(fleet, addr, rule.as_deref(), flows).map_err(|e| {
+                    anyhow!("revoked on this host only; the fleet was not told, try again: {e}")
+                })?;
+                eprintln!(
+                    "xknock: revoked on every host of the fleet {} ({keys} grant record(s) removed)",
+                    fleet.prefix
+                );
+            }
             Ok(())
         }),
         Command::Trace {

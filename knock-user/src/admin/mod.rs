@@ -1,14 +1,22 @@
 //! The operator's commands against a pinned filter, whether or not a `run`
 //! is alive: `status` (in [`status`]), and those that change its state from
-//! outside: `grant`, `revoke`, `detach`.
+//! outside: `grant`, `revoke`, `detach`; and their fleet-wide parts: a
+//! revoke for every host, the fleet's hosts for `status`.
 
 pub mod status;
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use status::{Pinned, StatusError};
 
-use crate::loader::{key_addr, monotonic_ns, pins::PinDir, read_instance};
+use crate::{
+    config::{Config, fleet::Fleet},
+    fleet::{RevokeRecord, unix_ms},
+    loader::{key_addr, monotonic_ns, pins::PinDir, read_instance},
+};
 
 /// `xknock grant`: admits `addr` to rule `rule` for `duration` (the rule's
 /// `open_for` if none); returns the duration granted.
@@ -53,4 +61,104 @@ pub fn detach(pins: &PinDir) -> Result<bool, StatusError> {
     let had_links = !pins.links()?.is_empty() || read_instance(pins).ok().flatten().is_some();
     pins.remove()?;
     Ok(had_links)
+}
+
+/// `xknock revoke` on a fleet's other hosts: records the revoke in etcd
+/// (they remove the grants, and the flows with `flows`); returns how many
+/// of the fleet's grant keys it removed.
+pub fn revoke_fleet(
+    fleet: &Fleet,
+    addr: IpAddr,
+    rule: Option<&str>,
+    flows: bool,
+) -> Result<usize, String> {
+    crate::fleet::revoke(
+        fleet,
+        &RevokeRecord {
+            addr,
+            rule: rule.map(str::to_owned),
+            flows,
+            at_ms: unix_ms(SystemTime::now()),
+            node: fleet.node.clone(),
+        },
+    )
+}
+
+/// The fleet's hosts, for `status`: each host's name, version, and whether
+/// its rules are this configuration's.
+#[derive(Debug, serde::Serialize)]
+pub struct FleetHosts {
+    pub prefix: String,
+    /// This configuration's fingerprint.
+    pub fingerprint: String,
+    pub hosts: Vec<FleetHost>,
+    /// Why the hosts could not be read, if they could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct FleetHost {
+    pub node: String,
+    pub version: String,
+    pub fingerprint: String,
+    /// Whether its configuration's rules differ from this one's.
+    pub differs: bool,
+    /// Seconds since its last heartbeat.
+    pub seen_secs_ago: f64,
+}
+
+impl FleetHosts {
+    /// Reads the hosts of `config`'s fleet from etcd.
+    pub fn read(config: &Config, fleet: &Fleet) -> FleetHosts {
+        let fingerprint = crate::fleet::fingerprint(config);
+        let now = unix_ms(SystemTime::now());
+        let (hosts, error) = match crate::fleet::hosts(fleet) {
+            Ok(nodes) => (
+                nodes
+                    .into_iter()
+                    .map(|node| FleetHost {
+                        differs: node.fingerprint != fingerprint,
+                        seen_secs_ago: now.saturating_sub(node.at_ms) as f64 / 1000.0,
+                        node: node.node,
+                        version: node.version,
+                        fingerprint: node.fingerprint,
+                    })
+                    .collect(),
+                None,
+            ),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+        FleetHosts {
+            prefix: fleet.prefix.clone(),
+            fingerprint,
+            hosts,
+            error,
+        }
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut text = format!(
+            "fleet {} (this configuration: {}):\n",
+            self.prefix, self.fingerprint
+        );
+        if let Some(error) = &self.error {
+            text += &format!("  etcd unreachable: {error}\n");
+        }
+        for host in &self.hosts {
+            text += &format!(
+                "  {} xknock {} rules {}{} (seen {:.1}s ago)\n",
+                host.node,
+                host.version,
+                host.fingerprint,
+                if host.differs {
+                    " DIFFERENT CONFIGURATION"
+                } else {
+                    ""
+                },
+                host.seen_secs_ago
+            );
+        }
+        text
+    }
 }

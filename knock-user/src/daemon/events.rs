@@ -75,6 +75,15 @@ pub enum RecordKind {
     SpaRefused,
     /// The sweeper removed a grant that ran out.
     Expired,
+    /// Another host of the fleet granted; this one admits too.
+    FleetGrant,
+    /// A host of the fleet revoked; this one removed what it undoes.
+    FleetRevoke,
+    /// Following the fleet in etcd (again).
+    FleetOnline,
+    /// Not following the fleet: everything stays as it is, and only this
+    /// host's own decisions open it.
+    FleetOffline,
 }
 
 impl RecordKind {
@@ -90,6 +99,10 @@ impl RecordKind {
             RecordKind::SpaGrant => "spa_grant",
             RecordKind::SpaRefused => "spa_refused",
             RecordKind::Expired => "expired",
+            RecordKind::FleetGrant => "fleet_grant",
+            RecordKind::FleetRevoke => "fleet_revoke",
+            RecordKind::FleetOnline => "fleet_online",
+            RecordKind::FleetOffline => "fleet_offline",
         }
     }
 }
@@ -127,7 +140,9 @@ pub struct Record {
     pub event: RecordKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    pub source: IpAddr,
+    /// Whom it is about (not said of the fleet's own comings and goings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<IpAddr>,
     /// The packet's protocol and destination port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<String>,
@@ -149,9 +164,19 @@ pub struct Record {
     /// The ports an SPA request opened.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<String>,
-    /// What exactly was wrong with a refused SPA packet.
+    /// What exactly was wrong with a refused SPA packet, what a revoke
+    /// removed, why the fleet was lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The host of the fleet that granted or revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The etcd member followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The fleet's revision from which it is followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 /// Why a kernel event could not be decoded.
@@ -177,7 +202,7 @@ fn now_rfc3339() -> String {
 
 impl Record {
     /// A record of `event` about `source`, with nothing else said yet.
-    fn new(event: RecordKind, source: IpAddr) -> Record {
+    pub fn new(event: RecordKind, source: Option<IpAddr>) -> Record {
         Record {
             time: now_rfc3339(),
             event,
@@ -192,6 +217,9 @@ impl Record {
             admitted: None,
             ports: None,
             detail: None,
+            node: None,
+            endpoint: None,
+            revision: None,
         }
     }
 
@@ -200,7 +228,7 @@ impl Record {
         let source = display_addr(source);
         let mut record = match verdict {
             Verdict::Grant(grant) => {
-                let mut record = Record::new(RecordKind::SpaGrant, source);
+                let mut record = Record::new(RecordKind::SpaGrant, Some(source));
                 record.rule = Some(grant.rule.clone());
                 record.admitted = (grant.addr != source).then_some(grant.addr);
                 let ports: Vec<String> = grant.ports.iter().map(PortSpec::to_string).collect();
@@ -213,7 +241,7 @@ impl Record {
                 reason,
                 detail,
             } => {
-                let mut record = Record::new(RecordKind::SpaRefused, source);
+                let mut record = Record::new(RecordKind::SpaRefused, Some(source));
                 record.rule = rule.clone();
                 record.reason = Some(reason.name());
                 record.detail = Some(detail.clone());
@@ -234,7 +262,7 @@ impl Record {
             rule: rule.map(|(name, _)| name.to_owned()),
             port: Some(port),
             steps: rule.map(|(_, steps)| steps),
-            ..Record::new(kind.into(), display_addr(&event.addr))
+            ..Record::new(kind.into(), Some(display_addr(&event.addr)))
         };
         match kind {
             EventKind::Progress => {
@@ -265,7 +293,7 @@ impl Record {
     pub fn expired(grant: &ExpiredGrant, rules: &RuleBook) -> Record {
         Record {
             rule: rules.get(grant.rule).map(|(name, _)| name.to_owned()),
-            ..Record::new(RecordKind::Expired, display_addr(&grant.source))
+            ..Record::new(RecordKind::Expired, Some(display_addr(&grant.source)))
         }
     }
 
@@ -273,7 +301,10 @@ impl Record {
         match format {
             EventFormat::Json => serde_json::to_string(self).expect("records always serialize"),
             EventFormat::Text => {
-                let mut line = format!("{} {:<8} {}", self.time, self.event, self.source);
+                let mut line = format!("{} {:<8}", self.time, self.event);
+                if let Some(source) = self.source {
+                    line += &format!(" {source}");
+                }
                 if let Some(rule) = &self.rule {
                     line += &format!(" rule={rule}");
                 }
@@ -297,6 +328,15 @@ impl Record {
                 }
                 if let Some(ports) = &self.ports {
                     line += &format!(" ports={ports}");
+                }
+                if let Some(node) = &self.node {
+                    line += &format!(" node={node}");
+                }
+                if let Some(endpoint) = &self.endpoint {
+                    line += &format!(" endpoint={endpoint}");
+                }
+                if let Some(revision) = self.revision {
+                    line += &format!(" revision={revision}");
                 }
                 if let Some(detail) = &self.detail {
                     line += &format!(" ({detail})");
@@ -402,10 +442,14 @@ mod tests {
             (RecordKind::SpaGrant, "spa_grant"),
             (RecordKind::SpaRefused, "spa_refused"),
             (RecordKind::Expired, "expired"),
+            (RecordKind::FleetGrant, "fleet_grant"),
+            (RecordKind::FleetRevoke, "fleet_revoke"),
+            (RecordKind::FleetOnline, "fleet_online"),
+            (RecordKind::FleetOffline, "fleet_offline"),
         ];
         let source: IpAddr = [198, 18, 0, 2].into();
         for (kind, name) in kinds {
-            let record = Record::new(kind, source);
+            let record = Record::new(kind, Some(source));
             let json: serde_json::Value =
                 serde_json::from_str(&record.render(EventFormat::Json)).expect("json");
             assert_eq!(json["event"], name);

@@ -2,6 +2,7 @@
 //! reloads, the SPA judge, the metrics endpoint, and `xknock trace`.
 
 pub mod events;
+pub mod fleet;
 pub mod listeners;
 pub mod metrics;
 pub mod run;

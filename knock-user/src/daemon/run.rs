@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
-use knock_common::{EventBudget, SpaDatagram};
+use knock_common::{Event, EventBudget, SpaDatagram};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
@@ -26,6 +26,7 @@ use crate::{
         one_time::{self, OneTime},
     },
     daemon::events::{EventFormat, Record, RecordKind, RuleBook},
+    daemon::fleet::{Following, Via},
     daemon::listeners,
     daemon::metrics::{self, Reloads},
     daemon::spa::{self, Judge, Verdict},
@@ -267,6 +268,7 @@ async fn serve(
     let mut datagrams = poll_ring(running.filter.maps_mut().take_spa_datagrams()?, "SPA")?;
     let mut refusals = RefusalBudget::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    let mut following = Following::start(&running.config);
     let reloads = Arc::new(Reloads::default());
     if let Some(addr) = options.metrics {
         let listener =
@@ -316,6 +318,11 @@ async fn serve(
                         Ok(record) => {
                             if record.event == RecordKind::Grant {
                                 spent.extend(one_time_source(&running.config, record.rule.as_deref()));
+                                if let (Some(following), Some(event), Some(source), Some(rule)) =
+                                    (&following, Event::decode(&item), record.source, &record.rule)
+                                {
+                                    following.granted(source, rule, event.expires_ns, Via::Knock);
+                                }
                             }
                             print(record)?;
                         }
@@ -343,7 +350,7 @@ async fn serve(
                         log::info!("skipping an SPA record of {} bytes", item.len());
                         continue;
                     };
-                    let record = match admit_spa(running, &source, port, payload) {
+                    let record = match admit_spa(running, following.as_ref(), &source, port, payload) {
                         Ok(record) => record,
                         Err(error) => {
                             log::error!("an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
@@ -362,6 +369,9 @@ async fn serve(
                 for grant in running.filter.maps_mut().sweep(monotonic_ns())? {
                     print(Record::expired(&grant, &running.rules))?;
                 }
+                if let Some(following) = &following {
+                    following.sweep(running.filter.maps(), &running.rules, &running.config)?;
+                }
                 if let Some(hidden) = refusals.hidden_in_last_window() {
                     log::info!("{hidden} more SPA packet(s) refused in the last second, not shown one by one");
                 }
@@ -372,6 +382,15 @@ async fn serve(
                 // The wall clock may have jumped.
                 if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
                     rotate(running, options, pins);
+                }
+            }
+            Some(message) = next_from_fleet(&mut following) => {
+                if let Some(following) = &following {
+                    let slots = running.filter.slots().to_vec();
+                    let maps = running.filter.maps_mut();
+                    if let Some(record) = following.apply(message, maps, &running.config, &slots)? {
+                        print(record)?;
+                    }
                 }
             }
             () = rotation => rotate(running, options, pins),
@@ -395,6 +414,14 @@ async fn serve(
     }
 }
 
+/// The fleet session's next message; never, without a fleet.
+async fn next_from_fleet(following: &mut Option<Following>) -> Option<crate::fleet::FromFleet> {
+    match following {
+        Some(following) => following.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Registers a ring buffer with the event loop.
 fn poll_ring(ring: RingBuf<MapData>, what: &str) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
     let fd = ring.as_raw_fd();
@@ -415,6 +442,7 @@ const REPLAY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 /// does; the record says what happened.
 fn admit_spa(
     running: &mut Running,
+    following: Option<&Following>,
     source: &knock_common::Addr,
     port: u16,
     payload: &[u8],
@@ -425,11 +453,11 @@ fn admit_spa(
         .judge(source, port, payload, SystemTime::now(), maps)?;
     if let Verdict::Grant(grant) = &verdict {
         let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
-        maps.grant(
-            &key_addr(grant.addr),
-            grant.index,
-            monotonic_ns().saturating_add(open_for),
-        )?;
+        let expires_ns = monotonic_ns().saturating_add(open_for);
+        maps.grant(&key_addr(grant.addr), grant.index, expires_ns)?;
+        if let Some(following) = following {
+            following.granted(grant.addr, &grant.rule, expires_ns, Via::Spa);
+        }
     }
     Ok(Record::spa(&verdict, source, port))
 }

@@ -26,6 +26,15 @@ impl Maps {
         Ok(entries(&self.grants_map()?))
     }
 
+    /// When `addr`'s grant of rule `rule` ends (kernel clock), if it has one.
+    pub fn grant_expiry(&self, addr: &Addr, rule: u32) -> Result<Option<u64>, MapsError> {
+        match self.grants_map()?.get(&SourceRule { addr: *addr, rule }, 0) {
+            Ok(grant) => Ok(Some(grant.expires_ns)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(map_error(name::GRANTS)(error)),
+        }
+    }
+
     /// Every admitted flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, MapsError> {
         Ok(entries(&self.flows_map()?))
