@@ -63,6 +63,11 @@ byte_enum! {
         /// A source failed too often; `expires_ns` says until when its knocks
         /// are ignored.
         Penalized = 5,
+        /// The last step of a sequence the fleet spends (`ONCE_HELD`) was
+        /// accepted and recorded as spent here, but nothing was granted: the
+        /// loader grants (until `expires_ns`) once the fleet has recorded
+        /// the spend.
+        Held = 6,
     }
 }
 
@@ -147,6 +152,18 @@ impl Event {
             step: steps,
             expires_ns,
             ..Event::of(EventKind::Grant, addr, knock, rule)
+        }
+    }
+
+    /// `knock` from `addr`, the last of rule `rule`'s `steps` steps,
+    /// completed a sequence the fleet spends: it would open until
+    /// `expires_ns` once the loader grants it.
+    #[inline(always)]
+    pub const fn held(addr: &Addr, knock: Knock, rule: u32, steps: u8, expires_ns: u64) -> Event {
+        Event {
+            step: steps,
+            expires_ns,
+            ..Event::of(EventKind::Held, addr, knock, rule)
         }
     }
 
@@ -283,12 +300,13 @@ mod tests {
             (EventKind::Grant, 3),
             (EventKind::Denied, 4),
             (EventKind::Penalized, 5),
+            (EventKind::Held, 6),
         ];
         for (kind, byte) in kinds {
             assert_eq!(kind as u8, byte);
             assert_eq!(EventKind::try_from(byte), Ok(kind));
         }
-        for byte in [0, 6, 99, u8::MAX] {
+        for byte in [0, 7, 99, u8::MAX] {
             assert_eq!(EventKind::try_from(byte), Err(byte));
         }
         let causes = [

@@ -67,12 +67,19 @@ pub struct RuleConfig {
     pub sequence_tag: u32,
     pub sequence_timeout_ns: u64,
     pub open_for_ns: u64,
-    /// Non-zero: the sequence opens once (a one-time or rotating sequence);
+    /// `ONCE`: the sequence opens once (a one-time or rotating sequence);
     /// completing it again after that grants nothing (see `SpentKey`).
+    /// With `ONCE_HELD` too, completing it grants nothing by itself: the
+    /// loader grants once the fleet has recorded the spend (`EventKind::Held`).
     pub once: u32,
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<RuleConfig>() == 4 * MAX_STEPS + 32);
+
+/// `RuleConfig::once`: each sequence opens once.
+pub const ONCE: u32 = 1;
+/// `RuleConfig::once`: ... and only once the fleet has recorded it spent.
+pub const ONCE_HELD: u32 = 2;
 
 /// Key of the pinned `SPENT` map: a sequence of a rule that has opened once
 /// (its value: when, kernel clock). Only completed knocks insert, so no

@@ -48,8 +48,8 @@ pub use horizon::{
     ipv4_slot_prefix, ipv4_source_slot, source_slot,
 };
 pub use knocking::{
-    Knock, MAX_RULES, MAX_STEPS, Progress, RuleConfig, SPENT_ENTRIES, SourceRule, SpentKey,
-    sequence_tag,
+    Knock, MAX_RULES, MAX_STEPS, ONCE, ONCE_HELD, Progress, RuleConfig, SPENT_ENTRIES, SourceRule,
+    SpentKey, sequence_tag,
 };
 pub use layout::{
     BPF_NOEXIST, CONCEAL_PROGRAM_NAME, Instance, KNOCK_PROGRAM_NAME, LAYOUT_VERSION, PROGRAM_NAME,

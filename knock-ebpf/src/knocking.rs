@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, BPF_NOEXIST, Event, Knock, MAX_RULES, Penalty, PortRoles, Progress, Reason, ResetCause,
-    SPENT_ENTRIES, Settings, SourceRule, SpentKey, horizon_units,
+    Addr, BPF_NOEXIST, Event, Knock, MAX_RULES, ONCE_HELD, Penalty, PortRoles, Progress, Reason,
+    ResetCause, SPENT_ENTRIES, Settings, SourceRule, SpentKey, horizon_units,
     machine::{self, Outcome},
     record_failure,
 };
@@ -256,6 +256,18 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
                 return 0;
             }
             let expires_ns = now + rule.open_for_ns;
+            if rule.once & ONCE_HELD != 0 {
+                // Spent here; the fleet decides whether it opens.
+                events::emit(&Event::held(
+                    &scan.src,
+                    knock,
+                    rule_index,
+                    rule.steps as u8,
+                    expires_ns,
+                ));
+                set_verdict(Some(Reason::DropKnockGranted));
+                return 0;
+            }
             guard::grant(&key, expires_ns);
             horizon::raise(settings, slot, Horizon::Admitted, now);
             let step = rule.steps as u8;

@@ -7,8 +7,8 @@ use std::{
 };
 
 use knock_common::{
-    Addr, CONCEAL_CLOSED, CONCEAL_DROP, Knock, MAX_RULES, PortRoles, RuleConfig, Settings,
-    horizon_span, port_roles_index, sequence_tag,
+    Addr, CONCEAL_CLOSED, CONCEAL_DROP, Knock, MAX_RULES, ONCE, ONCE_HELD, PortRoles, RuleConfig,
+    Settings, horizon_span, port_roles_index, sequence_tag,
 };
 
 use super::{file::Conceal, model::Config, values::PortSpec, values::Prefix};
@@ -138,7 +138,13 @@ impl KernelConfig {
                     rule.sequence_timeout,
                 )?,
                 open_for_ns: nanos(&format!("rule `{}`: open_for", rule.name), rule.open_for)?,
-                once: u32::from(rule.opens_once()),
+                // In a fleet, what opens once opens only once the fleet
+                // has recorded it spent.
+                once: match (rule.opens_once(), config.fleet.is_some()) {
+                    (false, _) => 0,
+                    (true, false) => ONCE,
+                    (true, true) => ONCE | ONCE_HELD,
+                },
                 ..Default::default()
             };
             let index_of = |spec: &PortSpec| {

@@ -65,6 +65,9 @@ pub enum RecordKind {
     Reset,
     /// A knock sequence was completed and opened its rule.
     Grant,
+    /// A sequence the fleet spends was completed; it opens once the fleet
+    /// has recorded it (then a `grant`, else a `reset`).
+    Held,
     /// A packet to a protected port was dropped.
     Denied,
     /// A source failed too often; its knocks are ignored for a while.
@@ -94,6 +97,7 @@ impl RecordKind {
             RecordKind::Progress => "progress",
             RecordKind::Reset => "reset",
             RecordKind::Grant => "grant",
+            RecordKind::Held => "held",
             RecordKind::Denied => "denied",
             RecordKind::Penalized => "penalized",
             RecordKind::SpaGrant => "spa_grant",
@@ -113,6 +117,7 @@ impl From<EventKind> for RecordKind {
             EventKind::Progress => RecordKind::Progress,
             EventKind::Reset => RecordKind::Reset,
             EventKind::Grant => RecordKind::Grant,
+            EventKind::Held => RecordKind::Held,
             EventKind::Denied => RecordKind::Denied,
             EventKind::Penalized => RecordKind::Penalized,
         }
@@ -191,7 +196,7 @@ pub enum DecodeError {
 }
 
 /// Seconds from now until `deadline_ns` (kernel clock), to a tenth.
-fn seconds_until(deadline_ns: u64) -> f64 {
+pub fn seconds_until(deadline_ns: u64) -> f64 {
     let left = deadline_ns.saturating_sub(monotonic_ns());
     (left as f64 / 1e9 * 10.0).round() / 10.0
 }
@@ -275,7 +280,7 @@ impl Record {
                     Some(ResetCause::WrongPacket) | None => "wrong_packet",
                 });
             }
-            EventKind::Grant => {
+            EventKind::Grant | EventKind::Held => {
                 record.expires_in_secs = Some(seconds_until(event.expires_ns));
             }
             EventKind::Denied => {
@@ -437,6 +442,7 @@ mod tests {
             (RecordKind::Progress, "progress"),
             (RecordKind::Reset, "reset"),
             (RecordKind::Grant, "grant"),
+            (RecordKind::Held, "held"),
             (RecordKind::Denied, "denied"),
             (RecordKind::Penalized, "penalized"),
             (RecordKind::SpaGrant, "spa_grant"),
@@ -468,6 +474,7 @@ mod tests {
             (EventKind::Progress, RecordKind::Progress),
             (EventKind::Reset, RecordKind::Reset),
             (EventKind::Grant, RecordKind::Grant),
+            (EventKind::Held, RecordKind::Held),
             (EventKind::Denied, RecordKind::Denied),
             (EventKind::Penalized, RecordKind::Penalized),
         ];
