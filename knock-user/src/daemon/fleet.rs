@@ -4,12 +4,25 @@
 //! kernel's clock is not the wall clock: expiries cross over as "this far
 //! from now" on each side.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use knock_common::{Addr, Event};
 
 use crate::{
-    config::Config,
-    daemon::events::{Record, RecordKind, RuleBook},
-    fleet::{self, Change, FleetLink, FromFleet, LocalGrant, ToFleet, unix_ms},
+    config::{Config, RuleKind, fleet::OfflineSpend},
+    daemon::{
+        events::{Record, RecordKind, RuleBook, seconds_until},
+        spa::{SpaGrant, SpaRefusal, Verdict},
+    },
+    fleet::{
+        self, Change, FleetLink, FromFleet, LocalGrant, SpendOutcome, SpendRecord, Spent, ToFleet,
+        unix_ms,
+    },
+    fwknop::unix_seconds,
     loader::{
         key_addr,
         maps::{Maps, MapsError, display_addr},
@@ -21,6 +34,80 @@ use crate::{
 pub struct Following {
     link: FleetLink,
     node: String,
+    offline_spend: OfflineSpend,
+    /// Spends asked of the fleet and not yet answered, by ticket.
+    pending: HashMap<u64, Pending>,
+    next_ticket: u64,
+}
+
+/// What waits for the fleet to record a spend.
+enum Pending {
+    /// A completed sequence the kernel held (`EventKind::Held`).
+    Sequence {
+        /// The `held` line, which becomes a `grant` or a `reset`.
+        record: Box<Record>,
+        addr: Addr,
+        rule: u32,
+        tag: u32,
+        expires_ns: u64,
+    },
+    /// An SPA packet that checked out, from `source` to `port`.
+    Spa {
+        grant: SpaGrant,
+        source: Addr,
+        port: u16,
+        expires_ns: u64,
+    },
+}
+
+/// What the daemon does after a message of the fleet: lines to print, and
+/// the one-time rule whose line was spent (marked used, the next put in
+/// place), if any.
+#[derive(Default)]
+pub struct Applied {
+    pub records: Vec<Record>,
+    pub one_time: Option<String>,
+}
+
+impl Applied {
+    fn record(record: Record) -> Applied {
+        Applied {
+            records: vec![record],
+            one_time: None,
+        }
+    }
+}
+
+/// What `apply` changes: the running filter's maps, the configuration it
+/// runs and where its rules are placed.
+pub struct Target<'a> {
+    pub maps: &'a mut Maps,
+    pub config: &'a Config,
+    pub slots: &'a [Vec<u32>],
+}
+
+impl<'a> Target<'a> {
+    /// The rule indexes of the rule `name`, if the configuration has it.
+    fn indexes(&self, name: &str) -> Option<&'a [u32]> {
+        let position = self.config.rules.iter().position(|r| r.name == name)?;
+        self.slots.get(position).map(Vec::as_slice)
+    }
+}
+
+/// How long a spend is kept in etcd: an SPA packet's for twice its
+/// `max_age`; a rotating window's while it and the one after it are live;
+/// a one-time line's a week (every host marks it used in its file meanwhile).
+fn spend_ttl(config: &Config, rule: &str) -> Duration {
+    match config
+        .rules
+        .iter()
+        .find(|r| r.name == rule)
+        .map(|r| &r.kind)
+    {
+        Some(RuleKind::Rotating(rotating)) => rotating.rotate * 3,
+        Some(RuleKind::Spa(spa)) => spa.max_age * 2,
+        _ => Duration::from_secs(7 * 24 * 3600),
+    }
 }
 
 /// What a grant came from, as published.
@@ -71,7 +158,82 @@ impl Following {
         Some(Following {
             link: fleet::start(fleet, config),
             node: fleet.node.clone(),
+            offline_spend: fleet.offline_spend,
+            pending: HashMap::new(),
+            next_ticket: 0,
         })
+    }
+
+    /// Asks the fleet to record `spent`, for `pending`.
+    fn spend(&mut self, spent: Spent, ttl: Duration, pending: Pending) {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pending.insert(ticket, pending);
+        drop(
+            self.link
+                .to_fleet
+                .send(ToFleet::Spend { ticket, spent, ttl }),
+        );
+    }
+
+    /// A sequence the kernel held (`record` of `event`): it opens once the
+    /// fleet has recorded it spent.
+    pub fn hold_sequence(
+        &mut self,
+        record: Record,
+        event: &Event,
+        maps: &Maps,
+        config: &Config,
+    ) -> Result<(), MapsError> {
+        let rule = u32::from(event.rule);
+        let tag = maps
+            .rules()?
+            .get(rule as usize)
+            .map_or(0, |r| r.sequence_tag);
+        let Some(name) = record.rule.clone() else {
+            return Ok(());
+        };
+        let pending = Pending::Sequence {
+            record: Box::new(record),
+            addr: event.addr,
+            rule,
+            tag,
+            expires_ns: event.expires_ns,
+        };
+        self.spend(
+            Spent::Sequence {
+                rule: name.clone(),
+                tag,
+            },
+            spend_ttl(config, &name),
+            pending,
+        );
+        Ok(())
+    }
+
+    /// An SPA packet (`payload`) that checked out: it opens once the fleet
+    /// has recorded it spent.
+    pub fn hold_spa(
+        &mut self,
+        grant: SpaGrant,
+        source: Addr,
+        port: u16,
+        payload: &[u8],
+        config: &Config,
+    ) {
+        let digest = crate::fwknop::replay_key(payload)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
+        let ttl = spend_ttl(config, &grant.rule);
+        let pending = Pending::Spa {
+            grant,
+            source,
+            port,
+            expires_ns: monotonic_ns().saturating_add(open_for),
+        };
+        self.spend(Spent::Spa { digest }, ttl, pending);
     }
 
     /// The session's state, for metrics.
@@ -122,22 +284,117 @@ impl Following {
         Ok(())
     }
 
-    /// Carries out what the session says in `maps` (rules placed at
-    /// `slots`); returns the line to print, if any.
-    pub fn apply(
+    /// Carries out what the session says in `target`.
+    pub fn apply(&mut self, message: FromFleet, target: Target<'_>) -> Result<Applied, MapsError> {
+        match message {
+            FromFleet::Spent { ticket, outcome } => match self.pending.remove(&ticket) {
+                Some(pending) => self.spent(pending, outcome, target),
+                None => Ok(Applied::default()),
+            },
+            FromFleet::SpentElsewhere(spend) => spent_elsewhere(&spend, target),
+            other => Ok(Applied {
+                records: self.change(other, target)?.into_iter().collect(),
+                one_time: None,
+            }),
+        }
+    }
+
+    /// What a recorded, taken or unrecorded spend does.
+    fn spent(
         &self,
-        message: FromFleet,
-        maps: &mut Maps,
-        config: &Config,
-        slots: &[Vec<u32>],
-    ) -> Result<Option<Record>, MapsError> {
-        let indexes = |name: &str| {
-            config
-                .rules
-                .iter()
-                .position(|r| r.name == name)
-                .and_then(|i| slots.get(i))
+        pending: Pending,
+        outcome: SpendOutcome,
+        target: Target<'_>,
+    ) -> Result<Applied, MapsError> {
+        let opens = match &outcome {
+            SpendOutcome::Recorded => true,
+            SpendOutcome::Unrecorded { .. } => self.offline_spend == OfflineSpend::Local,
+            SpendOutcome::Taken { .. } => false,
         };
+        match pending {
+            Pending::Sequence {
+                mut record,
+                addr,
+                rule,
+                tag,
+                expires_ns,
+            } => {
+                let name = record.rule.clone();
+                let mut one_time = name.clone();
+                if opens {
+                    target.maps.grant(&addr, rule, expires_ns)?;
+                    if let (Some(source), Some(name)) = (record.source, &name) {
+                        self.granted(source, name, expires_ns, Via::Knock);
+                    }
+                    record.event = RecordKind::Grant;
+                    record.expires_in_secs = Some(seconds_until(expires_ns));
+                } else {
+                    record.event = RecordKind::Reset;
+                    record.expires_in_secs = None;
+                    record.steps = None;
+                    match outcome {
+                        SpendOutcome::Recorded => unreachable!("a recorded spend opens"),
+                        SpendOutcome::Taken { node } => {
+                            record.reason = Some("spent");
+                            record.detail = Some(format!("opened on {node} first"));
+                        }
+                        SpendOutcome::Unrecorded { reason } => {
+                            // Not spent after all: the client may knock it
+                            // again once the fleet can record it.
+                            target.maps.unspend(rule, tag)?;
+                            one_time = None;
+                            record.reason = Some("fleet_unreachable");
+                            record.detail = Some(format!("{reason}; offline_spend = \"refuse\""));
+                        }
+                    }
+                }
+                Ok(Applied {
+                    records: vec![*record],
+                    one_time: one_time.filter(|_| {
+                        target
+                            .config
+                            .rules
+                            .iter()
+                            .any(|r| Some(&r.name) == name.as_ref() && r.one_time().is_some())
+                    }),
+                })
+            }
+            Pending::Spa {
+                grant,
+                source,
+                port,
+                expires_ns,
+            } => {
+                let verdict = if opens {
+                    target
+                        .maps
+                        .grant(&key_addr(grant.addr), grant.index, expires_ns)?;
+                    self.granted(grant.addr, &grant.rule, expires_ns, Via::Spa);
+                    Verdict::Grant(grant)
+                } else {
+                    let (reason, detail) = match outcome {
+                        SpendOutcome::Recorded => unreachable!("a recorded spend opens"),
+                        SpendOutcome::Taken { node } => {
+                            (SpaRefusal::Replay, format!("accepted on {node} before"))
+                        }
+                        SpendOutcome::Unrecorded { reason } => (
+                            SpaRefusal::FleetUnreachable,
+                            format!("{reason}; offline_spend = \"refuse\""),
+                        ),
+                    };
+                    Verdict::Refuse {
+                        rule: Some(grant.rule),
+                        reason,
+                        detail,
+                    }
+                };
+                Ok(Applied::record(Record::spa(&verdict, &source, port)))
+            }
+        }
+    }
+
+    /// A grant, a revoke, or the fleet coming or going.
+    fn change(&self, message: FromFleet, target: Target<'_>) -> Result<Option<Record>, MapsError> {
         match message {
             FromFleet::Online { endpoint, revision } => {
                 let mut record = Record::new(RecordKind::FleetOnline, None);
@@ -153,7 +410,8 @@ impl Following {
                 Ok(Some(record))
             }
             FromFleet::Change(Change::Plant(grant)) => {
-                let Some(&index) = indexes(&grant.rule).and_then(|parts| parts.first()) else {
+                let Some(&index) = target.indexes(&grant.rule).and_then(|parts| parts.first())
+                else {
                     log::warn!(
                         "fleet: {} granted {} rule `{}`, which this host's configuration does not have",
                         grant.node,
@@ -168,13 +426,14 @@ impl Following {
                 };
                 let addr = key_addr(grant.addr);
                 // A grant the kernel holds longer stays as it is.
-                if maps
+                if target
+                    .maps
                     .grant_expiry(&addr, index)?
                     .is_some_and(|held| held >= expires_ns)
                 {
                     return Ok(None);
                 }
-                maps.grant(&addr, index, expires_ns)?;
+                target.maps.grant(&addr, index, expires_ns)?;
                 if grant.node == self.node {
                     return Ok(None);
                 }
@@ -187,13 +446,16 @@ impl Following {
             }
             FromFleet::Change(Change::Remove(revoke)) => {
                 let rules = match &revoke.rule {
-                    Some(name) => match indexes(name) {
-                        Some(parts) => Some(parts.as_slice()),
+                    Some(name) => match target.indexes(name) {
+                        Some(parts) => Some(parts),
                         None => return Ok(None),
                     },
                     None => None,
                 };
-                let (grants, flows) = maps.revoke(&key_addr(revoke.addr), rules, revoke.flows)?;
+                let (grants, flows) =
+                    target
+                        .maps
+                        .revoke(&key_addr(revoke.addr), rules, revoke.flows)?;
                 if grants == 0 && flows == 0 && revoke.node == self.node {
                     return Ok(None);
                 }
@@ -203,6 +465,57 @@ impl Following {
                 record.detail = Some(format!("{grants} grant(s), {flows} flow(s) removed"));
                 Ok(Some(record))
             }
+            FromFleet::Spent { .. } | FromFleet::SpentElsewhere(_) => Ok(None),
+        }
+    }
+}
+
+/// Another host spent an SPA packet or a sequence: this one refuses it too,
+/// and a one-time rule whose line it was moves to its next line.
+fn spent_elsewhere(spend: &SpendRecord, target: Target<'_>) -> Result<Applied, MapsError> {
+    match &spend.spent {
+        Spent::Spa { digest } => {
+            let key: Option<Vec<u8>> = (0..digest.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(digest.get(i..i + 2)?, 16).ok())
+                .collect();
+            let Some(Ok(key)) = key.map(<[u8; 32]>::try_from) else {
+                return Ok(Applied::default());
+            };
+            let longest = target
+                .config
+                .rules
+                .iter()
+                .filter_map(|r| Some(r.spa()?.max_age))
+                .max()
+                .unwrap_or_default();
+            let until = u64::try_from(unix_seconds(SystemTime::now()))
+                .unwrap_or(0)
+                .saturating_add(longest.as_secs());
+            target.maps.remember_replay(&key, until)?;
+            Ok(Applied::default())
+        }
+        Spent::Sequence { rule, tag } => {
+            let Some(parts) = target.indexes(rule) else {
+                return Ok(Applied::default());
+            };
+            let now = monotonic_ns();
+            for &index in parts {
+                target.maps.mark_spent(index, *tag, now)?;
+            }
+            let current = target
+                .config
+                .rules
+                .iter()
+                .find(|r| &r.name == rule && r.one_time().is_some_and(|once| once.line > 0))
+                .map(|r| {
+                    let steps: Vec<_> = r.sequence().iter().map(|s| s.0).collect();
+                    knock_common::sequence_tag(&steps)
+                });
+            Ok(Applied {
+                records: Vec::new(),
+                one_time: (current == Some(*tag)).then(|| rule.clone()),
+            })
         }
     }
 }

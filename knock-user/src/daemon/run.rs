@@ -26,7 +26,7 @@ use crate::{
         one_time::{self, OneTime},
     },
     daemon::events::{EventFormat, Record, RecordKind, RuleBook},
-    daemon::fleet::{Following, Via},
+    daemon::fleet::{Following, Target, Via},
     daemon::listeners,
     daemon::metrics::{self, Reloads},
     daemon::spa::{self, Judge, Verdict},
@@ -315,6 +315,13 @@ async fn serve(
                 while drained < EVENTS_PER_TURN {
                     let Some(item) = ring.next() else { break };
                     match Record::from_kernel(&item, &running.rules) {
+                        Ok(record) if record.event == RecordKind::Held => {
+                            // A sequence the fleet spends: it opens (a `grant`
+                            // line) once the fleet has recorded it.
+                            if let (Some(following), Some(event)) = (&mut following, Event::decode(&item)) {
+                                following.hold_sequence(record, &event, running.filter.maps(), &running.config)?;
+                            }
+                        }
                         Ok(record) => {
                             if record.event == RecordKind::Grant {
                                 spent.extend(one_time_source(&running.config, record.rule.as_deref()));
@@ -350,8 +357,10 @@ async fn serve(
                         log::info!("skipping an SPA record of {} bytes", item.len());
                         continue;
                     };
-                    let record = match admit_spa(running, following.as_ref(), &source, port, payload) {
-                        Ok(record) => record,
+                    let record = match admit_spa(running, following.as_mut(), &source, port, payload) {
+                        Ok(Some(record)) => record,
+                        // Waits for the fleet to record it spent.
+                        Ok(None) => continue,
                         Err(error) => {
                             log::error!("an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
                             continue;
@@ -385,11 +394,20 @@ async fn serve(
                 }
             }
             Some(message) = next_from_fleet(&mut following) => {
-                if let Some(following) = &following {
+                if let Some(following) = &mut following {
                     let slots = running.filter.slots().to_vec();
-                    let maps = running.filter.maps_mut();
-                    if let Some(record) = following.apply(message, maps, &running.config, &slots)? {
+                    let target = Target {
+                        maps: running.filter.maps_mut(),
+                        config: &running.config,
+                        slots: &slots,
+                    };
+                    let applied = following.apply(message, target)?;
+                    for record in applied.records {
                         print(record)?;
+                    }
+                    spent.extend(one_time_source(&running.config, applied.one_time.as_deref()));
+                    if !spent.is_empty() {
+                        put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
                     }
                 }
             }
@@ -439,27 +457,36 @@ const DATAGRAMS_PER_TURN: usize = 256;
 const REPLAY_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Judges one SPA datagram and puts a grant in place as `xknock grant`
-/// does; the record says what happened.
+/// does; the record says what happened. In a fleet, one that checks out
+/// waits for the fleet to record it spent (no record yet).
 fn admit_spa(
     running: &mut Running,
-    following: Option<&Following>,
+    following: Option<&mut Following>,
     source: &knock_common::Addr,
     port: u16,
     payload: &[u8],
-) -> anyhow::Result<Record> {
+) -> anyhow::Result<Option<Record>> {
     let maps = running.filter.maps_mut();
     let verdict = running
         .judge
         .judge(source, port, payload, SystemTime::now(), maps)?;
-    if let Verdict::Grant(grant) = &verdict {
-        let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
-        let expires_ns = monotonic_ns().saturating_add(open_for);
-        maps.grant(&key_addr(grant.addr), grant.index, expires_ns)?;
-        if let Some(following) = following {
-            following.granted(grant.addr, &grant.rule, expires_ns, Via::Spa);
+    match (verdict, following) {
+        (Verdict::Grant(grant), Some(following)) => {
+            following.hold_spa(grant, *source, port, payload, &running.config);
+            Ok(None)
+        }
+        (verdict, _) => {
+            if let Verdict::Grant(grant) = &verdict {
+                let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
+                maps.grant(
+                    &key_addr(grant.addr),
+                    grant.index,
+                    monotonic_ns().saturating_add(open_for),
+                )?;
+            }
+            Ok(Some(Record::spa(&verdict, source, port)))
         }
     }
-    Ok(Record::spa(&verdict, source, port))
 }
 
 /// Refused SPA packets shown per second: a flood of junk at an SPA port is

@@ -42,6 +42,9 @@ pub enum SpaRefusal {
     /// The replay cache is full of packets younger than their `max_age`:
     /// nothing more can be accepted until some age out.
     ReplayCacheFull,
+    /// Authentic and new here, but the fleet could not record it spent
+    /// (`offline_spend = "refuse"`).
+    FleetUnreachable,
 }
 
 impl SpaRefusal {
@@ -53,6 +56,7 @@ impl SpaRefusal {
             SpaRefusal::NotAllowed => "not_allowed",
             SpaRefusal::Malformed => "malformed",
             SpaRefusal::ReplayCacheFull => "replay_cache_full",
+            SpaRefusal::FleetUnreachable => "fleet_unreachable",
         }
     }
 }

@@ -1,9 +1,15 @@
 //! The messages between the daemon and the session, and the session's
 //! state as metrics read it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::{
+    sync::atomic::{AtomicBool, AtomicI64, AtomicU64},
+    time::Duration,
+};
 
-use super::view::{Change, LocalGrant};
+use super::{
+    record::{SpendRecord, Spent},
+    view::{Change, LocalGrant},
+};
 
 /// What the daemon tells the session.
 #[derive(Debug)]
@@ -13,6 +19,25 @@ pub enum ToFleet {
     /// Every live grant of this host's kernel, at each sweep: what the
     /// fleet lacks is published, what a revoke undid is removed.
     Local(Vec<LocalGrant>),
+    /// Record `spent` for the fleet if no host has yet (`ticket` comes back
+    /// with the outcome); the record lasts `ttl`.
+    Spend {
+        ticket: u64,
+        spent: Spent,
+        ttl: Duration,
+    },
+}
+
+/// What became of a spend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpendOutcome {
+    /// This host is the first: it opens.
+    Recorded,
+    /// Another host (or this one, before) spent it first.
+    Taken { node: String },
+    /// etcd could not be asked; `offline_spend` decides. (With `local`, the
+    /// session records it once the fleet is back.)
+    Unrecorded { reason: String },
 }
 
 /// What the session tells the daemon.
@@ -24,6 +49,10 @@ pub enum FromFleet {
     Online { endpoint: String, revision: i64 },
     /// Not following it any more; why.
     Offline { reason: String },
+    /// The outcome of the spend `ticket`.
+    Spent { ticket: u64, outcome: SpendOutcome },
+    /// Another host spent this (also read when relisting): refuse it here too.
+    SpentElsewhere(SpendRecord),
 }
 
 /// The session's state, for metrics.

@@ -24,8 +24,8 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
-pub use messages::{FleetStatus, FromFleet, ToFleet};
-pub use record::{NodeRecord, RevokeRecord, unix_ms};
+pub use messages::{FleetStatus, FromFleet, SpendOutcome, ToFleet};
+pub use record::{NodeRecord, RevokeRecord, SpendRecord, Spent, unix_ms};
 pub use session::HEARTBEAT;
 pub use view::{Change, LocalGrant};
 

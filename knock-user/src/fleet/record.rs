@@ -66,12 +66,33 @@ pub struct NodeRecord {
     pub at_ms: u64,
 }
 
+/// What was spent: an SPA packet (its replay digest, hex) or a rule's
+/// sequence (one-time line or rotating window, by its sequence tag).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Spent {
+    Spa { digest: String },
+    Sequence { rule: String, tag: u32 },
+}
+
+/// A secret spent on some host: `spent/spa/DIGEST` or
+/// `spent/sequence/RULE/TAG`, created only if absent: the first host to
+/// write it opened, every other refuses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRecord {
+    pub spent: Spent,
+    /// The host that opened with it.
+    pub node: String,
+    pub at_ms: u64,
+}
+
 /// One key of the fleet, as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
     Grant(GrantRecord),
     Revoke(RevokeRecord),
     Node(NodeRecord),
+    Spend(SpendRecord),
 }
 
 /// The keys of one fleet.
@@ -113,6 +134,15 @@ impl Keys {
         format!("{}nodes/", self.root)
     }
 
+    pub fn spend(&self, spent: &Spent) -> String {
+        match spent {
+            Spent::Spa { digest } => format!("{}spent/spa/{digest}", self.root),
+            Spent::Sequence { rule, tag } => {
+                format!("{}spent/sequence/{rule}/{tag:08x}", self.root)
+            }
+        }
+    }
+
     /// What `key` holding `value` is, if it is one of the fleet's records
     /// and reads as one.
     pub fn decode(&self, key: &[u8], value: &[u8]) -> Option<Entry> {
@@ -123,6 +153,8 @@ impl Keys {
             serde_json::from_slice(value).ok().map(Entry::Revoke)
         } else if rest.starts_with(b"nodes/") {
             serde_json::from_slice(value).ok().map(Entry::Node)
+        } else if rest.starts_with(b"spent/") {
+            serde_json::from_slice(value).ok().map(Entry::Spend)
         } else {
             None
         }
@@ -174,6 +206,21 @@ mod tests {
             keys.decode(keys.revoke(addr, None).as_bytes(), &encode(&revoke)),
             Some(Entry::Revoke(revoke))
         );
+        let spend = SpendRecord {
+            spent: Spent::Sequence {
+                rule: "ssh-once".into(),
+                tag: 0xdead_beef,
+            },
+            node: "a".into(),
+            at_ms: 9,
+        };
+        let key = keys.spend(&spend.spent);
+        assert_eq!(key, "/xknock/prod/spent/sequence/ssh-once/deadbeef");
+        assert_eq!(
+            keys.decode(key.as_bytes(), &encode(&spend)),
+            Some(Entry::Spend(spend))
+        );
+        let key = keys.grant(addr, "ssh");
         // Another fleet's keys, unknown kinds and damaged values are not ours.
         let other = Keys::new("/xknock/test");
         assert_eq!(other.decode(key.as_bytes(), &encode(&grant)), None);

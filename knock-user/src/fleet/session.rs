@@ -11,17 +11,19 @@ use std::{
 };
 
 use etcd_client::{
-    Certificate, Client, ConnectOptions, DeleteOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::mpsc;
 
 use super::{
-    messages::{FleetStatus, FromFleet, ToFleet},
-    record::{Entry, GrantRecord, Keys, NodeRecord, RevokeRecord, encode, unix_ms},
+    messages::{FleetStatus, FromFleet, SpendOutcome, ToFleet},
+    record::{
+        Entry, GrantRecord, Keys, NodeRecord, RevokeRecord, SpendRecord, Spent, encode, unix_ms,
+    },
     view::{Change, View},
 };
-use crate::config::fleet::Fleet;
+use crate::config::fleet::{Fleet, OfflineSpend};
 
 /// How long connecting to a member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -101,6 +103,52 @@ pub async fn publish_grant(
     Ok(())
 }
 
+/// Records `spent` for the fleet unless a host already has: `None` when
+/// this host is the first, else the host that was.
+pub async fn record_spend(
+    client: &mut Client,
+    keys: &Keys,
+    record: &SpendRecord,
+    ttl: Duration,
+) -> Result<Option<String>, etcd_client::Error> {
+    let key = keys.spend(&record.spent);
+    let lease = client
+        .lease_grant(
+            i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX),
+            None,
+        )
+        .await?;
+    let txn = Txn::new()
+        .when(vec![Compare::create_revision(
+            key.clone(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(vec![TxnOp::put(
+            key.clone(),
+            encode(record),
+            Some(PutOptions::new().with_lease(lease.id())),
+        )])
+        .or_else(vec![TxnOp::get(key, None)]);
+    let response = client.txn(txn).await?;
+    if response.succeeded() {
+        return Ok(None);
+    }
+    // Spent before: by whom, as its record says.
+    let holder = response.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(got) => {
+            got.kvs()
+                .first()
+                .and_then(|kv| match keys.decode(kv.key(), kv.value()) {
+                    Some(Entry::Spend(spend)) => Some(spend.node),
+                    _ => None,
+                })
+        }
+        _ => None,
+    });
+    Ok(Some(holder.unwrap_or_else(|| "another host".into())))
+}
+
 /// The session: follows the fleet until the daemon goes away.
 pub async fn follow(
     fleet: Fleet,
@@ -111,6 +159,9 @@ pub async fn follow(
 ) {
     let keys = Keys::new(&fleet.prefix);
     let mut view = View::new(&fleet.node);
+    // Spends decided here while etcd was away (`offline_spend = "local"`),
+    // recorded once it is back.
+    let mut later: Vec<(SpendRecord, Duration)> = Vec::new();
     let mut next = 0;
     let mut failures = 0usize;
     loop {
@@ -122,6 +173,7 @@ pub async fn follow(
             fingerprint: &fingerprint,
             endpoint: &endpoint,
             view: &mut view,
+            later: &mut later,
             to_daemon: &to_daemon,
             status: &status,
         };
@@ -148,11 +200,52 @@ pub async fn follow(
         let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
         // The daemon's messages wait meanwhile: what it grants is in its
         // kernel, and published from there once the fleet is back.
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            message = from_daemon.recv() => if message.is_none() { return },
+        let pause = tokio::time::sleep(wait);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                message = from_daemon.recv() => match message {
+                    None => return,
+                    Some(ToFleet::Spend { ticket, spent, ttl }) => {
+                        let reason = "etcd is unreachable".to_owned();
+                        if !unrecorded(&fleet, &mut later, &to_daemon, ticket, spent, ttl, reason) {
+                            return;
+                        }
+                    }
+                    Some(_) => {}
+                },
+            }
         }
     }
+}
+
+/// Tells the daemon a spend could not be recorded, and keeps it to record
+/// later if it opens anyway (`offline_spend = "local"`); false once the
+/// daemon is gone.
+fn unrecorded(
+    fleet: &Fleet,
+    later: &mut Vec<(SpendRecord, Duration)>,
+    to_daemon: &mpsc::UnboundedSender<FromFleet>,
+    ticket: u64,
+    spent: Spent,
+    ttl: Duration,
+    reason: String,
+) -> bool {
+    if fleet.offline_spend == OfflineSpend::Local {
+        let record = SpendRecord {
+            spent,
+            node: fleet.node.clone(),
+            at_ms: unix_ms(SystemTime::now()),
+        };
+        later.push((record, ttl));
+    }
+    to_daemon
+        .send(FromFleet::Spent {
+            ticket,
+            outcome: SpendOutcome::Unrecorded { reason },
+        })
+        .is_ok()
 }
 
 /// One connection to one member.
@@ -162,6 +255,7 @@ struct Session<'a> {
     fingerprint: &'a str,
     endpoint: &'a str,
     view: &'a mut View,
+    later: &'a mut Vec<(SpendRecord, Duration)>,
     to_daemon: &'a mpsc::UnboundedSender<FromFleet>,
     status: &'a FleetStatus,
 }
@@ -207,7 +301,12 @@ impl Session<'_> {
             match self.keys.decode(kv.key(), kv.value()) {
                 Some(Entry::Grant(grant)) => grants.push(grant),
                 Some(Entry::Revoke(revoke)) => revokes.push(revoke),
-                Some(Entry::Node(_)) | None => {}
+                Some(Entry::Spend(spend)) if spend.node != self.fleet.node => {
+                    if !self.tell(FromFleet::SpentElsewhere(spend)) {
+                        return None;
+                    }
+                }
+                Some(Entry::Spend(_) | Entry::Node(_)) | None => {}
             }
         }
         let now = unix_ms(SystemTime::now());
@@ -215,6 +314,18 @@ impl Session<'_> {
             if !self.tell(FromFleet::Change(change)) {
                 return None;
             }
+        }
+        // What opened here while the fleet was away is spent fleet-wide now.
+        while let Some((record, ttl)) = self.later.first().cloned() {
+            match record_spend(&mut client, self.keys, &record, ttl).await {
+                Ok(None) => {}
+                Ok(Some(node)) => log::warn!(
+                    "fleet: {:?} opened here while etcd was away, and on {node} too",
+                    record.spent
+                ),
+                Err(e) => return Some(error("recording a spend made while away")(e)),
+            }
+            self.later.remove(0);
         }
         let mut watch = match client
             .watch(
@@ -288,6 +399,14 @@ impl Session<'_> {
                                 }
                                 None
                             }
+                            Entry::Spend(spend) => {
+                                if put && spend.node != self.fleet.node
+                                    && !self.tell(FromFleet::SpentElsewhere(spend))
+                                {
+                                    return None;
+                                }
+                                None
+                            }
                         };
                         if let Some(change) = change
                             && !self.tell(FromFleet::Change(change))
@@ -301,6 +420,29 @@ impl Session<'_> {
                     let locals = match message {
                         ToFleet::Granted(grant) => vec![grant],
                         ToFleet::Local(grants) => grants,
+                        ToFleet::Spend { ticket, spent, ttl } => {
+                            let record = SpendRecord {
+                                spent,
+                                node: self.fleet.node.clone(),
+                                at_ms: unix_ms(SystemTime::now()),
+                            };
+                            let outcome = match record_spend(&mut client, self.keys, &record, ttl).await {
+                                Ok(None) => SpendOutcome::Recorded,
+                                Ok(Some(node)) => SpendOutcome::Taken { node },
+                                Err(e) => {
+                                    let failure = error("recording a spend")(e);
+                                    let told = unrecorded(
+                                        self.fleet, self.later, self.to_daemon, ticket,
+                                        record.spent, ttl, failure.clone(),
+                                    );
+                                    return told.then_some(failure);
+                                }
+                            };
+                            if !self.tell(FromFleet::Spent { ticket, outcome }) {
+                                return None;
+                            }
+                            continue;
+                        }
                     };
                     let (publish, remove) = self.view.local(&locals, unix_ms(SystemTime::now()));
                     for change in remove {

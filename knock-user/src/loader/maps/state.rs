@@ -46,6 +46,26 @@ impl Maps {
         Ok(entries(&self.spent_map()?))
     }
 
+    /// Records rule `rule`'s sequence `sequence_tag` as spent (another host
+    /// of the fleet opened with it).
+    pub fn mark_spent(&mut self, rule: u32, sequence_tag: u32, now: u64) -> Result<(), MapsError> {
+        self.spent_map_mut()?
+            .insert(&SpentKey { rule, sequence_tag }, &now, 0)
+            .map_err(map_error(name::SPENT))
+    }
+
+    /// Forgets that rule `rule`'s sequence `sequence_tag` was spent here
+    /// (the fleet could not record it, so it did not open: it may again).
+    pub fn unspend(&mut self, rule: u32, sequence_tag: u32) -> Result<(), MapsError> {
+        match self
+            .spent_map_mut()?
+            .remove(&SpentKey { rule, sequence_tag })
+        {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(error) => Err(map_error(name::SPENT)(error)),
+        }
+    }
+
     /// Sources' progress, both maps: those after a first step, those further.
     pub fn progress(&self) -> Result<Vec<(SourceRule, Progress)>, MapsError> {
         let mut all = entries(&self.first_steps_map()?);
