@@ -24,6 +24,7 @@ use std::{
 };
 
 pub mod answers;
+pub mod fleet_lab;
 pub mod frames;
 pub mod fwknop;
 mod lines;
