@@ -446,6 +446,38 @@ impl FleetLab {
         }
     }
 
+    /// The running member that says it leads (`etcdctl endpoint status`);
+    /// None while none does (during an election) or while two do (a
+    /// partitioned leader that has not stepped down yet).
+    pub fn leader(&self) -> Option<usize> {
+        let running: Vec<usize> = (0..MEMBERS).filter(|&i| self.member_running(i)).collect();
+        let mut leader = None;
+        for &i in &running {
+            let output = self.etcdctl_member(i, &["endpoint", "status", "-w", "json"]);
+            if !output.status.success() {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&output.stdout);
+            let json: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("etcdctl endpoint status -w json gave {text:?}: {e}"));
+            let status = &json[0]["Status"];
+            let (Some(own), Some(seen)) = (
+                status["header"]["member_id"].as_u64(),
+                status["leader"].as_u64(),
+            ) else {
+                // No leader field: this member knows of no leader.
+                continue;
+            };
+            if own == seen {
+                match leader {
+                    None => leader = Some(i),
+                    Some(_) => return None,
+                }
+            }
+        }
+        leader
+    }
+
     /// Whether member `i` serves a linearizable read within a second
     /// (what a member without quorum cannot do).
     pub fn linearizable_read(&self, i: usize) -> bool {
@@ -604,7 +636,9 @@ impl FleetLab {
 
     /// `etcdctl ARGS` against every member, run from the switch (which no
     /// fault cuts off). A flag in `args` overrides the defaults
-    /// `--dial-timeout=1s --command-timeout=3s`.
+    /// `--dial-timeout=1s --command-timeout=3s`. A request goes to one
+    /// member the client could connect to: with a member partitioned, that
+    /// may be the one that cannot answer (`etcdctl_member` picks).
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         etcdctl_in(&self.switch, &self.endpoints(), args)
     }
