@@ -48,24 +48,31 @@ fn fleet_lab_cluster_and_faults() {
     assert!(put.status.success(), "put on member 0: {put:?}");
     assert_eq!(value_on(&lab, 2, "fleet/a").as_deref(), Some("one"));
 
-    // One member lost: the other two still make a quorum. Should it have
-    // been the leader, a write sent before the next election is dropped
-    // (it times out), hence the wait for a quorum first.
-    lab.kill_member(1);
-    assert!(!lab.member_running(1));
+    // The leader lost: the other two elect another and stay writable. A
+    // write sent before that election is dropped (it times out), hence
+    // the wait for a quorum first.
+    let leader = lab.leader().expect("a healthy cluster has a leader");
+    let other = (leader + 1) % MEMBERS;
+    lab.kill_member(leader);
+    assert!(!lab.member_running(leader));
     let lost = Instant::now();
     lab.wait_quorum();
-    eprintln!("quorum of two after {} ms", lost.elapsed().as_millis());
+    let new_leader = lab.leader().expect("the other two elected a leader");
+    assert_ne!(new_leader, leader);
+    eprintln!(
+        "member {leader} led; member {new_leader} leads {} ms after it died",
+        lost.elapsed().as_millis()
+    );
     lab.etcdctl_ok(&["put", "fleet/b", "two"]);
-    assert_eq!(value_on(&lab, 0, "fleet/b").as_deref(), Some("two"));
+    assert_eq!(value_on(&lab, other, "fleet/b").as_deref(), Some("two"));
     assert_eq!(
-        value_on(&lab, 1, "fleet/b"),
+        value_on(&lab, leader, "fleet/b"),
         None,
         "a killed member answered"
     );
-    lab.start_member(1);
+    lab.start_member(leader);
     lab.wait_healthy();
-    assert_eq!(value_on(&lab, 1, "fleet/b").as_deref(), Some("two"));
+    assert_eq!(value_on(&lab, leader, "fleet/b").as_deref(), Some("two"));
 
     // All stopped: nothing answers. All restarted: the data is still there.
     lab.stop_all();
@@ -85,30 +92,43 @@ fn fleet_lab_cluster_and_faults() {
     assert_eq!(value_on(&lab, 2, "fleet/b").as_deref(), Some("two"));
 
     // A partitioned member stays up but cannot serve a linearizable read;
-    // a serializable one it answers from what it has.
+    // a serializable one it answers from what it has, which goes stale.
     assert!(lab.linearizable_read(2), "member 2 before the partition");
+    let led = lab.leader() == Some(2);
     lab.partition_member(2);
     let cut = Instant::now();
     assert!(
         !lab.linearizable_read(2),
         "member 2 served a linearizable read while partitioned"
     );
-    let serializable = lab.etcdctl_member(
-        2,
-        &["get", "fleet/a", "--consistency=s", "--print-value-only"],
-    );
-    assert_eq!(stdout(&serializable).trim_end(), "one", "{serializable:?}");
-    // The other two still make a quorum.
+    // The other two still make a quorum (after an election, if member 2
+    // led).
     assert!(
-        lab.linearizable_read(0),
+        wait_until(Duration::from_secs(10), || lab.linearizable_read(0)),
         "member 0 with member 2 partitioned"
+    );
+    let put = lab.etcdctl_member(0, &["put", "fleet/c", "during"]);
+    assert!(
+        put.status.success(),
+        "put with member 2 partitioned: {put:?}"
+    );
+    let serializable = |key: &str| {
+        let output = lab.etcdctl_member(2, &["get", key, "--consistency=s", "--print-value-only"]);
+        assert!(output.status.success(), "serializable get: {output:?}");
+        stdout(&output).trim_end().to_owned()
+    };
+    assert_eq!(serializable("fleet/a"), "one");
+    assert_eq!(
+        serializable("fleet/c"),
+        "",
+        "member 2 saw a write while cut off"
     );
     let no_leader = wait_until(Duration::from_secs(10), || {
         stdout(&lab.etcdctl_member(2, &["endpoint", "status", "-w", "json"])).contains("no leader")
     });
     assert!(no_leader, "member 2 never reported losing its leader");
     eprintln!(
-        "partitioned member reports no leader after {} ms",
+        "partitioned member 2 (leader before: {led}) reports no leader after {} ms",
         cut.elapsed().as_millis()
     );
     lab.heal_member(2);
@@ -119,6 +139,7 @@ fn fleet_lab_cluster_and_faults() {
         healed.elapsed().as_millis()
     );
     assert!(lab.linearizable_read(2), "member 2 after healing");
+    assert_eq!(value_on(&lab, 2, "fleet/c").as_deref(), Some("during"));
 
     // An isolated host cannot reach etcd; the client still reaches it.
     lab.host_tcp_listener(0, 2222);
