@@ -28,7 +28,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Netns, Reach, require_program, require_root, run, unique_name};
+use crate::{Netns, Reach, attach_reference, require_program, require_root, run, unique_name};
 
 /// How many etcd members the lab runs.
 pub const MEMBERS: usize = 3;
@@ -159,13 +159,18 @@ impl Drop for Acceptor {
 /// Three etcd members, `hosts` xknock hosts and a client on one bridge.
 ///
 /// etcd runs with `--heartbeat-interval 100 --election-timeout 1000` (a
-/// lost leader is replaced in about a second) and
-/// `--experimental-watch-progress-notify-interval 1s`, which etcd 3.4.23
-/// accepts: a watcher that asks for progress notifications hears the
-/// current revision every second instead of every ten minutes, so the
-/// fleet's tests need not wait long for one. Pre-vote stays off, as
-/// Debian's etcd 3.4 ships it: a member that rejoins after a partition
-/// forces an election (about a second without a leader).
+/// lost leader is replaced after one to two seconds, the randomized
+/// election timeout) and `--experimental-watch-progress-notify-interval
+/// 1s`, which etcd 3.4.23 accepts: a watcher that asks for progress
+/// notifications hears the member's revision every second instead of
+/// every ten minutes, so the fleet's tests need not wait long for one. A
+/// partitioned member goes on sending them, with its stale revision.
+/// Pre-vote stays off, as Debian's etcd 3.4 ships it: a member that
+/// rejoins after a partition forces an election.
+///
+/// The bridge's end of each host's veth pair runs `xdp_pass` of the
+/// reference object: frames xknock sends back with XDP_TX (its answers)
+/// only reach a veth peer that runs XDP itself (see `Lab`).
 pub struct FleetLab {
     /// The xknock hosts' namespaces.
     pub hosts: Vec<Netns>,
@@ -176,6 +181,8 @@ pub struct FleetLab {
     client_addr6: String,
     members: Vec<Member>,
     acceptors: Vec<Acceptor>,
+    /// `xdp_pass` on the bridge's end of each host's veth pair.
+    _port_xdp: Vec<aya::Ebpf>,
     /// Holds the bridge; `etcdctl` runs here, on the bridge's own address.
     switch: Netns,
     token: String,
@@ -254,6 +261,7 @@ impl FleetLab {
 
         let mut host_netns = Vec::new();
         let mut host_info = Vec::new();
+        let mut port_xdp = Vec::new();
         for i in 0..hosts {
             let netns = Netns::create(format!("{base}-h{i}"));
             let iface = format!("{base}h{i}");
@@ -265,6 +273,8 @@ impl FleetLab {
                 &format!("{iface}b"),
                 HOST_BYTE + i,
             );
+            let port = format!("{iface}b");
+            port_xdp.push(switch.within(move || attach_reference("xdp_pass", &port)));
             let (addr, addr6) = addresses(HOST_BYTE + i);
             host_netns.push(netns);
             host_info.push(Host {
@@ -295,6 +305,7 @@ impl FleetLab {
             client_addr6,
             members,
             acceptors: Vec::new(),
+            _port_xdp: port_xdp,
             switch,
             token: format!("{base}-fleet"),
             dir,
@@ -602,6 +613,16 @@ impl FleetLab {
     /// xknock attaches.
     pub fn host_iface(&self, i: usize) -> &str {
         &self.host_info[i].iface
+    }
+
+    /// The bridge's end of host `i`'s veth pair, in the switch namespace.
+    pub fn host_port(&self, i: usize) -> String {
+        format!("{}b", self.host_info[i].iface)
+    }
+
+    /// The switch namespace, which holds the bridge.
+    pub fn switch(&self) -> &Netns {
+        &self.switch
     }
 
     /// The client's IPv4 address.
