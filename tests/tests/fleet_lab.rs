@@ -42,6 +42,14 @@ fn fleet_lab_cluster_and_faults() {
     );
     assert_eq!(lab.endpoints().len(), MEMBERS);
     assert_eq!(lab.hosts.len(), 2);
+    for i in 0..lab.hosts.len() {
+        let port = lab.host_port(i);
+        let link = stdout(&lab.switch().ip(&["-d", "link", "show", "dev", &port]));
+        assert!(
+            link.split_whitespace().any(|word| word == "xdp"),
+            "no native XDP on the bridge's end of host {i}: {link}"
+        );
+    }
 
     // The cluster forms: a write through member 0 reads back on member 2.
     let put = lab.etcdctl_member(0, &["put", "fleet/a", "one"]);
