@@ -24,6 +24,7 @@ use std::{
 };
 
 pub mod answers;
+pub mod fleet_lab;
 pub mod frames;
 pub mod fwknop;
 mod lines;
@@ -159,6 +160,17 @@ impl Netns {
         .join()
         .expect("thread in namespace panicked")
     }
+
+    /// What a TCP connection from this namespace to `addr` meets within
+    /// `timeout`.
+    pub fn tcp_connect(&self, addr: SocketAddr, timeout: Duration) -> Reach {
+        self.within(move || match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => Reach::Open,
+            Err(e) if e.kind() == ErrorKind::TimedOut => Reach::Silent,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reach::Refused,
+            Err(e) => panic!("connect {addr}: {e}"),
+        })
+    }
 }
 
 impl Drop for Netns {
@@ -270,14 +282,7 @@ impl Lab {
     /// Whether a TCP connection from the client to the server's `port` opens.
     pub fn tcp_connect(&self, server: &str, port: u16) -> Reach {
         let addr = SocketAddr::new(server.parse().expect("address"), port);
-        self.client.within(move || {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(1500)) {
-                Ok(_) => Reach::Open,
-                Err(e) if e.kind() == ErrorKind::TimedOut => Reach::Silent,
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reach::Refused,
-                Err(e) => panic!("connect {addr}: {e}"),
-            }
-        })
+        self.client.tcp_connect(addr, Duration::from_millis(1500))
     }
 
     /// Whether a UDP datagram from the client to the server's `port` is answered.
