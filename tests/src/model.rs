@@ -36,6 +36,9 @@ struct Rule {
     sequence: Vec<Port>,
     /// Each sequence opens once (one-time and rotating rules).
     once: bool,
+    /// ... and only once the fleet has recorded it spent: completing it
+    /// spends it here and grants nothing (the loader grants later).
+    held: bool,
     timeout_ns: u64,
     open_for_ns: u64,
     protect: Vec<Port>,
@@ -285,6 +288,7 @@ impl Model {
                 .map(|r| Rule {
                     sequence: r.sequence().iter().map(port).collect(),
                     once: r.opens_once(),
+                    held: false,
                     timeout_ns: nanos(r.sequence_timeout),
                     open_for_ns: nanos(r.open_for),
                     protect: r.protect.iter().map(port).collect(),
@@ -316,9 +320,11 @@ impl Model {
         self.now += ns;
     }
 
-    /// Makes rule `rule`'s sequences open once, or not.
-    pub fn set_once(&mut self, rule: usize, once: bool) {
+    /// Makes rule `rule`'s sequences open once, or not; `held`: only once
+    /// the fleet has recorded it (never, as far as the kernel goes).
+    pub fn set_once(&mut self, rule: usize, once: bool, held: bool) {
         self.rules[rule].once = once;
+        self.rules[rule].held = once && held;
     }
 
     /// Replaces rule `rule`'s sequence (a reload, a one-time sequence used,
@@ -536,6 +542,10 @@ impl Model {
             if rule.once && !self.spent.insert((key.1, rule.sequence.clone())) {
                 // Opened before: a replay, refused as a failed attempt.
                 self.failed(key.0);
+                return;
+            }
+            if rule.held {
+                // Spent here; the loader grants once the fleet agrees.
                 return;
             }
             let expires = self.now + self.rules[key.1].open_for_ns;

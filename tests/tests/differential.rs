@@ -21,7 +21,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use knock_common::{Addr, PortRoles, XDP_DROP, XDP_PASS, horizon_units};
+use knock_common::{Addr, ONCE, ONCE_HELD, PortRoles, XDP_DROP, XDP_PASS, horizon_units};
 use lab::{
     answers::Concealment,
     frames::{
@@ -132,12 +132,17 @@ const PENALTIES: [&str; 3] = [
 ];
 
 /// A configuration, and which of its rules open each sequence once (as
-/// one-time and rotating rules do).
-fn config() -> impl Strategy<Value = (String, [bool; 2])> {
-    (
-        config_text(),
-        [proptest::bool::weighted(0.3), proptest::bool::weighted(0.3)],
-    )
+/// one-time and rotating rules do), and of those which only once the fleet
+/// has recorded it (the kernel's `once` flags).
+fn config() -> impl Strategy<Value = (String, [u32; 2])> {
+    let once = || {
+        prop_oneof![
+            7 => Just(0),
+            2 => Just(ONCE),
+            1 => Just(ONCE | ONCE_HELD),
+        ]
+    };
+    (config_text(), [once(), once()])
 }
 
 fn sequence() -> impl Strategy<Value = Vec<&'static str>> {
@@ -426,12 +431,12 @@ static PENALIZED: AtomicU64 = AtomicU64::new(0);
 static REPLACED: AtomicU64 = AtomicU64::new(0);
 static SPENT: AtomicU64 = AtomicU64::new(0);
 
-/// The kernel's configuration of `config`, with the rules `once` marks
-/// opening each sequence once.
-fn kernel_config(config: &Config, once: [bool; 2]) -> KernelConfig {
+/// The kernel's configuration of `config`, with the `once` flags of its
+/// rules.
+fn kernel_config(config: &Config, once: [u32; 2]) -> KernelConfig {
     let mut kernel = KernelConfig::try_from(config).expect("fits");
     for (rule, once) in kernel.rules.iter_mut().zip(once) {
-        rule.once = u32::from(once);
+        rule.once = once;
     }
     kernel
 }
@@ -442,7 +447,7 @@ fn kernel_config(config: &Config, once: [bool; 2]) -> KernelConfig {
 /// refuse (another rule's).
 fn replace_sequence(
     config: &mut Config,
-    once: [bool; 2],
+    once: [u32; 2],
     filter: &mut Filter,
     model: &mut Model,
     rule: usize,
@@ -480,13 +485,13 @@ fn replace_sequence(
     true
 }
 
-fn run_case(config_text: &str, once: [bool; 2], actions: &[Action]) -> Result<(), TestCaseError> {
+fn run_case(config_text: &str, once: [u32; 2], actions: &[Action]) -> Result<(), TestCaseError> {
     let mut config = Config::parse(config_text).expect("filtered to valid");
     let kernel_config = kernel_config(&config, once);
     let mut filter = Filter::load(&kernel_config).expect("load the XDP program");
     let mut model = Model::new(&config);
     for (rule, once) in once.into_iter().enumerate().take(config.rules.len()) {
-        model.set_once(rule, once);
+        model.set_once(rule, once & ONCE != 0, once & ONCE_HELD != 0);
     }
     let seed = filter.maps().settings().expect("settings").source_seed;
     let concealment = Concealment::new(config.conceal == Conceal::Closed, seed);
@@ -671,5 +676,5 @@ fn penalties_outlast_their_window_and_spent_records_count_from_nothing() {
         knock,
         syn(22),
     ];
-    run_case(&config, [false, false], &actions).expect("the model and the program agree");
+    run_case(&config, [0, 0], &actions).expect("the model and the program agree");
 }
