@@ -14,6 +14,7 @@ use tokio::{
 
 use crate::{
     admin::status::{Status, StatusError},
+    fleet::FleetStatus,
     loader::pins::PinDir,
 };
 
@@ -48,8 +49,8 @@ fn label(key: &str, value: &str) -> String {
     format!("{{{key}=\"{escaped}\"}}")
 }
 
-/// The exposition of `status` and `reloads`.
-pub fn render(status: &Status, reloads: &Reloads) -> String {
+/// The exposition of `status`, `reloads` and the fleet's session, if any.
+pub fn render(status: &Status, reloads: &Reloads, fleet: Option<&FleetStatus>) -> String {
     let mut out = String::new();
     let verdicts: Vec<(String, f64)> = status
         .verdicts
@@ -150,7 +151,50 @@ pub fn render(status: &Status, reloads: &Reloads) -> String {
         "Interfaces the filter is attached to.",
         &[(String::new(), status.interfaces.len() as f64)],
     );
+    if let Some(fleet) = fleet {
+        render_fleet(&mut out, fleet);
+    }
     out
+}
+
+/// The fleet's families: whether it is followed, how far, how late.
+fn render_fleet(out: &mut String, fleet: &FleetStatus) {
+    let one = |value: f64| [(String::new(), value)];
+    family(
+        out,
+        "xknock_fleet_connected",
+        "gauge",
+        "Whether this host follows its fleet in etcd (1) or enforces alone (0).",
+        &one(f64::from(u8::from(fleet.connected.load(Ordering::Relaxed)))),
+    );
+    family(
+        out,
+        "xknock_fleet_revision",
+        "gauge",
+        "The last etcd revision of the fleet's keys this host has seen.",
+        &one(fleet.revision.load(Ordering::Relaxed) as f64),
+    );
+    family(
+        out,
+        "xknock_fleet_lag_seconds",
+        "gauge",
+        "From another host's last grant to its arrival here.",
+        &one(fleet.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+    );
+    family(
+        out,
+        "xknock_fleet_grants_published_total",
+        "counter",
+        "Grants of this host published to the fleet.",
+        &one(fleet.published.load(Ordering::Relaxed) as f64),
+    );
+    family(
+        out,
+        "xknock_fleet_grants_planted_total",
+        "counter",
+        "Grants of the fleet put in this host's kernel.",
+        &one(fleet.planted.load(Ordering::Relaxed) as f64),
+    );
 }
 
 /// Answers scrapes on a thread of its own until the process ends, so a
@@ -159,6 +203,7 @@ pub fn spawn(
     listener: std::net::TcpListener,
     pins: PinDir,
     reloads: Arc<Reloads>,
+    fleet: Option<Arc<FleetStatus>>,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -169,7 +214,7 @@ pub fn spawn(
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, pins, reloads).await,
+                    Ok(listener) => serve(listener, pins, reloads, fleet).await,
                     Err(error) => log::error!("metrics: {error}"),
                 }
             });
@@ -177,15 +222,21 @@ pub fn spawn(
     Ok(())
 }
 
-async fn serve(listener: TcpListener, pins: PinDir, reloads: Arc<Reloads>) {
+async fn serve(
+    listener: TcpListener,
+    pins: PinDir,
+    reloads: Arc<Reloads>,
+    fleet: Option<Arc<FleetStatus>>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let pins = pins.clone();
         let reloads = Arc::clone(&reloads);
+        let fleet = fleet.clone();
         tokio::spawn(async move {
-            drop(answer(stream, &pins, &reloads).await);
+            drop(answer(stream, &pins, &reloads, fleet.as_deref()).await);
         });
     }
 }
@@ -193,7 +244,12 @@ async fn serve(listener: TcpListener, pins: PinDir, reloads: Arc<Reloads>) {
 /// Largest request head read.
 const MAX_REQUEST: usize = 8192;
 
-async fn answer(mut stream: TcpStream, pins: &PinDir, reloads: &Reloads) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    pins: &PinDir,
+    reloads: &Reloads,
+    fleet: Option<&FleetStatus>,
+) -> std::io::Result<()> {
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
@@ -214,7 +270,7 @@ async fn answer(mut stream: TcpStream, pins: &PinDir, reloads: &Reloads) -> std:
             Ok(status) => (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
-                render(&status, reloads),
+                render(&status, reloads, fleet),
             ),
             Err(error) => unavailable(&error),
         },

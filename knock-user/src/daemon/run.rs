@@ -274,7 +274,8 @@ async fn serve(
         let listener =
             std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}"))?;
         log::info!("metrics at http://{}/metrics", listener.local_addr()?);
-        metrics::spawn(listener, pins.clone(), Arc::clone(&reloads))?;
+        let fleet = following.as_ref().map(Following::status);
+        metrics::spawn(listener, pins.clone(), Arc::clone(&reloads), fleet)?;
     }
     // A one-time line the kernel spent while no run could mark it (one
     // killed between the grant and the mark) is marked now, as its grant
