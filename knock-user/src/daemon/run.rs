@@ -662,6 +662,11 @@ fn reload(
             config.pin_dir.display()
         );
     }
+    if config.fleet != running.config.fleet {
+        log::warn!(
+            "[fleet] changed: this run keeps following the fleet it started with; restart it to follow the new one"
+        );
+    }
     // A generation loaded ahead for the next window holds the change lock
     // and the configuration being replaced: it goes.
     running.next_generation = None;

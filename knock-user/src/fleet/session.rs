@@ -7,7 +7,7 @@
 
 use std::{
     sync::{Arc, atomic::Ordering},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use etcd_client::{
@@ -159,9 +159,7 @@ pub async fn follow(
 ) {
     let keys = Keys::new(&fleet.prefix);
     let mut view = View::new(&fleet.node);
-    // Spends decided here while etcd was away (`offline_spend = "local"`),
-    // recorded once it is back.
-    let mut later: Vec<(SpendRecord, Duration)> = Vec::new();
+    let mut spends = Spends::default();
     let mut next = 0;
     let mut failures = 0usize;
     loop {
@@ -173,7 +171,7 @@ pub async fn follow(
             fingerprint: &fingerprint,
             endpoint: &endpoint,
             view: &mut view,
-            later: &mut later,
+            spends: &mut spends,
             to_daemon: &to_daemon,
             status: &status,
         };
@@ -200,19 +198,18 @@ pub async fn follow(
         let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
         // The daemon's messages wait meanwhile: what it grants is in its
         // kernel, and published from there once the fleet is back.
-        let pause = tokio::time::sleep(wait);
-        tokio::pin!(pause);
+        // Spends wait a little for it.
+        let resume = Instant::now() + wait;
         loop {
+            if !spends.expire(&fleet, &to_daemon, "etcd is unreachable") {
+                return;
+            }
+            let wake = spends.next_deadline().map_or(resume, |d| d.min(resume));
             tokio::select! {
-                () = &mut pause => break,
+                () = tokio::time::sleep_until(wake.into()) => if Instant::now() >= resume { break },
                 message = from_daemon.recv() => match message {
                     None => return,
-                    Some(ToFleet::Spend { ticket, spent, ttl }) => {
-                        let reason = "etcd is unreachable".to_owned();
-                        if !unrecorded(&fleet, &mut later, &to_daemon, ticket, spent, ttl, reason) {
-                            return;
-                        }
-                    }
+                    Some(ToFleet::Spend { ticket, spent, ttl }) => spends.ask(ticket, spent, ttl),
                     Some(_) => {}
                 },
             }
@@ -220,32 +217,78 @@ pub async fn follow(
     }
 }
 
-/// Tells the daemon a spend could not be recorded, and keeps it to record
-/// later if it opens anyway (`offline_spend = "local"`); false once the
-/// daemon is gone.
-fn unrecorded(
-    fleet: &Fleet,
-    later: &mut Vec<(SpendRecord, Duration)>,
-    to_daemon: &mpsc::UnboundedSender<FromFleet>,
+/// How long a spend waits for the fleet (a member down, an election)
+/// before `offline_spend` decides it.
+const SPEND_PATIENCE: Duration = Duration::from_secs(3);
+
+/// A spend asked for and not yet recorded.
+struct Waiting {
     ticket: u64,
     spent: Spent,
     ttl: Duration,
-    reason: String,
-) -> bool {
-    if fleet.offline_spend == OfflineSpend::Local {
-        let record = SpendRecord {
-            spent,
-            node: fleet.node.clone(),
-            at_ms: unix_ms(SystemTime::now()),
-        };
-        later.push((record, ttl));
-    }
-    to_daemon
-        .send(FromFleet::Spent {
+    /// When `offline_spend` decides it, if the fleet is not back by then.
+    deadline: Instant,
+}
+
+/// Spends waiting for the fleet, and those decided here without it
+/// (`offline_spend = "local"`), recorded once it is back.
+#[derive(Default)]
+struct Spends {
+    waiting: Vec<Waiting>,
+    later: Vec<(SpendRecord, Duration)>,
+}
+
+impl Spends {
+    fn ask(&mut self, ticket: u64, spent: Spent, ttl: Duration) {
+        self.waiting.push(Waiting {
             ticket,
-            outcome: SpendOutcome::Unrecorded { reason },
-        })
-        .is_ok()
+            spent,
+            ttl,
+            deadline: Instant::now() + SPEND_PATIENCE,
+        });
+    }
+
+    /// The first deadline of a waiting spend.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.waiting.iter().map(|w| w.deadline).min()
+    }
+
+    /// Tells the daemon of every waiting spend past its deadline that it
+    /// could not be recorded (keeping it for later with `local`); false
+    /// once the daemon is gone.
+    fn expire(
+        &mut self,
+        fleet: &Fleet,
+        to_daemon: &mpsc::UnboundedSender<FromFleet>,
+        reason: &str,
+    ) -> bool {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.deadline <= now);
+        self.waiting = waiting;
+        for spend in due {
+            if fleet.offline_spend == OfflineSpend::Local {
+                let record = SpendRecord {
+                    spent: spend.spent,
+                    node: fleet.node.clone(),
+                    at_ms: unix_ms(SystemTime::now()),
+                };
+                self.later.push((record, spend.ttl));
+            }
+            let outcome = SpendOutcome::Unrecorded {
+                reason: reason.to_owned(),
+            };
+            let message = FromFleet::Spent {
+                ticket: spend.ticket,
+                outcome,
+            };
+            if to_daemon.send(message).is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// One connection to one member.
@@ -255,7 +298,7 @@ struct Session<'a> {
     fingerprint: &'a str,
     endpoint: &'a str,
     view: &'a mut View,
-    later: &'a mut Vec<(SpendRecord, Duration)>,
+    spends: &'a mut Spends,
     to_daemon: &'a mpsc::UnboundedSender<FromFleet>,
     status: &'a FleetStatus,
 }
@@ -316,7 +359,7 @@ impl Session<'_> {
             }
         }
         // What opened here while the fleet was away is spent fleet-wide now.
-        while let Some((record, ttl)) = self.later.first().cloned() {
+        while let Some((record, ttl)) = self.spends.later.first().cloned() {
             match record_spend(&mut client, self.keys, &record, ttl).await {
                 Ok(None) => {}
                 Ok(Some(node)) => log::warn!(
@@ -325,7 +368,14 @@ impl Session<'_> {
                 ),
                 Err(e) => return Some(error("recording a spend made while away")(e)),
             }
-            self.later.remove(0);
+            self.spends.later.remove(0);
+        }
+        // What waited for the fleet is decided now.
+        while let Some(waiting) = self.spends.waiting.pop() {
+            if let Err(failure) = self.spend(&mut client, &waiting).await {
+                self.spends.waiting.push(waiting);
+                return failure;
+            }
         }
         let mut watch = match client
             .watch(
@@ -421,25 +471,16 @@ impl Session<'_> {
                         ToFleet::Granted(grant) => vec![grant],
                         ToFleet::Local(grants) => grants,
                         ToFleet::Spend { ticket, spent, ttl } => {
-                            let record = SpendRecord {
+                            let waiting = Waiting {
+                                ticket,
                                 spent,
-                                node: self.fleet.node.clone(),
-                                at_ms: unix_ms(SystemTime::now()),
+                                ttl,
+                                deadline: Instant::now() + SPEND_PATIENCE,
                             };
-                            let outcome = match record_spend(&mut client, self.keys, &record, ttl).await {
-                                Ok(None) => SpendOutcome::Recorded,
-                                Ok(Some(node)) => SpendOutcome::Taken { node },
-                                Err(e) => {
-                                    let failure = error("recording a spend")(e);
-                                    let told = unrecorded(
-                                        self.fleet, self.later, self.to_daemon, ticket,
-                                        record.spent, ttl, failure.clone(),
-                                    );
-                                    return told.then_some(failure);
-                                }
-                            };
-                            if !self.tell(FromFleet::Spent { ticket, outcome }) {
-                                return None;
+                            if let Err(failure) = self.spend(&mut client, &waiting).await {
+                                // It waits for the next member.
+                                self.spends.waiting.push(waiting);
+                                return failure;
                             }
                             continue;
                         }
@@ -476,6 +517,33 @@ impl Session<'_> {
                     Err(e) => return Some(error("renewing the node's lease")(e)),
                 },
             }
+        }
+    }
+
+    /// Records a spend and tells the daemon the outcome; on an error,
+    /// what to return (`Some` failure, `None` once the daemon is gone).
+    async fn spend(
+        &mut self,
+        client: &mut Client,
+        waiting: &Waiting,
+    ) -> Result<(), Option<Failure>> {
+        let record = SpendRecord {
+            spent: waiting.spent.clone(),
+            node: self.fleet.node.clone(),
+            at_ms: unix_ms(SystemTime::now()),
+        };
+        let outcome = match record_spend(client, self.keys, &record, waiting.ttl).await {
+            Ok(None) => SpendOutcome::Recorded,
+            Ok(Some(node)) => SpendOutcome::Taken { node },
+            Err(e) => return Err(Some(format!("recording a spend: {e}"))),
+        };
+        if self.tell(FromFleet::Spent {
+            ticket: waiting.ticket,
+            outcome,
+        }) {
+            Ok(())
+        } else {
+            Err(None)
         }
     }
 
