@@ -201,7 +201,7 @@ pub fn seconds_until(deadline_ns: u64) -> f64 {
     (left as f64 / 1e9 * 10.0).round() / 10.0
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 

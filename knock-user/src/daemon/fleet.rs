@@ -15,7 +15,7 @@ use knock_common::{Addr, Event};
 use crate::{
     config::{Config, RuleKind, fleet::OfflineSpend},
     daemon::{
-        events::{Record, RecordKind, RuleBook, seconds_until},
+        events::{Record, RecordKind, RuleBook, now_rfc3339, seconds_until},
         spa::{SpaGrant, SpaRefusal, Verdict},
     },
     fleet::{
@@ -321,6 +321,8 @@ impl Following {
             } => {
                 let name = record.rule.clone();
                 let mut one_time = name.clone();
+                // Said now, when it is decided.
+                record.time = now_rfc3339();
                 if opens {
                     target.maps.grant(&addr, rule, expires_ns)?;
                     if let (Some(source), Some(name)) = (record.source, &name) {
