@@ -57,6 +57,39 @@ pub fn rotating_port_warnings(config: &Config) -> Vec<String> {
     warnings
 }
 
+/// A fleet's host opens connections to etcd from ephemeral ports: a TCP
+/// knock step among them would stop etcd's answers on the connection that
+/// drew it, and the host would lose the fleet now and then.
+pub fn fleet_port_warnings(config: &Config) -> Vec<String> {
+    match ephemeral_range(Path::new("/proc/sys/net/ipv4/ip_local_port_range")) {
+        Some(ephemeral) if config.fleet.is_some() => knock_steps_within(config, ephemeral),
+        _ => Vec::new(),
+    }
+}
+
+/// A warning for each rule with TCP knock steps within `ephemeral`.
+fn knock_steps_within(config: &Config, ephemeral: PortRange) -> Vec<String> {
+    config
+        .rules
+        .iter()
+        .filter_map(|rule| {
+            let steps: Vec<String> = rule
+                .sequence()
+                .iter()
+                .filter(|s| s.0.proto == knock_common::IPPROTO_TCP && ephemeral.contains(s.0.port))
+                .map(ToString::to_string)
+                .collect();
+            (!steps.is_empty()).then(|| {
+                format!(
+                    "rule `{}`: {} in this host's ephemeral ports ({ephemeral}, net.ipv4.ip_local_port_range): etcd's answers to a connection that draws one are stopped; choose steps outside it, or reserve them (net.ipv4.ip_local_reserved_ports)",
+                    rule.name,
+                    steps.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
 /// `ip_local_port_range`'s two numbers.
 fn ephemeral_range(path: &Path) -> Option<PortRange> {
     let text = fs::read_to_string(path).ok()?;
@@ -108,6 +141,29 @@ mod tests {
         assert_eq!(local_port(established, Some("0A")), None);
         assert_eq!(local_port(established, None), Some(22));
         assert_eq!(local_port(v6, Some("0A")), Some(8080));
+    }
+
+    #[test]
+    fn tcp_knock_steps_among_ephemeral_ports_are_named() {
+        let config = Config::parse(
+            "[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:40000\", \"udp:40001\", \"tcp:3721\"]\nsequence_timeout = \"10s\"\nopen_for = \"60s\"\nprotect = [\"tcp:22\"]\n",
+        )
+        .expect("valid");
+        let ephemeral = PortRange {
+            low: 32768,
+            high: 60999,
+        };
+        let warnings = knock_steps_within(&config, ephemeral);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("rule `ssh`: tcp:40000 in this host's ephemeral ports"),
+            "{warnings:?}"
+        );
+        let below = PortRange {
+            low: 50000,
+            high: 60999,
+        };
+        assert_eq!(knock_steps_within(&config, below), Vec::<String>::new());
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub struct RunOptions {
 /// (for the commands that run on the server: `run`, a reload,
 /// `check-config`).
 pub fn warn_of_served_ports(config: &Config) {
-    for warning in listeners::rotating_port_warnings(config) {
+    for warning in listeners::rotating_port_warnings(config)
+        .into_iter()
+        .chain(listeners::fleet_port_warnings(config))
+    {
         log::warn!("{warning}");
     }
 }
