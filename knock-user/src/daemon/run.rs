@@ -236,6 +236,9 @@ pub const CHANGE_PATIENCE: Duration = Duration::from_secs(10);
 /// Events printed before the loop looks at signals and the sweeper again.
 const EVENTS_PER_TURN: usize = 1024;
 
+/// One-time lines marked used in a row because the fleet spent them.
+const MAX_LINES_SKIPPED: usize = 64;
+
 /// How often expired grants and idle flows are swept out of the maps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -410,8 +413,15 @@ async fn serve(
                         print(record)?;
                     }
                     spent.extend(one_time_source(&running.config, applied.one_time.as_deref()));
-                    if !spent.is_empty() {
+                    // The fleet may have spent the next line too (its records
+                    // arrive in key order, not line order): on until a line
+                    // in place is unspent, a bounded number of times.
+                    for _ in 0..MAX_LINES_SKIPPED {
+                        if spent.is_empty() {
+                            break;
+                        }
                         put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
+                        spent = spent_one_time(running)?;
                     }
                 }
             }

@@ -68,9 +68,16 @@ pub fn revoke(fleet: &Fleet, revoke: &RevokeRecord) -> Result<usize, String> {
     block_on(session::revoke(fleet, revoke, REVOKE_MEMORY))
 }
 
+/// How long `status` waits for etcd to list the fleet's hosts.
+const HOSTS_PATIENCE: Duration = Duration::from_secs(4);
+
 /// The fleet's hosts, as their lease-held keys say.
 pub fn hosts(fleet: &Fleet) -> Result<Vec<NodeRecord>, String> {
-    block_on(session::hosts(fleet))
+    block_on(async {
+        tokio::time::timeout(HOSTS_PATIENCE, session::hosts(fleet))
+            .await
+            .unwrap_or_else(|_| Err(format!("no member answered within {HOSTS_PATIENCE:?}")))
+    })
 }
 
 /// Runs `future` on an event loop of its own, for the commands that are
