@@ -58,6 +58,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The fleet's tests run a three-member etcd cluster (and etcdctl).
     "etcd-server",
     "etcd-client",
+    // The fleet's TLS test makes its certificates.
+    "openssl",
 ];
 
 #[derive(Parser)]
