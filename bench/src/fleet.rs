@@ -159,7 +159,7 @@ fn revoke_time(lab: &FleetLab, hosts: &[Host], on: usize, watched: usize) -> any
         .stderr(Stdio::null())
         .spawn()?;
     let elapsed = loop {
-        if pinned.maps.grant_expiry(&client, index)?.is_none() {
+        if pinned.maps.grant_of(&client, index)?.is_none() {
             break start.elapsed();
         }
         ensure!(
@@ -213,7 +213,7 @@ fn wait_gone(host: &Host, lab: &FleetLab) -> anyhow::Result<()> {
     let pinned = Pinned::open(&host.pins)?;
     let index = pinned.rule_indexes("ssh")?[0];
     let start = Instant::now();
-    while pinned.maps.grant_expiry(&client, index)?.is_some() {
+    while pinned.maps.grant_of(&client, index)?.is_some() {
         ensure!(
             start.elapsed() < Duration::from_secs(5),
             "the other host kept the revoked grant 5 s"

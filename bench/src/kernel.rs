@@ -317,6 +317,7 @@ pub(crate) fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
     for i in 0..n {
         let grant = Grant {
             expires_ns: now + 3600 * SECOND_NS,
+            granted_ns: now,
         };
         maps.plant_grant(&source(i + n), &grant)?;
     }

@@ -33,13 +33,15 @@ pub const fn port_roles_index(proto: u8, port: u16) -> Option<u32> {
 }
 
 /// Value of `GRANTS`: until when (kernel monotonic clock, ns) the source may open
-/// new connections to the rule's protected ports.
+/// new connections to the rule's protected ports, and when it was made (a
+/// fleet's revoke undoes what was granted before it, anywhere).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Grant {
     pub expires_ns: u64,
+    pub granted_ns: u64,
 }
-const _: () = assert!(size_of::<Grant>() == 8);
+const _: () = assert!(size_of::<Grant>() == 16);
 
 /// Key of `FLOWS`: one admitted connection, as seen on ingress.
 #[repr(C)]

@@ -27,7 +27,7 @@ pub const BPF_NOEXIST: u64 = 1;
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the
 /// `layout_fingerprint` test fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Bytes of a rule's name kept in `Instance`.
 pub const RULE_NAME_BYTES: usize = 31;
@@ -137,11 +137,11 @@ mod tests {
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                6,
+                7,
                 [
                     20,
                     16,
-                    8,
+                    16,
                     24,
                     16,
                     24,

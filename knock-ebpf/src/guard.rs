@@ -150,8 +150,12 @@ fn listed(list: &LpmTrie<Addr, u8>, entries: u32, addr: &Addr) -> bool {
 
 /// Grants `key` (a source and a rule) until `expires_ns`.
 #[inline(always)]
-pub fn grant(key: &SourceRule, expires_ns: u64) {
-    let _ = GRANTS.insert(key, &Grant { expires_ns }, 0);
+pub fn grant(key: &SourceRule, expires_ns: u64, now: u64) {
+    let grant = Grant {
+        expires_ns,
+        granted_ns: now,
+    };
+    let _ = GRANTS.insert(key, &grant, 0);
 }
 
 /// Whether `key` (a source and a rule) has a grant stored, live or expired:

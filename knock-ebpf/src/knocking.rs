@@ -268,7 +268,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
                 set_verdict(Some(Reason::DropKnockGranted));
                 return 0;
             }
-            guard::grant(&key, expires_ns);
+            guard::grant(&key, expires_ns, now);
             horizon::raise(settings, slot, Horizon::Admitted, now);
             let step = rule.steps as u8;
             events::emit(&Event::grant(

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use knock_common::Grant;
 use status::{Pinned, StatusError};
 
 use crate::{
@@ -31,8 +32,12 @@ pub fn grant(
     let index = pinned.rule_indexes(rule)?[0];
     let duration = duration
         .unwrap_or_else(|| Duration::from_nanos(pinned.rule(index).map_or(0, |r| r.open_for_ns)));
-    let expires_ns = monotonic_ns().saturating_add(duration.as_nanos() as u64);
-    pinned.maps.grant(&key_addr(addr), index, expires_ns)?;
+    let now = monotonic_ns();
+    let grant = Grant {
+        expires_ns: now.saturating_add(duration.as_nanos() as u64),
+        granted_ns: now,
+    };
+    pinned.maps.grant(&key_addr(addr), index, grant)?;
     Ok(duration)
 }
 

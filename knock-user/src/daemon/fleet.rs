@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use knock_common::{Addr, Event};
+use knock_common::{Addr, Event, Grant};
 
 use crate::{
     config::{Config, RuleKind, fleet::OfflineSpend},
@@ -19,8 +19,8 @@ use crate::{
         spa::{SpaGrant, SpaRefusal, Verdict},
     },
     fleet::{
-        self, Change, FleetLink, FromFleet, LocalGrant, SpendOutcome, SpendRecord, Spent, ToFleet,
-        unix_ms,
+        self, Change, FleetLink, FromFleet, LocalGrant, RevokeRecord, SpendOutcome, SpendRecord,
+        Spent, ToFleet, unix_ms,
     },
     fwknop::unix_seconds,
     loader::{
@@ -49,14 +49,14 @@ enum Pending {
         addr: Addr,
         rule: u32,
         tag: u32,
-        expires_ns: u64,
+        grant: Grant,
     },
     /// An SPA packet that checked out, from `source` to `port`.
     Spa {
         grant: SpaGrant,
         source: Addr,
         port: u16,
-        expires_ns: u64,
+        granted: Grant,
     },
 }
 
@@ -139,6 +139,15 @@ fn wall_ms(kernel_ns: u64, now_ms: u64, now_ns: u64) -> u64 {
     }
 }
 
+/// The kernel's clock when the wall clock reads `wall`, past or ahead.
+fn kernel_at(wall: u64, now_ms: u64, now_ns: u64) -> u64 {
+    if wall >= now_ms {
+        now_ns.saturating_add((wall - now_ms).saturating_mul(1_000_000))
+    } else {
+        now_ns.saturating_sub((now_ms - wall).saturating_mul(1_000_000))
+    }
+}
+
 /// The kernel's clock when the wall clock reads `wall`, if that is still
 /// ahead.
 fn kernel_ns(wall: u64, now_ms: u64, now_ns: u64) -> Option<u64> {
@@ -186,10 +195,10 @@ impl Following {
         config: &Config,
     ) -> Result<(), MapsError> {
         let rule = u32::from(event.rule);
-        let tag = maps
-            .rules()?
+        let rules = maps.rules()?;
+        let (tag, open_for) = rules
             .get(rule as usize)
-            .map_or(0, |r| r.sequence_tag);
+            .map_or((0, 0), |r| (r.sequence_tag, r.open_for_ns));
         let Some(name) = record.rule.clone() else {
             return Ok(());
         };
@@ -198,7 +207,11 @@ impl Following {
             addr: event.addr,
             rule,
             tag,
-            expires_ns: event.expires_ns,
+            // Made when the last step came, as the kernel would have.
+            grant: Grant {
+                expires_ns: event.expires_ns,
+                granted_ns: event.expires_ns.saturating_sub(open_for),
+            },
         };
         self.spend(
             Spent::Sequence {
@@ -226,14 +239,25 @@ impl Following {
             .map(|b| format!("{b:02x}"))
             .collect();
         let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
+        let now = monotonic_ns();
         let ttl = spend_ttl(config, &grant.rule);
         let pending = Pending::Spa {
             grant,
             source,
             port,
-            expires_ns: monotonic_ns().saturating_add(open_for),
+            granted: Grant {
+                expires_ns: now.saturating_add(open_for),
+                granted_ns: now,
+            },
         };
         self.spend(Spent::Spa { digest }, ttl, pending);
+    }
+
+    /// The configuration now running (a reload): the fleet is told its
+    /// fingerprint.
+    pub fn reconfigured(&self, config: &Config) {
+        let print = fleet::fingerprint(config);
+        drop(self.link.to_fleet.send(ToFleet::Fingerprint(print)));
     }
 
     /// The session's state, for metrics.
@@ -246,21 +270,21 @@ impl Following {
         self.link.from_fleet.recv().await
     }
 
-    /// A grant this host just made, until `expires_ns` (kernel clock).
-    pub fn granted(&self, addr: IpAddr, rule: &str, expires_ns: u64, via: Via) {
-        let now_ms = unix_ms(SystemTime::now());
+    /// A grant this host just made (kernel clock).
+    pub fn granted(&self, addr: IpAddr, rule: &str, grant: Grant, via: Via) {
+        let (now_ms, now_ns) = (unix_ms(SystemTime::now()), monotonic_ns());
         let grant = LocalGrant {
             addr,
             rule: rule.to_owned(),
-            expires_ms: wall_ms(expires_ns, now_ms, monotonic_ns()),
-            granted_ms: now_ms,
+            expires_ms: wall_ms(grant.expires_ns, now_ms, now_ns),
+            granted_ms: wall_ms(grant.granted_ns, now_ms, now_ns),
             via: via.name(),
         };
         drop(self.link.to_fleet.send(ToFleet::Granted(grant)));
     }
 
     /// This host's live grants, for the session to set beside the fleet's.
-    pub fn sweep(&self, maps: &Maps, rules: &RuleBook, config: &Config) -> Result<(), MapsError> {
+    pub fn sweep(&self, maps: &Maps, rules: &RuleBook) -> Result<(), MapsError> {
         let (now_ms, now_ns) = (unix_ms(SystemTime::now()), monotonic_ns());
         let grants = maps
             .grants()?
@@ -268,14 +292,11 @@ impl Following {
             .filter(|(_, grant)| grant.expires_ns > now_ns)
             .filter_map(|(key, grant)| {
                 let (name, _) = rules.get(key.rule)?;
-                let open_for = config.rules.iter().find(|r| r.name == name)?.open_for;
-                let expires_ms = wall_ms(grant.expires_ns, now_ms, now_ns);
-                let open_for_ms = u64::try_from(open_for.as_millis()).unwrap_or(u64::MAX);
                 Some(LocalGrant {
                     addr: display_addr(&key.addr),
                     rule: name.to_owned(),
-                    expires_ms,
-                    granted_ms: expires_ms.saturating_sub(open_for_ms).min(now_ms),
+                    expires_ms: wall_ms(grant.expires_ns, now_ms, now_ns),
+                    granted_ms: wall_ms(grant.granted_ns, now_ms, now_ns),
                     via: Via::Found.name(),
                 })
             })
@@ -317,19 +338,19 @@ impl Following {
                 addr,
                 rule,
                 tag,
-                expires_ns,
+                grant,
             } => {
                 let name = record.rule.clone();
                 let mut one_time = name.clone();
                 // Said now, when it is decided.
                 record.time = now_rfc3339();
                 if opens {
-                    target.maps.grant(&addr, rule, expires_ns)?;
+                    target.maps.grant(&addr, rule, grant)?;
                     if let (Some(source), Some(name)) = (record.source, &name) {
-                        self.granted(source, name, expires_ns, Via::Knock);
+                        self.granted(source, name, grant, Via::Knock);
                     }
                     record.event = RecordKind::Grant;
-                    record.expires_in_secs = Some(seconds_until(expires_ns));
+                    record.expires_in_secs = Some(seconds_until(grant.expires_ns));
                 } else {
                     record.event = RecordKind::Reset;
                     record.expires_in_secs = None;
@@ -365,13 +386,13 @@ impl Following {
                 grant,
                 source,
                 port,
-                expires_ns,
+                granted,
             } => {
                 let verdict = if opens {
                     target
                         .maps
-                        .grant(&key_addr(grant.addr), grant.index, expires_ns)?;
-                    self.granted(grant.addr, &grant.rule, expires_ns, Via::Spa);
+                        .grant(&key_addr(grant.addr), grant.index, granted)?;
+                    self.granted(grant.addr, &grant.rule, granted, Via::Spa);
                     Verdict::Grant(grant)
                 } else {
                     let (reason, detail) = match outcome {
@@ -430,12 +451,16 @@ impl Following {
                 // A grant the kernel holds longer stays as it is.
                 if target
                     .maps
-                    .grant_expiry(&addr, index)?
-                    .is_some_and(|held| held >= expires_ns)
+                    .grant_of(&addr, index)?
+                    .is_some_and(|held| held.expires_ns >= expires_ns)
                 {
                     return Ok(None);
                 }
-                target.maps.grant(&addr, index, expires_ns)?;
+                let planted = Grant {
+                    expires_ns,
+                    granted_ns: kernel_at(grant.granted_ms, now_ms, now_ns),
+                };
+                target.maps.grant(&addr, index, planted)?;
                 if grant.node == self.node {
                     return Ok(None);
                 }
@@ -446,29 +471,45 @@ impl Following {
                     Some(((grant.expires_ms - now_ms) as f64 / 100.0).round() / 10.0);
                 Ok(Some(record))
             }
-            FromFleet::Change(Change::Remove(revoke)) => {
-                let rules = match &revoke.rule {
-                    Some(name) => match target.indexes(name) {
-                        Some(parts) => Some(parts),
-                        None => return Ok(None),
-                    },
-                    None => None,
-                };
-                let (grants, flows) =
-                    target
-                        .maps
-                        .revoke(&key_addr(revoke.addr), rules, revoke.flows)?;
-                if grants == 0 && flows == 0 && revoke.node == self.node {
-                    return Ok(None);
-                }
-                let mut record = Record::new(RecordKind::FleetRevoke, Some(revoke.addr));
-                record.rule = revoke.rule;
-                record.node = Some(revoke.node);
-                record.detail = Some(format!("{grants} grant(s), {flows} flow(s) removed"));
-                Ok(Some(record))
+            FromFleet::Change(Change::Remove(revoke)) => self.revoked(revoke, u64::MAX, target),
+            FromFleet::Change(Change::Undo(revoke)) => {
+                let (now_ms, now_ns) = (unix_ms(SystemTime::now()), monotonic_ns());
+                let granted_by = kernel_at(revoke.undoes_until_ms(), now_ms, now_ns);
+                self.revoked(revoke, granted_by, target)
             }
             FromFleet::Spent { .. } | FromFleet::SpentElsewhere(_) => Ok(None),
         }
+    }
+
+    /// Carries out `revoke` for the grants made at `granted_by` (kernel
+    /// clock) or before.
+    fn revoked(
+        &self,
+        revoke: RevokeRecord,
+        granted_by: u64,
+        target: Target<'_>,
+    ) -> Result<Option<Record>, MapsError> {
+        let rules = match &revoke.rule {
+            Some(name) => match target.indexes(name) {
+                Some(parts) => Some(parts),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let (grants, flows) = target.maps.revoke_granted_by(
+            &key_addr(revoke.addr),
+            rules,
+            revoke.flows,
+            granted_by,
+        )?;
+        if grants == 0 && flows == 0 && revoke.node == self.node {
+            return Ok(None);
+        }
+        let mut record = Record::new(RecordKind::FleetRevoke, Some(revoke.addr));
+        record.rule = revoke.rule;
+        record.node = Some(revoke.node);
+        record.detail = Some(format!("{grants} grant(s), {flows} flow(s) removed"));
+        Ok(Some(record))
     }
 }
 

@@ -335,7 +335,12 @@ async fn serve(
                                 if let (Some(following), Some(event), Some(source), Some(rule)) =
                                     (&following, Event::decode(&item), record.source, &record.rule)
                                 {
-                                    following.granted(source, rule, event.expires_ns, Via::Knock);
+                                    // Made moments ago, when the last step came.
+                                    let grant = knock_common::Grant {
+                                        expires_ns: event.expires_ns,
+                                        granted_ns: monotonic_ns(),
+                                    };
+                                    following.granted(source, rule, grant, Via::Knock);
                                 }
                             }
                             print(record)?;
@@ -386,7 +391,7 @@ async fn serve(
                     print(Record::expired(&grant, &running.rules))?;
                 }
                 if let Some(following) = &following {
-                    following.sweep(running.filter.maps(), &running.rules, &running.config)?;
+                    following.sweep(running.filter.maps(), &running.rules)?;
                 }
                 if let Some(hidden) = refusals.hidden_in_last_window() {
                     log::info!("{hidden} more SPA packet(s) refused in the last second, not shown one by one");
@@ -430,11 +435,16 @@ async fn serve(
                 let result = reload(running, options, ifaces, pins);
                 reloads.record(result.is_ok());
                 match result {
-                    Ok(()) => log::info!(
-                        "reloaded {}: {} rule(s)",
-                        options.config.display(),
-                        running.config.rules.len()
-                    ),
+                    Ok(()) => {
+                        log::info!(
+                            "reloaded {}: {} rule(s)",
+                            options.config.display(),
+                            running.config.rules.len()
+                        );
+                        if let Some(following) = &following {
+                            following.reconfigured(&running.config);
+                        }
+                    }
                     Err(error) => log::error!(
                         "reload refused, the filter is unchanged: {error:#}"
                     ),
@@ -492,11 +502,12 @@ fn admit_spa(
         (verdict, _) => {
             if let Verdict::Grant(grant) = &verdict {
                 let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
-                maps.grant(
-                    &key_addr(grant.addr),
-                    grant.index,
-                    monotonic_ns().saturating_add(open_for),
-                )?;
+                let now = monotonic_ns();
+                let granted = knock_common::Grant {
+                    expires_ns: now.saturating_add(open_for),
+                    granted_ns: now,
+                };
+                maps.grant(&key_addr(grant.addr), grant.index, granted)?;
             }
             Ok(Some(Record::spa(&verdict, source, port)))
         }

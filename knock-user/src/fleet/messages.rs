@@ -19,6 +19,9 @@ pub enum ToFleet {
     /// Every live grant of this host's kernel, at each sweep: what the
     /// fleet lacks is published, what a revoke undid is removed.
     Local(Vec<LocalGrant>),
+    /// The configuration changed (a reload): its fingerprint, announced
+    /// from the next heartbeat on.
+    Fingerprint(String),
     /// Record `spent` for the fleet if no host has yet (`ticket` comes back
     /// with the outcome); the record lasts `ttl`.
     Spend {

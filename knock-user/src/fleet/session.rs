@@ -152,7 +152,7 @@ pub async fn record_spend(
 /// The session: follows the fleet until the daemon goes away.
 pub async fn follow(
     fleet: Fleet,
-    fingerprint: String,
+    mut fingerprint: String,
     mut from_daemon: mpsc::UnboundedReceiver<ToFleet>,
     to_daemon: mpsc::UnboundedSender<FromFleet>,
     status: Arc<FleetStatus>,
@@ -160,6 +160,9 @@ pub async fn follow(
     let keys = Keys::new(&fleet.prefix);
     let mut view = View::new(&fleet.node);
     let mut spends = Spends::default();
+    // When this host last heard from the fleet (a watch response): a revoke
+    // made later was missed.
+    let mut heard_ms = 0;
     let mut next = 0;
     let mut failures = 0usize;
     loop {
@@ -168,10 +171,11 @@ pub async fn follow(
         let mut session = Session {
             fleet: &fleet,
             keys: &keys,
-            fingerprint: &fingerprint,
+            fingerprint: &mut fingerprint,
             endpoint: &endpoint,
             view: &mut view,
             spends: &mut spends,
+            heard_ms: &mut heard_ms,
             to_daemon: &to_daemon,
             status: &status,
         };
@@ -210,7 +214,8 @@ pub async fn follow(
                 message = from_daemon.recv() => match message {
                     None => return,
                     Some(ToFleet::Spend { ticket, spent, ttl }) => spends.ask(ticket, spent, ttl),
-                    Some(_) => {}
+                    Some(ToFleet::Fingerprint(print)) => fingerprint = print,
+                    Some(ToFleet::Granted(_) | ToFleet::Local(_)) => {}
                 },
             }
         }
@@ -295,10 +300,11 @@ impl Spends {
 struct Session<'a> {
     fleet: &'a Fleet,
     keys: &'a Keys,
-    fingerprint: &'a str,
+    fingerprint: &'a mut String,
     endpoint: &'a str,
     view: &'a mut View,
     spends: &'a mut Spends,
+    heard_ms: &'a mut u64,
     to_daemon: &'a mpsc::UnboundedSender<FromFleet>,
     status: &'a FleetStatus,
 }
@@ -353,7 +359,7 @@ impl Session<'_> {
             }
         }
         let now = unix_ms(SystemTime::now());
-        for change in self.view.relist(grants, revokes, now) {
+        for change in self.view.relist(grants, revokes, now, *self.heard_ms) {
             if !self.tell(FromFleet::Change(change)) {
                 return None;
             }
@@ -421,6 +427,7 @@ impl Session<'_> {
                     if let Some(header) = response.header() {
                         self.status.revision.store(header.revision(), Ordering::Relaxed);
                     }
+                    *self.heard_ms = unix_ms(SystemTime::now());
                     for event in response.events() {
                         let put = event.event_type() == EventType::Put;
                         let kv = if put { event.kv() } else { event.prev_kv() };
@@ -470,6 +477,11 @@ impl Session<'_> {
                     let locals = match message {
                         ToFleet::Granted(grant) => vec![grant],
                         ToFleet::Local(grants) => grants,
+                        ToFleet::Fingerprint(print) => {
+                            // Announced with the next heartbeat.
+                            *self.fingerprint = print;
+                            continue;
+                        }
                         ToFleet::Spend { ticket, spent, ttl } => {
                             let waiting = Waiting {
                                 ticket,
@@ -556,7 +568,7 @@ impl Session<'_> {
     ) -> Result<(), etcd_client::Error> {
         let record = NodeRecord {
             node: self.fleet.node.clone(),
-            fingerprint: self.fingerprint.to_owned(),
+            fingerprint: self.fingerprint.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             beat,
             at_ms: unix_ms(SystemTime::now()),

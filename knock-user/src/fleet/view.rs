@@ -41,9 +41,13 @@ pub enum Change {
     /// Admit as this grant says, until its expiry (or a later one the
     /// kernel already holds).
     Plant(GrantRecord),
-    /// End `addr`'s grants of the rule (every rule if none) and, with
-    /// `flows`, their connections.
+    /// A revoke made now: end `addr`'s grants of the rule (every rule if
+    /// none) and, with `flows`, their connections.
     Remove(RevokeRecord),
+    /// A revoke made earlier, learned late (relisting, or judging a grant
+    /// the fleet lacks): end the grants made before it
+    /// (`RevokeRecord::covers`), and with `flows` the connections.
+    Undo(RevokeRecord),
 }
 
 /// The fleet as this host last read it.
@@ -64,24 +68,34 @@ impl View {
         }
     }
 
-    /// The fleet as read whole at one revision: the grants to plant. A
-    /// revoke read this way removes nothing at once (it may be older than a
-    /// grant this host made since); `local` judges each local grant by it.
+    /// The fleet as read whole at one revision: the grants to plant, and
+    /// the revokes to undo what was granted before them. A revoke made
+    /// since this host last heard from the fleet (`heard_ms`) ends the
+    /// connections too if it says so; an older one has done that already.
     pub fn relist(
         &mut self,
         grants: Vec<GrantRecord>,
         revokes: Vec<RevokeRecord>,
         now_ms: u64,
+        heard_ms: u64,
     ) -> Vec<Change> {
         self.grants.clear();
         self.revokes = revokes
             .into_iter()
             .map(|r| ((r.addr, r.rule.clone()), r))
             .collect();
-        grants
-            .into_iter()
-            .filter_map(|g| self.put_grant(g, now_ms))
-            .collect()
+        let mut changes: Vec<Change> = self
+            .revokes
+            .values()
+            .map(|r| {
+                Change::Undo(RevokeRecord {
+                    flows: r.flows && r.at_ms > heard_ms,
+                    ..r.clone()
+                })
+            })
+            .collect();
+        changes.extend(grants.into_iter().filter_map(|g| self.put_grant(g, now_ms)));
+        changes
     }
 
     /// A grant written to the fleet: planted if it is live and no revoke
@@ -136,7 +150,7 @@ impl View {
                 .values()
                 .find(|r| r.covers(local.addr, &local.rule, local.granted_ms))
             {
-                remove.push(Change::Remove(RevokeRecord {
+                remove.push(Change::Undo(RevokeRecord {
                     rule: Some(local.rule.clone()),
                     ..revoke.clone()
                 }));
@@ -211,9 +225,14 @@ mod tests {
             Some(Change::Plant(live))
         );
         assert_eq!(view.put_grant(grant("b", 1_000, 1_500), 2_000), None);
-        let listed = view.relist(vec![grant("c", 0, 10_000), grant("c", 0, 100)], vec![], 50);
+        let listed = view.relist(
+            vec![grant("c", 0, 10_000), grant("c", 0, 100)],
+            vec![],
+            50,
+            0,
+        );
         assert_eq!(listed.len(), 2);
-        assert_eq!(view.relist(vec![grant("c", 0, 100)], vec![], 200), []);
+        assert_eq!(view.relist(vec![grant("c", 0, 100)], vec![], 200, 0), []);
     }
 
     #[test]
@@ -223,8 +242,8 @@ mod tests {
         assert_eq!(removed, Change::Remove(revoke(None, 5_000)));
         // A grant published before the revoke but read after it: not planted.
         assert_eq!(view.put_grant(grant("c", 4_000, 60_000), 6_000), None);
-        // One made after it is.
-        assert!(view.put_grant(grant("c", 5_001, 60_000), 6_000).is_some());
+        // One made after it (by more than the clocks' skew) is.
+        assert!(view.put_grant(grant("c", 6_001, 60_000), 6_000).is_some());
         // The revoke's key going away forgets it.
         view.delete_revoke(A, None);
         assert!(view.put_grant(grant("c", 4_000, 60_000), 6_000).is_some());
@@ -250,7 +269,7 @@ mod tests {
         let (extended, _) = view.local(&[local(30_000, 90_000)], 30_000);
         assert_eq!(extended.len(), 1);
         // A fleet's copy that ends as late (within the clocks' drift) is known.
-        view.relist(vec![grant("b", 0, 120_000)], vec![], 40_000);
+        view.relist(vec![grant("b", 0, 120_000)], vec![], 40_000, 0);
         assert_eq!(view.local(&[local(40_000, 120_900)], 40_000).0, []);
         assert_eq!(view.local(&[local(40_000, 121_100)], 40_000).0.len(), 1);
     }
@@ -259,15 +278,25 @@ mod tests {
     fn a_local_grant_older_than_a_known_revoke_is_removed_not_published() {
         let mut view = View::new("a");
         // Revoked on another host while this one was away; read on relisting.
-        view.relist(vec![], vec![revoke(Some("ssh"), 5_000)], 6_000);
+        let relisted = view.relist(vec![], vec![revoke(Some("ssh"), 5_000)], 6_000, 4_000);
+        assert_eq!(
+            relisted,
+            [Change::Undo(revoke(Some("ssh"), 5_000))],
+            "missed while away: flows end too"
+        );
+        let again = view.relist(vec![], vec![revoke(Some("ssh"), 5_000)], 7_000, 6_500);
+        let Change::Undo(heard) = &again[0] else {
+            panic!("{again:?}")
+        };
+        assert!(!heard.flows, "heard before: its flows ended then");
         let (publish, remove) = view.local(&[local(4_000, 60_000)], 6_000);
         assert_eq!(publish, []);
-        assert_eq!(remove, [Change::Remove(revoke(Some("ssh"), 5_000))]);
-        // A knock after the revoke stands.
-        let (publish, remove) = view.local(&[local(5_500, 60_000)], 6_000);
+        assert_eq!(remove, [Change::Undo(revoke(Some("ssh"), 5_000))]);
+        // A knock after the revoke (by more than the clocks' skew) stands.
+        let (publish, remove) = view.local(&[local(6_500, 60_000)], 6_000);
         assert_eq!((publish.len(), remove.len()), (1, 0));
         // A grant's key deleted by its lease or a revoke is not a revoke.
         view.delete_grant(A, "ssh");
-        assert_eq!(view.local(&[local(5_500, 60_000)], 6_000).0.len(), 1);
+        assert_eq!(view.local(&[local(6_500, 60_000)], 6_000).0.len(), 1);
     }
 }

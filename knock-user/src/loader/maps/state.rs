@@ -26,10 +26,10 @@ impl Maps {
         Ok(entries(&self.grants_map()?))
     }
 
-    /// When `addr`'s grant of rule `rule` ends (kernel clock), if it has one.
-    pub fn grant_expiry(&self, addr: &Addr, rule: u32) -> Result<Option<u64>, MapsError> {
+    /// `addr`'s grant of rule `rule`, if it has one.
+    pub fn grant_of(&self, addr: &Addr, rule: u32) -> Result<Option<Grant>, MapsError> {
         match self.grants_map()?.get(&SourceRule { addr: *addr, rule }, 0) {
-            Ok(grant) => Ok(Some(grant.expires_ns)),
+            Ok(grant) => Ok(Some(grant)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(map_error(name::GRANTS)(error)),
         }
@@ -83,11 +83,12 @@ impl Maps {
         Ok(entries(&self.progress_map()?))
     }
 
-    /// Grants `addr` rule `rule` until `expires_ns` (kernel clock), as the
+    /// Grants `addr` rule `rule` as `grant` says (kernel clock), as the
     /// kernel does when a sequence completes: the source's admitted horizon
     /// first (else the filter could skip the lookup that finds the grant),
     /// then the grant.
-    pub fn grant(&mut self, addr: &Addr, rule: u32, expires_ns: u64) -> Result<(), MapsError> {
+    pub fn grant(&mut self, addr: &Addr, rule: u32, grant: Grant) -> Result<(), MapsError> {
+        let expires_ns = grant.expires_ns;
         let (slot, horizon) = self.source_horizon(addr)?;
         // Past the grant's end, as `horizon_span` would raise it from now.
         let until = horizon_units(expires_ns).saturating_add(2);
@@ -102,7 +103,7 @@ impl Maps {
                 .fetch_max(until, Ordering::SeqCst);
         }
         self.grants_map_mut()?
-            .insert(&SourceRule { addr: *addr, rule }, &Grant { expires_ns }, 0)
+            .insert(&SourceRule { addr: *addr, rule }, &grant, 0)
             .map_err(map_error(name::GRANTS))
     }
 
@@ -114,9 +115,21 @@ impl Maps {
         rules: Option<&[u32]>,
         flows: bool,
     ) -> Result<(usize, usize), MapsError> {
+        self.revoke_granted_by(addr, rules, flows, u64::MAX)
+    }
+
+    /// `revoke`, of the grants made at `granted_by` (kernel clock) or
+    /// before only.
+    pub fn revoke_granted_by(
+        &mut self,
+        addr: &Addr,
+        rules: Option<&[u32]>,
+        flows: bool,
+        granted_by: u64,
+    ) -> Result<(usize, usize), MapsError> {
         let of_rule = |r: u32| rules.is_none_or(|wanted| wanted.contains(&r));
-        let grants = remove_where(self.grants_map_mut()?, |k, _| {
-            k.addr == *addr && of_rule(k.rule)
+        let grants = remove_where(self.grants_map_mut()?, |k, g| {
+            k.addr == *addr && of_rule(k.rule) && g.granted_ns <= granted_by
         });
         let flows = if flows {
             remove_where(self.flows_map_mut()?, |k, f| {
