@@ -130,28 +130,43 @@ impl Via {
     }
 }
 
-/// Milliseconds on the wall clock when the kernel's clock reads `kernel_ns`.
-fn wall_ms(kernel_ns: u64, now_ms: u64, now_ns: u64) -> u64 {
-    if kernel_ns >= now_ns {
-        now_ms.saturating_add((kernel_ns - now_ns) / 1_000_000)
-    } else {
-        now_ms.saturating_sub((now_ns - kernel_ns) / 1_000_000)
-    }
+/// The wall clock and the kernel's, read together: times cross between
+/// them as "this far from now".
+#[derive(Clone, Copy, Debug)]
+struct Clocks {
+    wall_ms: u64,
+    kernel_ns: u64,
 }
 
-/// The kernel's clock when the wall clock reads `wall`, past or ahead.
-fn kernel_at(wall: u64, now_ms: u64, now_ns: u64) -> u64 {
-    if wall >= now_ms {
-        now_ns.saturating_add((wall - now_ms).saturating_mul(1_000_000))
-    } else {
-        now_ns.saturating_sub((now_ms - wall).saturating_mul(1_000_000))
+impl Clocks {
+    fn now() -> Clocks {
+        Clocks {
+            wall_ms: unix_ms(SystemTime::now()),
+            kernel_ns: monotonic_ns(),
+        }
     }
-}
 
-/// The kernel's clock when the wall clock reads `wall`, if that is still
-/// ahead.
-fn kernel_ns(wall: u64, now_ms: u64, now_ns: u64) -> Option<u64> {
-    (wall > now_ms).then(|| now_ns.saturating_add((wall - now_ms).saturating_mul(1_000_000)))
+    /// The wall clock (Unix ms) when the kernel's reads `kernel_ns`.
+    fn wall(self, kernel_ns: u64) -> u64 {
+        if kernel_ns >= self.kernel_ns {
+            self.wall_ms
+                .saturating_add((kernel_ns - self.kernel_ns) / 1_000_000)
+        } else {
+            self.wall_ms
+                .saturating_sub((self.kernel_ns - kernel_ns) / 1_000_000)
+        }
+    }
+
+    /// The kernel's clock when the wall clock reads `wall_ms`, past or ahead.
+    fn kernel(self, wall_ms: u64) -> u64 {
+        if wall_ms >= self.wall_ms {
+            self.kernel_ns
+                .saturating_add((wall_ms - self.wall_ms).saturating_mul(1_000_000))
+        } else {
+            self.kernel_ns
+                .saturating_sub((self.wall_ms - wall_ms).saturating_mul(1_000_000))
+        }
+    }
 }
 
 impl Following {
@@ -272,12 +287,12 @@ impl Following {
 
     /// A grant this host just made (kernel clock).
     pub fn granted(&self, addr: IpAddr, rule: &str, grant: Grant, via: Via) {
-        let (now_ms, now_ns) = (unix_ms(SystemTime::now()), monotonic_ns());
+        let clocks = Clocks::now();
         let grant = LocalGrant {
             addr,
             rule: rule.to_owned(),
-            expires_ms: wall_ms(grant.expires_ns, now_ms, now_ns),
-            granted_ms: wall_ms(grant.granted_ns, now_ms, now_ns),
+            expires_ms: clocks.wall(grant.expires_ns),
+            granted_ms: clocks.wall(grant.granted_ns),
             via: via.name(),
         };
         drop(self.link.to_fleet.send(ToFleet::Granted(grant)));
@@ -285,18 +300,18 @@ impl Following {
 
     /// This host's live grants, for the session to set beside the fleet's.
     pub fn sweep(&self, maps: &Maps, rules: &RuleBook) -> Result<(), MapsError> {
-        let (now_ms, now_ns) = (unix_ms(SystemTime::now()), monotonic_ns());
+        let clocks = Clocks::now();
         let grants = maps
             .grants()?
             .into_iter()
-            .filter(|(_, grant)| grant.expires_ns > now_ns)
+            .filter(|(_, grant)| grant.expires_ns > clocks.kernel_ns)
             .filter_map(|(key, grant)| {
                 let (name, _) = rules.get(key.rule)?;
                 Some(LocalGrant {
                     addr: display_addr(&key.addr),
                     rule: name.to_owned(),
-                    expires_ms: wall_ms(grant.expires_ns, now_ms, now_ns),
-                    granted_ms: wall_ms(grant.granted_ns, now_ms, now_ns),
+                    expires_ms: clocks.wall(grant.expires_ns),
+                    granted_ms: clocks.wall(grant.granted_ns),
                     via: Via::Found.name(),
                 })
             })
@@ -443,10 +458,11 @@ impl Following {
                     );
                     return Ok(None);
                 };
-                let (now_ms, now_ns) = (unix_ms(SystemTime::now()), monotonic_ns());
-                let Some(expires_ns) = kernel_ns(grant.expires_ms, now_ms, now_ns) else {
+                let clocks = Clocks::now();
+                if grant.expires_ms <= clocks.wall_ms {
                     return Ok(None);
-                };
+                }
+                let expires_ns = clocks.kernel(grant.expires_ms);
                 let addr = key_addr(grant.addr);
                 // A grant the kernel holds longer stays as it is.
                 if target
@@ -458,7 +474,7 @@ impl Following {
                 }
                 let planted = Grant {
                     expires_ns,
-                    granted_ns: kernel_at(grant.granted_ms, now_ms, now_ns),
+                    granted_ns: clocks.kernel(grant.granted_ms),
                 };
                 target.maps.grant(&addr, index, planted)?;
                 if grant.node == self.node {
@@ -468,13 +484,12 @@ impl Following {
                 record.rule = Some(grant.rule);
                 record.node = Some(grant.node);
                 record.expires_in_secs =
-                    Some(((grant.expires_ms - now_ms) as f64 / 100.0).round() / 10.0);
+                    Some(((grant.expires_ms - clocks.wall_ms) as f64 / 100.0).round() / 10.0);
                 Ok(Some(record))
             }
             FromFleet::Change(Change::Remove(revoke)) => self.revoked(revoke, u64::MAX, target),
             FromFleet::Change(Change::Undo(revoke)) => {
-                let (now_ms, now_ns) = (unix_ms(SystemTime::now()), monotonic_ns());
-                let granted_by = kernel_at(revoke.undoes_until_ms(), now_ms, now_ns);
+                let granted_by = Clocks::now().kernel(revoke.undoes_until_ms());
                 self.revoked(revoke, granted_by, target)
             }
             FromFleet::Spent { .. } | FromFleet::SpentElsewhere(_) => Ok(None),
@@ -568,20 +583,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expiries_cross_between_the_clocks_as_time_left() {
-        let (now_ms, now_ns) = (1_700_000_000_000, 5_000_000_000);
-        assert_eq!(
-            wall_ms(now_ns + 60_000_000_000, now_ms, now_ns),
-            now_ms + 60_000
-        );
-        assert_eq!(
-            wall_ms(now_ns - 1_000_000_000, now_ms, now_ns),
-            now_ms - 1_000
-        );
-        assert_eq!(
-            kernel_ns(now_ms + 60_000, now_ms, now_ns),
-            Some(now_ns + 60_000_000_000)
-        );
-        assert_eq!(kernel_ns(now_ms, now_ms, now_ns), None, "over already");
+    fn times_cross_between_the_clocks_as_time_from_now() {
+        let clocks = Clocks {
+            wall_ms: 1_700_000_000_000,
+            kernel_ns: 5_000_000_000,
+        };
+        assert_eq!(clocks.wall(65_000_000_000), 1_700_000_060_000);
+        assert_eq!(clocks.wall(4_000_000_000), 1_699_999_999_000);
+        assert_eq!(clocks.kernel(1_700_000_060_000), 65_000_000_000);
+        assert_eq!(clocks.kernel(1_699_999_999_000), 4_000_000_000);
+        assert_eq!(clocks.kernel(0), 0, "before the kernel's clock began");
     }
 }
