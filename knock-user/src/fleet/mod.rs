@@ -6,7 +6,7 @@
 //! grant (its absolute expiry in the value, a lease to tidy it up), a key
 //! per revoke, a key per host. A `run` follows it (`session`: list at a
 //! revision, watch from the next, start over on any failure, on the next
-//! member) and keeps what it knows (`view`), which decides what this
+//! member, with the requests of `store`) and keeps what it knows (`view`), which decides what this
 //! host's kernel gets. The kernel's maps are the daemon's alone: the
 //! session sends it `FromFleet` messages and takes `ToFleet` ones.
 //!
@@ -17,6 +17,7 @@
 mod messages;
 pub mod record;
 mod session;
+mod store;
 pub mod view;
 
 use std::{fmt::Write as _, sync::Arc, time::Duration};
@@ -65,7 +66,7 @@ pub const REVOKE_MEMORY: Duration = Duration::from_secs(3600);
 /// `xknock revoke` for the whole fleet; returns how many of the fleet's
 /// grant keys it removed.
 pub fn revoke(fleet: &Fleet, revoke: &RevokeRecord) -> Result<usize, String> {
-    block_on(session::revoke(fleet, revoke, REVOKE_MEMORY))
+    block_on(store::revoke(fleet, revoke, REVOKE_MEMORY))
 }
 
 /// How long `status` waits for etcd to list the fleet's hosts.
@@ -74,7 +75,7 @@ const HOSTS_PATIENCE: Duration = Duration::from_secs(4);
 /// The fleet's hosts, as their lease-held keys say.
 pub fn hosts(fleet: &Fleet) -> Result<Vec<NodeRecord>, String> {
     block_on(async {
-        tokio::time::timeout(HOSTS_PATIENCE, session::hosts(fleet))
+        tokio::time::timeout(HOSTS_PATIENCE, store::hosts(fleet))
             .await
             .unwrap_or_else(|_| Err(format!("no member answered within {HOSTS_PATIENCE:?}")))
     })
