@@ -1,14 +1,16 @@
-//! The fleet: hosts that share their grants and revokes through etcd
-//! (`[fleet]`), so that a knock, an SPA packet or `xknock grant` on one
-//! opens all of them and `xknock revoke` on one closes all of them.
+//! The fleet: hosts that share their grants, revokes and spent secrets
+//! through etcd (`[fleet]`), so that a knock, an SPA packet or `xknock
+//! grant` on one opens all of them, `xknock revoke` on one closes all of
+//! them, and a secret spent on one is spent on all.
 //!
 //! What is shared lives under the fleet's prefix (`record`): a key per
-//! grant (its absolute expiry in the value, a lease to tidy it up), a key
-//! per revoke, a key per host. A `run` follows it (`session`: list at a
-//! revision, watch from the next, start over on any failure, on the next
-//! member, with the requests of `store`) and keeps what it knows (`view`), which decides what this
-//! host's kernel gets. The kernel's maps are the daemon's alone: the
-//! session sends it `FromFleet` messages and takes `ToFleet` ones.
+//! grant (its absolute expiry in the value, a lease to tidy it up), per
+//! revoke, per spend, per host. A `run` follows it (`session`: list at a
+//! revision, watch from the next, start over on any failure on the next
+//! member, with the requests of `store`) and keeps what it knows (`view`),
+//! which decides what this host's kernel gets. The kernel's maps are the
+//! daemon's alone: the session sends it `FromFleet` messages and takes
+//! `ToFleet` ones.
 //!
 //! Never open because of etcd: a host that cannot reach it keeps every
 //! grant it has until each one's own expiry and opens only on what it
