@@ -25,6 +25,7 @@ use std::{
 
 pub mod answers;
 pub mod fleet_lab;
+pub mod fleet_run;
 pub mod frames;
 pub mod fwknop;
 mod lines;
