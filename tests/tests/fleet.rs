@@ -1,0 +1,432 @@
+//! The fleet end to end: xknock hosts that share one etcd cluster share
+//! their grants and revokes. A knock on one opens all; a revoke on one
+//! closes all; `status` lists the hosts and tells a differing one; a lost
+//! member, the whole cluster gone, a restarted host and a host cut off
+//! while the history it needs is compacted away never open anything, and
+//! each host learns what it missed once it can.
+//!
+//! Spends (SPA packets, one-time sequences, `offline_spend`) are in
+//! fleet_spends.rs.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests show what they do on the test's output"
+)]
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use lab::{
+    Reach, article_config,
+    fleet_run::{Fleet, ONLINE, PORT, wait_until},
+};
+
+/// The article's rule protecting `PORT` for `open_for`.
+fn rules(open_for: &str) -> String {
+    article_config(open_for, &format!("\"tcp:{PORT}\""))
+}
+
+/// Two hosts, a and b, with the article's rule opening for `open_for`.
+fn two_hosts(open_for: &str) -> Fleet {
+    let rules = rules(open_for);
+    Fleet::start(&[(&rules, ""), (&rules, "")])
+}
+
+/// Both hosts refuse the client (IPv4) before anything.
+fn both_refuse(fleet: &Fleet, context: &str) {
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, context);
+    }
+}
+
+#[test]
+fn a_knock_on_one_host_opens_the_fleet_and_a_revoke_on_another_closes_it() {
+    let start = Instant::now();
+    let fleet = two_hosts("60s");
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let client = fleet.lab.client_addr().to_owned();
+    both_refuse(&fleet, "before any knock");
+
+    let knocked = Instant::now();
+    a.knock(&fleet.lab, &["--rule", "ssh"]);
+    a.expect(&[("event", "grant"), ("source", &client), ("rule", "ssh")]);
+    fleet.assert_reach(0, false, Reach::Open, "on the host knocked");
+    let learned = b.expect(&[
+        ("event", "fleet_grant"),
+        ("source", &client),
+        ("rule", "ssh"),
+        ("node", "a"),
+    ]);
+    eprintln!(
+        "b learned a's grant {} ms after the knock: {learned}",
+        knocked.elapsed().as_millis()
+    );
+    let left = learned["expires_in_secs"]
+        .as_f64()
+        .expect("expires_in_secs");
+    assert!(
+        (50.0..=60.0).contains(&left),
+        "b's copy expires in {left} s"
+    );
+    fleet.assert_reach(1, false, Reach::Open, "on the other host");
+    assert_eq!(
+        fleet.keys("grants/").len(),
+        1,
+        "one grant key for the knock: {:?}",
+        fleet.keys("")
+    );
+    // Only b printed `fleet_grant`: a's own grant coming back on its watch
+    // is not news.
+    assert_eq!(a.count(&[("event", "fleet_grant")]), 0, "{}", fleet.dump());
+
+    let revoke = b.xknock(&fleet.lab, &["revoke", &client]);
+    assert!(revoke.status.success(), "revoke on b: {revoke:?}");
+    a.expect(&[
+        ("event", "fleet_revoke"),
+        ("source", &client),
+        ("node", "b"),
+    ]);
+    both_refuse(&fleet, "after the revoke");
+    // Sweeps come and go (every 500 ms): neither host puts the revoked
+    // grant back.
+    thread::sleep(Duration::from_secs(2));
+    both_refuse(&fleet, "2 s after the revoke");
+    assert!(
+        fleet.keys("grants/").is_empty(),
+        "grant keys after the revoke: {:?}",
+        fleet.keys("grants/")
+    );
+    // The revoke undoes grants made before it, not a knock after it.
+    a.knock(&fleet.lab, &["--rule", "ssh"]);
+    b.expect_nth(
+        &[("event", "fleet_grant"), ("source", &client), ("node", "a")],
+        2,
+        Duration::from_secs(5),
+    );
+    fleet.assert_reach(
+        1,
+        false,
+        Reach::Open,
+        "b after a knock on a after the revoke",
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn status_lists_the_fleets_hosts_and_tells_the_one_with_other_rules() {
+    let start = Instant::now();
+    let same = rules("60s");
+    let other = rules("61s");
+    let fleet = Fleet::start(&[(&same, ""), (&same, ""), (&other, "")]);
+    let a = &fleet.hosts[0];
+    let status = a.status(&fleet.lab);
+    let own = status["fleet"]["fingerprint"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fleet.fingerprint: {status:#}"))
+        .to_owned();
+    let mut hosts: Vec<(String, bool, String)> = status["fleet"]["hosts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no fleet.hosts: {status:#}"))
+        .iter()
+        .map(|h| {
+            (
+                h["node"].as_str().unwrap_or_default().to_owned(),
+                h["differs"].as_bool().expect("differs"),
+                h["fingerprint"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    hosts.sort();
+    let summary: Vec<(&str, bool)> = hosts.iter().map(|h| (h.0.as_str(), h.1)).collect();
+    assert_eq!(
+        summary,
+        [("a", false), ("b", false), ("c", true)],
+        "{status:#}"
+    );
+    assert_eq!(hosts[0].2, own, "a's own record: {status:#}");
+    assert_eq!(hosts[1].2, own, "b runs a's rules: {status:#}");
+    assert_ne!(hosts[2].2, own, "c runs other rules: {status:#}");
+    // From c's side, a and b are the ones that differ.
+    let from_c = fleet.hosts[2].status(&fleet.lab);
+    let differ: Vec<(String, bool)> = from_c["fleet"]["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| {
+            (
+                h["node"].as_str().unwrap_or_default().to_owned(),
+                h["differs"] == true,
+            )
+        })
+        .collect();
+    for (node, differs) in differ {
+        assert_eq!(differs, node != "c", "node {node} from c: {from_c:#}");
+    }
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_knock_still_opens_the_fleet_with_the_etcd_leader_killed() {
+    let start = Instant::now();
+    let mut fleet = two_hosts("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    both_refuse(&fleet, "before");
+    let leader = fleet.lab.leader().expect("a healthy cluster has a leader");
+    fleet.lab.kill_member(leader);
+    let killed = Instant::now();
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[0].expect(&[("event", "grant"), ("source", &client)]);
+    fleet.assert_reach(0, false, Reach::Open, "on the host knocked");
+    // A new leader in one or two seconds; a host on the dead member moves
+    // to another.
+    fleet.hosts[1].expect_within(
+        &[("event", "fleet_grant"), ("source", &client), ("node", "a")],
+        ONLINE,
+    );
+    eprintln!(
+        "b learned the grant {} ms after member {leader} (the leader) died",
+        killed.elapsed().as_millis()
+    );
+    fleet.assert_reach(1, false, Reach::Open, "on the other host");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn without_etcd_hosts_keep_enforcing_open_on_their_own_knocks_and_share_them_when_it_is_back() {
+    let start = Instant::now();
+    let mut fleet = two_hosts("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    let client6 = fleet.lab.client_addr6().to_owned();
+    both_refuse(&fleet, "before");
+    // A grant made while etcd is there: both hosts have it.
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client)]);
+    for host in &fleet.hosts {
+        assert_eq!(
+            host.count(&[("event", "fleet_offline")]),
+            0,
+            "{}",
+            host.dump()
+        );
+    }
+
+    fleet.lab.stop_all();
+    let stopped = Instant::now();
+    for host in &fleet.hosts {
+        host.expect_within(&[("event", "fleet_offline")], ONLINE);
+    }
+    eprintln!(
+        "both hosts offline {} ms after the cluster stopped",
+        stopped.elapsed().as_millis()
+    );
+    // What they knew stays; what they did not stays shut.
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Open, "a grant made before etcd went");
+        fleet.assert_reach(i, true, Reach::Refused, "a source never knocked");
+    }
+    // A's own knock (a fixed sequence) still opens A, and A alone.
+    fleet.hosts[0].knock6(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[0].expect(&[("event", "grant"), ("source", &client6)]);
+    fleet.assert_reach(0, true, Reach::Open, "a's own knock without etcd");
+    thread::sleep(Duration::from_secs(1));
+    fleet.assert_reach(1, true, Reach::Refused, "b without etcd");
+
+    fleet.lab.start_all();
+    fleet.lab.wait_healthy();
+    let back = Instant::now();
+    fleet.hosts[1].expect_within(
+        &[
+            ("event", "fleet_grant"),
+            ("source", &client6),
+            ("node", "a"),
+        ],
+        ONLINE,
+    );
+    eprintln!(
+        "b learned a's offline grant {} ms after the cluster was healthy",
+        back.elapsed().as_millis()
+    );
+    fleet.assert_reach(1, true, Reach::Open, "b once etcd is back");
+    for host in &fleet.hosts {
+        host.expect_nth(&[("event", "fleet_online")], 2, ONLINE);
+    }
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_restarted_host_learns_the_grants_made_while_it_was_down() {
+    let start = Instant::now();
+    let mut fleet = two_hosts("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    both_refuse(&fleet, "before");
+    fleet.hosts[1].stop();
+    // `xknock grant` on a: its run publishes it at its next sweep.
+    let granted = fleet.hosts[0].xknock(&fleet.lab, &["grant", &client, "--rule", "ssh"]);
+    assert!(granted.status.success(), "grant on a: {granted:?}");
+    fleet.assert_reach(0, false, Reach::Open, "a after `xknock grant`");
+    assert!(
+        wait_until(Duration::from_secs(5), || fleet.keys("grants/").len() == 1),
+        "a did not publish its grant: {:?}\n{}",
+        fleet.keys(""),
+        fleet.dump()
+    );
+    // B's filter, left pinned by its stopped run, still refuses.
+    fleet.assert_reach(1, false, Reach::Refused, "b stopped");
+
+    let restarted = Instant::now();
+    fleet.hosts[1].restart(&fleet.lab);
+    fleet.hosts[1].expect_within(
+        &[("event", "fleet_grant"), ("source", &client), ("node", "a")],
+        ONLINE,
+    );
+    eprintln!(
+        "b learned the grant {} ms after it was started again",
+        restarted.elapsed().as_millis()
+    );
+    fleet.assert_reach(1, false, Reach::Open, "b restarted");
+
+    // Down again, b misses a revoke; its filter keeps the grant meanwhile
+    // (nothing removes a grant but its expiry or a revoke). Back, it
+    // applies the revoke and does not publish the grant again.
+    fleet.hosts[1].stop();
+    let revoke = fleet.hosts[0].xknock(&fleet.lab, &["revoke", &client]);
+    assert!(revoke.status.success(), "revoke on a: {revoke:?}");
+    fleet.assert_reach(0, false, Reach::Refused, "a after its revoke");
+    fleet.assert_reach(
+        1,
+        false,
+        Reach::Open,
+        "b stopped, before it hears of the revoke",
+    );
+    fleet.hosts[1].restart(&fleet.lab);
+    fleet.hosts[1].expect_within(
+        &[
+            ("event", "fleet_revoke"),
+            ("source", &client),
+            ("node", "a"),
+        ],
+        ONLINE,
+    );
+    fleet.assert_reach(1, false, Reach::Refused, "b restarted after the revoke");
+    thread::sleep(Duration::from_secs(2));
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "2 s after b's restart");
+    }
+    assert!(
+        fleet.keys("grants/").is_empty(),
+        "the revoked grant was published again: {:?}\n{}",
+        fleet.keys("grants/"),
+        fleet.dump()
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_revoke_made_while_a_host_is_cut_off_reaches_it_when_it_is_back() {
+    let start = Instant::now();
+    let mut fleet = two_hosts("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    both_refuse(&fleet, "before");
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client), ("node", "a")]);
+    fleet.assert_reach(1, false, Reach::Open, "b with a's grant");
+
+    fleet.lab.isolate_host(1);
+    fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
+    let revoke = fleet.hosts[0].xknock(&fleet.lab, &["revoke", &client]);
+    assert!(revoke.status.success(), "revoke on a: {revoke:?}");
+    fleet.assert_reach(0, false, Reach::Refused, "a after its revoke");
+    // Cut off, b keeps what it knows: never closed (nor opened) by etcd's
+    // absence.
+    fleet.assert_reach(
+        1,
+        false,
+        Reach::Open,
+        "b cut off, before it hears of the revoke",
+    );
+
+    fleet.lab.reconnect_host(1);
+    let reconnected = Instant::now();
+    fleet.hosts[1].expect_within(
+        &[
+            ("event", "fleet_revoke"),
+            ("source", &client),
+            ("node", "a"),
+        ],
+        ONLINE,
+    );
+    eprintln!(
+        "b applied the revoke {} ms after it was reconnected",
+        reconnected.elapsed().as_millis()
+    );
+    thread::sleep(Duration::from_secs(2));
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "2 s after b is back");
+    }
+    assert!(
+        fleet.keys("grants/").is_empty(),
+        "the revoked grant was published again: {:?}\n{}",
+        fleet.keys("grants/"),
+        fleet.dump()
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_host_cut_off_while_its_history_is_compacted_lists_again_and_learns_what_it_missed() {
+    let start = Instant::now();
+    let mut fleet = two_hosts("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    both_refuse(&fleet, "before");
+    let before = fleet.lab.revision();
+    fleet.lab.isolate_host(1);
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[0].expect(&[("event", "grant"), ("source", &client)]);
+    fleet.assert_reach(0, false, Reach::Open, "a after its knock");
+    // Enough writes that b's next revision is history, then that history
+    // compacted away.
+    for i in 0..50 {
+        fleet
+            .lab
+            .etcdctl_ok(&["put", &format!("{}-noise/{i}", fleet.prefix), "x"]);
+    }
+    let compacted = fleet.lab.compact_to_latest();
+    assert!(compacted > before + 50, "{compacted} after {before}");
+    fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
+    fleet.assert_reach(1, false, Reach::Refused, "b cut off from etcd");
+    assert_eq!(
+        fleet.hosts[1].count(&[("event", "fleet_grant")]),
+        0,
+        "{}",
+        fleet.dump()
+    );
+
+    fleet.lab.reconnect_host(1);
+    let reconnected = Instant::now();
+    fleet.hosts[1].expect_nth(&[("event", "fleet_online")], 2, ONLINE);
+    fleet.hosts[1].expect_within(
+        &[("event", "fleet_grant"), ("source", &client), ("node", "a")],
+        ONLINE,
+    );
+    eprintln!(
+        "b back and holding a's grant {} ms after it was reconnected",
+        reconnected.elapsed().as_millis()
+    );
+    let online = fleet.hosts[1]
+        .run()
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "fleet_online")
+        .nth(1)
+        .expect("a second fleet_online");
+    let revision = online["revision"].as_i64().expect("revision");
+    assert!(
+        revision >= compacted,
+        "b listed at {revision}, before the compaction at {compacted}: {online}"
+    );
+    fleet.assert_reach(1, false, Reach::Open, "b reconnected");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
