@@ -1,0 +1,356 @@
+//! What the fleet spends once for all its hosts: an SPA packet accepted on
+//! one host is a replay on every other, a one-time line knocked on one is
+//! used up on all (each host marks its own file), and while etcd is away
+//! a spend is refused (`offline_spend = "refuse"`) or decided on the
+//! host's own records (`"local"`).
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "tests show what they do on the test's output"
+)]
+
+use std::{
+    fs,
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use lab::{
+    Reach,
+    fleet_lab::FleetLab,
+    fleet_run::{Fleet, FleetHost, ONLINE, PORT},
+    fwknop::{FwknopKeys, client_packet},
+    require_program,
+};
+
+const SPA_PORT: u16 = 62201;
+
+/// An `[[spa]]` entry "fwknop" with `keys`, opening `PORT` for `open_for`.
+fn spa_rules(keys: &FwknopKeys, open_for: &str) -> String {
+    format!(
+        "[[spa]]\nname = \"fwknop\"\nlisten = \"udp:{SPA_PORT}\"\nkey_base64 = \"{}\"\n\
+         hmac_key_base64 = \"{}\"\nopen_for = \"{open_for}\"\nprotect = [\"tcp:{PORT}\"]\n",
+        keys.key_base64, keys.hmac_key_base64
+    )
+}
+
+/// A packet from the real fwknop client asking `PORT` for the client's
+/// IPv4 address, sealed once (to send as often as a test likes).
+fn spa_packet(lab: &FleetLab, keys: &FwknopKeys) -> Vec<u8> {
+    require_program("fwknop", "fwknop-client");
+    client_packet(
+        keys,
+        &[
+            "-A",
+            &format!("tcp/{PORT}"),
+            "-a",
+            lab.client_addr(),
+            "-D",
+            lab.host_addr(0),
+        ],
+    )
+    .into_bytes()
+}
+
+/// Sends `payload` from the client to host `i`'s SPA port.
+fn send_spa(lab: &FleetLab, i: usize, payload: &[u8]) {
+    let payload = payload.to_vec();
+    let to = (lab.host_addr(i).to_owned(), SPA_PORT);
+    lab.client.within(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket.send_to(&payload, to).expect("send SPA packet");
+    });
+}
+
+#[test]
+fn an_spa_packet_accepted_on_one_host_is_a_replay_on_every_other() {
+    let start = Instant::now();
+    let keys = FwknopKeys::generate();
+    let rules = spa_rules(&keys, "3s");
+    let fleet = Fleet::start(&[(&rules, ""), (&rules, "")]);
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let client = fleet.lab.client_addr().to_owned();
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "before SPA");
+    }
+
+    let packet = spa_packet(&fleet.lab, &keys);
+    send_spa(&fleet.lab, 0, &packet);
+    a.expect(&[("event", "spa_grant"), ("rule", "fwknop")]);
+    fleet.assert_reach(0, false, Reach::Open, "a after the SPA packet");
+    b.expect(&[("event", "fleet_grant"), ("source", &client), ("node", "a")]);
+    fleet.assert_reach(1, false, Reach::Open, "b with a's SPA grant");
+    assert_eq!(
+        fleet.keys("spent/").len(),
+        1,
+        "one spend recorded: {:?}",
+        fleet.keys("")
+    );
+
+    // Both grants end (3 s); the same bytes sent to b open nothing.
+    a.expect_within(
+        &[("event", "expired"), ("source", &client)],
+        Duration::from_secs(8),
+    );
+    thread::sleep(Duration::from_millis(500));
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "after the grant expired");
+    }
+    send_spa(&fleet.lab, 1, &packet);
+    let refused = b.expect(&[("event", "spa_refused")]);
+    assert_eq!(refused["reason"], "replay", "{refused:#}\n{}", fleet.dump());
+    eprintln!("b refused the replay: {refused}");
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "after the replay to b");
+    }
+    assert_eq!(b.count(&[("event", "spa_grant")]), 0, "{}", fleet.dump());
+    assert_eq!(a.count(&[("event", "fleet_grant")]), 0, "{}", fleet.dump());
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+/// Three one-time lines in knockd's form.
+const SEQUENCES: &str = "7001,7002:udp,7003\n8001:udp,8002,8003:udp\n9001,9002:udp,9003\n";
+const LINE_1: [&str; 3] = ["tcp:7001", "udp:7002", "tcp:7003"];
+const LINE_2: [&str; 3] = ["udp:8001", "tcp:8002", "udp:8003"];
+
+/// A one-time rule "ssh" reading `file`, protecting `PORT`.
+fn one_time_rule(file: &Path) -> String {
+    format!(
+        "[[rule]]\nname = \"ssh\"\nsequences_file = \"{}\"\nsequence_timeout = \"10s\"\n\
+         open_for = \"60s\"\nprotect = [\"tcp:{PORT}\"]\n",
+        file.display()
+    )
+}
+
+/// Which lines of `path` are marked used.
+fn used(path: &Path) -> Vec<bool> {
+    fs::read_to_string(path)
+        .expect("read sequences")
+        .lines()
+        .map(|l| l.starts_with('#'))
+        .collect()
+}
+
+/// Waits until `host` has logged, after its first `from` lines, that it
+/// put the next one-time line in place.
+fn next_line_in_place(host: &FleetHost, from: usize) {
+    assert!(
+        host.run()
+            .wait_log_after(
+                from,
+                "next one-time sequence in place",
+                Duration::from_secs(10)
+            )
+            .is_some(),
+        "node {} did not move to its next line\n{}",
+        host.node,
+        host.dump()
+    );
+}
+
+#[test]
+fn a_one_time_line_knocked_on_one_host_is_used_up_on_every_host() {
+    let start = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
+        .iter()
+        .map(|name| dir.path().join(name))
+        .collect();
+    for file in &files {
+        fs::write(file, SEQUENCES).expect("write sequences");
+    }
+    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
+    let fleet = Fleet::start(&[(&rule_a, ""), (&rule_b, "")]);
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let client = fleet.lab.client_addr().to_owned();
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "before");
+    }
+
+    // Line 1 on a: a opens once the fleet has it spent; b learns the grant
+    // and moves to line 2 as well.
+    a.knock_steps(&fleet.lab, &LINE_1);
+    a.expect(&[("event", "grant"), ("source", &client)]);
+    b.expect(&[("event", "fleet_grant"), ("source", &client), ("node", "a")]);
+    next_line_in_place(a, 0);
+    next_line_in_place(b, 0);
+    assert_eq!(used(&files[0]), [true, false, false], "a's file");
+    assert_eq!(used(&files[1]), [true, false, false], "b's file");
+
+    // Revoked everywhere, then line 1 replayed to b: nothing opens.
+    let revoke = a.xknock(&fleet.lab, &["revoke", &client]);
+    assert!(revoke.status.success(), "revoke on a: {revoke:?}");
+    b.expect(&[
+        ("event", "fleet_revoke"),
+        ("source", &client),
+        ("node", "a"),
+    ]);
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "after the revoke");
+    }
+    let logged = b.run().log_len();
+    b.knock_steps(&fleet.lab, &LINE_1);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        b.count(&[("event", "grant")]),
+        0,
+        "line 1 replayed to b opened it\n{}",
+        fleet.dump()
+    );
+    fleet.assert_reach(1, false, Reach::Refused, "line 1 replayed to b");
+    fleet.assert_reach(0, false, Reach::Refused, "line 1 replayed to b, at a");
+    let said: Vec<_> = b
+        .run()
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "reset" || e["event"] == "progress")
+        .collect();
+    let said: Vec<String> = said.iter().map(ToString::to_string).collect();
+    eprintln!("b on the replayed line 1: [{}]", said.join(", "));
+
+    // Line 2 on b opens b, and a learns it; both files mark line 2.
+    b.knock_steps(&fleet.lab, &LINE_2);
+    b.expect(&[("event", "grant"), ("source", &client)]);
+    fleet.assert_reach(1, false, Reach::Open, "line 2 on b");
+    a.expect(&[("event", "fleet_grant"), ("source", &client), ("node", "b")]);
+    fleet.assert_reach(0, false, Reach::Open, "b's grant at a");
+    next_line_in_place(b, logged);
+    let marked = lab::fleet_run::wait_until(Duration::from_secs(10), || {
+        used(&files[0]) == [true, true, false] && used(&files[1]) == [true, true, false]
+    });
+    assert!(
+        marked,
+        "files: a {:?}, b {:?}\n{}",
+        used(&files[0]),
+        used(&files[1]),
+        fleet.dump()
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_one_time_line_knocked_on_two_hosts_at_once_opens_on_one_only() {
+    let start = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
+        .iter()
+        .map(|name| dir.path().join(name))
+        .collect();
+    for file in &files {
+        fs::write(file, SEQUENCES).expect("write sequences");
+    }
+    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
+    let fleet = Fleet::start(&[(&rule_a, ""), (&rule_b, "")]);
+    let (v4, v6) = (fleet.lab.client_addr(), fleet.lab.client_addr6());
+    for i in 0..2 {
+        for v6 in [false, true] {
+            fleet.assert_reach(i, v6, Reach::Refused, "before");
+        }
+    }
+
+    // Line 1 at once: to a from the client's IPv4 address, to b from its
+    // IPv6 one. Each kernel holds it; one host's spend wins.
+    thread::scope(|scope| {
+        let to_a = scope.spawn(|| fleet.hosts[0].knock_via(&fleet.lab, false, &LINE_1));
+        fleet.hosts[1].knock_via(&fleet.lab, true, &LINE_1);
+        to_a.join().expect("knock a");
+    });
+    let decided = |i: usize, source: &str| {
+        let host = &fleet.hosts[i];
+        let came = lab::fleet_run::wait_until(Duration::from_secs(10), || {
+            host.count(&[("event", "grant"), ("source", source)])
+                + host.count(&[("event", "reset"), ("source", source)])
+                > 0
+        });
+        assert!(came, "node {} decided nothing\n{}", host.node, fleet.dump());
+        host.count(&[("event", "grant"), ("source", source)]) > 0
+    };
+    let (a_opened, b_opened) = (decided(0, v4), decided(1, v6));
+    assert!(
+        a_opened != b_opened,
+        "line 1 opened on a: {a_opened}, on b: {b_opened}\n{}",
+        fleet.dump()
+    );
+    let (winner, loser) = if a_opened { (0, 1) } else { (1, 0) };
+    let (won, lost) = if a_opened { (v4, v6) } else { (v6, v4) };
+    let refused =
+        fleet.hosts[loser].expect(&[("event", "reset"), ("source", lost), ("reason", "spent")]);
+    let detail = refused["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&fleet.hosts[winner].node),
+        "the refusal names the winner: {refused}"
+    );
+    eprintln!(
+        "node {} won; node {} said {refused}",
+        fleet.hosts[winner].node, fleet.hosts[loser].node
+    );
+    // The winner's source is open everywhere, the loser's nowhere.
+    fleet.hosts[loser].expect(&[("event", "fleet_grant"), ("source", won)]);
+    let won_v6 = winner == 1;
+    for i in 0..2 {
+        fleet.assert_reach(i, won_v6, Reach::Open, "the winner's source");
+        fleet.assert_reach(i, !won_v6, Reach::Refused, "the loser's source");
+    }
+    // Line 1 is used once: both hosts are on line 2, not beyond.
+    for host in &fleet.hosts {
+        next_line_in_place(host, 0);
+    }
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(used(&files[0]), [true, false, false], "a's file");
+    assert_eq!(used(&files[1]), [true, false, false], "b's file");
+    fleet.hosts[loser].knock_via(&fleet.lab, !won_v6, &LINE_2);
+    fleet.hosts[loser].expect(&[("event", "grant"), ("source", lost)]);
+    fleet.assert_reach(loser, !won_v6, Reach::Open, "line 2 on the loser");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn without_etcd_an_spa_packet_is_refused_unless_offline_spend_is_local() {
+    let start = Instant::now();
+    let keys = FwknopKeys::generate();
+    let rules = spa_rules(&keys, "60s");
+    // a refuses (the default), b decides on its own.
+    let mut fleet = Fleet::start(&[(&rules, ""), (&rules, "offline_spend = \"local\"\n")]);
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "before");
+    }
+    fleet.lab.stop_all();
+    for host in &fleet.hosts {
+        host.expect_within(&[("event", "fleet_offline")], ONLINE);
+    }
+
+    let packet = spa_packet(&fleet.lab, &keys);
+    send_spa(&fleet.lab, 0, &packet);
+    let refused = fleet.hosts[0].expect_within(&[("event", "spa_refused")], ONLINE);
+    assert_eq!(refused["reason"], "fleet_unreachable", "{refused:#}");
+    fleet.assert_reach(0, false, Reach::Refused, "a refusing without etcd");
+    assert_eq!(fleet.hosts[0].count(&[("event", "spa_grant")]), 0);
+
+    let other = spa_packet(&fleet.lab, &keys);
+    send_spa(&fleet.lab, 1, &other);
+    fleet.hosts[1].expect_within(&[("event", "spa_grant"), ("rule", "fwknop")], ONLINE);
+    fleet.assert_reach(1, false, Reach::Open, "b, offline_spend = local");
+    fleet.assert_reach(0, false, Reach::Refused, "a while etcd is away");
+
+    // Back: b records its spend and publishes its grant, which a plants.
+    fleet.lab.start_all();
+    fleet.lab.wait_healthy();
+    fleet.hosts[0].expect_within(
+        &[
+            ("event", "fleet_grant"),
+            ("source", fleet.lab.client_addr()),
+            ("node", "b"),
+        ],
+        ONLINE,
+    );
+    fleet.assert_reach(0, false, Reach::Open, "a once b's grant reached it");
+    assert!(
+        lab::fleet_run::wait_until(Duration::from_secs(10), || fleet.keys("spent/").len() == 1),
+        "b's offline spend recorded: {:?}",
+        fleet.keys("")
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
