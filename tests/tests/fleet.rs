@@ -233,6 +233,16 @@ fn without_etcd_hosts_keep_enforcing_open_on_their_own_knocks_and_share_them_whe
     fleet.assert_reach(0, true, Reach::Open, "a's own knock without etcd");
     thread::sleep(Duration::from_secs(1));
     fleet.assert_reach(1, true, Reach::Refused, "b without etcd");
+    // A revoke cannot reach the fleet: it says so, and fails, having
+    // revoked on its own host only.
+    let revoke = fleet.hosts[1].xknock(&fleet.lab, &["revoke", &client]);
+    let said = String::from_utf8_lossy(&revoke.stderr);
+    assert!(
+        !revoke.status.success() && said.contains("this host only"),
+        "revoke on b without etcd: {revoke:?}"
+    );
+    fleet.assert_reach(1, false, Reach::Refused, "b after its own revoke");
+    fleet.assert_reach(0, false, Reach::Open, "a, which heard of no revoke");
 
     fleet.lab.start_all();
     fleet.lab.wait_healthy();
@@ -252,6 +262,22 @@ fn without_etcd_hosts_keep_enforcing_open_on_their_own_knocks_and_share_them_whe
     fleet.assert_reach(1, true, Reach::Open, "b once etcd is back");
     for host in &fleet.hosts {
         host.expect_nth(&[("event", "fleet_online")], 2, ONLINE);
+    }
+    // The revoke tried again reaches a now.
+    let revoke = fleet.hosts[1].xknock(&fleet.lab, &["revoke", &client]);
+    assert!(
+        revoke.status.success(),
+        "revoke on b tried again: {revoke:?}"
+    );
+    fleet.hosts[0].expect(&[
+        ("event", "fleet_revoke"),
+        ("source", &client),
+        ("node", "b"),
+    ]);
+    thread::sleep(Duration::from_secs(1));
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Refused, "the revoke tried again");
+        fleet.assert_reach(i, true, Reach::Open, "the IPv6 source, not revoked");
     }
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
@@ -428,5 +454,40 @@ fn a_host_cut_off_while_its_history_is_compacted_lists_again_and_learns_what_it_
         "b listed at {revision}, before the compaction at {compacted}: {online}"
     );
     fleet.assert_reach(1, false, Reach::Open, "b reconnected");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn hosts_on_a_member_cut_off_from_its_quorum_move_to_another_and_share_a_knock() {
+    let start = Instant::now();
+    let mut fleet = two_hosts("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    both_refuse(&fleet, "before");
+    // The member b follows, as its `fleet_online` says.
+    let online = fleet.hosts[1].expect(&[("event", "fleet_online")]);
+    let endpoint = online["endpoint"].as_str().expect("endpoint").to_owned();
+    let member = fleet
+        .lab
+        .endpoints()
+        .iter()
+        .position(|e| *e == endpoint)
+        .unwrap_or_else(|| panic!("b follows {endpoint}, no member of the lab"));
+    fleet.lab.partition_member(member);
+    let cut = Instant::now();
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[0].expect(&[("event", "grant"), ("source", &client)]);
+    fleet.assert_reach(0, false, Reach::Open, "a after its knock");
+    // The partitioned member still answers, with what it had: b must not
+    // take that for the fleet, and must learn the grant from the others.
+    fleet.hosts[1].expect_within(
+        &[("event", "fleet_grant"), ("source", &client), ("node", "a")],
+        ONLINE,
+    );
+    eprintln!(
+        "b learned the grant {} ms after member {member}, which it followed, was cut off",
+        cut.elapsed().as_millis()
+    );
+    fleet.assert_reach(1, false, Reach::Open, "b after it moved");
+    fleet.lab.heal_member(member);
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
