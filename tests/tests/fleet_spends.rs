@@ -108,6 +108,44 @@ fn an_spa_packet_accepted_on_one_host_is_a_replay_on_every_other() {
     }
     assert_eq!(b.count(&[("event", "spa_grant")]), 0, "{}", fleet.dump());
     assert_eq!(a.count(&[("event", "fleet_grant")]), 0, "{}", fleet.dump());
+
+    // A fresh packet sent to both hosts at once opens on one of them.
+    let fresh = spa_packet(&fleet.lab, &keys);
+    thread::scope(|scope| {
+        let to_a = scope.spawn(|| send_spa(&fleet.lab, 0, &fresh));
+        send_spa(&fleet.lab, 1, &fresh);
+        to_a.join().expect("send to a");
+    });
+    let verdicts = |i: usize| {
+        let host = &fleet.hosts[i];
+        let came = lab::fleet_run::wait_until(Duration::from_secs(10), || {
+            host.count(&[("event", "spa_grant")]) + host.count(&[("event", "spa_refused")]) > 1
+        });
+        assert!(came, "node {} decided nothing\n{}", host.node, fleet.dump());
+        host.count(&[("event", "spa_grant")])
+    };
+    // Each had one verdict before: a a grant, b a refusal.
+    let (a_grants, b_grants) = (verdicts(0) - 1, verdicts(1));
+    assert_eq!(
+        a_grants + b_grants,
+        1,
+        "one packet sent to both opened {a_grants} time(s) on a, {b_grants} on b\n{}",
+        fleet.dump()
+    );
+    let loser = if a_grants == 1 { b } else { a };
+    let refusals: Vec<String> = loser
+        .run()
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "spa_refused")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        refusals.last().map(String::as_str),
+        Some("replay"),
+        "node {}: {refusals:?}",
+        loser.node
+    );
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
 
@@ -304,6 +342,67 @@ fn a_one_time_line_knocked_on_two_hosts_at_once_opens_on_one_only() {
     fleet.hosts[loser].knock_via(&fleet.lab, !won_v6, &LINE_2);
     fleet.hosts[loser].expect(&[("event", "grant"), ("source", lost)]);
     fleet.assert_reach(loser, !won_v6, Reach::Open, "line 2 on the loser");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_host_cut_off_while_a_line_is_spent_elsewhere_refuses_it_and_moves_on_when_back() {
+    let start = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
+        .iter()
+        .map(|name| dir.path().join(name))
+        .collect();
+    for file in &files {
+        fs::write(file, SEQUENCES).expect("write sequences");
+    }
+    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
+    let mut fleet = Fleet::start(&[(&rule_a, ""), (&rule_b, "")]);
+    let (v4, v6) = (
+        fleet.lab.client_addr().to_owned(),
+        fleet.lab.client_addr6().to_owned(),
+    );
+    fleet.lab.isolate_host(1);
+    fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
+
+    // Line 1 on a, which records it spent.
+    fleet.hosts[0].knock_via(&fleet.lab, false, &LINE_1);
+    fleet.hosts[0].expect(&[("event", "grant"), ("source", &v4)]);
+    // The same line on b, cut off: b cannot record it (`refuse`, the
+    // default) and opens nothing.
+    fleet.hosts[1].knock_via(&fleet.lab, true, &LINE_1);
+    let refused = fleet.hosts[1].expect_within(&[("event", "reset"), ("source", &v6)], ONLINE);
+    assert_eq!(refused["reason"], "fleet_unreachable", "{refused}");
+    for i in 0..2 {
+        fleet.assert_reach(i, true, Reach::Refused, "line 1 on b while cut off");
+    }
+    fleet.assert_reach(1, false, Reach::Refused, "b has not heard of a's grant");
+    assert_eq!(
+        used(&files[1]),
+        [false, false, false],
+        "b's file while cut off"
+    );
+
+    // Back, b learns line 1 is spent and a's grant, and moves to line 2.
+    fleet.lab.reconnect_host(1);
+    fleet.hosts[1].expect_within(
+        &[("event", "fleet_grant"), ("source", &v4), ("node", "a")],
+        ONLINE,
+    );
+    next_line_in_place(&fleet.hosts[1], 0);
+    assert_eq!(used(&files[1]), [true, false, false], "b's file once back");
+    fleet.hosts[1].knock_via(&fleet.lab, true, &LINE_1);
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        fleet.hosts[1].count(&[("event", "grant")]),
+        0,
+        "line 1, spent on a, opened b\n{}",
+        fleet.dump()
+    );
+    fleet.assert_reach(1, true, Reach::Refused, "line 1 to b once back");
+    fleet.hosts[1].knock_via(&fleet.lab, true, &LINE_2);
+    fleet.hosts[1].expect(&[("event", "grant"), ("source", &v6)]);
+    fleet.assert_reach(1, true, Reach::Open, "line 2 on b");
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
 
