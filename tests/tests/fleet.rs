@@ -491,3 +491,104 @@ fn hosts_on_a_member_cut_off_from_its_quorum_move_to_another_and_share_a_knock()
     fleet.lab.heal_member(member);
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
+
+#[test]
+fn a_host_started_without_etcd_enforces_opens_on_its_own_knocks_and_joins_later() {
+    let start = Instant::now();
+    let mut fleet = two_hosts("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    fleet.hosts[1].stop();
+    fleet.lab.stop_all();
+    // b starts while no member answers: it attaches and enforces.
+    fleet.hosts[1].restart(&fleet.lab);
+    both_refuse(&fleet, "b started without etcd");
+    fleet.hosts[1].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect(&[("event", "grant"), ("source", &client)]);
+    fleet.assert_reach(1, false, Reach::Open, "b's own knock without etcd");
+    thread::sleep(Duration::from_secs(1));
+    fleet.assert_reach(0, false, Reach::Refused, "a without etcd");
+    assert_eq!(
+        fleet.hosts[1].count(&[("event", "fleet_online")]),
+        0,
+        "{}",
+        fleet.dump()
+    );
+
+    fleet.lab.start_all();
+    fleet.lab.wait_healthy();
+    let back = Instant::now();
+    fleet.hosts[1].expect_within(&[("event", "fleet_online")], ONLINE);
+    fleet.hosts[0].expect_within(
+        &[("event", "fleet_grant"), ("source", &client), ("node", "b")],
+        ONLINE,
+    );
+    eprintln!(
+        "a learned the grant b made before it ever reached etcd {} ms after the cluster was healthy",
+        back.elapsed().as_millis()
+    );
+    fleet.assert_reach(0, false, Reach::Open, "a once b published");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_revoke_of_one_rule_closes_that_rule_alone_on_every_host() {
+    let start = Instant::now();
+    let web_port = PORT + 8000;
+    let rules = format!(
+        "{}[[rule]]\nname = \"web\"\nsequence = [\"udp:5101\", \"tcp:5102\"]\n\
+         sequence_timeout = \"5s\"\nopen_for = \"60s\"\nprotect = [\"tcp:{web_port}\"]\n",
+        rules("60s")
+    );
+    let mut fleet = Fleet::start(&[(&rules, ""), (&rules, "")]);
+    let client = fleet.lab.client_addr().to_owned();
+    for i in 0..2 {
+        fleet.lab.host_tcp_listener(i, web_port);
+    }
+    let web = |fleet: &Fleet, i: usize| fleet.lab.client_reach(i, web_port);
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "web"]);
+    for rule in ["ssh", "web"] {
+        fleet.hosts[1].expect(&[
+            ("event", "fleet_grant"),
+            ("source", &client),
+            ("rule", rule),
+        ]);
+    }
+    for i in 0..2 {
+        fleet.assert_reach(i, false, Reach::Open, "ssh granted");
+        assert_eq!(
+            web(&fleet, i),
+            Reach::Open,
+            "web on host {i}\n{}",
+            fleet.dump()
+        );
+    }
+
+    let revoke = fleet.hosts[1].xknock(&fleet.lab, &["revoke", &client, "--rule", "web"]);
+    assert!(
+        revoke.status.success(),
+        "revoke --rule web on b: {revoke:?}"
+    );
+    let revoked = fleet.hosts[0].expect(&[
+        ("event", "fleet_revoke"),
+        ("source", &client),
+        ("node", "b"),
+    ]);
+    assert_eq!(revoked["rule"], "web", "{revoked}");
+    thread::sleep(Duration::from_secs(1));
+    for i in 0..2 {
+        assert_eq!(
+            web(&fleet, i),
+            Reach::Refused,
+            "web on host {i} after the revoke\n{}",
+            fleet.dump()
+        );
+        fleet.assert_reach(i, false, Reach::Open, "ssh, not revoked");
+    }
+    let keys = fleet.keys("grants/");
+    assert!(
+        keys.len() == 1 && keys[0].ends_with("/ssh"),
+        "grant keys after revoking web: {keys:?}"
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
