@@ -13,9 +13,11 @@
 use std::{
     fs,
     net::UdpSocket,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    process::Output,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use lab::{
@@ -23,8 +25,9 @@ use lab::{
     fleet_lab::FleetLab,
     fleet_run::{Fleet, FleetHost, ONLINE, PORT},
     fwknop::{FwknopKeys, client_packet},
-    require_program,
+    knock_host, knock_in, require_program, run, xknock_bin,
 };
+use xknock::config::{Config, PortSpec};
 
 const SPA_PORT: u16 = 62201;
 
@@ -451,5 +454,110 @@ fn without_etcd_an_spa_packet_is_refused_unless_offline_spend_is_local() {
         "b's offline spend recorded: {:?}",
         fleet.keys("")
     );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+/// How often the rotating rule under test changes.
+const ROTATE_SECS: u64 = 6;
+
+/// A rotating rule "ssh" with the secret in `secret_file`, protecting `PORT`.
+fn rotating_rule(secret_file: &Path) -> String {
+    format!(
+        "[[rule]]\nname = \"ssh\"\nsecret_file = \"{}\"\nrotate = \"{ROTATE_SECS}s\"\nsteps = 4\n\
+         sequence_timeout = \"5s\"\nopen_for = \"60s\"\nprotect = [\"tcp:{PORT}\"]\n",
+        secret_file.display()
+    )
+}
+
+/// The steps a knock reported sending.
+fn sent_steps(output: &Output) -> Vec<String> {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.split_once("knocked on ").map(|(_, rest)| rest.to_owned()))
+        .unwrap_or_else(|| panic!("no knock reported: {stderr}"));
+    let (_, steps) = line.split_once(": ").expect("target: steps");
+    steps.split(' ').map(str::to_owned).collect()
+}
+
+#[test]
+fn a_rotating_sequence_opened_on_one_host_is_spent_on_every_host() {
+    let start = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("client state");
+    let key = dir.path().join("ssh.key");
+    let secret = run(xknock_bin().to_str().expect("utf-8"), &["keygen"]);
+    fs::write(&key, &secret.stdout).expect("write secret");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let rule = rotating_rule(&key);
+    let rotating = Config::parse(&rule).expect("valid").rules[0]
+        .rotating()
+        .cloned()
+        .expect("rotating");
+    let fleet = Fleet::start(&[(&rule, ""), (&rule, "")]);
+    let (v4, v6) = (fleet.lab.client_addr(), fleet.lab.client_addr6());
+    for i in 0..2 {
+        for v6 in [false, true] {
+            fleet.assert_reach(i, v6, Reach::Refused, "before");
+        }
+    }
+    // Early in a window (begun after the hosts started), so that the
+    // replays below come while its sequence is still installed.
+    let started = rotating.window(SystemTime::now());
+    let window = loop {
+        let now = SystemTime::now();
+        let window = rotating.window(now);
+        let into = now
+            .duration_since(rotating.window_start(window))
+            .expect("after its start");
+        if window > started && (Duration::from_millis(300)..=Duration::from_secs(1)).contains(&into)
+        {
+            break window;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let host_a = knock_host(fleet.lab.host_addr(0));
+    let sent = sent_steps(&knock_in(
+        &fleet.lab.client,
+        Some(state.path()),
+        &[
+            &host_a,
+            "--config",
+            fleet.hosts[0].config(),
+            "--rule",
+            "ssh",
+        ],
+    ));
+    let expected: Vec<String> = rotating
+        .sequence(window)
+        .expect("derives")
+        .iter()
+        .map(PortSpec::to_string)
+        .collect();
+    assert_eq!(sent, expected, "the client sends this window's sequence");
+    fleet.hosts[0].expect(&[("event", "grant"), ("source", v4)]);
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", v4), ("node", "a")]);
+    fleet.assert_reach(1, false, Reach::Open, "b with a's grant");
+
+    // A sniffer replays the sequence to b from another address: spent.
+    let steps: Vec<&str> = sent.iter().map(String::as_str).collect();
+    fleet.hosts[1].knock_via(&fleet.lab, true, &steps);
+    let refused = fleet.hosts[1].expect(&[("event", "reset"), ("source", v6)]);
+    assert_eq!(refused["reason"], "spent", "{refused}\n{}", fleet.dump());
+    eprintln!("b on the replay: {refused}");
+    assert!(
+        rotating.window(SystemTime::now()) <= window + 1,
+        "the replay came after the window's sequence was gone: the test is too slow"
+    );
+    thread::sleep(Duration::from_millis(500));
+    for i in 0..2 {
+        fleet.assert_reach(i, true, Reach::Refused, "the replayed rotating sequence");
+        assert_eq!(
+            fleet.hosts[i].count(&[("event", "grant"), ("source", v6)]),
+            0,
+            "{}",
+            fleet.dump()
+        );
+    }
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
