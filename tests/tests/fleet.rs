@@ -592,3 +592,54 @@ fn a_revoke_of_one_rule_closes_that_rule_alone_on_every_host() {
     );
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
+
+#[test]
+fn an_operator_grant_shorter_than_open_for_made_after_a_revoke_stands() {
+    let start = Instant::now();
+    let fleet = two_hosts("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client), ("node", "a")]);
+    let revoke = fleet.hosts[1].xknock(&fleet.lab, &["revoke", &client]);
+    assert!(revoke.status.success(), "revoke on b: {revoke:?}");
+    fleet.hosts[0].expect(&[
+        ("event", "fleet_revoke"),
+        ("source", &client),
+        ("node", "b"),
+    ]);
+    both_refuse(&fleet, "after the revoke");
+
+    // Seconds later the operator admits the client again, for 20 s (less
+    // than the rule's open_for): a grant made after the revoke.
+    thread::sleep(Duration::from_secs(1));
+    let granted = fleet.hosts[0].xknock(
+        &fleet.lab,
+        &["grant", &client, "--rule", "ssh", "--for", "20s"],
+    );
+    assert!(granted.status.success(), "grant on a: {granted:?}");
+    fleet.assert_reach(0, false, Reach::Open, "a after `xknock grant --for 20s`");
+    let learned = fleet.hosts[1].wait(
+        &[
+            ("event", "fleet_grant"),
+            ("source", &client),
+            ("node", "a"),
+            ("rule", "ssh"),
+        ],
+        Duration::from_secs(5),
+    );
+    // Several sweeps later it still stands, here and on b.
+    thread::sleep(Duration::from_secs(2));
+    fleet.assert_reach(
+        0,
+        false,
+        Reach::Open,
+        "a 2 s after `xknock grant --for 20s`",
+    );
+    assert!(
+        learned.is_some() && fleet.hosts[1].count(&[("event", "fleet_grant")]) == 2,
+        "b never learned the operator's grant\n{}",
+        fleet.dump()
+    );
+    fleet.assert_reach(1, false, Reach::Open, "b with a's operator grant");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
