@@ -15,12 +15,19 @@
 )]
 
 use std::{
-    thread,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
 use lab::{
     Reach, article_config,
+    fleet_lab::FleetLab,
     fleet_run::{Fleet, ONLINE, PORT, wait_until},
 };
 
@@ -641,5 +648,187 @@ fn an_operator_grant_shorter_than_open_for_made_after_a_revoke_stands() {
         fleet.dump()
     );
     fleet.assert_reach(1, false, Reach::Open, "b with a's operator grant");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_grant_extended_on_one_host_is_extended_on_every_host() {
+    let start = Instant::now();
+    let fleet = two_hosts("6s");
+    let client = fleet.lab.client_addr().to_owned();
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    let first = Instant::now();
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client)]);
+    thread::sleep(Duration::from_secs(3));
+    // Knocked again: a's grant now ends 6 s from here, 9 s from the first.
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect_nth(
+        &[("event", "fleet_grant"), ("source", &client)],
+        2,
+        Duration::from_secs(5),
+    );
+    while first.elapsed() < Duration::from_millis(7500) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..2 {
+        fleet.assert_reach(
+            i,
+            false,
+            Reach::Open,
+            "7.5 s after the first knock, 4.5 s after the second",
+        );
+    }
+    fleet.hosts[1].expect_within(
+        &[("event", "expired"), ("source", &client)],
+        Duration::from_secs(5),
+    );
+    thread::sleep(Duration::from_millis(300));
+    both_refuse(&fleet, "after the extended grant ended");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+/// A TCP echo service on a port of a host's namespace, until it drops.
+struct Echo {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(lab: &FleetLab, i: usize, port: u16) -> Echo {
+        let listener = lab.hosts[i].within(move || {
+            TcpListener::bind(("::", port)).unwrap_or_else(|e| panic!("bind {port}: {e}"))
+        });
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut connections: Vec<TcpStream> = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok((stream, _)) = listener.accept() {
+                    stream.set_nonblocking(true).expect("nonblocking");
+                    connections.push(stream);
+                }
+                for stream in &mut connections {
+                    let mut buf = [0u8; 64];
+                    if let Ok(n @ 1..) = stream.read(&mut buf) {
+                        drop(stream.write_all(&buf[..n]));
+                    }
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Echo {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            drop(thread.join());
+        }
+    }
+}
+
+/// A connection from the client to host `i`'s `port`, if it opens.
+fn connect(lab: &FleetLab, i: usize, port: u16) -> Option<TcpStream> {
+    let addr = SocketAddr::new(lab.host_addr(i).parse().expect("an address"), port);
+    lab.client
+        .within(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+}
+
+/// Whether `stream` still carries a word there and back within a second.
+fn echoes(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    if stream.write_all(b"ping").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    // A timeout, a reset or the end: the connection no longer carries.
+    stream.read_exact(&mut buf).is_ok() && &buf == b"ping"
+}
+
+#[test]
+fn a_revoke_with_flows_ends_the_clients_connections_on_every_host() {
+    let start = Instant::now();
+    let echo_port = PORT + 2000;
+    let rules = article_config("60s", &format!("\"tcp:{PORT}\", \"tcp:{echo_port}\""));
+    let fleet = Fleet::start(&[(&rules, ""), (&rules, "")]);
+    let client = fleet.lab.client_addr().to_owned();
+    let _echoes: Vec<Echo> = (0..2)
+        .map(|i| Echo::start(&fleet.lab, i, echo_port))
+        .collect();
+    for i in 0..2 {
+        assert_eq!(
+            fleet.lab.client_reach(i, echo_port),
+            Reach::Refused,
+            "host {i} before"
+        );
+    }
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client)]);
+    let mut streams: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            connect(&fleet.lab, i, echo_port)
+                .unwrap_or_else(|| panic!("no connection to host {i}\n{}", fleet.dump()))
+        })
+        .collect();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        assert!(echoes(stream), "host {i}'s echo");
+    }
+
+    // Without --flows: the grants go, the connections stay.
+    let revoke = fleet.hosts[1].xknock(&fleet.lab, &["revoke", &client]);
+    assert!(revoke.status.success(), "revoke on b: {revoke:?}");
+    let revoked = fleet.hosts[0].expect(&[("event", "fleet_revoke"), ("node", "b")]);
+    assert_eq!(
+        revoked["detail"], "1 grant(s), 0 flow(s) removed",
+        "{revoked}"
+    );
+    for (i, stream) in streams.iter_mut().enumerate() {
+        assert!(
+            echoes(stream),
+            "host {i}'s connection after a revoke without --flows"
+        );
+        assert_eq!(
+            fleet.lab.client_reach(i, echo_port),
+            Reach::Refused,
+            "a new connection to host {i}"
+        );
+    }
+
+    // With --flows: they end too, on b (where it is run) and on a.
+    let revoke = fleet.hosts[1].xknock(&fleet.lab, &["revoke", &client, "--flows"]);
+    assert!(revoke.status.success(), "revoke --flows on b: {revoke:?}");
+    fleet.hosts[0].expect_nth(
+        &[("event", "fleet_revoke"), ("node", "b")],
+        2,
+        Duration::from_secs(5),
+    );
+    let detail = fleet.hosts[0]
+        .run()
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "fleet_revoke")
+        .nth(1)
+        .map(|e| e["detail"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(
+        detail.starts_with("0 grant(s), ") && !detail.contains(" 0 flow(s)"),
+        "a's second fleet_revoke: {detail}\n{}",
+        fleet.dump()
+    );
+    for (i, stream) in streams.iter_mut().enumerate() {
+        assert!(
+            !echoes(stream),
+            "host {i}'s connection after revoke --flows\n{}",
+            fleet.dump()
+        );
+    }
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
