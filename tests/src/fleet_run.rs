@@ -49,6 +49,8 @@ pub struct FleetHost {
     pub node: String,
     pub index: usize,
     pub filter: Arc<TestFilter>,
+    /// The configuration's `[fleet]` table.
+    fleet: String,
     run: Option<Xknock>,
 }
 
@@ -64,11 +66,12 @@ impl FleetHost {
         rules: &str,
         fleet_extra: &str,
     ) -> FleetHost {
-        let config = format!("{rules}{}", fleet_section(lab, prefix, node, fleet_extra));
+        let fleet = fleet_section(lab, prefix, node, fleet_extra);
         let mut host = FleetHost {
             node: node.to_owned(),
             index,
-            filter: Arc::new(TestFilter::new(&config)),
+            filter: Arc::new(TestFilter::new(&format!("{rules}{fleet}"))),
+            fleet,
             run: None,
         };
         host.restart(lab);
@@ -87,6 +90,12 @@ impl FleetHost {
             &[],
             false,
         ));
+    }
+
+    /// Gives the configuration file other rules (the same `[fleet]`), for
+    /// a reload or a restart.
+    pub fn rewrite_rules(&self, rules: &str) {
+        self.filter.rewrite(&format!("{rules}{}", self.fleet));
     }
 
     /// Stops `xknock run` with SIGINT (the filter stays, enforcing).

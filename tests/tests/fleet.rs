@@ -176,6 +176,52 @@ fn status_lists_the_fleets_hosts_and_tells_the_one_with_other_rules() {
 }
 
 #[test]
+fn status_tells_a_host_whose_rules_a_reload_changed() {
+    let start = Instant::now();
+    let fleet = two_hosts("60s");
+    let differs = |fleet: &Fleet, from: usize| -> Vec<(String, bool)> {
+        let status = fleet.hosts[from].status(&fleet.lab);
+        let mut hosts: Vec<(String, bool)> = status["fleet"]["hosts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no fleet.hosts: {status:#}"))
+            .iter()
+            .map(|h| {
+                (
+                    h["node"].as_str().unwrap_or_default().to_owned(),
+                    h["differs"] == true,
+                )
+            })
+            .collect();
+        hosts.sort();
+        hosts
+    };
+    let expect = |pairs: [(&str, bool); 2]| -> Vec<(String, bool)> {
+        pairs.iter().map(|(n, d)| ((*n).to_owned(), *d)).collect()
+    };
+    assert_eq!(differs(&fleet, 0), expect([("a", false), ("b", false)]));
+    // b reloads other rules (SIGHUP), as an operator changes a host.
+    fleet.hosts[1].rewrite_rules(&rules("61s"));
+    fleet.hosts[1].run().hup("reloaded");
+    // Heartbeats every 500 ms carry b's fingerprint.
+    let told = wait_until(Duration::from_secs(5), || {
+        differs(&fleet, 0) == expect([("a", false), ("b", true)])
+    });
+    assert!(
+        told,
+        "a's status after b reloaded other rules: {:?}; b's own: {:?}\n{}",
+        differs(&fleet, 0),
+        differs(&fleet, 1),
+        fleet.dump()
+    );
+    assert_eq!(
+        differs(&fleet, 1),
+        expect([("a", true), ("b", false)]),
+        "b's status"
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
 fn a_knock_still_opens_the_fleet_with_the_etcd_leader_killed() {
     let start = Instant::now();
     let mut fleet = two_hosts("60s");
