@@ -13,7 +13,8 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    Reach, TestFilter, Xknock, fleet_lab::FleetLab, knock_host, knock_in, unique_name, xknock_in,
+    Reach, TestFilter, Xknock, article_config, fleet_lab::FleetLab, knock_host, knock_in,
+    unique_name, xknock_in,
 };
 
 /// The port every host protects (a listener on each host).
@@ -27,6 +28,11 @@ pub const PROPAGATION: Duration = Duration::from_secs(5);
 /// How long a host may take to follow the fleet after it starts or after
 /// etcd comes back (its backoff tops out at 2 s between members).
 pub const ONLINE: Duration = Duration::from_secs(20);
+
+/// The article's rule "ssh" protecting `PORT` for `open_for`.
+pub fn ssh_rule(open_for: &str) -> String {
+    article_config(open_for, &format!("\"tcp:{PORT}\""))
+}
 
 /// A key prefix no other test uses: each test's fleet is its own.
 pub fn unique_prefix() -> String {
@@ -269,6 +275,19 @@ impl Fleet {
             .map(|(i, (rules, extra))| FleetHost::start(&lab, i, NODES[i], &prefix, rules, extra))
             .collect();
         Fleet { hosts, lab, prefix }
+    }
+
+    /// Two hosts, a and b, with `ssh_rule(open_for)`.
+    pub fn two(open_for: &str) -> Fleet {
+        let rules = ssh_rule(open_for);
+        Fleet::start(&[(&rules, ""), (&rules, "")])
+    }
+
+    /// Panics unless the client (IPv4) meets `want` at every host.
+    pub fn assert_all(&self, want: Reach, context: &str) {
+        for i in 0..self.hosts.len() {
+            self.assert_reach(i, false, want, context);
+        }
     }
 
     /// Every host's events and log, for a failure's message.
