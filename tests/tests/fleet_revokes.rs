@@ -336,3 +336,45 @@ fn a_revoke_with_flows_ends_the_clients_connections_on_every_host() {
     }
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
+
+#[test]
+fn a_revoke_with_flows_made_while_a_host_is_cut_off_ends_its_connections_when_it_is_back() {
+    let start = Instant::now();
+    let echo_port = PORT + 2000;
+    // Grants that end while b is away; the connection they admitted lives
+    // on (flows outlive grants) until a revoke --flows ends it.
+    let rules = article_config("4s", &format!("\"tcp:{PORT}\", \"tcp:{echo_port}\""));
+    let mut fleet = Fleet::start(&[(&rules, ""), (&rules, "")]);
+    let client = fleet.lab.client_addr().to_owned();
+    let _echoes: Vec<Echo> = (0..2)
+        .map(|i| Echo::start(&fleet.lab, i, echo_port))
+        .collect();
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client)]);
+    let mut to_b = connect(&fleet.lab, 1, echo_port)
+        .unwrap_or_else(|| panic!("no connection to b\n{}", fleet.dump()));
+    assert!(echoes(&mut to_b), "b's echo");
+
+    fleet.lab.isolate_host(1);
+    fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
+    let revoke = fleet.hosts[0].xknock(&fleet.lab, &["revoke", &client, "--flows"]);
+    assert!(revoke.status.success(), "revoke --flows on a: {revoke:?}");
+    fleet.hosts[1].expect_within(
+        &[("event", "expired"), ("source", &client)],
+        Duration::from_secs(8),
+    );
+    assert!(
+        echoes(&mut to_b),
+        "b's connection, its grant over, b cut off"
+    );
+
+    fleet.lab.reconnect_host(1);
+    fleet.hosts[1].expect_nth(&[("event", "fleet_online")], 2, ONLINE);
+    thread::sleep(Duration::from_secs(2));
+    assert!(
+        !echoes(&mut to_b),
+        "b is back and knows of the revoke --flows, yet the client's connection still carries\n{}",
+        fleet.dump()
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
