@@ -561,3 +561,70 @@ fn a_rotating_sequence_opened_on_one_host_is_spent_on_every_host() {
     }
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
+
+/// The kernel's tag of a sequence given as `xknock knock` steps.
+fn tag_of(steps: &[&str]) -> u32 {
+    let quoted: Vec<String> = steps.iter().map(|s| format!("\"{s}\"")).collect();
+    let config = Config::parse(&format!(
+        "[[rule]]\nname = \"t\"\nsequence = [{}]\nsequence_timeout = \"5s\"\nopen_for = \"5s\"\nprotect = [\"tcp:{PORT}\"]\n",
+        quoted.join(", ")
+    ))
+    .expect("valid");
+    let knocks: Vec<_> = config.rules[0].sequence().iter().map(|s| s.0).collect();
+    knock_common::sequence_tag(&knocks)
+}
+
+#[test]
+fn a_host_back_after_two_lines_were_spent_elsewhere_moves_past_both() {
+    let start = Instant::now();
+    // The fleet lists spends in key order, by tag: the first line here is
+    // the one whose tag sorts after the second's, so b hears of the
+    // second line's spend before the first's.
+    let (mut first, mut second) = (LINE_1, LINE_2);
+    let (mut first_text, mut second_text) = ("7001,7002:udp,7003", "8001:udp,8002,8003:udp");
+    if tag_of(&first) < tag_of(&second) {
+        (first, second) = (second, first);
+        (first_text, second_text) = (second_text, first_text);
+    }
+    let text = format!("{first_text}\n{second_text}\n9001,9002:udp,9003\n");
+    let third = ["tcp:9001", "udp:9002", "tcp:9003"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
+        .iter()
+        .map(|name| dir.path().join(name))
+        .collect();
+    for file in &files {
+        fs::write(file, &text).expect("write sequences");
+    }
+    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
+    let mut fleet = Fleet::start(&[(&rule_a, ""), (&rule_b, "")]);
+    let v6 = fleet.lab.client_addr6().to_owned();
+    fleet.lab.isolate_host(1);
+    fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
+
+    // a spends both lines while b is away.
+    for (n, line) in [first, second].iter().enumerate() {
+        let logged = fleet.hosts[0].run().log_len();
+        fleet.hosts[0].knock_via(&fleet.lab, false, line);
+        fleet.hosts[0].expect_nth(&[("event", "grant")], n + 1, Duration::from_secs(5));
+        next_line_in_place(&fleet.hosts[0], logged);
+    }
+    assert_eq!(used(&files[0]), [true, true, false], "a's file");
+    assert_eq!(fleet.keys("spent/").len(), 2, "{:?}", fleet.keys(""));
+
+    fleet.lab.reconnect_host(1);
+    fleet.hosts[1].expect_nth(&[("event", "fleet_online")], 2, ONLINE);
+    let moved = lab::fleet_run::wait_until(Duration::from_secs(10), || {
+        used(&files[1]) == [true, true, false]
+    });
+    assert!(
+        moved,
+        "b's file once back: {:?} (a spent lines 1 and 2)\n{}",
+        used(&files[1]),
+        fleet.dump()
+    );
+    fleet.hosts[1].knock_via(&fleet.lab, true, &third);
+    fleet.hosts[1].expect(&[("event", "grant"), ("source", &v6)]);
+    fleet.assert_reach(1, true, Reach::Open, "line 3 on b");
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
