@@ -178,6 +178,11 @@ fn status_tells_a_host_whose_rules_a_reload_changed() {
     // b reloads other rules (SIGHUP), as an operator changes a host.
     fleet.hosts[1].rewrite_rules(&ssh_rule("61s"));
     fleet.hosts[1].run().hup("reloaded");
+    // It follows the fleet still.
+    let client = fleet.lab.client_addr().to_owned();
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client), ("node", "a")]);
+    fleet.assert_reach(1, false, Reach::Open, "b after its reload, with a's grant");
     // Heartbeats every 500 ms carry b's fingerprint.
     let told = wait_until(Duration::from_secs(5), || {
         differs(&fleet, 0) == expect([("a", false), ("b", true)])
@@ -308,6 +313,20 @@ fn without_etcd_hosts_keep_enforcing_open_on_their_own_knocks_and_share_them_whe
         fleet.assert_reach(i, false, Reach::Refused, "the revoke tried again");
         fleet.assert_reach(i, true, Reach::Open, "the IPv6 source, not revoked");
     }
+    // An IPv6 source is revoked the same way.
+    let revoke = fleet.hosts[0].xknock(&fleet.lab, &["revoke", &client6]);
+    assert!(
+        revoke.status.success(),
+        "revoke of {client6} on a: {revoke:?}"
+    );
+    fleet.hosts[1].expect(&[
+        ("event", "fleet_revoke"),
+        ("source", &client6),
+        ("node", "a"),
+    ]);
+    for i in 0..2 {
+        fleet.assert_reach(i, true, Reach::Refused, "the IPv6 source revoked");
+    }
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
 
@@ -330,6 +349,12 @@ fn a_restarted_host_learns_the_grants_made_while_it_was_down() {
     );
     // B's filter, left pinned by its stopped run, still refuses.
     fleet.assert_reach(1, false, Reach::Refused, "b stopped");
+    // `xknock grant` on b meanwhile (IPv6): no run publishes it yet.
+    let client6 = fleet.lab.client_addr6().to_owned();
+    let granted = fleet.hosts[1].xknock(&fleet.lab, &["grant", &client6, "--rule", "ssh"]);
+    assert!(granted.status.success(), "grant on b: {granted:?}");
+    fleet.assert_reach(1, true, Reach::Open, "b after `xknock grant`, stopped");
+    fleet.assert_reach(0, true, Reach::Refused, "a before b runs again");
 
     let restarted = Instant::now();
     fleet.hosts[1].restart(&fleet.lab);
@@ -342,6 +367,13 @@ fn a_restarted_host_learns_the_grants_made_while_it_was_down() {
         restarted.elapsed().as_millis()
     );
     fleet.assert_reach(1, false, Reach::Open, "b restarted");
+    // And b's run, started, publishes what was granted on b meanwhile.
+    fleet.hosts[0].expect(&[
+        ("event", "fleet_grant"),
+        ("source", &client6),
+        ("node", "b"),
+    ]);
+    fleet.assert_reach(0, true, Reach::Open, "a with b's grant");
 
     // Down again, b misses a revoke; its filter keeps the grant meanwhile
     // (nothing removes a grant but its expiry or a revoke). Back, it
@@ -369,11 +401,12 @@ fn a_restarted_host_learns_the_grants_made_while_it_was_down() {
     thread::sleep(Duration::from_secs(2));
     for i in 0..2 {
         fleet.assert_reach(i, false, Reach::Refused, "2 s after b's restart");
+        fleet.assert_reach(i, true, Reach::Open, "the IPv6 source, not revoked");
     }
+    let keys = fleet.keys(&format!("grants/{client}/"));
     assert!(
-        fleet.keys("grants/").is_empty(),
-        "the revoked grant was published again: {:?}\n{}",
-        fleet.keys("grants/"),
+        keys.is_empty(),
+        "the revoked grant was published again: {keys:?}\n{}",
         fleet.dump()
     );
     eprintln!("took {} ms", start.elapsed().as_millis());
