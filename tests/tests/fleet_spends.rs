@@ -423,6 +423,17 @@ fn without_etcd_an_spa_packet_is_refused_unless_offline_spend_is_local() {
     for host in &fleet.hosts {
         host.expect_within(&[("event", "fleet_offline")], ONLINE);
     }
+    // `status` still answers, and says why it lists no host.
+    let status = fleet.hosts[0].status(&fleet.lab);
+    assert!(
+        status["fleet"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+            && status["fleet"]["hosts"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+        "status without etcd: {status:#}"
+    );
 
     let packet = spa_packet(&fleet.lab, &keys);
     send_spa(&fleet.lab, 0, &packet);
