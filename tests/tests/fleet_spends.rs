@@ -465,6 +465,86 @@ fn without_etcd_an_spa_packet_is_refused_unless_offline_spend_is_local() {
         "b's offline spend recorded: {:?}",
         fleet.keys("")
     );
+    // The packet b accepted on its own is spent for a too now.
+    send_spa(&fleet.lab, 0, &other);
+    fleet.hosts[0].expect_nth(&[("event", "spa_refused")], 2, Duration::from_secs(5));
+    let replayed = fleet.hosts[0]
+        .run()
+        .events()
+        .into_iter()
+        .rfind(|e| e["event"] == "spa_refused")
+        .expect("a second refusal");
+    assert_eq!(replayed["reason"], "replay", "{replayed}\n{}", fleet.dump());
+    assert_eq!(
+        fleet.hosts[0].count(&[("event", "spa_grant")]),
+        0,
+        "{}",
+        fleet.dump()
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_one_time_line_opened_offline_with_offline_spend_local_is_spent_fleet_wide_when_back() {
+    let start = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
+        .iter()
+        .map(|name| dir.path().join(name))
+        .collect();
+    for file in &files {
+        fs::write(file, SEQUENCES).expect("write sequences");
+    }
+    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
+    let local = "offline_spend = \"local\"\n";
+    let mut fleet = Fleet::start(&[(&rule_a, local), (&rule_b, local)]);
+    let v4 = fleet.lab.client_addr().to_owned();
+    fleet.lab.isolate_host(1);
+    fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
+
+    // b, cut off, decides on its own records: line 1 opens it.
+    fleet.hosts[1].knock_via(&fleet.lab, false, &LINE_1);
+    fleet.hosts[1].expect_within(&[("event", "grant"), ("source", &v4)], ONLINE);
+    fleet.assert_reach(1, false, Reach::Open, "b, line 1 while cut off");
+    next_line_in_place(&fleet.hosts[1], 0);
+    assert_eq!(used(&files[1]), [true, false, false], "b's file");
+    fleet.assert_reach(0, false, Reach::Refused, "a while b is cut off");
+    assert_eq!(
+        used(&files[0]),
+        [false, false, false],
+        "a's file while b is cut off"
+    );
+
+    // Back: b records the spend and publishes the grant; a plants it and
+    // moves past line 1 too.
+    fleet.lab.reconnect_host(1);
+    fleet.hosts[0].expect_within(
+        &[("event", "fleet_grant"), ("source", &v4), ("node", "b")],
+        ONLINE,
+    );
+    next_line_in_place(&fleet.hosts[0], 0);
+    assert_eq!(
+        used(&files[0]),
+        [true, false, false],
+        "a's file once b is back"
+    );
+    assert_eq!(fleet.keys("spent/").len(), 1, "{:?}", fleet.keys(""));
+    // Line 1 replayed to a (after a revoke) opens nothing; line 2 does.
+    let revoke = fleet.hosts[0].xknock(&fleet.lab, &["revoke", &v4]);
+    assert!(revoke.status.success(), "revoke on a: {revoke:?}");
+    fleet.hosts[1].expect(&[("event", "fleet_revoke"), ("source", &v4), ("node", "a")]);
+    fleet.hosts[0].knock_via(&fleet.lab, false, &LINE_1);
+    thread::sleep(Duration::from_secs(1));
+    fleet.assert_reach(0, false, Reach::Refused, "line 1 replayed to a");
+    assert_eq!(
+        fleet.hosts[0].count(&[("event", "grant")]),
+        0,
+        "{}",
+        fleet.dump()
+    );
+    fleet.hosts[0].knock_via(&fleet.lab, false, &LINE_2);
+    fleet.hosts[0].expect(&[("event", "grant"), ("source", &v4)]);
+    fleet.assert_reach(0, false, Reach::Open, "line 2 on a");
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
 
