@@ -5,9 +5,9 @@
 //! while the history it needs is compacted away never open anything, and
 //! each host learns what it missed once it can.
 //!
-//! Spends (SPA packets, one-time and rotating sequences, `offline_spend`)
-//! are in fleet_spends.rs; revokes beyond the plain case in
-//! fleet_revokes.rs.
+//! Spends are in fleet_spends.rs (SPA packets, `offline_spend`) and
+//! fleet_sequences.rs (one-time and rotating sequences); revokes beyond
+//! the plain case in fleet_revokes.rs.
 
 #![allow(
     clippy::print_stdout,
