@@ -378,3 +378,47 @@ fn a_revoke_with_flows_made_while_a_host_is_cut_off_ends_its_connections_when_it
     );
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
+
+#[test]
+fn revoke_and_status_reach_the_fleet_with_the_first_member_cut_off_from_its_quorum() {
+    let start = Instant::now();
+    let mut fleet = Fleet::two("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    fleet.hosts[0].knock(&fleet.lab, &["--rule", "ssh"]);
+    fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client), ("node", "a")]);
+    // The first endpoint the configuration lists: still up, answering,
+    // but without a quorum behind it.
+    fleet.lab.partition_member(0);
+    assert!(
+        lab::fleet_run::wait_until(Duration::from_secs(10), || !fleet.lab.linearizable_read(0)),
+        "member 0 still serves while partitioned"
+    );
+    fleet.lab.wait_quorum();
+    let revoke = fleet.hosts[1].xknock(&fleet.lab, &["revoke", &client]);
+    assert!(
+        revoke.status.success(),
+        "revoke on b with member 0 partitioned and members 1 and 2 a quorum: {}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    fleet.hosts[0].expect_within(
+        &[
+            ("event", "fleet_revoke"),
+            ("source", &client),
+            ("node", "b"),
+        ],
+        ONLINE,
+    );
+    fleet.assert_all(Reach::Refused, "after the revoke");
+    let status = fleet.hosts[0].status(&fleet.lab);
+    let nodes: Vec<&str> = status["fleet"]["hosts"]
+        .as_array()
+        .map(|hosts| hosts.iter().filter_map(|h| h["node"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        nodes,
+        ["a", "b"],
+        "status with member 0 partitioned: {status:#}"
+    );
+    fleet.lab.heal_member(0);
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
