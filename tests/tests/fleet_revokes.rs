@@ -422,3 +422,50 @@ fn revoke_and_status_reach_the_fleet_with_the_first_member_cut_off_from_its_quor
     fleet.lab.heal_member(0);
     eprintln!("took {} ms", start.elapsed().as_millis());
 }
+
+#[test]
+fn a_long_operator_grant_revoked_while_a_host_is_cut_off_stays_revoked_when_it_is_back() {
+    let start = Instant::now();
+    let mut fleet = Fleet::two("60s");
+    let client = fleet.lab.client_addr().to_owned();
+    // An operator's grant for longer than the rule's open_for.
+    let granted = fleet.hosts[0].xknock(
+        &fleet.lab,
+        &["grant", &client, "--rule", "ssh", "--for", "10m"],
+    );
+    assert!(granted.status.success(), "grant on a: {granted:?}");
+    let learned =
+        fleet.hosts[1].expect(&[("event", "fleet_grant"), ("source", &client), ("node", "a")]);
+    assert!(
+        learned["expires_in_secs"]
+            .as_f64()
+            .is_some_and(|s| s > 590.0),
+        "{learned}"
+    );
+    fleet.assert_all(Reach::Open, "the operator's grant");
+
+    fleet.lab.isolate_host(1);
+    fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
+    let revoke = fleet.hosts[0].xknock(&fleet.lab, &["revoke", &client]);
+    assert!(revoke.status.success(), "revoke on a: {revoke:?}");
+    fleet.assert_reach(0, false, Reach::Refused, "a after its revoke");
+
+    fleet.lab.reconnect_host(1);
+    fleet.hosts[1].expect_nth(&[("event", "fleet_online")], 2, ONLINE);
+    thread::sleep(Duration::from_secs(3));
+    let keys = fleet.keys("grants/");
+    for i in 0..2 {
+        assert_eq!(
+            fleet.reach(i),
+            Reach::Refused,
+            "host {i}: the revoked grant is back (grant keys: {keys:?})\n{}",
+            fleet.dump()
+        );
+    }
+    assert!(
+        keys.is_empty(),
+        "the revoked grant was published again: {keys:?}\n{}",
+        fleet.dump()
+    );
+    eprintln!("took {} ms", start.elapsed().as_millis());
+}
