@@ -25,6 +25,7 @@ use std::{
 
 pub mod answers;
 pub mod fleet_lab;
+pub mod fleet_run;
 pub mod frames;
 pub mod fwknop;
 mod lines;
@@ -33,7 +34,7 @@ pub mod probing;
 pub mod wire;
 mod xknock_run;
 
-pub use xknock_run::{TestFilter, Xknock, event_matches};
+pub use xknock_run::{TestFilter, Xknock, event_matches, xknock_in};
 
 pub const SERVER_V4: &str = "198.18.0.1";
 pub const CLIENT_V4: &str = "198.18.0.2";
@@ -516,7 +517,13 @@ pub fn knock(lab: &Lab, args: &[&str]) -> Output {
 /// Runs `xknock knock` from the client namespace, keeping what the client
 /// remembers (of rotating windows it sent) in `state` if given.
 pub fn knock_with_state(lab: &Lab, state: Option<&std::path::Path>, args: &[&str]) -> Output {
-    let mut command = lab.client.command(xknock_bin());
+    knock_in(&lab.client, state, args)
+}
+
+/// Runs `xknock knock ARGS` from `netns` (the client of any lab), keeping
+/// what the client remembers in `state` if given; panics when it fails.
+pub fn knock_in(netns: &Netns, state: Option<&std::path::Path>, args: &[&str]) -> Output {
+    let mut command = netns.command(xknock_bin());
     if let Some(state) = state {
         command.env("XDG_STATE_HOME", state);
     }

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Lab, lines::Lines, unique_name, xknock_bin};
+use crate::{Lab, Netns, lines::Lines, unique_name, xknock_bin};
 
 /// Whether an event has every (key, value) in `fields`; a value that is not
 /// a string is compared as the JSON it spells (`"1"` matches the number 1).
@@ -60,11 +60,7 @@ impl TestFilter {
 
     /// Runs `xknock ARGS` (in the server's namespace) to completion.
     pub fn xknock(&self, lab: &Lab, args: &[&str]) -> Output {
-        lab.server
-            .command(xknock_bin())
-            .args(args)
-            .output()
-            .expect("run xknock")
+        xknock_in(&lab.server, args)
     }
 }
 
@@ -80,7 +76,18 @@ impl Drop for TestFilter {
     }
 }
 
-/// `xknock run` inside the server namespace, with JSON events.
+/// Runs `xknock ARGS` to completion in `netns` (`status`, `grant`,
+/// `revoke`: commands that find the filter through `--config`).
+pub fn xknock_in(netns: &Netns, args: &[&str]) -> Output {
+    netns
+        .command(xknock_bin())
+        .args(args)
+        .output()
+        .expect("run xknock")
+}
+
+/// `xknock run` inside a namespace (the lab's server, or any `Netns` and
+/// interface: `start_in`), with JSON events.
 pub struct Xknock {
     child: Child,
     events: Lines,
@@ -100,7 +107,19 @@ impl Xknock {
     /// Starts `xknock run` on `filter`'s configuration (a restart, when a
     /// filter is already pinned there).
     pub fn start_on(lab: &Lab, filter: Arc<TestFilter>, extra_args: &[&str], echo: bool) -> Xknock {
-        let xknock = Xknock::spawn_on(lab, filter, extra_args, echo);
+        Xknock::start_in(&lab.server, &lab.server_if, filter, extra_args, echo)
+    }
+
+    /// Starts `xknock run` in `netns` on its interface `iface` with
+    /// `filter`'s configuration, and waits until it has attached.
+    pub fn start_in(
+        netns: &Netns,
+        iface: &str,
+        filter: Arc<TestFilter>,
+        extra_args: &[&str],
+        echo: bool,
+    ) -> Xknock {
+        let xknock = Xknock::spawn_in(netns, iface, filter, extra_args, echo);
         xknock.wait_attached();
         xknock
     }
@@ -108,12 +127,23 @@ impl Xknock {
     /// Starts `xknock run` on `filter`'s configuration without waiting for
     /// anything.
     pub fn spawn_on(lab: &Lab, filter: Arc<TestFilter>, extra_args: &[&str], echo: bool) -> Xknock {
-        let mut child = lab
-            .server
+        Xknock::spawn_in(&lab.server, &lab.server_if, filter, extra_args, echo)
+    }
+
+    /// Starts `xknock run` in `netns` on `iface` without waiting for
+    /// anything.
+    pub fn spawn_in(
+        netns: &Netns,
+        iface: &str,
+        filter: Arc<TestFilter>,
+        extra_args: &[&str],
+        echo: bool,
+    ) -> Xknock {
+        let mut child = netns
             .command(xknock_bin())
             .args(["run", "--config"])
             .arg(&filter.path)
-            .args(["--iface", &lab.server_if, "--events", "json"])
+            .args(["--iface", iface, "--events", "json"])
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
