@@ -118,7 +118,9 @@ fn main() -> ExitCode {
             eprintln!("xknock: revoked {grants} grant(s) of {addr}; ended {ended} flow(s)");
             if let Some(fleet) = &config.fleet {
                 let keys = admin::revoke_fleet(fleet, addr, rule.as_deref(), flows).map_err(|e| {
-                    anyhow!("revoked on this host only; the fleet was not told, try again: {e}")
+                    anyhow!(
+                        "revoked on this host only: the fleet could not be told ({e}); its other hosts keep the grant, and give it back to this one when etcd answers again: run the revoke again"
+                    )
                 })?;
                 eprintln!(
                     "xknock: revoked on every host of the fleet {} ({keys} grant record(s) removed)",

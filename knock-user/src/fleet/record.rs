@@ -69,6 +69,9 @@ pub struct NodeRecord {
     pub fingerprint: String,
     /// The xknock version it runs.
     pub version: String,
+    /// Drawn by each `run` at random: two hosts given the same `node` tell
+    /// each other apart by it.
+    pub instance: String,
     /// Heartbeats written since it connected; it sees them come back on its
     /// watch, or knows the watch has stalled.
     pub beat: u64,

@@ -50,6 +50,7 @@ pub async fn follow(
     // When this host last heard from the fleet (a watch response): a revoke
     // made later was missed.
     let mut heard_ms = 0;
+    let instance = instance_id();
     let mut next = 0;
     let mut failures = 0usize;
     loop {
@@ -63,6 +64,7 @@ pub async fn follow(
             view: &mut view,
             spends: &mut spends,
             heard_ms: &mut heard_ms,
+            instance: &instance,
             to_daemon: &to_daemon,
             status: &status,
         };
@@ -107,6 +109,16 @@ pub async fn follow(
             }
         }
     }
+}
+
+/// A run's `NodeRecord::instance`: 64 random bits, hex.
+fn instance_id() -> String {
+    let mut bytes = [0u8; 8];
+    // Without randomness, the time tells runs apart well enough.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = unix_ms(SystemTime::now()).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How long a spend waits for the fleet (a member down, an election)
@@ -192,6 +204,8 @@ struct Session<'a> {
     view: &'a mut View,
     spends: &'a mut Spends,
     heard_ms: &'a mut u64,
+    /// This run's `NodeRecord::instance`.
+    instance: &'a str,
     to_daemon: &'a mpsc::UnboundedSender<FromFleet>,
     status: &'a FleetStatus,
 }
@@ -295,6 +309,7 @@ impl Session<'_> {
             return None;
         }
         let mut seen = beat;
+        let mut clash_told = false;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             tokio::select! {
@@ -339,7 +354,15 @@ impl Session<'_> {
                             }
                             Entry::Node(node) => {
                                 if put && node.node == self.fleet.node {
-                                    seen = seen.max(node.beat);
+                                    if node.instance == self.instance {
+                                        seen = seen.max(node.beat);
+                                    } else if !clash_told {
+                                        clash_told = true;
+                                        log::error!(
+                                            "fleet: another host announces itself as node `{}` too: every host needs a `node` of its own (each skips spends it thinks are its own)",
+                                            node.node
+                                        );
+                                    }
                                 }
                                 None
                             }
@@ -458,6 +481,7 @@ impl Session<'_> {
             fingerprint: self.fingerprint.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             beat,
+            instance: self.instance.to_owned(),
             at_ms: unix_ms(SystemTime::now()),
         };
         client
