@@ -489,7 +489,7 @@ impl Following {
             }
             FromFleet::Change(Change::Remove(revoke)) => self.revoked(revoke, u64::MAX, target),
             FromFleet::Change(Change::Undo(revoke)) => {
-                let granted_by = Clocks::now().kernel(revoke.undoes_until_ms());
+                let granted_by = Clocks::now().kernel(revoke.at_ms);
                 self.revoked(revoke, granted_by, target)
             }
             FromFleet::Spent { .. } | FromFleet::SpentElsewhere(_) => Ok(None),
