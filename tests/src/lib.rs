@@ -502,6 +502,15 @@ pub fn article_knock(lab: &Lab, server: &str) {
     knock(lab, &args);
 }
 
+/// Which lines of a one-time sequences file are marked used (`#`).
+pub fn used_lines(path: &std::path::Path) -> Vec<bool> {
+    fs::read_to_string(path)
+        .expect("read sequences")
+        .lines()
+        .map(|l| l.starts_with('#'))
+        .collect()
+}
+
 /// The "verdicts:" line xknock prints when it stops, from its log.
 pub fn verdicts(log: &[String]) -> Option<&str> {
     log.iter()

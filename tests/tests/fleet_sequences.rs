@@ -21,7 +21,7 @@ use std::{
 use lab::{
     Reach,
     fleet_run::{Fleet, FleetHost, ONLINE, PORT},
-    knock_host, knock_in, run, xknock_bin,
+    knock_host, knock_in, run, used_lines, xknock_bin,
 };
 use xknock::config::{Config, PortSpec};
 
@@ -39,13 +39,19 @@ fn one_time_rule(file: &Path) -> String {
     )
 }
 
-/// Which lines of `path` are marked used.
-fn used(path: &Path) -> Vec<bool> {
-    fs::read_to_string(path)
-        .expect("read sequences")
-        .lines()
-        .map(|l| l.starts_with('#'))
-        .collect()
+/// A fleet of two started with the one-time rule, each host reading its
+/// own copy of `sequences` in `dir` (with `extra` in its `[fleet]`); the
+/// copies' paths, a's first.
+fn one_time_fleet(dir: &Path, sequences: &str, extra: &str) -> (Fleet, Vec<PathBuf>) {
+    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
+        .iter()
+        .map(|name| dir.join(name))
+        .collect();
+    for file in &files {
+        fs::write(file, sequences).expect("write sequences");
+    }
+    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
+    (Fleet::start(&[(&rule_a, extra), (&rule_b, extra)]), files)
 }
 
 /// Waits until `host` has logged, after its first `from` lines, that it
@@ -69,15 +75,7 @@ fn next_line_in_place(host: &FleetHost, from: usize) {
 fn a_one_time_line_knocked_on_one_host_is_used_up_on_every_host() {
     let start = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
-        .iter()
-        .map(|name| dir.path().join(name))
-        .collect();
-    for file in &files {
-        fs::write(file, SEQUENCES).expect("write sequences");
-    }
-    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
-    let fleet = Fleet::start(&[(&rule_a, ""), (&rule_b, "")]);
+    let (fleet, files) = one_time_fleet(dir.path(), SEQUENCES, "");
     let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
     let client = fleet.lab.client_addr().to_owned();
     for i in 0..2 {
@@ -91,8 +89,8 @@ fn a_one_time_line_knocked_on_one_host_is_used_up_on_every_host() {
     b.expect(&[("event", "fleet_grant"), ("source", &client), ("node", "a")]);
     next_line_in_place(a, 0);
     next_line_in_place(b, 0);
-    assert_eq!(used(&files[0]), [true, false, false], "a's file");
-    assert_eq!(used(&files[1]), [true, false, false], "b's file");
+    assert_eq!(used_lines(&files[0]), [true, false, false], "a's file");
+    assert_eq!(used_lines(&files[1]), [true, false, false], "b's file");
 
     // Revoked everywhere, then line 1 replayed to b: nothing opens.
     let revoke = a.xknock(&fleet.lab, &["revoke", &client]);
@@ -133,13 +131,13 @@ fn a_one_time_line_knocked_on_one_host_is_used_up_on_every_host() {
     fleet.assert_reach(0, false, Reach::Open, "b's grant at a");
     next_line_in_place(b, logged);
     let marked = lab::fleet_run::wait_until(Duration::from_secs(10), || {
-        used(&files[0]) == [true, true, false] && used(&files[1]) == [true, true, false]
+        used_lines(&files[0]) == [true, true, false] && used_lines(&files[1]) == [true, true, false]
     });
     assert!(
         marked,
         "files: a {:?}, b {:?}\n{}",
-        used(&files[0]),
-        used(&files[1]),
+        used_lines(&files[0]),
+        used_lines(&files[1]),
         fleet.dump()
     );
     eprintln!("took {} ms", start.elapsed().as_millis());
@@ -149,15 +147,7 @@ fn a_one_time_line_knocked_on_one_host_is_used_up_on_every_host() {
 fn a_one_time_line_knocked_on_two_hosts_at_once_opens_on_one_only() {
     let start = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
-        .iter()
-        .map(|name| dir.path().join(name))
-        .collect();
-    for file in &files {
-        fs::write(file, SEQUENCES).expect("write sequences");
-    }
-    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
-    let fleet = Fleet::start(&[(&rule_a, ""), (&rule_b, "")]);
+    let (fleet, files) = one_time_fleet(dir.path(), SEQUENCES, "");
     let (v4, v6) = (fleet.lab.client_addr(), fleet.lab.client_addr6());
     for i in 0..2 {
         for v6 in [false, true] {
@@ -213,8 +203,8 @@ fn a_one_time_line_knocked_on_two_hosts_at_once_opens_on_one_only() {
         next_line_in_place(host, 0);
     }
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(used(&files[0]), [true, false, false], "a's file");
-    assert_eq!(used(&files[1]), [true, false, false], "b's file");
+    assert_eq!(used_lines(&files[0]), [true, false, false], "a's file");
+    assert_eq!(used_lines(&files[1]), [true, false, false], "b's file");
     fleet.hosts[loser].knock_via(&fleet.lab, !won_v6, &LINE_2);
     fleet.hosts[loser].expect(&[("event", "grant"), ("source", lost)]);
     fleet.assert_reach(loser, !won_v6, Reach::Open, "line 2 on the loser");
@@ -225,15 +215,7 @@ fn a_one_time_line_knocked_on_two_hosts_at_once_opens_on_one_only() {
 fn a_host_cut_off_while_a_line_is_spent_elsewhere_refuses_it_and_moves_on_when_back() {
     let start = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
-        .iter()
-        .map(|name| dir.path().join(name))
-        .collect();
-    for file in &files {
-        fs::write(file, SEQUENCES).expect("write sequences");
-    }
-    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
-    let mut fleet = Fleet::start(&[(&rule_a, ""), (&rule_b, "")]);
+    let (mut fleet, files) = one_time_fleet(dir.path(), SEQUENCES, "");
     let (v4, v6) = (
         fleet.lab.client_addr().to_owned(),
         fleet.lab.client_addr6().to_owned(),
@@ -254,7 +236,7 @@ fn a_host_cut_off_while_a_line_is_spent_elsewhere_refuses_it_and_moves_on_when_b
     }
     fleet.assert_reach(1, false, Reach::Refused, "b has not heard of a's grant");
     assert_eq!(
-        used(&files[1]),
+        used_lines(&files[1]),
         [false, false, false],
         "b's file while cut off"
     );
@@ -266,7 +248,11 @@ fn a_host_cut_off_while_a_line_is_spent_elsewhere_refuses_it_and_moves_on_when_b
         ONLINE,
     );
     next_line_in_place(&fleet.hosts[1], 0);
-    assert_eq!(used(&files[1]), [true, false, false], "b's file once back");
+    assert_eq!(
+        used_lines(&files[1]),
+        [true, false, false],
+        "b's file once back"
+    );
     fleet.hosts[1].knock_via(&fleet.lab, true, &LINE_1);
     thread::sleep(Duration::from_secs(1));
     assert_eq!(
@@ -286,16 +272,8 @@ fn a_host_cut_off_while_a_line_is_spent_elsewhere_refuses_it_and_moves_on_when_b
 fn a_one_time_line_opened_offline_with_offline_spend_local_is_spent_fleet_wide_when_back() {
     let start = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
-        .iter()
-        .map(|name| dir.path().join(name))
-        .collect();
-    for file in &files {
-        fs::write(file, SEQUENCES).expect("write sequences");
-    }
-    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
     let local = "offline_spend = \"local\"\n";
-    let mut fleet = Fleet::start(&[(&rule_a, local), (&rule_b, local)]);
+    let (mut fleet, files) = one_time_fleet(dir.path(), SEQUENCES, local);
     let v4 = fleet.lab.client_addr().to_owned();
     fleet.lab.isolate_host(1);
     fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
@@ -305,10 +283,10 @@ fn a_one_time_line_opened_offline_with_offline_spend_local_is_spent_fleet_wide_w
     fleet.hosts[1].expect_within(&[("event", "grant"), ("source", &v4)], ONLINE);
     fleet.assert_reach(1, false, Reach::Open, "b, line 1 while cut off");
     next_line_in_place(&fleet.hosts[1], 0);
-    assert_eq!(used(&files[1]), [true, false, false], "b's file");
+    assert_eq!(used_lines(&files[1]), [true, false, false], "b's file");
     fleet.assert_reach(0, false, Reach::Refused, "a while b is cut off");
     assert_eq!(
-        used(&files[0]),
+        used_lines(&files[0]),
         [false, false, false],
         "a's file while b is cut off"
     );
@@ -322,7 +300,7 @@ fn a_one_time_line_opened_offline_with_offline_spend_local_is_spent_fleet_wide_w
     );
     next_line_in_place(&fleet.hosts[0], 0);
     assert_eq!(
-        used(&files[0]),
+        used_lines(&files[0]),
         [true, false, false],
         "a's file once b is back"
     );
@@ -478,15 +456,7 @@ fn a_host_back_after_two_lines_were_spent_elsewhere_moves_past_both() {
     let text = format!("{first_text}\n{second_text}\n9001,9002:udp,9003\n");
     let third = ["tcp:9001", "udp:9002", "tcp:9003"];
     let dir = tempfile::tempdir().expect("tempdir");
-    let files: Vec<PathBuf> = ["a.otp", "b.otp"]
-        .iter()
-        .map(|name| dir.path().join(name))
-        .collect();
-    for file in &files {
-        fs::write(file, &text).expect("write sequences");
-    }
-    let (rule_a, rule_b) = (one_time_rule(&files[0]), one_time_rule(&files[1]));
-    let mut fleet = Fleet::start(&[(&rule_a, ""), (&rule_b, "")]);
+    let (mut fleet, files) = one_time_fleet(dir.path(), &text, "");
     let v6 = fleet.lab.client_addr6().to_owned();
     fleet.lab.isolate_host(1);
     fleet.hosts[1].expect_within(&[("event", "fleet_offline")], ONLINE);
@@ -498,18 +468,18 @@ fn a_host_back_after_two_lines_were_spent_elsewhere_moves_past_both() {
         fleet.hosts[0].expect_nth(&[("event", "grant")], n + 1, Duration::from_secs(5));
         next_line_in_place(&fleet.hosts[0], logged);
     }
-    assert_eq!(used(&files[0]), [true, true, false], "a's file");
+    assert_eq!(used_lines(&files[0]), [true, true, false], "a's file");
     assert_eq!(fleet.keys("spent/").len(), 2, "{:?}", fleet.keys(""));
 
     fleet.lab.reconnect_host(1);
     fleet.hosts[1].expect_nth(&[("event", "fleet_online")], 2, ONLINE);
     let moved = lab::fleet_run::wait_until(Duration::from_secs(10), || {
-        used(&files[1]) == [true, true, false]
+        used_lines(&files[1]) == [true, true, false]
     });
     assert!(
         moved,
         "b's file once back: {:?} (a spent lines 1 and 2)\n{}",
-        used(&files[1]),
+        used_lines(&files[1]),
         fleet.dump()
     );
     fleet.hosts[1].knock_via(&fleet.lab, true, &third);

@@ -14,7 +14,7 @@ use std::{
 
 use lab::{
     CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, TestFilter, Xknock, knock,
-    knock_with_state, run, xknock_bin,
+    knock_with_state, run, used_lines, xknock_bin,
 };
 use xknock::config::{Config, PortSpec, rotating::Rotating};
 
@@ -27,14 +27,6 @@ fn rule(sequences_file: &Path) -> String {
          open_for = \"60s\"\nprotect = [\"tcp:2222\"]\n",
         sequences_file.display()
     )
-}
-
-fn used(path: &Path) -> Vec<bool> {
-    fs::read_to_string(path)
-        .expect("read sequences")
-        .lines()
-        .map(|l| l.starts_with('#'))
-        .collect()
 }
 
 /// Waits for the run to log, after its first `from` lines, that it put
@@ -71,7 +63,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     // The client sends the first unused line of its copy, and marks it.
     knock(&lab, &[&v4, "--config", client_config, "--rule", "ssh"]);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
-    assert_eq!(used(&client_file), [true, false, false]);
+    assert_eq!(used_lines(&client_file), [true, false, false]);
     // A sniffer replays it at once from another address: the kernel
     // refuses it, before the loader has moved on or after.
     knock(&lab, &[&v6, "tcp:7001", "udp:7002", "tcp:7003"]);
@@ -83,7 +75,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
         ("source", CLIENT_V6),
     ]);
     next_line_in_place(&xknock, 0);
-    assert_eq!(used(&server_file), [true, false, false]);
+    assert_eq!(used_lines(&server_file), [true, false, false]);
     assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
     knock(&lab, &[&v6, "tcp:7001", "udp:7002", "tcp:7003"]);
     assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Refused);
@@ -117,10 +109,10 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
         })
         .collect();
     fs::write(&server_file, unmarked).expect("write");
-    assert_eq!(used(&server_file), [true, false, false]);
+    assert_eq!(used_lines(&server_file), [true, false, false]);
     let xknock = Xknock::start_on(&lab, filter, &[], false);
     next_line_in_place(&xknock, 0);
-    assert_eq!(used(&server_file), [true, true, false]);
+    assert_eq!(used_lines(&server_file), [true, true, false]);
     for replay in [
         ["tcp:7001", "udp:7002", "tcp:7003"],
         ["udp:8001", "tcp:8002", "udp:8003"],
@@ -138,7 +130,7 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     );
     knock(&lab, &[&v4, "--config", client_config, "--rule", "ssh"]);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
-    assert_eq!(used(&client_file), [true, true, true]);
+    assert_eq!(used_lines(&client_file), [true, true, true]);
 }
 
 /// How often the rotating rule under test changes.
