@@ -464,11 +464,13 @@ impl Following {
                 }
                 let expires_ns = clocks.kernel(grant.expires_ms);
                 let addr = key_addr(grant.addr);
-                // A grant the kernel holds longer stays as it is.
-                if target
-                    .maps
-                    .grant_of(&addr, index)?
-                    .is_some_and(|held| held.expires_ns >= expires_ns)
+                let held = target.maps.grant_of(&addr, index)?;
+                // A grant the kernel holds longer stays as it is. One of this
+                // host's own that its kernel no longer holds was revoked or
+                // swept here: its echo (a publish still on its way when a
+                // local revoke removed it) does not bring it back.
+                let own = grant.node == self.node;
+                if held.is_some_and(|held| held.expires_ns >= expires_ns) || (own && held.is_none())
                 {
                     return Ok(None);
                 }
