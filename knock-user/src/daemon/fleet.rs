@@ -249,10 +249,6 @@ impl Following {
         payload: &[u8],
         config: &Config,
     ) {
-        let digest = crate::fwknop::replay_key(payload)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
         let now = monotonic_ns();
         let ttl = spend_ttl(config, &grant.rule);
@@ -265,7 +261,11 @@ impl Following {
                 granted_ns: now,
             },
         };
-        self.spend(Spent::Spa { digest }, ttl, pending);
+        self.spend(
+            Spent::spa(&crate::fwknop::replay_key(payload)),
+            ttl,
+            pending,
+        );
     }
 
     /// The configuration now running (a reload): the fleet is told its
@@ -534,12 +534,8 @@ impl Following {
 /// and a one-time rule whose line it was moves to its next line.
 fn spent_elsewhere(spend: &SpendRecord, target: Target<'_>) -> Result<Applied, MapsError> {
     match &spend.spent {
-        Spent::Spa { digest } => {
-            let key: Option<Vec<u8>> = (0..digest.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(digest.get(i..i + 2)?, 16).ok())
-                .collect();
-            let Some(Ok(key)) = key.map(<[u8; 32]>::try_from) else {
+        Spent::Spa { .. } => {
+            let Some(key) = spend.spent.spa_digest() else {
                 return Ok(Applied::default());
             };
             let longest = target

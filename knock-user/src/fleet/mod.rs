@@ -140,11 +140,7 @@ pub fn fingerprint(config: &Config) -> String {
             rule.sequence_timeout.as_millis()
         );
     }
-    let digest = Sha256::digest(canonical.as_bytes());
-    digest[..8].iter().fold(String::new(), |mut hex, byte| {
-        _ = write!(hex, "{byte:02x}");
-        hex
-    })
+    record::hex(&Sha256::digest(canonical.as_bytes())[..8])
 }
 
 #[cfg(test)]

@@ -81,6 +81,32 @@ pub enum Spent {
     Sequence { rule: String, tag: u32 },
 }
 
+impl Spent {
+    /// An SPA packet, by its replay digest.
+    pub fn spa(digest: &[u8; 32]) -> Spent {
+        Spent::Spa {
+            digest: hex(digest),
+        }
+    }
+
+    /// The replay digest of an SPA packet's spend, if it reads as one.
+    pub fn spa_digest(&self) -> Option<[u8; 32]> {
+        let Spent::Spa { digest } = self else {
+            return None;
+        };
+        let bytes: Option<Vec<u8>> = (0..digest.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(digest.get(i..i + 2)?, 16).ok())
+            .collect();
+        bytes?.try_into().ok()
+    }
+}
+
+/// `bytes` in lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A secret spent on some host: `spent/spa/DIGEST` or
 /// `spent/sequence/RULE/TAG`, created only if absent: the first host to
 /// write it opened, every other refuses it.
@@ -226,6 +252,14 @@ mod tests {
             keys.decode(key.as_bytes(), &encode(&spend)),
             Some(Entry::Spend(spend))
         );
+        let digest = [0xa5; 32];
+        assert_eq!(Spent::spa(&digest).spa_digest(), Some(digest));
+        for damaged in ["a5", "zz", ""] {
+            let spent = Spent::Spa {
+                digest: damaged.into(),
+            };
+            assert_eq!(spent.spa_digest(), None, "{damaged}");
+        }
         let key = keys.grant(addr, "ssh");
         // Another fleet's keys, unknown kinds and damaged values are not ours.
         let other = Keys::new("/xknock/test");

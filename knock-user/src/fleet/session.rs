@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::{
     messages::{FleetStatus, FromFleet, SpendOutcome, ToFleet},
-    record::{Entry, Keys, NodeRecord, SpendRecord, Spent, encode, unix_ms},
+    record::{Entry, Keys, NodeRecord, SpendRecord, Spent, encode, hex, unix_ms},
     store::{Failure, connect, publish_grant, record_spend},
     view::{Change, View},
 };
@@ -118,7 +118,7 @@ fn instance_id() -> String {
     if getrandom::fill(&mut bytes).is_err() {
         bytes = unix_ms(SystemTime::now()).to_be_bytes();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&bytes)
 }
 
 /// How long a spend waits for the fleet (a member down, an election)
