@@ -408,13 +408,14 @@ pub(crate) fn generate(
 
 /// Loads `generator` in `client`'s namespace on a thread pinned to CPU 0,
 /// aimed out of `iface` with `template`, and hands `work` a function that
-/// sends that many spoofed frames (BPF_PROG_TEST_RUN, live frames).
+/// sends that many spoofed frames (BPF_PROG_TEST_RUN, live frames) and
+/// returns the time the kernel spent sending them, its set-up excluded.
 pub(crate) fn with_generator<T: Send + 'static>(
     client: &Netns,
     iface: String,
     generator: &'static str,
     template: Vec<u8>,
-    work: impl FnOnce(&dyn Fn(u32) -> anyhow::Result<()>) -> anyhow::Result<T> + Send + 'static,
+    work: impl FnOnce(&dyn Fn(u32) -> anyhow::Result<Duration>) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     client.within(move || -> anyhow::Result<T> {
         pin_to_cpu(0)?;
@@ -439,15 +440,16 @@ pub(crate) fn with_generator<T: Send + 'static>(
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(template.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&index.to_ne_bytes());
-        let send = |frames: u32| -> anyhow::Result<()> {
-            program.test_run(TestRunOptions {
+        let send = |frames: u32| -> anyhow::Result<Duration> {
+            let run = program.test_run(TestRunOptions {
                 data_in: Some(&template),
                 ctx_in: Some(&ctx),
                 repeat: frames,
                 attrs: TestRunAttrs::new().xdp_live_frames(64),
                 ..TestRunOptions::default()
             })?;
-            Ok(())
+            // The kernel reports the time per frame.
+            Ok(run.duration * frames)
         };
         work(&send)
     })
