@@ -199,6 +199,9 @@ fn survival_row(
     }
     let stop = Arc::new(AtomicBool::new(false));
     std::thread::scope(|scope| -> anyhow::Result<SurvivalRow> {
+        // Even if this thread panics, the generator stops (the scope waits
+        // for it).
+        let _stop = StopOnDrop(Arc::clone(&stop));
         let flood = {
             let stop = Arc::clone(&stop);
             let template = template.to_vec();
@@ -240,6 +243,15 @@ fn survival_row(
             opened,
         })
     })
+}
+
+/// Tells the generator to stop when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Sends `BURST`s until `stop`; returns the frames sent, the seconds it
