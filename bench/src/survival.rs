@@ -63,7 +63,8 @@ pub(crate) struct SurvivalRow {
     pub opened: usize,
 }
 
-/// A flood's rate over the rows' window.
+/// One row's flood: sent over its whole time, counted while the clients
+/// knocked.
 #[derive(Clone, Copy)]
 pub(crate) struct FloodRate {
     /// Spoofed SYNs the generator sent a second.
