@@ -132,13 +132,19 @@ pub(crate) struct FloodRow {
 /// A TCP SYN to the server's `port` addressed to its veth MAC, with valid
 /// checksums (the generator keeps them valid as it rewrites the source).
 pub(crate) fn flood_template(lab: &Lab, port: u16) -> Vec<u8> {
+    flood_template_on(lab, (&lab.server_if, &lab.client_if), port)
+}
+
+/// `flood_template` for a veth pair of the lab's other than its own:
+/// `link` names the server's end and the client's.
+pub(crate) fn flood_template_on(lab: &Lab, link: (&str, &str), port: u16) -> Vec<u8> {
     let syn = Frame {
         checksums: true,
         ..Frame::tcp(ip(CLIENT), ip(SERVER), port, TCP_SYN)
     };
     let mut frame = syn.build().0;
-    frame[0..6].copy_from_slice(&mac_of(&lab.server, &lab.server_if));
-    frame[6..12].copy_from_slice(&mac_of(&lab.client, &lab.client_if));
+    frame[0..6].copy_from_slice(&mac_of(&lab.server, link.0));
+    frame[6..12].copy_from_slice(&mac_of(&lab.client, link.1));
     frame
 }
 
@@ -259,9 +265,13 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
 /// Moves the receiver's NAPI polling to a kernel thread of its own on CPU 1,
 /// so the generator (pinned to CPU 0) does not share a core with it.
 pub(crate) fn separate_cpus(lab: &Lab) -> anyhow::Result<()> {
-    let threaded = format!("echo 1 > /sys/class/net/{}/threaded", lab.server_if);
-    let out = lab
-        .server
+    separate_cpus_of(&lab.server, &lab.server_if)
+}
+
+/// `separate_cpus` for `iface` of `server`.
+pub(crate) fn separate_cpus_of(server: &Netns, iface: &str) -> anyhow::Result<()> {
+    let threaded = format!("echo 1 > /sys/class/net/{iface}/threaded");
+    let out = server
         .command_with_sysfs("sh")
         .args(["-c", &threaded])
         .output()?;
@@ -273,7 +283,7 @@ pub(crate) fn separate_cpus(lab: &Lab) -> anyhow::Result<()> {
     let ps = std::process::Command::new("ps")
         .args(["-eo", "pid,comm"])
         .output()?;
-    let prefix = format!("napi/{}-", lab.server_if);
+    let prefix = format!("napi/{iface}-");
     let pids: Vec<String> = String::from_utf8_lossy(&ps.stdout)
         .lines()
         .filter_map(|l| {
@@ -281,7 +291,7 @@ pub(crate) fn separate_cpus(lab: &Lab) -> anyhow::Result<()> {
             comm.trim().starts_with(&prefix).then(|| pid.to_owned())
         })
         .collect();
-    ensure!(!pids.is_empty(), "no NAPI thread for {}", lab.server_if);
+    ensure!(!pids.is_empty(), "no NAPI thread for {iface}");
     for pid in pids {
         let status = std::process::Command::new("taskset")
             .args(["-pc", "1", &pid])
@@ -383,8 +393,31 @@ pub(crate) fn generate(
     template: Vec<u8>,
     frames: u32,
 ) -> anyhow::Result<f64> {
-    let iface = lab.client_if.clone();
-    lab.client.within(move || -> anyhow::Result<f64> {
+    with_generator(
+        &lab.client,
+        lab.client_if.clone(),
+        generator,
+        template,
+        move |send| {
+            let start = Instant::now();
+            send(frames)?;
+            Ok(start.elapsed().as_secs_f64())
+        },
+    )
+}
+
+/// Loads `generator` in `client`'s namespace on a thread pinned to CPU 0,
+/// aimed out of `iface` with `template`, and hands `work` a function that
+/// sends that many spoofed frames (BPF_PROG_TEST_RUN, live frames) and
+/// returns the time the kernel spent sending them, its set-up excluded.
+pub(crate) fn with_generator<T: Send + 'static>(
+    client: &Netns,
+    iface: String,
+    generator: &'static str,
+    template: Vec<u8>,
+    work: impl FnOnce(&dyn Fn(u32) -> anyhow::Result<Duration>) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    client.within(move || -> anyhow::Result<T> {
         pin_to_cpu(0)?;
         let mut ebpf = Ebpf::load(BASELINE_OBJECT)?;
         baseline(&mut ebpf, generator)?;
@@ -407,15 +440,18 @@ pub(crate) fn generate(
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(template.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&index.to_ne_bytes());
-        let start = Instant::now();
-        program.test_run(TestRunOptions {
-            data_in: Some(&template),
-            ctx_in: Some(&ctx),
-            repeat: frames,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..TestRunOptions::default()
-        })?;
-        Ok(start.elapsed().as_secs_f64())
+        let send = |frames: u32| -> anyhow::Result<Duration> {
+            let run = program.test_run(TestRunOptions {
+                data_in: Some(&template),
+                ctx_in: Some(&ctx),
+                repeat: frames,
+                attrs: TestRunAttrs::new().xdp_live_frames(64),
+                ..TestRunOptions::default()
+            })?;
+            // The kernel reports the time per frame.
+            Ok(run.duration * frames)
+        };
+        work(&send)
     })
 }
 

@@ -17,6 +17,7 @@ mod open;
 mod report;
 mod rotating;
 mod spa;
+mod survival;
 mod trace;
 
 use std::{
@@ -81,8 +82,8 @@ const ANSWERING_FLOOD: [Receiver; 5] = [
 ];
 
 /// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing;
-/// `XKNOCK_BENCH_ONLY=paths`, `=first-steps`, `=knock-flood`, `=conceal` or `=fleet`
-/// runs only that section.
+/// `XKNOCK_BENCH_ONLY=paths`, `=first-steps`, `=knock-flood`, `=conceal`,
+/// `=first-step-survival` or `=fleet` runs only that section.
 pub struct Effort {
     pub repeat: u32,
     pub trials: usize,
@@ -229,6 +230,12 @@ fn main() -> anyhow::Result<()> {
             println!("{md}");
             return Ok(());
         }
+        Ok("first-step-survival") => {
+            let mut md = String::new();
+            survival::render(&mut md, &survival::first_step_survival()?);
+            println!("{md}");
+            return Ok(());
+        }
         Ok("knock-flood") => {
             let mut md = String::new();
             knock_flood_section(&mut md, &flood(&effort, &KNOCK_FLOOD)?, &[]);
@@ -268,6 +275,8 @@ fn main() -> anyhow::Result<()> {
     let flood = flood(&effort, &Receiver::ALL)?;
     eprintln!("bench: spoofed SYN flood at the first knock port, against XDP_DROP and nftables");
     let knock_flood = self::flood(&effort, &KNOCK_FLOOD)?;
+    eprintln!("bench: clients knocking during a spoofed flood at the first knock port");
+    let survival = survival::first_step_survival()?;
     eprintln!("bench: answering flood at a knock port, against the host's closed port");
     let answering = self::flood(&effort, &ANSWERING_FLOOD)?;
     eprintln!("bench: junk flood at the SPA port, against XDP_DROP");
@@ -275,6 +284,7 @@ fn main() -> anyhow::Result<()> {
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
     first_steps::render(&mut report, &first_steps);
     knock_flood_section(&mut report, &knock_flood, &flood);
+    survival::render(&mut report, &survival);
     conceal::render(&mut report, &effort, answer_pass, &answers, &answering);
     trace::render(&mut report, trace_pass, &traces, &instructions);
     rotating::render(&mut report, &rotating);
