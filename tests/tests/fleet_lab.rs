@@ -16,6 +16,7 @@ use std::{
 use lab::{
     Reach,
     fleet_lab::{FleetLab, MEMBERS},
+    fleet_run::wait_until,
 };
 
 fn stdout(output: &Output) -> String {
@@ -186,18 +187,4 @@ fn fleet_lab_cluster_and_faults() {
     );
     assert_eq!(value_on(&lab, 0, "fleet/a").as_deref(), Some("three"));
     eprintln!("fleet lab test took {} ms", start.elapsed().as_millis());
-}
-
-/// Polls `condition` every 200 ms until it holds or `timeout` passes.
-fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
