@@ -43,6 +43,16 @@ pub struct Grant {
 }
 const _: () = assert!(size_of::<Grant>() == 16);
 
+impl Grant {
+    /// A grant made at `now` that lasts `duration_ns` (kernel clock).
+    pub const fn made(now: u64, duration_ns: u64) -> Grant {
+        Grant {
+            expires_ns: now.saturating_add(duration_ns),
+            granted_ns: now,
+        }
+    }
+}
+
 /// Key of `FLOWS`: one admitted connection, as seen on ingress.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

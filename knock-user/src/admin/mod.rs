@@ -10,13 +10,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use knock_common::Grant;
 use status::{Pinned, StatusError};
 
 use crate::{
     config::{Config, fleet::Fleet},
     fleet::{RevokeRecord, unix_ms},
-    loader::{key_addr, monotonic_ns, pins::PinDir, read_instance},
+    loader::{grant_from_now, key_addr, pins::PinDir, read_instance},
 };
 
 /// `xknock grant`: admits `addr` to rule `rule` for `duration` (the rule's
@@ -32,12 +31,9 @@ pub fn grant(
     let index = pinned.rule_indexes(rule)?[0];
     let duration = duration
         .unwrap_or_else(|| Duration::from_nanos(pinned.rule(index).map_or(0, |r| r.open_for_ns)));
-    let now = monotonic_ns();
-    let grant = Grant {
-        expires_ns: now.saturating_add(duration.as_nanos() as u64),
-        granted_ns: now,
-    };
-    pinned.maps.grant(&key_addr(addr), index, grant)?;
+    pinned
+        .maps
+        .grant(&key_addr(addr), index, grant_from_now(duration))?;
     Ok(duration)
 }
 

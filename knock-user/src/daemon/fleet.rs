@@ -24,7 +24,7 @@ use crate::{
     },
     fwknop::unix_seconds,
     loader::{
-        key_addr,
+        grant_from_now, key_addr,
         maps::{Maps, MapsError, display_addr},
         monotonic_ns,
     },
@@ -249,17 +249,12 @@ impl Following {
         payload: &[u8],
         config: &Config,
     ) {
-        let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
-        let now = monotonic_ns();
         let ttl = spend_ttl(config, &grant.rule);
         let pending = Pending::Spa {
+            granted: grant_from_now(grant.open_for),
             grant,
             source,
             port,
-            granted: Grant {
-                expires_ns: now.saturating_add(open_for),
-                granted_ns: now,
-            },
         };
         self.spend(
             Spent::spa(&crate::fwknop::replay_key(payload)),

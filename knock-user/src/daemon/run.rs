@@ -34,7 +34,7 @@ use crate::{
     loader::pins::{Lock, PinDir},
     loader::{
         AttachMode, Filter, FilterError, Installed, check_interface, embedded_program,
-        monotonic_ns, read_instance,
+        grant_from_now, monotonic_ns, read_instance,
     },
 };
 
@@ -501,13 +501,11 @@ fn admit_spa(
         }
         (verdict, _) => {
             if let Verdict::Grant(grant) = &verdict {
-                let open_for = u64::try_from(grant.open_for.as_nanos()).unwrap_or(u64::MAX);
-                let now = monotonic_ns();
-                let granted = knock_common::Grant {
-                    expires_ns: now.saturating_add(open_for),
-                    granted_ns: now,
-                };
-                maps.grant(&key_addr(grant.addr), grant.index, granted)?;
+                maps.grant(
+                    &key_addr(grant.addr),
+                    grant.index,
+                    grant_from_now(grant.open_for),
+                )?;
             }
             Ok(Some(Record::spa(&verdict, source, port)))
         }

@@ -761,6 +761,13 @@ fn load_error(error: aya::EbpfError) -> FilterError {
     }
 }
 
+/// A grant made now that lasts `duration`, as the loader plants it
+/// (`xknock grant`, an SPA packet).
+pub fn grant_from_now(duration: Duration) -> knock_common::Grant {
+    let duration_ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    knock_common::Grant::made(monotonic_ns(), duration_ns)
+}
+
 /// The clock the XDP program reads (CLOCK_MONOTONIC), in ns.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
