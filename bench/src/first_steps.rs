@@ -70,9 +70,13 @@ pub(crate) fn first_step_costs(effort: &Effort) -> anyhow::Result<FirstStepCosts
     let (pass, minimal) = (program("xdp_pass")?, program("xdp_minimal_filter")?);
     let config = bench_config(SILENT);
     let filter = Filter::load(&config)?;
-    // Fill FIRST_STEPS, so that each measured first step evicts one.
+    // Fill FIRST_STEPS, so that each measured first step displaces one:
+    // twice its records fill nearly every way of every bucket.
     let mut sources = 0..u32::MAX;
-    for n in sources.by_ref().take(config.first_step_entries as usize) {
+    for n in sources
+        .by_ref()
+        .take(2 * config.first_step_entries as usize)
+    {
         filter.test_run(&first_step(n), 1)?;
     }
     let frames = (effort.repeat / 10).max(1000);

@@ -312,7 +312,7 @@ pub(crate) fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
             next_step: 2,
             sequence_tag,
         };
-        maps.plant_progress(&source(i), &progress)?;
+        maps.plant_progress(&source(i), &progress, now)?;
     }
     for i in 0..n {
         let grant = Grant {

@@ -62,14 +62,21 @@ pub const fn horizon_span(lifetime_ns: u64) -> u32 {
 }
 
 /// Index of a source's slot in `SOURCE_HORIZONS`: a seeded multiplicative
-/// hash of its address words, top bits.
+/// hash of its address words (`source_hash`), top bits.
 #[inline(always)]
 pub fn source_slot(words: &AddrWords, seed: u32) -> u32 {
+    slot_of(source_hash(words, seed))
+}
+
+/// A seeded multiplicative hash of a source's address words: its horizon
+/// slot's (`source_slot`) and its first steps' (`FirstStepKey`).
+#[inline(always)]
+pub fn source_hash(words: &AddrWords, seed: u32) -> u32 {
     let mut hash = seed;
     for word in *words {
         hash = slot_round(hash, word);
     }
-    slot_of(hash)
+    hash
 }
 
 /// `source_slot` of an IPv4 address (its IPv4-mapped words), from
@@ -77,7 +84,13 @@ pub fn source_slot(words: &AddrWords, seed: u32) -> u32 {
 /// the packet's path where the whole hash takes four, one after the other.
 #[inline(always)]
 pub fn ipv4_source_slot(prefix: u32, word: u32) -> u32 {
-    slot_of(slot_round(prefix, word))
+    slot_of(ipv4_source_hash(prefix, word))
+}
+
+/// `source_hash` of an IPv4 address, as `ipv4_source_slot` computes it.
+#[inline(always)]
+pub fn ipv4_source_hash(prefix: u32, word: u32) -> u32 {
+    slot_round(prefix, word)
 }
 
 /// The state of `source_slot`'s hash after the three words every
@@ -124,6 +137,11 @@ mod tests {
                 assert_eq!(
                     ipv4_source_slot(prefix, words[3]),
                     source_slot(&words, seed),
+                    "seed {seed:#x}, {v4:?}"
+                );
+                assert_eq!(
+                    ipv4_source_hash(prefix, words[3]),
+                    source_hash(&words, seed),
                     "seed {seed:#x}, {v4:?}"
                 );
             }

@@ -27,7 +27,7 @@ pub const BPF_NOEXIST: u64 = 1;
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the
 /// `layout_fingerprint` test fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Bytes of a rule's name kept in `Instance`.
 pub const RULE_NAME_BYTES: usize = 31;
@@ -99,6 +99,7 @@ mod pod {
     unsafe impl aya::Pod for crate::Instance {}
     unsafe impl aya::Pod for crate::SpentKey {}
     unsafe impl aya::Pod for crate::SteeredSlot {}
+    unsafe impl aya::Pod for crate::FirstStepBucket {}
 }
 
 #[cfg(test)]
@@ -133,11 +134,14 @@ mod tests {
             size_of::<SpaDatagram>(),
             SPA_RING_BYTES as usize,
             REPLAY_ENTRIES as usize,
+            size_of::<FirstStepBucket>(),
+            FIRST_STEP_WAYS,
+            FIRST_STEP_UNIT_SHIFT as usize,
         ];
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                7,
+                8,
                 [
                     20,
                     16,
@@ -159,7 +163,10 @@ mod tests {
                     4096,
                     1524,
                     1 << 20,
-                    65536
+                    65536,
+                    64,
+                    8,
+                    20
                 ]
             ),
             "a pinned type changed: bump LAYOUT_VERSION and record the new sizes"

@@ -9,6 +9,7 @@
 //! - `packet`: protocol numbers, header sizes and flags, the parser's limits;
 //! - `settings`: the global settings every program reads;
 //! - `knocking`: knock steps, rules, a source's progress, spent sequences;
+//!   `first_step` keeps sources one step in, the table a flood churns;
 //!   `machine` runs a packet through them;
 //! - `guard`: port roles, grants and admitted flows;
 //! - `spa`: datagrams handed to the loader for SPA;
@@ -28,6 +29,7 @@ pub mod machine;
 mod addr;
 mod budget;
 mod event;
+mod first_step;
 mod guard;
 mod horizon;
 mod knocking;
@@ -42,10 +44,15 @@ mod verdict;
 pub use addr::{Addr, AddrWords, addr_words, ipv4_mapped, words_addr};
 pub use budget::{BUDGET_CLOCK_INTERVAL, EventBudget};
 pub use event::{Event, EventKind, NOT_A_RULE, ResetCause};
+pub use first_step::{
+    FIRST_STEP_UNIT_SHIFT, FIRST_STEP_WAYS, FirstStepBucket, FirstStepKey,
+    MAX_FIRST_STEP_TIMEOUT_NS, MIN_FIRST_STEP_RECORDS, age_units, displaced,
+    first_step_bucket_bits, first_step_buckets, record_aged, record_progress, record_rule, way_of,
+};
 pub use guard::{Flow, FlowKey, Grant, PORT_ROLES_ENTRIES, PortRoles, port_roles_index};
 pub use horizon::{
     HORIZON_UNIT_SHIFT, SOURCE_HORIZON_SLOTS, SourceHorizon, horizon_span, horizon_units,
-    ipv4_slot_prefix, ipv4_source_slot, source_slot,
+    ipv4_slot_prefix, ipv4_source_hash, ipv4_source_slot, source_hash, source_slot,
 };
 pub use knocking::{
     Knock, MAX_RULES, MAX_STEPS, ONCE, ONCE_HELD, Progress, RuleConfig, SPENT_ENTRIES, SourceRule,

@@ -43,8 +43,11 @@ pub struct Settings {
     /// `SourceHorizon::failing_until` is raised this many horizon units
     /// past now: it covers the penalty window and the penalty.
     pub failing_horizon: u32,
+    /// `FIRST_STEPS` has 2^this many buckets (`first_step_bucket_bits`).
+    pub first_step_bucket_bits: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 88);
+const _: () = assert!(size_of::<Settings>() == 96);
 
 /// `Settings::conceal`: the host's stack answers, as at a closed port.
 pub const CONCEAL_CLOSED: u32 = 0;

@@ -42,6 +42,7 @@ pub fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
     let knock_port = roles.knock_rules != 0;
     if opens && (knock_port || horizon::covered_now(horizon.knocking_until).is_some()) {
         // Does not return when the knock program takes over.
+        let source_hash = horizon::source_hash(settings, &packet);
         knocking::hand_over(
             ctx,
             KnockHandover {
@@ -49,6 +50,8 @@ pub fn try_xknock(ctx: &XdpContext) -> Result<Reason, ParseError> {
                 roles,
                 slot,
                 admitted_until: horizon.admitted_until,
+                source_hash,
+                warmed: knocking::warm(settings, source_hash, knock_port),
             },
         );
     }

@@ -8,7 +8,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
 use knock_common::{
-    SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, horizon_units, ipv4_source_slot, source_slot,
+    SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, horizon_units, ipv4_source_hash,
+    ipv4_source_slot, source_slot,
 };
 
 use crate::{parse::Packet, settings::now_ns};
@@ -25,6 +26,17 @@ pub fn slot(settings: &Settings, packet: &Packet) -> u32 {
         source_slot(&packet.src_words, settings.source_seed)
     } else {
         ipv4_source_slot(settings.ipv4_slot_prefix, packet.src_words[3])
+    }
+}
+
+/// The packet's source's `source_hash`, from which its `SOURCE_HORIZONS`
+/// slot and its `FIRST_STEPS` bucket are cut.
+#[inline(always)]
+pub fn source_hash(settings: &Settings, packet: &Packet) -> u32 {
+    if packet.l4.is_ipv6() {
+        knock_common::source_hash(&packet.src_words, settings.source_seed)
+    } else {
+        ipv4_source_hash(settings.ipv4_slot_prefix, packet.src_words[3])
     }
 }
 

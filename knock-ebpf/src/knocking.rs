@@ -5,17 +5,19 @@
 //! tail-calls for packets to knock ports and from sources mid-sequence.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     cty::c_void,
     helpers::generated::bpf_loop,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use knock_common::{
-    Addr, BPF_NOEXIST, Event, Knock, MAX_RULES, ONCE_HELD, Penalty, PortRoles, Progress, Reason,
-    ResetCause, SPENT_ENTRIES, Settings, SourceRule, SpentKey, horizon_units,
+    Addr, BPF_NOEXIST, Event, FIRST_STEP_WAYS, FirstStepBucket, FirstStepKey, Knock, MAX_RULES,
+    ONCE_HELD, Penalty, PortRoles, Progress, Reason, ResetCause, SPENT_ENTRIES, Settings,
+    SourceRule, SpentKey, displaced, horizon_units,
     machine::{self, Outcome},
-    record_failure,
+    record_failure, record_progress, way_of,
 };
 
 use crate::{
@@ -26,8 +28,11 @@ use crate::{
 };
 
 // Sizes here are defaults; the loader sets the configured ones before loading.
+/// Sources one step into a sequence, in buckets of one-word records
+/// (`knock_common::first_step`): a first step costs a cache line, and a
+/// flood of them displaces only other first steps.
 #[map]
-static FIRST_STEPS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(65536, 0);
+static FIRST_STEPS: Array<FirstStepBucket> = Array::with_max_entries(8192, BPF_F_MMAPABLE);
 #[map]
 static PROGRESS: LruHashMap<SourceRule, Progress> = LruHashMap::with_max_entries(16384, 0);
 #[map]
@@ -46,6 +51,28 @@ pub struct KnockHandover {
     /// The source's `SOURCE_HORIZONS` slot.
     pub slot: u32,
     pub admitted_until: u32,
+    /// The source's `source_hash`, which picks its `FIRST_STEPS` bucket.
+    pub source_hash: u32,
+    /// What `warm` read.
+    #[allow(dead_code, reason = "kept so that the read is made")]
+    pub warmed: u32,
+}
+
+/// Reads the first word of the source's `FIRST_STEPS` bucket for a packet
+/// to a knock port, so that the cache line is on its way while the filter
+/// hands the packet over (a spoofed flood's first steps find their
+/// buckets in no cache). Returns part of the word, for the hand-over to
+/// keep: a read whose value nothing used would be no read at all.
+#[inline(always)]
+pub fn warm(settings: &Settings, source_hash: u32, knock_port: bool) -> u32 {
+    if !knock_port {
+        return 0;
+    }
+    let first = FirstStepKey::new(source_hash, settings.first_step_bucket_bits, 0, 0);
+    match bucket(first) {
+        Some(bucket) => read_way(bucket, 0) as u32,
+        None => 0,
+    }
 }
 
 /// The packet being handed over, per CPU.
@@ -71,6 +98,7 @@ pub fn judge(settings: &Settings, handover: &KnockHandover) -> Option<Reason> {
     let reason = run_knock_rules(
         settings,
         packet.src(),
+        handover.source_hash,
         packet.knock(),
         knock_port,
         handover.slot,
@@ -109,6 +137,8 @@ pub fn hand_over(ctx: &XdpContext, handover: KnockHandover) {
 /// iteration, so the verifier finds the loop's states equal at once.
 struct KnockScan {
     src: Addr,
+    /// `source_hash` of `src`, which picks its `FIRST_STEPS` bucket.
+    source_hash: u32,
     knock: Knock,
     /// Whether the packet's port is a step of any rule.
     knock_port: bool,
@@ -149,12 +179,14 @@ fn set_verdict(reason: Option<Reason>) {
 fn run_knock_rules(
     settings: &Settings,
     src: Addr,
+    source_hash: u32,
     knock: Knock,
     knock_port: bool,
     horizon_slot: u32,
 ) -> Option<Reason> {
     let scan = KnockScan {
         src,
+        source_hash,
         knock,
         knock_port,
         horizon_slot,
@@ -192,7 +224,14 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
     // Read at every rule: an earlier one may have just counted a failure
     // or a later step.
     let horizon = horizon::at(slot);
-    let stored = Stored::find(&key, horizon.later_steps != 0);
+    let first = FirstStepKey::of_rule(
+        scan.source_hash,
+        settings.first_step_bucket_bits,
+        rule_index,
+        rule,
+    );
+    let bucket = bucket(first);
+    let stored = Stored::find(&key, bucket, first, horizon.later_steps != 0);
     // Only a first step may create progress: spoofed noise costs two lookups.
     if stored.is_none() && rule.sequence[0] != knock {
         return 0;
@@ -216,21 +255,22 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
         set_verdict(scan.knock_port.then_some(Reason::DropPenalized));
         return 1;
     }
-    let progress = stored.get();
+    let progress = stored.get(now, rule.sequence_tag);
     let transition = machine::on_packet(rule, progress.as_ref(), knock, scan.knock_port, now);
+    // Every change to the first steps' table in one place: the verifier
+    // walks its loops once per kind of change, not once per outcome.
+    stored
+        .change(&key, first, transition.outcome, slot)
+        .commit(bucket, now);
     if let Some(cause) = transition.reset {
         events::emit(&Event::reset(&scan.src, knock, rule_index, cause));
         count_failure(settings, slot, penalty, &scan.src, knock, now);
     }
     let reason = match transition.outcome {
-        Outcome::Idle => {
-            stored.forget(&key, slot);
-            return 0;
-        }
+        Outcome::Idle => return 0,
         Outcome::Untouched => return 0,
         Outcome::Duplicate => Reason::DropKnockDuplicate,
         Outcome::Advanced(next) => {
-            stored.keep(&key, &next, slot);
             horizon::raise(settings, slot, Horizon::Knocking, now);
             let step = next.next_step as u8;
             // First steps are what a spoofed flood sends: their events share
@@ -241,7 +281,6 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
             Reason::DropKnockAdvanced
         }
         Outcome::Granted => {
-            stored.forget(&key, slot);
             if rule.once != 0 && spend(rule_index, rule.sequence_tag, now) {
                 events::emit(&Event::reset(
                     &scan.src,
@@ -287,9 +326,19 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
 /// `FIRST_STEPS` or `PROGRESS`: what the trace shows.
 #[allow(dead_code, reason = "only the traced object reads it")]
 #[inline(always)]
-pub fn has_progress(key: &SourceRule) -> bool {
-    // SAFETY: only tests whether the lookups found something.
-    unsafe { PROGRESS.get(key).is_some() || FIRST_STEPS.get(key).is_some() }
+pub fn has_progress(settings: &Settings, key: &SourceRule, source_hash: u32) -> bool {
+    // SAFETY: only tests whether the lookup found something.
+    if unsafe { PROGRESS.get(key).is_some() } {
+        return true;
+    }
+    let Some(rule) = settings::rule(key.rule) else {
+        return false;
+    };
+    let first = FirstStepKey::of_rule(source_hash, settings.first_step_bucket_bits, key.rule, rule);
+    matches!(
+        Stored::find(key, bucket(first), first, false),
+        Stored::FirstStep(..)
+    )
 }
 
 /// Sequences of rules that open once and have: a replay of one, however
@@ -310,26 +359,96 @@ fn spend(rule: u32, sequence_tag: u32, now: u64) -> bool {
 }
 
 /// Where a source's progress through a rule is stored: sources that sent only
-/// the first step in `FIRST_STEPS`, sources past it in `PROGRESS`, so a flood
-/// of spoofed first steps can only ever evict other first steps. Entries of
-/// `PROGRESS` are counted in their source's horizon slot (`later_steps`).
+/// the first step in `FIRST_STEPS` (the record found in their bucket),
+/// sources past it in `PROGRESS`, so a flood of spoofed first steps can only
+/// ever displace other first steps. Entries of `PROGRESS` are counted in
+/// their source's horizon slot (`later_steps`).
 #[derive(Clone, Copy)]
 enum Stored {
     Nowhere,
-    FirstStep(*mut Progress),
+    FirstStep(u64),
     Later(*mut Progress),
 }
 
-impl Stored {
-    /// Where `key` is stored; `PROGRESS` only looked at if `later` (its
-    /// slot counts entries there).
+/// `FIRST_STEPS`'s bucket of `first`, as a pointer to its first way, if
+/// the index is in range (it is: the loader sizes the map by the bucket
+/// bits it gives the filter).
+#[inline(always)]
+fn bucket(first: FirstStepKey) -> Option<*mut u64> {
+    Some(FIRST_STEPS.get_ptr_mut(first.bucket)?.cast::<u64>())
+}
+
+/// Way `way` of `bucket`, read whole (other CPUs write ways with single
+/// stores).
+#[inline(always)]
+fn read_way(bucket: *mut u64, way: usize) -> u64 {
+    // SAFETY: the mask keeps the way inside the bucket's array value that
+    // the lookup returned; aligned u64 words.
+    unsafe { core::ptr::read_volatile(bucket.add(way & (FIRST_STEP_WAYS - 1))) }
+}
+
+/// A change to the first steps' table: record `old` (zero: a free way)
+/// replaced by `new` in the source's bucket, or, with `displace`, whatever
+/// record the bucket gives up for a new first step.
+#[derive(Clone, Copy)]
+struct FirstStepWrite {
+    old: u64,
+    new: u64,
+    displace: bool,
+}
+
+/// No change (1 is no record: a record's top bit is set).
+const NO_WRITE: FirstStepWrite = FirstStepWrite {
+    old: 1,
+    new: 1,
+    displace: false,
+};
+
+impl FirstStepWrite {
+    /// Makes the change in `bucket` at `now`, in one store; nothing if no
+    /// way holds the record to replace any more (another CPU's first step
+    /// took it meanwhile).
     #[inline(always)]
-    fn find(key: &SourceRule, later: bool) -> Stored {
+    fn commit(self, bucket: Option<*mut u64>, now: u64) {
+        let Some(bucket) = bucket else {
+            return;
+        };
+        if self.old == self.new {
+            return;
+        }
+        let old = if self.displace {
+            displaced(|way| read_way(bucket, way), now)
+        } else {
+            self.old
+        };
+        if let Some(way) = way_of(|way| read_way(bucket, way), old) {
+            // SAFETY: as in `read_way`.
+            unsafe {
+                core::ptr::write_volatile(bucket.add(way & (FIRST_STEP_WAYS - 1)), self.new);
+            };
+        }
+    }
+}
+
+impl Stored {
+    /// Where `key` (whose first step's key is `first`, in `bucket`) is
+    /// stored; `PROGRESS` only looked at if `later` (its slot counts
+    /// entries there).
+    #[inline(always)]
+    fn find(
+        key: &SourceRule,
+        bucket: Option<*mut u64>,
+        first: FirstStepKey,
+        later: bool,
+    ) -> Stored {
         if later && let Some(slot) = PROGRESS.get_ptr_mut(key) {
             return Stored::Later(slot);
         }
-        match FIRST_STEPS.get_ptr_mut(key) {
-            Some(slot) => Stored::FirstStep(slot),
+        let Some(bucket) = bucket else {
+            return Stored::Nowhere;
+        };
+        match first.find(|way| read_way(bucket, way)) {
+            Some(word) => Stored::FirstStep(word),
             None => Stored::Nowhere,
         }
     }
@@ -339,50 +458,94 @@ impl Stored {
         matches!(self, Stored::Nowhere)
     }
 
+    /// The progress stored, read at `now` for a rule whose sequence is
+    /// tagged `sequence_tag` (a first step's record was found by it).
     #[inline(always)]
-    fn get(self) -> Option<Progress> {
+    fn get(self, now: u64, sequence_tag: u32) -> Option<Progress> {
         match self {
             Stored::Nowhere => None,
+            Stored::FirstStep(word) => Some(record_progress(word, now, sequence_tag)),
             // SAFETY: a value pointer a map lookup returned in this run; LRU
             // values stay valid until the program returns.
-            Stored::FirstStep(slot) | Stored::Later(slot) => Some(unsafe { *slot }),
+            Stored::Later(slot) => Some(unsafe { *slot }),
+        }
+    }
+
+    /// What `outcome` does to the progress stored for `key` (whose first
+    /// step's key is `first`; `horizon_slot` is its source's): `PROGRESS`
+    /// is changed here, the change to the first steps' table returned.
+    #[inline(always)]
+    fn change(
+        self,
+        key: &SourceRule,
+        first: FirstStepKey,
+        outcome: Outcome,
+        horizon_slot: u32,
+    ) -> FirstStepWrite {
+        match outcome {
+            Outcome::Idle | Outcome::Granted => self.forget(key, horizon_slot),
+            Outcome::Advanced(next) => self.keep(key, first, &next, horizon_slot),
+            Outcome::Duplicate | Outcome::Untouched => NO_WRITE,
         }
     }
 
     /// Removes `key` from where it is stored; `horizon_slot` is its
     /// source's.
     #[inline(always)]
-    fn forget(self, key: &SourceRule, horizon_slot: u32) {
+    fn forget(self, key: &SourceRule, horizon_slot: u32) -> FirstStepWrite {
         match self {
-            Stored::Nowhere => {}
-            Stored::FirstStep(_) => {
-                let _ = FIRST_STEPS.remove(key);
-            }
+            Stored::Nowhere => NO_WRITE,
+            Stored::FirstStep(word) => FirstStepWrite {
+                old: word,
+                new: 0,
+                displace: false,
+            },
             // Only the CPU whose removal took the entry counts it off.
             Stored::Later(_) => {
                 if PROGRESS.remove(key).is_ok() {
                     horizon::remove_later_step(horizon_slot);
                 }
+                NO_WRITE
             }
         }
     }
 
-    /// Stores `next` in the map its step belongs to, moving it if needed.
+    /// Stores `next` in the table its step belongs to, moving it if
+    /// needed: a first step as `first`'s record, in place of the one found
+    /// or of the one the bucket displaces.
     #[inline(always)]
-    fn keep(self, key: &SourceRule, next: &Progress, horizon_slot: u32) {
+    fn keep(
+        self,
+        key: &SourceRule,
+        first: FirstStepKey,
+        next: &Progress,
+        horizon_slot: u32,
+    ) -> FirstStepWrite {
+        let record = first.record(next.started_ns);
         match (self, next.next_step <= 1) {
-            // SAFETY: as in `get`; the whole value is overwritten.
-            (Stored::FirstStep(slot), true) | (Stored::Later(slot), false) => unsafe {
-                *slot = *next;
+            (Stored::FirstStep(word), true) => FirstStepWrite {
+                old: word,
+                new: record,
+                displace: false,
             },
+            (Stored::Later(slot), false) => {
+                // SAFETY: as in `get`; the whole value is overwritten.
+                unsafe { *slot = *next };
+                NO_WRITE
+            }
             (_, true) => {
-                self.forget(key, horizon_slot);
-                let _ = FIRST_STEPS.insert(key, next, 0);
+                let _ = self.forget(key, horizon_slot);
+                FirstStepWrite {
+                    old: 0,
+                    new: record,
+                    displace: true,
+                }
             }
             (_, false) => {
-                self.forget(key, horizon_slot);
+                let write = self.forget(key, horizon_slot);
                 horizon::add_later_step(horizon_slot);
                 let _ = PROGRESS.insert(key, next, 0);
+                write
             }
         }
     }

@@ -84,11 +84,12 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
     let horizon = horizon::stored(slot).unwrap_or_default();
     let now = horizon_units(now_ns());
     let src = packet.src();
+    let source_hash = horizon::source_hash(settings, &packet);
     let mut progress: u32 = 0;
     let mut grants: u32 = 0;
     for rule in 0..MAX_RULES as u32 {
         let key = SourceRule { addr: src, rule };
-        if knocking::has_progress(&key) {
+        if knocking::has_progress(settings, &key, source_hash) {
             progress |= 1 << rule;
         }
         if guard::has_grant(&key) {

@@ -222,7 +222,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            first_step_entries: Spanned::new(0..0, 65_536),
+            first_step_entries: Spanned::new(0..0, 1 << 20),
             progress_entries: Spanned::new(0..0, 16_384),
             grant_entries: Spanned::new(0..0, 8_192),
             flow_entries: Spanned::new(0..0, 65_536),

@@ -8,7 +8,8 @@ use std::{
 
 use knock_common::{
     Addr, CONCEAL_CLOSED, CONCEAL_DROP, Knock, MAX_RULES, ONCE, ONCE_HELD, PortRoles, RuleConfig,
-    Settings, horizon_span, port_roles_index, sequence_tag,
+    Settings, first_step_bucket_bits, first_step_buckets, horizon_span, port_roles_index,
+    sequence_tag,
 };
 
 use super::{file::Conceal, model::Config, values::PortSpec, values::Prefix};
@@ -95,7 +96,8 @@ impl KernelConfig {
         let list =
             |prefixes: &[(u32, Addr)]| u32::try_from(prefixes.len().max(1)).unwrap_or(u32::MAX);
         match limit {
-            MapLimit::FirstStepEntries => self.first_step_entries,
+            // Records in buckets of `FIRST_STEP_WAYS`, the map's entries.
+            MapLimit::FirstStepEntries => first_step_buckets(self.first_step_entries),
             MapLimit::ProgressEntries => self.progress_entries,
             MapLimit::GrantEntries => self.grant_entries,
             MapLimit::FlowEntries => self.flow_entries,
@@ -206,6 +208,9 @@ impl KernelConfig {
                 penalty_window_ns,
                 penalty_ns,
                 failing_horizon: horizon_span(penalty_window_ns.max(penalty_ns)),
+                first_step_bucket_bits: first_step_bucket_bits(first_step_buckets(
+                    *config.limits.first_step_entries.get_ref(),
+                )),
                 admitted_horizon: horizon_span(longest_admission.unwrap_or(0)),
                 // The loader keeps the one its pin directory holds.
                 source_seed: 0,

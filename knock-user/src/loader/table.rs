@@ -16,8 +16,8 @@ use aya::{
     maps::{Map, MapError, MapType as BpfMapType},
 };
 use knock_common::{
-    Addr, EventBudget, Flow, FlowKey, Grant, Instance, Penalty, PortRoles, Progress, RuleConfig,
-    Settings, SourceHorizon, SourceRule, SpentKey, SteeredSlot,
+    Addr, EventBudget, FirstStepBucket, Flow, FlowKey, Grant, Instance, Penalty, PortRoles,
+    Progress, RuleConfig, Settings, SourceHorizon, SourceRule, SpentKey, SteeredSlot,
 };
 
 use self::kernel::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
@@ -36,10 +36,10 @@ pub use crate::config::MapLimit;
 macro_rules! maps_table {
     ($then:ident) => {
         $then! {
-            /// Sources one step into a sequence: a spoofed first step
-            /// evicts only other first steps.
-            FIRST_STEPS: LruHashMap<SourceRule, Progress>, Kind::State, sized(FirstStepEntries)
-                => first_steps_map, first_steps_map_mut;
+            /// Sources one step into a sequence, in buckets of one-word
+            /// records (BPF_F_MMAPABLE): a spoofed first step displaces
+            /// only other first steps.
+            FIRST_STEPS: Array<FirstStepBucket>, Kind::State, sized(FirstStepEntries);
             /// Sources further into a sequence.
             PROGRESS: LruHashMap<SourceRule, Progress>, Kind::State, sized(ProgressEntries)
                 => progress_map, progress_map_mut;
@@ -102,7 +102,7 @@ macro_rules! maps_table {
             KNOCK: ProgramArray, Kind::Slot { program: knock_common::KNOCK_PROGRAM_NAME }, fixed;
             /// What the filter hands `xknock_knock` (the program's own
             /// `KnockHandover`).
-            KNOCK_HANDOVER: PerCpuArray<[u8; 72]>, Kind::Scratch, fixed;
+            KNOCK_HANDOVER: PerCpuArray<[u8; 80]>, Kind::Scratch, fixed;
             /// `xknock_knock`'s verdict, handed back.
             KNOCK_VERDICT: PerCpuArray<u32>, Kind::Scratch, fixed;
             /// Where the traced filter hands every verdict to `xknock_trace`.
@@ -428,11 +428,13 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), TABLE.len(), "a map named twice");
         for row in TABLE.iter().filter(|row| row.limit.is_some()) {
+            // `FIRST_STEPS` is the one array: its records are words in
+            // buckets, which `Maps` counts itself.
             assert!(
                 matches!(
                     row.shape.map_type,
                     BpfMapType::Hash | BpfMapType::LruHash | BpfMapType::LpmTrie
-                ),
+                ) || row.name == name::FIRST_STEPS,
                 "{} is sized by the configuration but is not a hash map or trie",
                 row.name
             );
@@ -475,7 +477,7 @@ mod tests {
             });
         assert_eq!(
             (LAYOUT_VERSION, pinned.len(), fingerprint),
-            (7, 24, 0x81dd_e9a5_6705_9448),
+            (8, 24, 0x9555_aa1e_64de_79a3),
             "the pinned layout changed: bump LAYOUT_VERSION and record the new fingerprint\n{}",
             pinned.join("\n")
         );

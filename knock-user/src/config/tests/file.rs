@@ -79,6 +79,21 @@ fn bad_durations_are_refused() {
 }
 
 #[test]
+fn a_sequence_timeout_past_what_a_first_step_can_time_is_refused() {
+    let rule = |timeout: &str| {
+        with_rule(&format!(
+            "{SEQUENCE}sequence_timeout = \"{timeout}\"\nopen_for = \"60s\"\nprotect = [\"tcp:22\"]\n"
+        ))
+    };
+    let e = error(&rule("25h"));
+    assert!(
+        e.contains("sequence_timeout") && e.contains("longer than the 24h"),
+        "{e}"
+    );
+    Config::parse(&rule("24h")).expect("a day is accepted");
+}
+
+#[test]
 fn sequences_that_are_empty_short_long_or_repeating_are_refused() {
     let rule = |sequence: &str| {
         with_rule(&format!(

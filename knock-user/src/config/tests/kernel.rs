@@ -83,7 +83,10 @@ fn limits_and_interfaces_are_checked() {
     .expect("valid");
     let kernel = KernelConfig::try_from(&config).expect("fits");
     assert_eq!(kernel.flow_entries, 1024);
-    assert_eq!(kernel.first_step_entries, 65_536);
+    assert_eq!(kernel.first_step_entries, 1 << 20);
+    // A million first steps in buckets of eight.
+    assert_eq!(kernel.entries(MapLimit::FirstStepEntries), 1 << 17);
+    assert_eq!(kernel.settings.first_step_bucket_bits, 17);
     assert_eq!(kernel.progress_entries, 16_384);
     assert_eq!(kernel.settings.udp_idle_ns, 30_000_000_000);
 }

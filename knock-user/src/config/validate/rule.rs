@@ -1,9 +1,9 @@
 //! One `[[rule]]` on its own: its `protect`, which one of `sequence`,
 //! `sequences_file` and `secret_file` it has, and that kind's keys.
 
-use std::{ops::Range, path::PathBuf};
+use std::{ops::Range, path::PathBuf, time::Duration};
 
-use knock_common::MAX_STEPS;
+use knock_common::{MAX_FIRST_STEP_TIMEOUT_NS, MAX_STEPS};
 use toml::Spanned;
 
 use super::report::Report;
@@ -20,6 +20,10 @@ use crate::config::{
 /// Shortest sequence accepted, and the length below which a warning is given.
 const MIN_STEPS: usize = 2;
 const RECOMMENDED_STEPS: usize = 3;
+/// Longest `sequence_timeout` accepted: within what `FIRST_STEPS` records
+/// time (`MAX_FIRST_STEP_TIMEOUT_NS`, about 39 h).
+const MAX_SEQUENCE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+const _: () = assert!(MAX_SEQUENCE_TIMEOUT.as_nanos() < MAX_FIRST_STEP_TIMEOUT_NS as u128);
 
 /// A sequence's length and steps, wherever it was written.
 fn check_sequence(sequence: &[PortSpec]) -> Result<(), String> {
@@ -78,6 +82,17 @@ pub(super) fn check(
 ) -> Result<(Rule, Range<usize>), ConfigError> {
     let name = rule.name.get_ref().as_str();
     check_protect(&format!("rule `{name}`"), &rule.protect, report)?;
+    if rule.sequence_timeout.0 > MAX_SEQUENCE_TIMEOUT {
+        return Err(report.invalid(
+            rule.name.span(),
+            &format!("rule `{name}`: sequence_timeout"),
+            format!(
+                "{:?} is longer than the {}h a first step's record can time",
+                rule.sequence_timeout.0,
+                MAX_SEQUENCE_TIMEOUT.as_secs() / 3600
+            ),
+        ));
+    }
     let given = [
         rule.sequence.is_some(),
         rule.sequences_file.is_some(),

@@ -9,7 +9,7 @@ use aya::{
 };
 use knock_common::Addr;
 
-use super::mapped::MappedHorizons;
+use super::mapped::Mapped;
 use crate::loader::{
     pins::PinDir,
     table::{self, name},
@@ -34,7 +34,9 @@ pub struct Maps {
     pub(super) maps: BTreeMap<&'static str, Map>,
     /// `SOURCE_HORIZONS` in this process's memory, mapped at first use and
     /// kept: planting a million entries mapped it a million times.
-    pub(super) horizons: OnceLock<MappedHorizons>,
+    pub(super) horizons: OnceLock<Mapped>,
+    /// `FIRST_STEPS` in this process's memory, likewise.
+    pub(super) first_steps: OnceLock<Mapped>,
 }
 
 impl Maps {
@@ -42,7 +44,31 @@ impl Maps {
         Maps {
             maps,
             horizons: OnceLock::new(),
+            first_steps: OnceLock::new(),
         }
+    }
+
+    /// Map `name` (BPF_F_MMAPABLE), its first `len` bytes mapped into this
+    /// process at first use and kept in `cell`.
+    pub(super) fn mapped<'a>(
+        &self,
+        name: &'static str,
+        cell: &'a OnceLock<Mapped>,
+        len: usize,
+    ) -> Result<&'a Mapped, MapsError> {
+        if let Some(mapped) = cell.get() {
+            return Ok(mapped);
+        }
+        let mapped = Mapped::map(map_data(self.map(name)?), len).map_err(|io_error| MapsError {
+            name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "mmap",
+                io_error,
+            }),
+        })?;
+        // Of two threads mapping at once, one mapping stays; the other is
+        // unmapped as it drops.
+        Ok(cell.get_or_init(|| mapped))
     }
 
     /// Takes the maps out of a freshly loaded object (the programs keep

@@ -48,6 +48,10 @@ impl Maps {
             .iter()
             .filter(|row| row.kind == Kind::State && row.limit.is_some());
         for row in bounded {
+            if row.name == name::FIRST_STEPS {
+                all.insert(row.name, self.first_step_occupancy()?);
+                continue;
+            }
             let map = self.map(row.name)?;
             let max_entries = map_data(map)
                 .info()

@@ -2,12 +2,11 @@
 //! through the bpf syscall, and a word at a time through a mapping of the
 //! map, as the XDP program changes them.
 
-use aya::{maps::MapError, sys::SyscallError};
-use knock_common::{Addr, SourceHorizon, addr_words, source_slot};
+use knock_common::{Addr, SOURCE_HORIZON_SLOTS, SourceHorizon, addr_words, source_slot};
 
 use super::{
-    base::{Maps, MapsError, map_data, map_error},
-    mapped::MappedHorizons,
+    base::{Maps, MapsError, map_error},
+    mapped::Mapped,
 };
 use crate::loader::table::name;
 
@@ -37,21 +36,8 @@ impl Maps {
     }
 
     /// `SOURCE_HORIZONS` mapped into this process.
-    pub(super) fn mapped_horizons(&self) -> Result<&MappedHorizons, MapsError> {
-        if let Some(mapped) = self.horizons.get() {
-            return Ok(mapped);
-        }
-        let name = name::SOURCE_HORIZONS;
-        let mapped =
-            MappedHorizons::map(map_data(self.map(name)?)).map_err(|io_error| MapsError {
-                name,
-                source: MapError::SyscallError(SyscallError {
-                    call: "mmap",
-                    io_error,
-                }),
-            })?;
-        // Of two threads mapping at once, one mapping stays; the other is
-        // unmapped as it drops.
-        Ok(self.horizons.get_or_init(|| mapped))
+    pub(super) fn mapped_horizons(&self) -> Result<&Mapped, MapsError> {
+        let len = SOURCE_HORIZON_SLOTS as usize * size_of::<SourceHorizon>();
+        self.mapped(name::SOURCE_HORIZONS, &self.horizons, len)
     }
 }

@@ -6,7 +6,8 @@
 //! Which maps it holds, and their types, come from the map table
 //! (`loader::table`): one typed accessor per map (`accessors.rs`), and
 //! what the daemon and the operator do with them by concern: the knock
-//! state and grants (`state.rs`), the sources' horizons (`horizons.rs`),
+//! state and grants (`state.rs`), first steps (`first_steps.rs`), the
+//! sources' horizons (`horizons.rs`),
 //! the configuration (`configuration.rs`), the counters (`counters.rs`),
 //! the SPA replay keys (`replay.rs`), and what only tests and the bench do
 //! (`testing.rs`).
@@ -15,6 +16,7 @@ mod accessors;
 mod base;
 mod configuration;
 mod counters;
+mod first_steps;
 mod horizons;
 mod mapped;
 mod replay;

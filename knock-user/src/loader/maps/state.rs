@@ -66,10 +66,20 @@ impl Maps {
         }
     }
 
-    /// Sources' progress, both maps: those after a first step, those further.
-    pub fn progress(&self) -> Result<Vec<(SourceRule, Progress)>, MapsError> {
-        let mut all = entries(&self.first_steps_map()?);
-        all.extend(entries(&self.progress_map()?));
+    /// Progress of sources `addrs` at `now` (kernel clock), both tables:
+    /// their first steps (through their rules' current sequences), and
+    /// further.
+    pub fn progress_of(
+        &self,
+        addrs: &[Addr],
+        now: u64,
+    ) -> Result<Vec<(SourceRule, Progress)>, MapsError> {
+        let mut all = self.first_steps_of(addrs, now)?;
+        all.extend(
+            entries(&self.progress_map()?)
+                .into_iter()
+                .filter(|(key, _)| addrs.contains(&key.addr)),
+        );
         Ok(all)
     }
 
@@ -147,7 +157,7 @@ impl Maps {
         if rules.is_empty() {
             return Ok(());
         }
-        remove_where(self.first_steps_map_mut()?, |k, _| rules.contains(&k.rule));
+        self.clear_first_steps(rules)?;
         remove_where(self.progress_map_mut()?, |k, _| rules.contains(&k.rule));
         remove_where(self.grants_map_mut()?, |k, _| rules.contains(&k.rule));
         remove_where(self.flows_map_mut()?, |_, f| rules.contains(&f.rule));

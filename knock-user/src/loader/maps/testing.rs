@@ -10,7 +10,9 @@ use aya::{
     Pod,
     maps::{HashMap, MapData},
 };
-use knock_common::{Addr, Grant, HORIZON_UNIT_SHIFT, Progress, SourceHorizon, SourceRule};
+use knock_common::{
+    Addr, Grant, HORIZON_UNIT_SHIFT, Progress, SourceHorizon, SourceRule, record_aged,
+};
 
 use super::base::{Maps, MapsError, entries, map_data, map_error, remove_where};
 use crate::loader::table::name;
@@ -35,9 +37,14 @@ impl Maps {
     /// horizons of `sources` move back by whole units, rounded down, so they
     /// still cover what they covered.
     pub fn age(&mut self, ns: u64, sources: &[Addr]) -> Result<(), MapsError> {
-        let progress = |p: &mut Progress| p.started_ns = p.started_ns.wrapping_sub(ns);
-        rewrite(name::FIRST_STEPS, self.first_steps_map_mut()?, progress)?;
-        rewrite(name::PROGRESS, self.progress_map_mut()?, progress)?;
+        self.change_first_steps(|word| record_aged(word, ns))?;
+        rewrite(
+            name::PROGRESS,
+            self.progress_map_mut()?,
+            |p: &mut Progress| {
+                p.started_ns = p.started_ns.wrapping_sub(ns);
+            },
+        )?;
         rewrite(name::GRANTS, self.grants_map_mut()?, |g| {
             g.expires_ns = g.expires_ns.saturating_sub(ns);
         })?;
@@ -74,23 +81,25 @@ impl Maps {
         Ok(())
     }
 
-    /// Stores progress as if the kernel had made it.
+    /// Stores progress as if the kernel had made it at `now` (kernel
+    /// clock): a first step through the rule's current sequence.
     pub fn plant_progress(
         &mut self,
         key: &SourceRule,
         progress: &Progress,
+        now: u64,
     ) -> Result<(), MapsError> {
-        let (name, mut map) = if progress.next_step <= 1 {
-            (name::FIRST_STEPS, self.first_steps_map_mut()?)
-        } else {
-            // Counted in the source's slot, as the kernel counts it.
-            let (slot, _) = self.source_horizon(&key.addr)?;
-            self.mapped_horizons()?
-                .word(slot, core::mem::offset_of!(SourceHorizon, later_steps))
-                .fetch_add(1, Ordering::SeqCst);
-            (name::PROGRESS, self.progress_map_mut()?)
-        };
-        map.insert(key, progress, 0).map_err(map_error(name))
+        if progress.next_step <= 1 {
+            return self.plant_first_step(&key.addr, key.rule, progress.started_ns, now);
+        }
+        // Counted in the source's slot, as the kernel counts it.
+        let (slot, _) = self.source_horizon(&key.addr)?;
+        self.mapped_horizons()?
+            .word(slot, core::mem::offset_of!(SourceHorizon, later_steps))
+            .fetch_add(1, Ordering::SeqCst);
+        self.progress_map_mut()?
+            .insert(key, progress, 0)
+            .map_err(map_error(name::PROGRESS))
     }
 
     /// Stores a grant without raising its source's horizon.
