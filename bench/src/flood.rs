@@ -26,8 +26,12 @@ pub(crate) enum Receiver {
     /// xknock with an `[[spa]]` entry, flooded at its port with junk.
     XknockSpa,
     /// xknock (`conceal = "drop"`) flooded at the first step's port: every
-    /// spoofed SYN is a first knock step from a new source.
+    /// spoofed SYN is a first knock step from a new source, into a
+    /// `FIRST_STEPS` of the default size.
     XknockKnockPort,
+    /// The same into a `FIRST_STEPS` of `SMALL_FIRST_STEPS` records, small
+    /// enough to stay in cache.
+    XknockKnockPortSmall,
     XdpDrop,
     XdpReadDrop,
     Nftables,
@@ -69,7 +73,10 @@ impl Receiver {
                 "xknock, junk at the SPA port: copied up to the per-CPU rate, the rest shed"
             }
             Receiver::XknockKnockPort => {
-                "xknock (conceal = \"drop\"), flood at the first knock port: every SYN a first step"
+                "xknock (conceal = \"drop\"), flood at the first knock port: every SYN a first step, FIRST_STEPS of 1048576 records (the default, 8 MiB)"
+            }
+            Receiver::XknockKnockPortSmall => {
+                "xknock (conceal = \"drop\"), flood at the first knock port: every SYN a first step, FIRST_STEPS of 65536 records (512 KiB)"
             }
             Receiver::XdpDrop => "bare XDP_DROP program (the limit)",
             Receiver::XdpReadDrop => "XDP program that reads the port, then drops",
@@ -89,6 +96,7 @@ impl Receiver {
             | Receiver::ClosedPort
             | Receiver::ClosedPortBehindXdpPass
             | Receiver::XknockKnockPort
+            | Receiver::XknockKnockPortSmall
             | Receiver::NftablesKnockPort => FIRST_STEP_PORT,
             _ => 22,
         }
@@ -107,6 +115,23 @@ impl Receiver {
     }
 }
 
+/// Records of the smaller `FIRST_STEPS` the first-step floods and costs
+/// are measured with beside the default's: 512 KiB, which stays in cache.
+pub(crate) const SMALL_FIRST_STEPS: u32 = 65_536;
+
+/// The bench's configuration (`conceal = "drop"`) with a `FIRST_STEPS` of
+/// `SMALL_FIRST_STEPS` records.
+pub(crate) fn small_first_steps_config() -> KernelConfig {
+    bench_config(&format!(
+        "{SILENT}[limits]\nfirst_step_entries = {SMALL_FIRST_STEPS}\n"
+    ))
+}
+
+/// The row of `receiver`, if it was flooded.
+pub(crate) fn row_for(rows: &[FloodRow], receiver: Receiver) -> Option<&FloodRow> {
+    rows.iter().find(|r| r.receiver == receiver)
+}
+
 /// A receiver in place: whatever must stay alive while it drops.
 pub(crate) enum Installed {
     Filter(Filter),
@@ -117,6 +142,7 @@ pub(crate) enum Installed {
 }
 
 pub(crate) struct FloodRow {
+    pub receiver: Receiver,
     pub label: &'static str,
     /// Spoofed SYNs dropped per second.
     pub pps: Stat,
@@ -202,9 +228,11 @@ pub(crate) fn install(lab: &Lab, receiver: Receiver) -> anyhow::Result<Installed
         | Receiver::XknockAnswering
         | Receiver::XknockAnsweringProtected
         | Receiver::XknockSpa
-        | Receiver::XknockKnockPort => {
+        | Receiver::XknockKnockPort
+        | Receiver::XknockKnockPortSmall => {
             let config = match receiver {
                 Receiver::Xknock | Receiver::XknockKnockPort => bench_config(SILENT),
+                Receiver::XknockKnockPortSmall => small_first_steps_config(),
                 Receiver::XknockSpa => KernelConfig::try_from(&spa::spa_config()?)?,
                 _ => bench_config(""),
             };
@@ -344,13 +372,15 @@ pub(crate) fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> a
         }
         // Every verdict that stopped a packet: first steps, and the few
         // repeated sources' duplicates or resets.
-        (Receiver::XknockKnockPort, Installed::Filter(filter)) => Ok(filter
-            .maps()
-            .counters()?
-            .iter()
-            .filter(|(name, _)| name.starts_with("drop_"))
-            .map(|(_, count)| count)
-            .sum()),
+        (Receiver::XknockKnockPort | Receiver::XknockKnockPortSmall, Installed::Filter(filter)) => {
+            Ok(filter
+                .maps()
+                .counters()?
+                .iter()
+                .filter(|(name, _)| name.starts_with("drop_"))
+                .map(|(_, count)| count)
+                .sum())
+        }
         (Receiver::XdpDrop | Receiver::XdpReadDrop, _) => {
             let stats = run_in(&lab.server, "ethtool", &["-S", &lab.server_if])?;
             stats
@@ -519,6 +549,7 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
                 _ => BTreeMap::new(),
             };
             Ok(FloodRow {
+                receiver: bench.receiver,
                 label: bench.receiver.label(),
                 pps: Stat::of(bench.rates.clone()),
                 rounds: bench.rates,
@@ -527,4 +558,23 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_step_rows_name_their_table_size() {
+        let default = first_step_records(bench_config(SILENT).first_step_entries);
+        let small = first_step_records(small_first_steps_config().first_step_entries);
+        assert_eq!(small, SMALL_FIRST_STEPS);
+        for (receiver, records) in [
+            (Receiver::XknockKnockPort, default),
+            (Receiver::XknockKnockPortSmall, small),
+        ] {
+            let label = receiver.label();
+            assert!(label.contains(&format!(" {records} records")), "{label}");
+        }
+    }
 }

@@ -63,9 +63,14 @@ const SILENT: &str = "conceal = \"drop\"\n";
 const FLEET_TRIES: usize = 100;
 /// The first step of the bench's rule.
 const FIRST_STEP_PORT: u16 = 7291;
-/// The flood at the first knock port and what it is compared with.
-const KNOCK_FLOOD: [Receiver; 3] = [
+/// The flood at the first knock port (into a `FIRST_STEPS` of the default
+/// size and into a small one) and what it is compared with in the same
+/// rounds: xknock's flood at the protected port, the XDP_DROP limit, and
+/// nftables dropping the first knock port.
+const KNOCK_FLOOD: [Receiver; 5] = [
     Receiver::XknockKnockPort,
+    Receiver::XknockKnockPortSmall,
+    Receiver::Xknock,
     Receiver::XdpDrop,
     Receiver::NftablesKnockPort,
 ];
@@ -238,7 +243,7 @@ fn main() -> anyhow::Result<()> {
         }
         Ok("knock-flood") => {
             let mut md = String::new();
-            knock_flood_section(&mut md, &flood(&effort, &KNOCK_FLOOD)?, &[]);
+            knock_flood_section(&mut md, &flood(&effort, &KNOCK_FLOOD)?);
             println!("{md}");
             return Ok(());
         }
@@ -283,7 +288,7 @@ fn main() -> anyhow::Result<()> {
     let spa_flood = self::flood(&effort, &[Receiver::XknockSpa, Receiver::XdpDrop])?;
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
     first_steps::render(&mut report, &first_steps);
-    knock_flood_section(&mut report, &knock_flood, &flood);
+    knock_flood_section(&mut report, &knock_flood);
     survival::render(&mut report, &survival);
     conceal::render(&mut report, &effort, answer_pass, &answers, &answering);
     trace::render(&mut report, trace_pass, &traces, &instructions);

@@ -154,30 +154,64 @@ pub(crate) fn render(
 }
 
 /// The spoofed flood at the first knock port: every SYN a first step from a
-/// new source, which the contract says must be kept as knock progress.
-pub(crate) fn knock_flood_section(md: &mut String, rows: &[FloodRow], plain: &[FloodRow]) {
+/// new source, which the contract says must be kept as knock progress;
+/// against the flood at the protected port, XDP_DROP and nftables in the
+/// same rounds.
+pub(crate) fn knock_flood_section(md: &mut String, rows: &[FloodRow]) {
+    let default = first_step_records(bench_config(SILENT).first_step_entries);
     let _ = writeln!(
         md,
         "\n## Spoofed SYN flood at the first knock port (random sources, `conceal = \"drop\"`)\n\n\
          Every SYN is the first step of a rule from a new source: xknock keeps it as knock progress \
-         (an LRU insert into `FIRST_STEPS`, which only first steps can evict), raises the source's \
-         knocking horizon and drops it. Same generator and rounds as above, against XDP_DROP and \
-         nftables dropping the port in the same rounds.\n"
+         in `FIRST_STEPS`, an array of 64-byte buckets of eight one-word records (a keyed hash of \
+         the source picks the bucket; the new record takes a free way or displaces the bucket's \
+         oldest, and only first steps live there: a bucket read and one store), raises the \
+         source's knocking horizon and drops it. Two tables: the default ({} records, {} MiB, \
+         past the caches) and a small one ({SMALL_FIRST_STEPS} records, {} KiB). Same generator \
+         as above; in the same rounds, xknock flooded at the protected port (tcp:22: no knock \
+         step, dropped), the bare XDP_DROP program, and nftables dropping the first knock port.\n",
+        default,
+        (u64::from(default) * 8) >> 20,
+        (u64::from(first_step_records(SMALL_FIRST_STEPS)) * 8) >> 10,
     );
     flood_table(md, "dropped pkt/s", rows);
-    if let (Some(knock), Some(nft), Some(plain)) = (
-        row_of(rows, "xknock"),
-        row_of(rows, "nftables"),
-        row_of(plain, "xknock"),
-    ) {
+    let (protected, nft) = (
+        row_for(rows, Receiver::Xknock),
+        row_for(rows, Receiver::NftablesKnockPort),
+    );
+    let _ = writeln!(
+        md,
+        "\nEach the median over rounds of the ratio within a round, with its range:\n"
+    );
+    for (receiver, table) in [
+        (Receiver::XknockKnockPort, "the default table"),
+        (Receiver::XknockKnockPortSmall, "the small table"),
+    ] {
+        let Some(knock) = row_for(rows, receiver) else {
+            continue;
+        };
+        let versus = |other: Option<&FloodRow>| {
+            other.map_or_else(
+                || "-".to_owned(),
+                |other| {
+                    let r = round_ratios(knock, other);
+                    format!("{:.2}x ({:.2}-{:.2})", r.median, r.min, r.max)
+                },
+            )
+        };
         let _ = writeln!(
             md,
-            "\nxknock vs nftables in the same rounds: {:.2}; the knock-port flood's rate over the \
-             protected-port flood's (medians of separate rounds): {:.2}.",
-            round_ratio(knock, nft),
-            knock.pps.median / plain.pps.median
+            "- first-step flood, {table}: vs nftables {}, vs the protected-port flood {}",
+            versus(nft),
+            versus(protected)
         );
     }
+}
+
+/// Records of a `FIRST_STEPS` configured for `entries`: as the loader
+/// rounds it, a power of two of whole buckets.
+pub(crate) fn first_step_records(entries: u32) -> u32 {
+    knock_common::first_step_buckets(entries) * knock_common::FIRST_STEP_WAYS as u32
 }
 
 /// The first row whose receiver's label starts with `start`.
@@ -226,8 +260,13 @@ pub(crate) fn flood_table_against(
 
 /// The median over rounds of `a`'s rate over `b`'s in the same round.
 pub(crate) fn round_ratio(a: &FloodRow, b: &FloodRow) -> f64 {
+    round_ratios(a, b).median
+}
+
+/// `a`'s rate over `b`'s in the same round, over rounds.
+pub(crate) fn round_ratios(a: &FloodRow, b: &FloodRow) -> Stat {
     let per_round = a.rounds.iter().zip(&b.rounds).map(|(a, b)| a / b);
-    Stat::of(per_round.collect()).median
+    Stat::of(per_round.collect())
 }
 
 fn fmt1(ns: f64) -> String {
