@@ -1,26 +1,25 @@
 //! First-step survival: clients knocking while a spoofed flood of first
-//! steps (random sources, the first knock port) fills `FIRST_STEPS`. A
-//! client's first step is kept in that LRU table until its second step
-//! promotes it; each spoofed first step that arrives meanwhile is one more
-//! insert, so the client's entry survives while fewer than
-//! `first_step_entries` (N) others arrive in the delay d between its
-//! steps: at a flood of R first steps a second, while R·d < N. Counted
-//! here: of 100 clients, each from its own address, how many open the
-//! protected port, at each delay and table size, with and without flood.
+//! steps (random sources, the first knock port) churns `FIRST_STEPS`. A
+//! client's first step is kept in a bucket of that table until its second
+//! step moves it on; a bucket keeps its `FIRST_STEP_WAYS` (W) newest
+//! records, so the client's survives the delay d between its steps unless
+//! W newer first steps land in its bucket meanwhile. With N records (N / W
+//! buckets) and R first steps a second from random sources, that count is
+//! Poisson of mean W·R·d/N, and the odds are P(Poisson(W·R·d/N) < W)
+//! (`survival_odds`). Counted here: of 100 clients, each from its own
+//! address, how many open the protected port, at each table size and
+//! delay, with and without flood, beside those odds at the R measured.
 //!
 //! The flood comes over a veth pair of its own, the filter attached to both
 //! server ends (one filter, one table): the generator sends at its limit,
 //! faster than the filter takes, and a veth ring that overflows drops what
 //! is in it. On the clients' own link, what they lose is what the table
-//! evicted, not what a full ring dropped.
+//! displaced, not what a full ring dropped.
 //!
 //! The clients send from CPU 1, where the flood's link is polled, so their
 //! packets reach the filter on the CPU the flood does, as a NIC spreading a
-//! flood from random sources over every queue would have it. The kernel's
-//! LRU keeps each CPU's newest entries on a list of that CPU's own until
-//! the CPU next needs free entries: a first step taken on a CPU no flood
-//! reaches is not evicted by it (with the clients on either CPU, 51 to 82
-//! of 100 got through at 5 to 43 times the table's turnover).
+//! flood from random sources over every queue would have it; the table is
+//! one array shared by every CPU, so the CPU changes nothing in it.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -38,16 +37,23 @@ use super::*;
 const CLIENTS: u8 = 100;
 /// The clients' addresses: 198.18.1.1 to .100, beside the lab's own.
 const CLIENT_NET: [u8; 3] = [198, 18, 1];
-/// The table sizes: the default and a small one.
-const TABLE_SIZES: [u32; 2] = [65_536, 4_096];
-/// Delays between steps, in ms (`xknock knock` waits 20 ms by default).
-const DELAYS_MS: [u64; 7] = [0, 5, 20, 50, 100, 250, 1000];
+/// The rows: a table size (`first_step_entries`) and the delays between
+/// steps it is measured at, in ms (`xknock knock` waits 20 ms by default).
+/// The default size at the delays clients use and far past them; the small
+/// table at delays that take the odds from about 100% to about 0 whether
+/// the filter takes 1 M first steps a second or 3.5 M (as here, quiet):
+/// 100, 93, 38, 0, 0% at 3.5 M; 100, 100, 100, 73, 8% at 1 M.
+const ROWS: [(u32, &[u64]); 2] = [
+    (1 << 20, &[0, 20, 100, 250, 1000]),
+    (SMALL_FIRST_STEPS, &[5, 10, 20, 50, 100]),
+];
 /// Spoofed SYNs per call of the generator, which sends them at its limit;
 /// each call's set-up (about 20 ms here) is a pause in the flood, so
 /// calls are large (under half a second each).
 const BURST: u32 = 2_000_000;
-/// Flooding before the clients start, so the table is full and every
-/// spoofed first step evicts one.
+/// Flooding before the clients start, so the flood is at its rate when
+/// they knock (a bucket keeps its newest records whether or not it was
+/// full, so the odds do not depend on the table being full).
 const WARM_UP: Duration = Duration::from_millis(400);
 /// Clients start this far apart.
 const STAGGER: Duration = Duration::from_millis(2);
@@ -56,7 +62,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// One row: clients opened out of `CLIENTS` at one table size and delay.
 pub(crate) struct SurvivalRow {
-    pub entries: u32,
+    /// Records of the table (`first_step_entries` as the loader rounds it).
+    pub records: u32,
     pub delay_ms: u64,
     /// None without flood (the control).
     pub flood: Option<FloodRate>,
@@ -73,7 +80,7 @@ pub(crate) struct FloodRate {
     /// (the rest is their set-up, when nothing is sent).
     pub sending: f64,
     /// Packets xknock stopped a second (its `drop_*` counters): the first
-    /// steps that reached the table, R in R·d/N.
+    /// steps that reached the table, R in W·R·d/N.
     pub counted: f64,
 }
 
@@ -84,6 +91,24 @@ pub(crate) struct Survival {
 fn client_addr(n: u8) -> Ipv4Addr {
     let [a, b, c] = CLIENT_NET;
     Ipv4Addr::new(a, b, c, n)
+}
+
+/// The odds that a first step survives `delay_s` in a `FIRST_STEPS` of
+/// `records` (rounded as the loader rounds them: whole buckets, a power of
+/// two) while `rate` first steps a second from random sources churn it:
+/// fewer than `FIRST_STEP_WAYS` of them land in its bucket meanwhile,
+/// P(Poisson(W·rate·delay/records) < W).
+pub(crate) fn survival_odds(rate: f64, delay_s: f64, records: u32) -> f64 {
+    let ways = knock_common::FIRST_STEP_WAYS;
+    let mean = ways as f64 * rate * delay_s / f64::from(first_step_records(records));
+    // e^-mean · Σ mean^k / k! for k below W, term by term.
+    let mut term = (-mean).exp();
+    let mut odds = 0.0;
+    for k in 0..ways {
+        odds += term;
+        term *= mean / (k + 1) as f64;
+    }
+    odds.min(1.0)
 }
 
 /// Every row: per table size, per delay, without flood and with.
@@ -130,8 +155,8 @@ pub(crate) fn first_step_survival() -> anyhow::Result<Survival> {
     separate_cpus_of(&lab.server, &flood_link.0)?;
     let template = flood_template_on(&lab, (&flood_link.0, &flood_link.1), FIRST_STEP_PORT);
     let mut rows = Vec::new();
-    for entries in TABLE_SIZES {
-        for delay_ms in DELAYS_MS {
+    for (entries, delays) in ROWS {
+        for &delay_ms in delays {
             for flooded in [false, true] {
                 eprintln!(
                     "bench: survival, first_step_entries {entries}, delay {delay_ms} ms, {}",
@@ -192,7 +217,7 @@ fn survival_row(
         each_client(&lab.client, delay, knock)?;
         let opened = each_client(&lab.client, delay, connect)?;
         return Ok(SurvivalRow {
-            entries,
+            records: first_step_records(entries),
             delay_ms,
             flood: None,
             opened,
@@ -234,7 +259,7 @@ fn survival_row(
         // The grants are made: the connections need no flood to tell.
         let opened = each_client(&lab.client, delay, connect)?;
         Ok(SurvivalRow {
-            entries,
+            records: first_step_records(entries),
             delay_ms,
             flood: Some(FloodRate {
                 sent: frames as f64 / seconds,
@@ -351,6 +376,7 @@ fn connect(source: Ipv4Addr, _: Duration) -> anyhow::Result<bool> {
 
 /// The section of the report.
 pub(crate) fn render(md: &mut String, survival: &Survival) {
+    let ways = knock_common::FIRST_STEP_WAYS;
     let _ = writeln!(
         md,
         "\n## First-step survival under a spoofed flood\n\n\
@@ -361,42 +387,93 @@ pub(crate) fn render(md: &mut String, survival: &Survival) {
          limit (`conceal = \"drop\"`). The flood comes over a veth pair of \
          its own, the one filter attached to both, so a ring the flood \
          overflows drops no client packet: what the clients lose is what the \
-         table evicted. A first step waits in `FIRST_STEPS`, an LRU table of \
-         N = `first_step_entries`, until the second step moves it on; every \
-         spoofed first step is one more insert. So a client's first step \
-         survives while fewer than N others arrive within d: at R first \
-         steps a second, while R·d < N. With LRU the odds are a cliff, not \
-         an exponential: every client gets through while R·d/N is below 1, \
-         none once it is above (the kernel's LRU evicts in batches and only \
-         roughly in order, so the edge is not sharp to the packet). R is what \
-         xknock counted (every packet it dropped) while the clients knocked, \
-         not what was sent: the rest never reached the filter. Each call of \
-         the generator sends 2M frames after a set-up of about 20 ms, \
-         when nothing is sent (the share of the time sending is in the \
-         table). The flood stops \
-         before the clients connect (a grant, once made, no flood evicts). \
-         The clients send from the CPU that takes the flood: a first step \
-         taken on a CPU the flood does not reach sits on that CPU's own list \
-         of the kernel's LRU, out of the flood's reach.\n\n\
-         | N (first_step_entries) | d | flood sent (SYN/s; share of the time sending) | R, counted by xknock (SYN/s) | R·d/N | opened of {CLIENTS} |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: |"
+         table displaced. A first step waits in `FIRST_STEPS` until the second \
+         step moves it on: N records (`first_step_entries`, rounded up to a \
+         power of two) in N/{ways} buckets of {ways}, one array shared by every \
+         CPU. A keyed hash of the source picks the bucket, and a new first step \
+         takes a free way or displaces the bucket's oldest record, so a bucket \
+         holds its {ways} newest first steps: a client's survives d unless \
+         {ways} newer ones land in its bucket meanwhile. At R first steps a \
+         second from random sources, that count is Poisson of mean \
+         {ways}·R·d/N, and the odds of survival are P(Poisson({ways}·R·d/N) < {ways}): \
+         \"predicted\" is that, in % of the clients, at the R measured. The \
+         odds fall smoothly, not off a cliff, and a small table loses clients \
+         at a small R·d/N. R is what xknock counted (every packet it dropped) \
+         while the clients knocked, not what was sent: the rest never reached \
+         the filter. Each call of the generator sends 2M frames after a set-up \
+         of about 20 ms, when nothing is sent (the share of the time sending \
+         is in the table). The flood stops before the clients connect (a \
+         grant, once made, no flood displaces). The clients send from the CPU \
+         that takes the flood.\n\n\
+         | N (records) | d | flood sent (SYN/s; share of the time sending) | R, counted by xknock (SYN/s) | R·d/N | predicted (%) | opened of {CLIENTS} |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for row in &survival.rows {
-        let (sent, counted, ratio) = match row.flood {
-            None => ("none".to_owned(), "-".to_owned(), "0".to_owned()),
-            Some(flood) => (
-                format!("{:.2} M; {:.0}%", flood.sent / 1e6, flood.sending * 100.0),
-                format!("{:.2} M", flood.counted / 1e6),
-                format!(
-                    "{:.2}",
-                    flood.counted * row.delay_ms as f64 / 1e3 / f64::from(row.entries)
-                ),
+        let (sent, counted, ratio, predicted) = match row.flood {
+            None => (
+                "none".to_owned(),
+                "-".to_owned(),
+                "0".to_owned(),
+                "100".to_owned(),
             ),
+            Some(flood) => {
+                let delay_s = row.delay_ms as f64 / 1e3;
+                (
+                    format!("{:.2} M; {:.0}%", flood.sent / 1e6, flood.sending * 100.0),
+                    format!("{:.2} M", flood.counted / 1e6),
+                    format!("{:.2}", flood.counted * delay_s / f64::from(row.records)),
+                    format!(
+                        "{:.0}",
+                        100.0 * survival_odds(flood.counted, delay_s, row.records)
+                    ),
+                )
+            }
         };
         let _ = writeln!(
             md,
-            "| {} | {} ms | {sent} | {counted} | {ratio} | {} |",
-            row.entries, row.delay_ms, row.opened
+            "| {} | {} ms | {sent} | {counted} | {ratio} | {predicted} | {} |",
+            row.records, row.delay_ms, row.opened
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odds_are_those_of_fewer_than_a_bucket_of_newer_steps() {
+        // No flood, or no wait: every first step survives.
+        assert_eq!(survival_odds(0.0, 1.0, 65_536), 1.0);
+        assert_eq!(survival_odds(1e6, 0.0, 65_536), 1.0);
+        // A mean of 8 newer steps in the bucket: P(Poisson(8) < 8).
+        let at_eight = survival_odds(1e6, 65_536.0 / 1e6, 65_536);
+        assert!((at_eight - 0.452_960).abs() < 1e-5, "{at_eight}");
+        // A mean of 1: P(Poisson(1) < 8) = e^-1 · Σ 1/k! (k < 8).
+        let at_one = survival_odds(1e6, 65_536.0 / 8e6, 65_536);
+        assert!((at_one - 0.999_990).abs() < 1e-5, "{at_one}");
+        // Far past the table's turnover, none.
+        assert!(survival_odds(1e6, 1.0, 65_536) < 1e-9);
+        // Odds fall as the wait grows.
+        let odds: Vec<f64> = [5.0, 20.0, 50.0, 100.0, 250.0]
+            .iter()
+            .map(|ms| survival_odds(1e6, ms / 1e3, 65_536))
+            .collect();
+        assert!(odds.windows(2).all(|w| w[0] > w[1]), "{odds:?}");
+    }
+
+    #[test]
+    fn records_are_rounded_as_the_loader_rounds_them() {
+        // 50,000 records are 65,536 once rounded to a power of two.
+        assert_eq!(
+            survival_odds(1e6, 0.05, 50_000),
+            survival_odds(1e6, 0.05, 65_536)
+        );
+        assert_eq!(first_step_records(1 << 20), 1 << 20);
+    }
+
+    #[test]
+    fn the_first_rows_are_at_the_default_size() {
+        assert_eq!(ROWS[0].0, bench_config(SILENT).first_step_entries);
     }
 }
