@@ -88,7 +88,7 @@ const ANSWERING_FLOOD: [Receiver; 5] = [
 
 /// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing;
 /// `XKNOCK_BENCH_ONLY=paths`, `=first-steps`, `=knock-flood`, `=conceal`,
-/// `=first-step-survival` or `=fleet` runs only that section.
+/// `=first-step-survival`, `=fleet` or `=memory` runs only that section.
 pub struct Effort {
     pub repeat: u32,
     pub trials: usize,
@@ -238,6 +238,12 @@ fn main() -> anyhow::Result<()> {
         Ok("first-step-survival") => {
             let mut md = String::new();
             survival::render(&mut md, &survival::first_step_survival()?);
+            println!("{md}");
+            return Ok(());
+        }
+        Ok("memory") => {
+            let mut md = String::new();
+            memory_table(&mut md, &memory()?);
             println!("{md}");
             return Ok(());
         }

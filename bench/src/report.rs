@@ -137,10 +137,19 @@ pub(crate) fn render(
             if met { "yes" } else { "**no**" }
         );
     }
+    memory_table(&mut md, memory);
+    md
+}
+
+/// The maps' memory (`kernel::memory`).
+pub(crate) fn memory_table(md: &mut String, memory: &BTreeMap<String, u64>) {
     let total: u64 = memory.values().sum();
+    let records = first_step_records(bench_config("").first_step_entries);
     let _ = writeln!(
         md,
-        "\n## Memory at the default sizes (kernel memlock)\n\n| map | bytes |\n| --- | ---: |"
+        "\n## Memory at the default sizes (kernel memlock)\n\n`FIRST_STEPS` is an array of \
+         {records} one-word records (8 bytes each, in 64-byte buckets of eight), all of it \
+         allocated at load.\n\n| map | bytes |\n| --- | ---: |"
     );
     for (name, bytes) in memory {
         let _ = writeln!(md, "| {name} | {bytes} |");
@@ -150,7 +159,6 @@ pub(crate) fn render(
         "| **total** | **{total}** ({:.1} MiB) |",
         total as f64 / 1048576.0
     );
-    md
 }
 
 /// The spoofed flood at the first knock port: every SYN a first step from a
