@@ -30,6 +30,8 @@ pub const FIRST_STEP_UNIT_SHIFT: u32 = 20;
 const TIME_BITS: u32 = 28;
 const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 const RULE_BITS: u32 = 4;
+/// A record's top 16 bits are its source's part of the fingerprint.
+const SOURCE_SHIFT: u32 = 48;
 const _: () = assert!(crate::MAX_RULES == 1 << RULE_BITS);
 const _: () = assert!(TIME_BITS + RULE_BITS == 32);
 
@@ -91,22 +93,49 @@ impl FirstStepKey {
     /// whose `source_hash` is `source_hash`, in a table of 2^`bucket_bits`
     /// buckets.
     ///
-    /// One more round of the hash gives a value from which the bucket is
-    /// the top bits and the fingerprint the whole (for IPv4 the hash is a
-    /// bijection of the address: two IPv4 sources never share a record).
-    /// The sequence tag is mixed into the fingerprint, so a first step made
-    /// through a sequence the rule no longer has is found by nobody; its
-    /// top bit is set (the bucket already decides it), so no record is
+    /// One more round of the hash gives a value whose top bits are the
+    /// bucket and whose halves, folded, the source's part of the
+    /// fingerprint (for IPv4 the hash is a bijection of the address: in a
+    /// table of at least 2^16 buckets two IPv4 sources never share a
+    /// fingerprint). The
+    /// fingerprint's other 16 bits come from the sequence tag, so a first
+    /// step made through a sequence the rule no longer has is found by
+    /// nobody (but one in 2^15); their lowest bit is set, so no record is
     /// zero.
     #[inline(always)]
     pub fn new(source_hash: u32, bucket_bits: u32, rule: u32, sequence_tag: u32) -> Self {
         let bits = bucket_bits.clamp(1, 31);
         let hash = round(source_hash, 0x2545_f491);
-        let fingerprint = (hash ^ sequence_tag.wrapping_mul(0x85eb_ca6b)) | 1 << 31;
+        let sequence = (sequence_tag.wrapping_mul(0x85eb_ca6b) >> 16) | 1;
+        // The hash's low bits depend only on the address's low bits (and an
+        // IPv4 address loads with its last octet on top): fold the top in.
+        let fingerprint = ((hash ^ (hash >> 16)) << 16) | sequence;
         FirstStepKey {
             bucket: hash >> (32 - bits),
             tag: (u64::from(fingerprint) << RULE_BITS) | u64::from(rule & ((1 << RULE_BITS) - 1)),
         }
+    }
+
+    /// Whether `word` is a record of this key's source, through any rule
+    /// and sequence (or of a source that shares its part of the
+    /// fingerprint, one in 2^16).
+    #[inline(always)]
+    pub const fn of_source(self, word: u64) -> bool {
+        word != 0 && word >> SOURCE_SHIFT == self.tag >> (SOURCE_SHIFT - TIME_BITS)
+    }
+
+    /// Whether a bucket (its ways read with `read`) holds a record of this
+    /// key's source (`of_source`).
+    #[inline(always)]
+    pub fn source_in(self, read: impl Fn(usize) -> u64) -> bool {
+        let mut way = 0;
+        while way < FIRST_STEP_WAYS {
+            if self.of_source(read(way)) {
+                return true;
+            }
+            way += 1;
+        }
+        false
     }
 
     /// The key of `rule` (at rule index `index`) for a source.
@@ -243,15 +272,33 @@ mod tests {
     }
 
     #[test]
-    fn two_ipv4_sources_never_share_a_record() {
-        // The hash is a bijection of the address: in a bucket, the
-        // fingerprints of different sources differ.
+    fn two_ipv4_sources_never_share_a_record_in_a_large_table() {
+        // The hash is a bijection of the address: the bucket (16 bits or
+        // more) and the source's part of the fingerprint (16) tell it.
         let mut seen = std::collections::HashMap::new();
         for i in 0..200_000u32 {
-            let k = key(i.wrapping_mul(2_654_435_761).to_be_bytes(), 0, 1);
+            let words = addr_words(&ipv4_mapped(i.wrapping_mul(2_654_435_761).to_be_bytes()));
+            let k = FirstStepKey::new(source_hash(&words, 0x1234_5678), 16, 0, 1);
             let tag = k.record(0) >> TIME_BITS;
             assert_eq!(seen.insert((k.bucket, tag), i), None, "source {i}");
         }
+    }
+
+    #[test]
+    fn a_source_is_told_in_its_records_of_any_rule() {
+        let now = 77 * MS;
+        let a = key([192, 0, 2, 1], 3, 77);
+        let other_rule = key([192, 0, 2, 1], 5, 1234);
+        assert!(other_rule.of_source(a.record(now)));
+        assert!(!key([192, 0, 2, 9], 3, 77).of_source(a.record(now)));
+        assert!(!a.of_source(0), "a free way is no one's");
+        let ways = [
+            0,
+            key([10, 0, 0, 1], 0, 1).record(now),
+            other_rule.record(now),
+        ];
+        assert!(a.source_in(|w| ways.get(w).copied().unwrap_or(0)));
+        assert!(!key([10, 9, 9, 9], 0, 1).source_in(|w| ways.get(w).copied().unwrap_or(0)));
     }
 
     #[test]

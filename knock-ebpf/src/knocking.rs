@@ -117,6 +117,59 @@ pub fn judge(settings: &Settings, handover: &KnockHandover) -> Option<Reason> {
     reason
 }
 
+/// The verdict on a plain first step, decided without the rule loop: a
+/// TCP SYN or UDP datagram to a port that is a step of one rule only, its
+/// first, from a source that holds no other state (no progress past a
+/// first step in its horizon slot, no record of failures that still
+/// counts, no first step of any rule in its bucket) while no deny list is
+/// set. That is every packet of a spoofed flood at a first knock port, and
+/// what the rule loop would do with it is known: a first step through that
+/// rule, kept; its event, within the flood budget; its source's knocking
+/// horizon raised. None for any other packet, which the rules then judge.
+#[inline(always)]
+pub fn plain_first_step(settings: &Settings, handover: &KnockHandover) -> Option<Reason> {
+    let packet = &handover.packet;
+    let knock_rules = handover.roles.knock_rules;
+    if packet.l4.is_echo() || !knock_rules.is_power_of_two() || settings.deny_entries != 0 {
+        return None;
+    }
+    let index = knock_rules.trailing_zeros();
+    let rule = settings::rule(index)?;
+    let knock = packet.knock();
+    if rule.steps < 2 || rule.sequence[0] != knock {
+        return None;
+    }
+    let horizon = horizon::at(handover.slot);
+    if horizon.later_steps != 0 {
+        return None;
+    }
+    let now = now_ns();
+    if horizon.failing_until > horizon_units(now) {
+        return None;
+    }
+    let first = FirstStepKey::of_rule(
+        handover.source_hash,
+        settings.first_step_bucket_bits,
+        index,
+        rule,
+    );
+    let bucket = bucket(first)?;
+    if first.source_in(|way| read_way(bucket, way)) {
+        return None;
+    }
+    FirstStepWrite {
+        old: 0,
+        new: first.record(now),
+        displace: true,
+    }
+    .commit(Some(bucket), now);
+    horizon::raise(settings, handover.slot, Horizon::Knocking, now);
+    if events::within_flood_budget(settings) {
+        events::emit(&Event::progress(&packet.src(), knock, index, 1));
+    }
+    Some(Reason::DropKnockAdvanced)
+}
+
 /// Hands a packet that may be a knock step to `xknock_knock`, which runs it
 /// through every rule and decides it. Returns only if that program is not
 /// in place; the knock rules cannot run then, and the caller judges the

@@ -51,6 +51,9 @@ pub fn xknock_knock(ctx: XdpContext) -> u32 {
 fn try_knock() -> Option<Reason> {
     let handover = *knocking::handed_over()?;
     let settings = settings::settings()?;
+    if let Some(reason) = knocking::plain_first_step(settings, &handover) {
+        return Some(reason);
+    }
     Some(knocking::judge(settings, &handover).unwrap_or_else(|| {
         filter::beyond_knocks(
             settings,
