@@ -22,6 +22,7 @@ use std::{
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Output, Stdio},
+    sync::{Condvar, Mutex, PoisonError},
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
@@ -187,6 +188,40 @@ pub struct FleetLab {
     switch: Netns,
     token: String,
     dir: tempfile::TempDir,
+    /// Last, so the slot is given back once all of the above is gone.
+    _slot: FleetSlot,
+}
+
+/// Fleet labs one test process runs at once. Each is three etcd members
+/// and two or three hosts whose every start, reload and rotation runs the
+/// verifier over the filter's programs; six at once (the suite's six test
+/// threads) starved etcd on two cores until heartbeats timed out and
+/// watches stalled.
+const FLEETS_AT_ONCE: usize = 3;
+static FLEETS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// One of the `FLEETS_AT_ONCE` places, held while a lab lives.
+struct FleetSlot;
+
+impl FleetSlot {
+    /// Waits for a place.
+    fn take() -> FleetSlot {
+        let (running, freed) = &FLEETS;
+        let mut running = running.lock().unwrap_or_else(PoisonError::into_inner);
+        while *running >= FLEETS_AT_ONCE {
+            running = freed.wait(running).unwrap_or_else(PoisonError::into_inner);
+        }
+        *running += 1;
+        FleetSlot
+    }
+}
+
+impl Drop for FleetSlot {
+    fn drop(&mut self) {
+        let (running, freed) = &FLEETS;
+        *running.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        freed.notify_one();
+    }
 }
 
 impl FleetLab {
@@ -194,6 +229,7 @@ impl FleetLab {
     /// every member is healthy; panics with the members' logs if they are
     /// not within 30 s.
     pub fn new(hosts: usize) -> FleetLab {
+        let slot = FleetSlot::take();
         require_root();
         require_program("ip", "iproute2");
         require_program("nsenter", "util-linux");
@@ -298,6 +334,7 @@ impl FleetLab {
         let (client_addr, client_addr6) = addresses(CLIENT_BYTE);
 
         let mut lab = FleetLab {
+            _slot: slot,
             hosts: host_netns,
             client,
             host_info,

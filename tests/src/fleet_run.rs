@@ -24,10 +24,14 @@ pub const NODES: [&str; 3] = ["a", "b", "c"];
 
 /// How long a host may take to hear of what another host did (a grant, a
 /// revoke): a sweep (500 ms), a write, a watch event, with room to spare.
-pub const PROPAGATION: Duration = Duration::from_secs(5);
+/// Patience, not a latency bound (the bench measures that, 6-20 ms): with
+/// six fleet tests at once on two cores, each of 18 etcd members and a
+/// dozen hosts whose reloads run the verifier, a second is common.
+pub const PROPAGATION: Duration = Duration::from_secs(15);
 /// How long a host may take to follow the fleet after it starts or after
-/// etcd comes back (its backoff tops out at 2 s between members).
-pub const ONLINE: Duration = Duration::from_secs(20);
+/// etcd comes back (its backoff tops out at 2 s between members), with the
+/// same patience.
+pub const ONLINE: Duration = Duration::from_secs(40);
 
 /// The article's rule "ssh" protecting `PORT` for `open_for`.
 pub fn ssh_rule(open_for: &str) -> String {

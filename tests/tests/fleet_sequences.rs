@@ -479,6 +479,7 @@ fn a_host_back_after_two_lines_were_spent_elsewhere_moves_past_both() {
     assert_eq!(used_lines(&files[0]), [true, true, false], "a's file");
     assert_eq!(fleet.keys("spent/").len(), 2, "{:?}", fleet.keys(""));
 
+    let logged = fleet.hosts[1].run().log_len();
     fleet.lab.reconnect_host(1);
     fleet.hosts[1].expect_nth(&[("event", "fleet_online")], 2, ONLINE);
     let moved = lab::fleet_run::wait_until(Duration::from_secs(10), || {
@@ -490,6 +491,17 @@ fn a_host_back_after_two_lines_were_spent_elsewhere_moves_past_both() {
         used_lines(&files[1]),
         fleet.dump()
     );
+    // A line is marked before the reload that puts the next in place: line
+    // 3 is in place once b has reloaded twice.
+    let in_place = lab::fleet_run::wait_until(ONLINE, || {
+        let log = fleet.hosts[1].run().log();
+        let reloads = log.get(logged..).unwrap_or_default().iter();
+        reloads
+            .filter(|l| l.contains("next one-time sequence in place"))
+            .count()
+            >= 2
+    });
+    assert!(in_place, "b did not put line 3 in place\n{}", fleet.dump());
     fleet.hosts[1].knock_via(&fleet.lab, true, &third);
     fleet.hosts[1].expect(&[("event", "grant"), ("source", &v6)]);
     fleet.assert_reach(1, true, Reach::Open, "line 3 on b");

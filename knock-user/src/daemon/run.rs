@@ -238,6 +238,11 @@ const EVENTS_PER_TURN: usize = 1024;
 
 /// One-time lines marked used in a row because the fleet spent them.
 const MAX_LINES_SKIPPED: usize = 64;
+/// How long a one-time line the fleet spent waits before the next one is
+/// put in place (a reload, with the verifier): the grant the winner
+/// publishes right after its spend is planted first, not after the
+/// reload. The kernel refuses the spent line meanwhile.
+const FLEET_LINES_SETTLE: Duration = Duration::from_millis(250);
 
 /// How often expired grants and idle flows are swept out of the maps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
@@ -292,6 +297,8 @@ async fn serve(
         put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
     }
     let mut last_prune = Instant::now();
+    // When lines the fleet spent are put behind us (`FLEET_LINES_SETTLE`).
+    let mut lines_due: Option<tokio::time::Instant> = None;
     // A closed stdout (say `xknock run | head`) ends the run cleanly.
     let print = |record: Record| -> anyhow::Result<()> {
         writeln!(
@@ -418,16 +425,22 @@ async fn serve(
                         print(record)?;
                     }
                     spent.extend(one_time_source(&running.config, applied.one_time.as_deref()));
-                    // The fleet may have spent the next line too (its records
-                    // arrive in key order, not line order): on until a line
-                    // in place is unspent, a bounded number of times.
-                    for _ in 0..MAX_LINES_SKIPPED {
-                        if spent.is_empty() {
-                            break;
-                        }
-                        put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
-                        spent = spent_one_time(running)?;
+                    if !spent.is_empty() && lines_due.is_none() {
+                        lines_due = Some(tokio::time::Instant::now() + FLEET_LINES_SETTLE);
                     }
+                }
+            }
+            () = until(lines_due) => {
+                lines_due = None;
+                // The fleet may have spent the next line too (its records
+                // arrive in key order, not line order): on until a line
+                // in place is unspent, a bounded number of times.
+                for _ in 0..MAX_LINES_SKIPPED {
+                    if spent.is_empty() {
+                        break;
+                    }
+                    put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
+                    spent = spent_one_time(running)?;
                 }
             }
             () = rotation => rotate(running, options, pins),
@@ -457,6 +470,14 @@ async fn serve(
 }
 
 /// The fleet session's next message; never, without a fleet.
+/// Waits until `due`, or for ever.
+async fn until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_from_fleet(following: &mut Option<Following>) -> Option<crate::fleet::FromFleet> {
     match following {
         Some(following) => following.next().await,
