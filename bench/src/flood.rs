@@ -373,13 +373,7 @@ pub(crate) fn dropped(lab: &Lab, receiver: Receiver, installed: &Installed) -> a
         // Every verdict that stopped a packet: first steps, and the few
         // repeated sources' duplicates or resets.
         (Receiver::XknockKnockPort | Receiver::XknockKnockPortSmall, Installed::Filter(filter)) => {
-            Ok(filter
-                .maps()
-                .counters()?
-                .iter()
-                .filter(|(name, _)| name.starts_with("drop_"))
-                .map(|(_, count)| count)
-                .sum())
+            stopped(filter)
         }
         (Receiver::XdpDrop | Receiver::XdpReadDrop, _) => {
             let stats = run_in(&lab.server, "ethtool", &["-S", &lab.server_if])?;
@@ -558,6 +552,17 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
             })
         })
         .collect()
+}
+
+/// Packets `filter` stopped, by every `drop_*` verdict it counted.
+pub(crate) fn stopped(filter: &Filter) -> anyhow::Result<u64> {
+    Ok(filter
+        .maps()
+        .counters()?
+        .iter()
+        .filter(|(name, _)| name.starts_with("drop_"))
+        .map(|(_, count)| count)
+        .sum())
 }
 
 #[cfg(test)]

@@ -203,15 +203,6 @@ fn survival_row(
         }
         Ok(filter)
     })?;
-    let stopped = |filter: &Filter| -> anyhow::Result<u64> {
-        Ok(filter
-            .maps()
-            .counters()?
-            .iter()
-            .filter(|(name, _)| name.starts_with("drop_"))
-            .map(|(_, count)| count)
-            .sum())
-    };
     let delay = Duration::from_millis(delay_ms);
     if !flooded {
         each_client(&lab.client, delay, knock)?;
