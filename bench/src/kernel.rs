@@ -319,7 +319,8 @@ pub(crate) fn fill(filter: &mut Filter, n: u32) -> anyhow::Result<()> {
             expires_ns: now + 3600 * SECOND_NS,
             granted_ns: now,
         };
-        maps.plant_grant(&source(i + n), &grant)?;
+        let key = source(i + n);
+        maps.plant_grant(&GrantKey::new(&addr_words(&key.addr), key.rule, 0), &grant)?;
     }
     // Grants planted from here raise no horizon; the measured source's must be live.
     plant_live_horizon(filter, &source(n).addr)

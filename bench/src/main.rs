@@ -37,7 +37,9 @@ use aya::{
 };
 use flood::*;
 use kernel::*;
-use knock_common::{Addr, Grant, Progress, SourceHorizon, SourceRule, ipv4_mapped};
+use knock_common::{
+    Addr, Grant, GrantKey, Progress, SourceHorizon, SourceRule, addr_words, ipv4_mapped,
+};
 use lab::{
     Lab, Netns,
     frames::{Frame, TCP_ACK, TCP_SYN},

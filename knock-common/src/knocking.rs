@@ -2,7 +2,7 @@
 //! source: knock steps, a rule's sequence and its tag, a source's progress,
 //! and the spent sequences that open only once.
 
-use crate::{Addr, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use crate::{Addr, AddrWords, GrantKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Rules per configuration: protected-port and knock-port roles are `u16` bitmasks.
 pub const MAX_RULES: usize = 16;
@@ -72,9 +72,33 @@ pub struct RuleConfig {
     /// With `ONCE_HELD` too, completing it grants nothing by itself: the
     /// loader grants once the fleet has recorded the spend (`EventKind::Held`).
     pub once: u32,
-    pub _pad: u32,
+    /// What its grants to an IPv4, and to an IPv6 address leave out of
+    /// the address (`host_mask`; zero: nothing, the address alone), and
+    /// how many bits that is (`GrantKey` records it).
+    pub ipv4_host_mask: AddrWords,
+    pub ipv6_host_mask: AddrWords,
+    pub ipv4_host_bits: u8,
+    pub ipv6_host_bits: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<RuleConfig>() == 4 * MAX_STEPS + 32);
+const _: () = assert!(size_of::<RuleConfig>() == 4 * MAX_STEPS + 64);
+
+impl RuleConfig {
+    /// The key of its grant to `words` (of an IPv6 address if `ipv6`,
+    /// else of an IPv4-mapped one), which is rule `index`: the prefix its
+    /// scope admits.
+    #[inline(always)]
+    pub const fn grant_key(&self, words: &AddrWords, ipv6: bool, index: u32) -> GrantKey {
+        // One branch, not an index: the verifier refuses a map value at an
+        // offset it cannot bound.
+        let (mask, host_bits) = if ipv6 {
+            (&self.ipv6_host_mask, self.ipv6_host_bits)
+        } else {
+            (&self.ipv4_host_mask, self.ipv4_host_bits)
+        };
+        GrantKey::masked(words, mask, index, host_bits as u32)
+    }
+}
 
 /// `RuleConfig::once`: each sequence opens once.
 pub const ONCE: u32 = 1;

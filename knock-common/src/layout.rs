@@ -27,7 +27,7 @@ pub const BPF_NOEXIST: u64 = 1;
 /// values and sizes. Bump it with any change to a pinned map's type, so a
 /// new loader never reinterprets maps an older one left behind (the
 /// `layout_fingerprint` test fails until it is bumped).
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Bytes of a rule's name kept in `Instance`.
 pub const RULE_NAME_BYTES: usize = 31;
@@ -98,6 +98,7 @@ mod pod {
     unsafe impl aya::Pod for crate::Event {}
     unsafe impl aya::Pod for crate::Instance {}
     unsafe impl aya::Pod for crate::SpentKey {}
+    unsafe impl aya::Pod for crate::GrantKey {}
     unsafe impl aya::Pod for crate::SteeredSlot {}
     unsafe impl aya::Pod for crate::FirstStepBucket {}
 }
@@ -137,11 +138,15 @@ mod tests {
             size_of::<FirstStepBucket>(),
             FIRST_STEP_WAYS,
             FIRST_STEP_UNIT_SHIFT as usize,
+            // GRANTS' key: the layout of `SourceRule`, the host bits of a
+            // scope above the rule's index (none for the address alone).
+            size_of::<GrantKey>(),
+            GRANT_HOST_BITS_SHIFT as usize,
         ];
         assert_eq!(
             (LAYOUT_VERSION, sizes),
             (
-                8,
+                9,
                 [
                     20,
                     16,
@@ -166,7 +171,9 @@ mod tests {
                     65536,
                     64,
                     8,
-                    20
+                    20,
+                    20,
+                    8
                 ]
             ),
             "a pinned type changed: bump LAYOUT_VERSION and record the new sizes"

@@ -36,6 +36,7 @@ mod knocking;
 mod layout;
 mod packet;
 mod penalty;
+mod scope;
 mod settings;
 mod spa;
 mod steer;
@@ -64,6 +65,10 @@ pub use layout::{
 };
 pub use packet::*;
 pub use penalty::{Penalty, record_failure};
+pub use scope::{
+    GRANT_HOST_BITS_SHIFT, GrantKey, MAX_IPV4_HOST_BITS, MAX_IPV6_HOST_BITS, host_mask,
+    is_ipv4_mapped, prefix_words,
+};
 pub use settings::{CONCEAL_CLOSED, CONCEAL_DROP, Settings};
 pub use spa::{
     REPLAY_ENTRIES, SPA_DATAGRAM_HEADER, SPA_MAX_BYTES, SPA_MIN_BYTES, SPA_RING_BYTES, SpaDatagram,

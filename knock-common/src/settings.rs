@@ -45,7 +45,10 @@ pub struct Settings {
     pub failing_horizon: u32,
     /// `FIRST_STEPS` has 2^this many buckets (`first_step_bucket_bits`).
     pub first_step_bucket_bits: u32,
-    pub _pad: u32,
+    /// Rules whose grants admit a prefix wider than the address (bit `r`:
+    /// rule `r`): a protected port of such a rule looks for a grant of the
+    /// source's prefix, and its horizon, too.
+    pub scoped_rules: u32,
 }
 const _: () = assert!(size_of::<Settings>() == 96);
 

@@ -4,23 +4,26 @@
 //! never evict them.
 
 use aya_ebpf::{
+    cty::c_void,
+    helpers::generated::bpf_loop,
     macros::map,
     maps::{LpmTrie, LruHashMap, lpm_trie::Key},
 };
 use knock_common::{
-    Addr, Flow, FlowKey, Grant, IPPROTO_UDP, MAX_RULES, Reason, Settings, SourceRule, TCP_FIN,
-    TCP_RST,
+    Addr, AddrWords, Flow, FlowKey, Grant, GrantKey, IPPROTO_UDP, MAX_RULES, Reason, RuleConfig,
+    Settings, TCP_FIN, TCP_RST, addr_words, is_ipv4_mapped,
 };
 
 use crate::{
     events,
     horizon::{self, Horizon},
     parse::Packet,
+    settings,
 };
 
 // Sizes here are defaults; the loader sets the configured ones before loading.
 #[map]
-static GRANTS: LruHashMap<SourceRule, Grant> = LruHashMap::with_max_entries(8192, 0);
+static GRANTS: LruHashMap<GrantKey, Grant> = LruHashMap::with_max_entries(8192, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(65536, 0);
 #[map]
@@ -31,8 +34,9 @@ static DENY: LpmTrie<Addr, u8> = LpmTrie::with_max_entries(1, 0);
 /// Decides a packet to a protected port: admitted flows, allowlisted sources
 /// and live grants pass; everything else (SYNs, stray ACKs, UDP) is dropped.
 /// The denylist wins over the allowlist and over grants. A source whose
-/// `admitted_until` horizon has passed has no flow or grant: its lookups are
-/// skipped.
+/// `admitted_until` horizon has passed has no flow or grant of its own:
+/// those lookups are skipped (a grant of its prefix has a horizon of its
+/// own, see `live_grant`).
 #[inline(always)]
 pub fn protected(
     settings: &Settings,
@@ -54,9 +58,7 @@ pub fn protected(
     if listed(&ALLOW, settings.allow_entries, &packet.src()) {
         return Reason::PassAllowlisted;
     }
-    if let Some(now) = admitted_now
-        && let Some(rule) = live_grant(packet, protect_rules, now)
-    {
+    if let Some((rule, now)) = live_grant(settings, packet, protect_rules, admitted_now) {
         if packet.l4.opens_connection() {
             let flow = Flow {
                 last_seen_ns: now,
@@ -116,24 +118,102 @@ fn admitted_flow(settings: &Settings, packet: &Packet, flow_key: &FlowKey, now: 
     true
 }
 
-/// The first rule protecting the packet's port that holds a live grant for
-/// its source.
+/// A rule protecting the packet's port that holds a live grant for its
+/// source (or, for a rule with a scope, for the source's prefix), and now:
+/// the first rule without a scope that does, else the first scoped one. `own` is now if the source's own admitted horizon covers it. A
+/// rule without a scope is looked up only then; a scoped rule only when
+/// the horizon of the source's prefix covers now (`scoped_grant`): a
+/// source outside every live grant reads no map but `SOURCE_HORIZONS`.
 #[inline(always)]
-fn live_grant(packet: &Packet, protect_rules: u16, now: u64) -> Option<u32> {
-    for rule_index in 0..MAX_RULES as u32 {
-        if protect_rules & (1 << rule_index) == 0 {
-            continue;
-        }
-        let key = SourceRule {
-            addr: packet.src(),
-            rule: rule_index,
-        };
-        // SAFETY: read-only copy out of a value the lookup just returned.
-        if unsafe { GRANTS.get(&key) }.is_some_and(|grant| now < grant.expires_ns) {
-            return Some(rule_index);
+fn live_grant(
+    settings: &Settings,
+    packet: &Packet,
+    protect_rules: u16,
+    own: Option<u64>,
+) -> Option<(u32, u64)> {
+    let protect_rules = u32::from(protect_rules);
+    let scoped = protect_rules & settings.scoped_rules;
+    if let Some(now) = own {
+        let unscoped = protect_rules & !scoped;
+        for rule_index in 0..MAX_RULES as u32 {
+            if unscoped & (1 << rule_index) == 0 {
+                continue;
+            }
+            let key = GrantKey::masked(&packet.src_words, &[0; 4], rule_index, 0);
+            // SAFETY: read-only copy out of a value the lookup just returned.
+            if unsafe { GRANTS.get(&key) }.is_some_and(|grant| now < grant.expires_ns) {
+                return Some((rule_index, now));
+            }
         }
     }
-    None
+    if scoped == 0 {
+        return None;
+    }
+    scoped_grant(packet, scoped)
+}
+
+/// What the search for a grant of a source's prefix reads and finds;
+/// shared with the `bpf_loop` callback through a pointer to the stack.
+struct ScopedSearch {
+    words: AddrWords,
+    /// Scoped rules to look at (bit `r`: rule `r`).
+    rules: u32,
+    ipv6: bool,
+    /// The rule found, or `u32::MAX`, and now.
+    found: u32,
+    now: u64,
+}
+
+/// The first of the scoped rules `rules` that holds a live grant of the
+/// packet's source's prefix, and now. A loop of its own (`bpf_loop`), so
+/// the verifier checks one rule's search once, not once per rule on every
+/// path of the programs that decide protected ports.
+#[inline(always)]
+fn scoped_grant(packet: &Packet, rules: u32) -> Option<(u32, u64)> {
+    let mut search = ScopedSearch {
+        words: packet.src_words,
+        rules,
+        ipv6: packet.l4.is_ipv6(),
+        found: u32::MAX,
+        now: 0,
+    };
+    // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
+    // expects, and `search` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_RULES as u32,
+            scoped_grant_step as *mut c_void,
+            (&raw mut search).cast(),
+            0,
+        )
+    };
+    (search.found != u32::MAX).then_some((search.found, search.now))
+}
+
+/// One rule's search for `bpf_loop`: returns 0 to go on, 1 to stop.
+#[inline(never)]
+extern "C" fn scoped_grant_step(rule_index: u64, search: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer scoped_grant gave it.
+    let search = unsafe { &mut *search.cast::<ScopedSearch>() };
+    let rule_index = rule_index as u32;
+    if rule_index >= MAX_RULES as u32 || search.rules & (1 << rule_index) == 0 {
+        return 0;
+    }
+    let (Some(settings), Some(rule)) = (settings::settings(), settings::rule(rule_index)) else {
+        return 0;
+    };
+    let key = rule.grant_key(&search.words, search.ipv6, rule_index);
+    let slot = horizon::slot_of(settings, &addr_words(&key.addr), search.ipv6);
+    let Some(now) = horizon::covered_now(horizon::at(slot).admitted_until) else {
+        return 0;
+    };
+    // SAFETY: read-only copy out of a value the lookup just returned.
+    if unsafe { GRANTS.get(&key) }.is_some_and(|grant| now < grant.expires_ns) {
+        search.found = rule_index;
+        search.now = now;
+        return 1;
+    }
+    0
 }
 
 /// Whether `addr` is in the denylist: never admitted, its knocks ignored.
@@ -148,23 +228,41 @@ fn listed(list: &LpmTrie<Addr, u8>, entries: u32, addr: &Addr) -> bool {
     entries != 0 && list.get(&Key::new(128, *addr)).is_some()
 }
 
-/// Grants `key` (a source and a rule) until `expires_ns`.
+/// Grants `src` rule `rule_index` (`rule`) until `expires_ns`: the prefix
+/// of `src` the rule's scope admits (the address alone without one), whose
+/// admitted horizon it raises first (else the filter could skip the lookup
+/// that finds the grant).
 #[inline(always)]
-pub fn grant(key: &SourceRule, expires_ns: u64, now: u64) {
+pub fn grant(
+    settings: &Settings,
+    src: &Addr,
+    rule_index: u32,
+    rule: &RuleConfig,
+    expires_ns: u64,
+    now: u64,
+) {
+    let words = addr_words(src);
+    let ipv6 = !is_ipv4_mapped(&words);
+    let key = rule.grant_key(&words, ipv6, rule_index);
+    let slot = horizon::slot_of(settings, &addr_words(&key.addr), ipv6);
+    horizon::raise(settings, slot, Horizon::Admitted, now);
     let grant = Grant {
         expires_ns,
         granted_ns: now,
     };
-    let _ = GRANTS.insert(key, &grant, 0);
+    let _ = GRANTS.insert(&key, &grant, 0);
 }
 
-/// Whether `key` (a source and a rule) has a grant stored, live or expired:
-/// what the trace shows.
+/// Whether `words` has a grant of rule `rule_index` stored (of its prefix,
+/// for a scoped rule), live or expired: what the trace shows.
 #[allow(dead_code, reason = "only the traced object reads it")]
 #[inline(always)]
-pub fn has_grant(key: &SourceRule) -> bool {
+pub fn has_grant(words: &AddrWords, ipv6: bool, rule_index: u32) -> bool {
+    let Some(rule) = settings::rule(rule_index) else {
+        return false;
+    };
     // SAFETY: only tests whether the lookup found something.
-    unsafe { GRANTS.get(key) }.is_some()
+    unsafe { GRANTS.get(&rule.grant_key(words, ipv6, rule_index)) }.is_some()
 }
 
 /// Whether the packet's flow is stored in `FLOWS`, live or idle: what the

@@ -8,7 +8,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_F_MMAPABLE, macros::map, maps::Array};
 use knock_common::{
-    SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, horizon_units, ipv4_source_hash,
+    AddrWords, SOURCE_HORIZON_SLOTS, Settings, SourceHorizon, horizon_units, ipv4_source_hash,
     ipv4_source_slot, source_slot,
 };
 
@@ -22,10 +22,17 @@ static SOURCE_HORIZONS: Array<SourceHorizon> =
 /// for IPv4 starts from the loader's `ipv4_slot_prefix`).
 #[inline(always)]
 pub fn slot(settings: &Settings, packet: &Packet) -> u32 {
-    if packet.l4.is_ipv6() {
-        source_slot(&packet.src_words, settings.source_seed)
+    slot_of(settings, &packet.src_words, packet.l4.is_ipv6())
+}
+
+/// The `SOURCE_HORIZONS` slot of address words (IPv4-mapped unless
+/// `ipv6`): a source's, or the prefix a scoped grant admits.
+#[inline(always)]
+pub fn slot_of(settings: &Settings, words: &AddrWords, ipv6: bool) -> u32 {
+    if ipv6 {
+        source_slot(words, settings.source_seed)
     } else {
-        ipv4_source_slot(settings.ipv4_slot_prefix, packet.src_words[3])
+        ipv4_source_slot(settings.ipv4_slot_prefix, words[3])
     }
 }
 

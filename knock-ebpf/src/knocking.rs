@@ -223,6 +223,77 @@ fn set_verdict(reason: Option<Reason>) {
     }
 }
 
+/// The grants the knock rules owe the packet being scanned, per CPU: made
+/// after the rule loop (`grant_owed`), where the verifier checks a grant's
+/// work once, not on every path through a rule that reaches one.
+#[map]
+static OWED_GRANTS: PerCpuArray<OwedGrants> = PerCpuArray::with_max_entries(1, 0);
+
+#[derive(Clone, Copy)]
+struct OwedGrants {
+    /// Bit `r`: rule `r` granted.
+    rules: u32,
+    src: Addr,
+    /// When the last of them was made (kernel clock; one packet's rules
+    /// run within nanoseconds).
+    now: u64,
+}
+
+/// Records that rule `rule_index` grants the packet's source, at `now`.
+#[inline(always)]
+fn owe_grant(rule_index: u32, now: u64) {
+    if let Some(owed) = OWED_GRANTS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
+        let owed = unsafe { &mut *owed };
+        owed.now = now;
+        owed.rules |= 1 << (rule_index & (MAX_RULES as u32 - 1));
+    }
+}
+
+/// Makes the grants the rule loop owes `src` (`guard::grant`), each for its
+/// rule's `open_for` from when the last was owed.
+#[inline(always)]
+fn grant_owed(src: Addr) {
+    let Some(owed) = OWED_GRANTS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot, only touched by this CPU while it runs us.
+    let owed = unsafe { &mut *owed };
+    if owed.rules == 0 {
+        return;
+    }
+    // On the stack: bpf_loop hands its callback nothing else.
+    let grants = OwedGrants { src, ..*owed };
+    owed.rules = 0;
+    // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
+    // expects, and `grants` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_RULES as u32,
+            grant_step as *mut c_void,
+            (&raw const grants).cast_mut().cast(),
+            0,
+        )
+    };
+}
+
+/// One owed grant for `bpf_loop`: returns 0 to go on.
+#[inline(never)]
+extern "C" fn grant_step(rule_index: u64, owed: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer grant_owed gave it.
+    let owed = unsafe { &*owed.cast::<OwedGrants>() };
+    let rule_index = rule_index as u32;
+    if rule_index >= MAX_RULES as u32 || owed.rules & (1 << rule_index) == 0 {
+        return 0;
+    }
+    let (Some(settings), Some(rule)) = (settings::settings(), settings::rule(rule_index)) else {
+        return 0;
+    };
+    let expires_ns = owed.now + rule.open_for_ns;
+    guard::grant(settings, &owed.src, rule_index, rule, expires_ns, owed.now);
+    0
+}
+
 /// Runs a SYN or UDP datagram through every rule's state machine for its
 /// source; returns the drop reason when it was a knock step for some rule.
 ///
@@ -256,6 +327,7 @@ fn run_knock_rules(
             0,
         )
     };
+    grant_owed(src);
     verdict()
 }
 
@@ -360,8 +432,7 @@ extern "C" fn knock_rule(rule_index: u64, scan: *mut c_void) -> i64 {
                 set_verdict(Some(Reason::DropKnockGranted));
                 return 0;
             }
-            guard::grant(&key, expires_ns, now);
-            horizon::raise(settings, slot, Horizon::Admitted, now);
+            owe_grant(rule_index, now);
             let step = rule.steps as u8;
             events::emit(&Event::grant(
                 &scan.src, knock, rule_index, step, expires_ns,

@@ -92,7 +92,7 @@ fn traced(ctx: &XdpContext, reason: Reason) -> Option<()> {
         if knocking::has_progress(settings, &key, source_hash) {
             progress |= 1 << rule;
         }
-        if guard::has_grant(&key) {
+        if guard::has_grant(&packet.src_words, packet.l4.is_ipv6(), rule) {
             grants |= 1 << rule;
         }
     }

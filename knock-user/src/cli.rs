@@ -4,6 +4,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
+use ipnet::IpNet;
 
 use crate::{config::PortSpec, daemon::events::EventFormat, loader::AttachMode};
 
@@ -83,8 +84,10 @@ pub enum Command {
     },
     /// Admit ADDR to a rule's protected ports, as a completed knock would.
     Grant {
-        /// The source address to admit.
-        addr: IpAddr,
+        /// The source address to admit, or ADDR/LEN: the prefix of that
+        /// length (LEN must be the rule's grant_scope for the family).
+        #[arg(value_name = "ADDR[/LEN]", value_parser = parse_target)]
+        addr: IpNet,
         /// The configuration file (its `pin_dir` locates the filter).
         #[arg(long)]
         config: PathBuf,
@@ -97,8 +100,10 @@ pub enum Command {
     },
     /// Withdraw ADDR's grants (connections already admitted live on unless --flows).
     Revoke {
-        /// The source address.
-        addr: IpAddr,
+        /// The source address (every grant that admits it), or ADDR/LEN
+        /// (every grant inside that prefix or holding it).
+        #[arg(value_name = "ADDR[/LEN]", value_parser = parse_target)]
+        addr: IpNet,
         /// The configuration file (its `pin_dir` locates the filter).
         #[arg(long)]
         config: PathBuf,
@@ -146,6 +151,15 @@ pub fn parse_delay(s: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration ({e})"))
+}
+
+/// An address (its /32 or /128) or a prefix, `ADDR/LEN`, for `grant` and
+/// `revoke`; host bits below the length are cleared.
+pub fn parse_target(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{s}` is not an address or ADDR/LEN prefix"))
 }
 
 /// The systemd unit, kept in the repository as operators read it.

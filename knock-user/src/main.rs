@@ -100,9 +100,14 @@ fn main() -> ExitCode {
             rule,
             duration,
         } => pins_of(&config).and_then(|pins| {
-            let granted = admin::grant(&pins, addr, &rule, duration)?;
+            let (prefix, granted) = admin::grant(&pins, addr, &rule, duration)?;
+            let what = if prefix.prefix_len() == prefix.max_prefix_len() {
+                prefix.addr().to_string()
+            } else {
+                prefix.to_string()
+            };
             eprintln!(
-                "xknock: granted {addr} rule {rule} for {}",
+                "xknock: granted {what} rule {rule} for {}",
                 humantime::format_duration(granted)
             );
             Ok(())
@@ -115,7 +120,12 @@ fn main() -> ExitCode {
         } => read_config(&config).and_then(|config| {
             let pins = PinDir::new(&config.pin_dir);
             let (grants, ended) = admin::revoke(&pins, addr, rule.as_deref(), flows)?;
-            eprintln!("xknock: revoked {grants} grant(s) of {addr}; ended {ended} flow(s)");
+            let what = if addr.prefix_len() == addr.max_prefix_len() {
+                addr.addr().to_string()
+            } else {
+                addr.to_string()
+            };
+            eprintln!("xknock: revoked {grants} grant(s) of {what}; ended {ended} flow(s)");
             if let Some(fleet) = &config.fleet {
                 let keys = admin::revoke_fleet(fleet, addr, rule.as_deref(), flows).map_err(|e| {
                     anyhow!(

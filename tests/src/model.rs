@@ -42,6 +42,9 @@ struct Rule {
     timeout_ns: u64,
     open_for_ns: u64,
     protect: Vec<Port>,
+    /// The host bits its grants leave out of an IPv4, and an IPv6 source
+    /// (`grant_scope`): a grant admits the source's prefix.
+    host_bits: (u32, u32),
 }
 
 /// Failures of one source: the window they count in, and any penalty.
@@ -77,7 +80,8 @@ pub struct Model {
     progress: BTreeMap<(Source, usize), (usize, u64, Vec<Port>)>,
     /// Sequences of rules that open once, which opened.
     spent: HashSet<(usize, Vec<Port>)>,
-    /// (source, rule) -> expiry
+    /// (prefix, rule) -> expiry: the prefix of the knocking source its
+    /// rule's scope admits (the source alone without one).
     grants: BTreeMap<(Source, usize), u64>,
     flows: HashMap<(Source, u16, u16, u8), FlowState>,
     failures: HashMap<Source, Failures>,
@@ -292,6 +296,7 @@ impl Model {
                     timeout_ns: nanos(r.sequence_timeout),
                     open_for_ns: nanos(r.open_for),
                     protect: r.protect.iter().map(port).collect(),
+                    host_bits: r.grant_scope.host_bits(),
                 })
                 .collect(),
             spa_ports: config
@@ -360,7 +365,15 @@ impl Model {
         spent
     }
 
-    /// Grants still live now.
+    /// The prefix of `src` that rule `rule`'s grants admit, as the first
+    /// address of the prefix.
+    fn granted(&self, src: Source, rule: usize) -> Source {
+        let (ipv4, ipv6) = self.rules[rule].host_bits;
+        let host_bits = if src >> 32 == 0xffff { ipv4 } else { ipv6 };
+        src & u128::MAX.checked_shl(host_bits).unwrap_or(0)
+    }
+
+    /// Grants still live now: (prefix, rule).
     pub fn live_grants(&self) -> Vec<(Source, usize)> {
         self.grants
             .iter()
@@ -438,7 +451,7 @@ impl Model {
         }
         let granted = protecting.iter().any(|&r| {
             self.grants
-                .get(&(src, r))
+                .get(&(self.granted(src, r), r))
                 .is_some_and(|&expires| self.now < expires)
         });
         if granted {
@@ -549,7 +562,8 @@ impl Model {
                 return;
             }
             let expires = self.now + self.rules[key.1].open_for_ns;
-            self.grants.insert(key, expires);
+            self.grants
+                .insert((self.granted(key.0, key.1), key.1), expires);
         } else {
             let sequence = rule.sequence.clone();
             self.progress.insert(key, (index + 1, started, sequence));

@@ -2,8 +2,8 @@
 //! takes a free way of its source's bucket, else displaces the oldest
 //! record there, and nothing else; a displaced source's second step is no
 //! step; sources past their first step, grants and a flood of first steps
-//! live apart. (The differential never fills a bucket: it has at most six
-//! first steps at once.)
+//! live apart. (The differential all but never fills a bucket: at most
+//! five sources, whose first steps share their bucket.)
 
 use std::{
     net::{IpAddr, Ipv4Addr},

@@ -5,51 +5,70 @@
 
 pub mod status;
 
-use std::{
-    net::IpAddr,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
 
 use status::{Pinned, StatusError};
 
 use crate::{
     config::{Config, fleet::Fleet},
     fleet::{RevokeRecord, unix_ms},
-    loader::{grant_from_now, key_addr, pins::PinDir, read_instance},
+    loader::{grant_from_now, grant_prefix, key_addr, pins::PinDir, read_instance},
 };
 
-/// `xknock grant`: admits `addr` to rule `rule` for `duration` (the rule's
-/// `open_for` if none); returns the duration granted.
+/// `xknock grant`: admits `target` to rule `rule` for `duration` (the
+/// rule's `open_for` if none): an address, whose prefix a rule with a
+/// `grant_scope` admits, as a knock from it would; or a prefix of the
+/// rule's scope. Returns what it admitted and for how long.
 pub fn grant(
     pins: &PinDir,
-    addr: IpAddr,
+    target: IpNet,
     rule: &str,
     duration: Option<Duration>,
-) -> Result<Duration, StatusError> {
+) -> Result<(IpNet, Duration), StatusError> {
     let mut pinned = Pinned::open(pins)?;
     // Every index of a rule admits to the same ports.
     let index = pinned.rule_indexes(rule)?[0];
-    let duration = duration
-        .unwrap_or_else(|| Duration::from_nanos(pinned.rule(index).map_or(0, |r| r.open_for_ns)));
-    pinned
+    let config = pinned.rule(index)?;
+    let host_bits = u32::from(if target.addr().is_ipv4() {
+        config.ipv4_host_bits
+    } else {
+        config.ipv6_host_bits
+    });
+    let asked = u32::from(target.max_prefix_len() - target.prefix_len());
+    if asked != 0 && asked != host_bits {
+        let scope = target.max_prefix_len() as u32 - host_bits;
+        return Err(StatusError::Scope(format!(
+            "rule `{rule}` grants /{scope} prefixes (its grant_scope), not a /{}: grant {} or a /{scope}",
+            target.prefix_len(),
+            target.network()
+        )));
+    }
+    let duration = duration.unwrap_or_else(|| Duration::from_nanos(config.open_for_ns));
+    let key = pinned
         .maps
-        .grant(&key_addr(addr), index, grant_from_now(duration))?;
-    Ok(duration)
+        .grant(&key_addr(target.network()), index, grant_from_now(duration))?;
+    Ok((grant_prefix(&key), duration))
 }
 
-/// `xknock revoke`: removes `addr`'s grants (of `rule` only, if given) and,
-/// with `flows`, the connections they admitted; returns how many of each.
+/// `xknock revoke`: removes the grants that admit `target`, an address, or
+/// that meet it, a prefix (of `rule` only, if given) and, with `flows`,
+/// the connections they admitted; returns how many of each.
 pub fn revoke(
     pins: &PinDir,
-    addr: IpAddr,
+    target: IpNet,
     rule: Option<&str>,
     flows: bool,
 ) -> Result<(usize, usize), StatusError> {
     let mut pinned = Pinned::open(pins)?;
     let indexes = rule.map(|r| pinned.rule_indexes(r)).transpose()?;
-    Ok(pinned
-        .maps
-        .revoke(&key_addr(addr), indexes.as_deref(), flows)?)
+    Ok(pinned.maps.revoke(
+        &key_addr(target.network()),
+        u32::from(target.max_prefix_len() - target.prefix_len()),
+        indexes.as_deref(),
+        flows,
+    )?)
 }
 
 /// `xknock detach`: takes the filter off every interface and removes its
@@ -69,14 +88,16 @@ pub fn detach(pins: &PinDir) -> Result<bool, StatusError> {
 /// of the fleet's grant keys it removed.
 pub fn revoke_fleet(
     fleet: &Fleet,
-    addr: IpAddr,
+    target: IpNet,
     rule: Option<&str>,
     flows: bool,
 ) -> Result<usize, String> {
     crate::fleet::revoke(
         fleet,
         &RevokeRecord {
-            addr,
+            addr: target.network(),
+            prefix_len: (target.prefix_len() < target.max_prefix_len())
+                .then_some(target.prefix_len()),
             rule: rule.map(str::to_owned),
             flows,
             at_ms: unix_ms(SystemTime::now()),

@@ -10,9 +10,12 @@ use serde::Serialize;
 
 use crate::{
     config::PortSpec,
-    loader::maps::{Maps, Occupancy, display_addr},
     loader::pins::{PinDir, PinError},
     loader::{FilterError, monotonic_ns, read_instance},
+    loader::{
+        grant_prefix,
+        maps::{Maps, Occupancy, display_addr},
+    },
 };
 
 /// Why a command against the pinned filter failed.
@@ -28,6 +31,9 @@ pub enum StatusError {
     Link(String, #[source] aya::programs::links::LinkError),
     #[error("the running filter has no rule named `{0}` (its rules: {1})")]
     NoSuchRule(String, String),
+    /// A prefix asked of a rule that grants prefixes of another length.
+    #[error("{0}")]
+    Scope(String),
 }
 
 /// An interface the filter is on.
@@ -55,12 +61,26 @@ pub struct RuleStatus {
     /// sequence).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub spa_listen: Vec<String>,
+    /// The prefixes its grants admit, when wider than the address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_scope: Option<ScopeStatus>,
+}
+
+/// A rule's `grant_scope`: prefix lengths.
+#[derive(Debug, Serialize)]
+pub struct ScopeStatus {
+    pub ipv4: u32,
+    pub ipv6: u32,
 }
 
 /// A live grant.
 #[derive(Debug, Serialize)]
 pub struct GrantStatus {
+    /// The address it admits, or its prefix's first address.
     pub source: IpAddr,
+    /// The prefix's length, when it admits a prefix (`grant_scope`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
     pub rule: String,
     pub expires_in_secs: f64,
 }
@@ -219,6 +239,12 @@ impl Status {
                 open_for_secs: secs(rule.open_for_ns),
                 protect: ports[index].protect.clone(),
                 spa_listen: ports[index].spa.clone(),
+                grant_scope: (rule.ipv4_host_bits != 0 || rule.ipv6_host_bits != 0).then(|| {
+                    ScopeStatus {
+                        ipv4: 32 - u32::from(rule.ipv4_host_bits),
+                        ipv6: 128 - u32::from(rule.ipv6_host_bits),
+                    }
+                }),
             });
         }
         let now = monotonic_ns();
@@ -229,7 +255,8 @@ impl Status {
             .filter(|(_, grant)| grant.expires_ns > now)
             .map(|(key, grant)| GrantStatus {
                 source: display_addr(&key.addr),
-                rule: pinned.rule_name(key.rule),
+                prefix_len: (key.host_bits() > 0).then(|| grant_prefix(&key).prefix_len()),
+                rule: pinned.rule_name(key.rule_index()),
                 expires_in_secs: secs(grant.expires_ns - now),
             })
             .collect();
@@ -290,10 +317,16 @@ impl Status {
             );
         }
         for rule in &self.rules {
+            let scope = rule.grant_scope.as_ref().map_or(String::new(), |scope| {
+                format!(
+                    " to the knocker's IPv4 /{} or IPv6 /{}",
+                    scope.ipv4, scope.ipv6
+                )
+            });
             if !rule.spa_listen.is_empty() {
                 let _ = writeln!(
                     out,
-                    "spa {}: SPA packets to {} open {} for {}s",
+                    "spa {}: SPA packets to {} open {}{scope} for {}s",
                     rule.name,
                     rule.spa_listen.join(" "),
                     rule.protect.join(" "),
@@ -303,7 +336,7 @@ impl Status {
             }
             let _ = writeln!(
                 out,
-                "rule {}: {} within {}s opens {} for {}s",
+                "rule {}: {} within {}s opens {}{scope} for {}s",
                 rule.name,
                 rule.sequence.join(" "),
                 rule.sequence_timeout_secs,
@@ -313,9 +346,12 @@ impl Status {
         }
         let _ = writeln!(out, "grants: {}", self.grants.len());
         for grant in &self.grants {
+            let prefix = grant
+                .prefix_len
+                .map_or(String::new(), |len| format!("/{len}"));
             let _ = writeln!(
                 out,
-                "  {} rule={} expires_in={}s",
+                "  {}{prefix} rule={} expires_in={}s",
                 grant.source, grant.rule, grant.expires_in_secs
             );
         }

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    fleet::OfflineSpend, rotating, spa::DEFAULT_LISTEN, values::ConfigDuration, values::PortSpec,
-    values::Prefix,
+    fleet::OfflineSpend, rotating, spa::DEFAULT_LISTEN, values::ConfigDuration, values::GrantScope,
+    values::PortSpec, values::Prefix,
 };
 
 /// The file as written.
@@ -100,6 +100,8 @@ pub(super) struct FileRule {
     pub sequence_timeout: ConfigDuration,
     pub open_for: ConfigDuration,
     pub protect: Spanned<Vec<PortSpec>>,
+    #[serde(default)]
+    pub grant_scope: Option<Spanned<GrantScope>>,
     /// What `sequences_file` names, as `File::load` read it.
     #[serde(skip)]
     pub sequences: Option<Loaded>,
@@ -124,6 +126,8 @@ pub(super) struct FileSpa {
     pub max_age: Option<Spanned<ConfigDuration>>,
     #[serde(default)]
     pub require_source_address: bool,
+    #[serde(default)]
+    pub grant_scope: Option<Spanned<GrantScope>>,
 }
 
 impl FileSpa {

@@ -8,8 +8,8 @@ use std::{
 
 use knock_common::{
     Addr, CONCEAL_CLOSED, CONCEAL_DROP, Knock, MAX_RULES, ONCE, ONCE_HELD, PortRoles, RuleConfig,
-    Settings, first_step_bucket_bits, first_step_buckets, horizon_span, port_roles_index,
-    sequence_tag,
+    Settings, first_step_bucket_bits, first_step_buckets, horizon_span, host_mask,
+    port_roles_index, sequence_tag,
 };
 
 use super::{file::Conceal, model::Config, values::PortSpec, values::Prefix};
@@ -125,6 +125,7 @@ impl KernelConfig {
         assert!(used <= MAX_RULES, "slots are below MAX_RULES");
         let mut rules = vec![RuleConfig::default(); used];
         let mut roles: HashMap<u32, PortRoles> = HashMap::new();
+        let mut scoped_rules = 0;
         for (parts, rule) in slots.iter().zip(&config.rules) {
             let sequences = rule
                 .sequences_at(now)
@@ -134,7 +135,12 @@ impl KernelConfig {
                 })?;
             assert_eq!(parts.len(), sequences.len(), "a slot for every part");
             // What every part of the rule shares.
+            let (ipv4_host_bits, ipv6_host_bits) = rule.grant_scope.host_bits();
             let shared = RuleConfig {
+                ipv4_host_mask: host_mask(ipv4_host_bits),
+                ipv6_host_mask: host_mask(ipv6_host_bits),
+                ipv4_host_bits: ipv4_host_bits as u8,
+                ipv6_host_bits: ipv6_host_bits as u8,
                 sequence_timeout_ns: nanos(
                     &format!("rule `{}`: sequence_timeout", rule.name),
                     rule.sequence_timeout,
@@ -155,6 +161,9 @@ impl KernelConfig {
             };
             for (&index, sequence) in parts.iter().zip(&sequences) {
                 let bit = 1u16 << index;
+                if rule.grant_scope.is_wider() {
+                    scoped_rules |= u32::from(bit);
+                }
                 let mut kernel_rule = RuleConfig {
                     steps: sequence.len() as u32,
                     ..shared
@@ -212,6 +221,7 @@ impl KernelConfig {
                     *config.limits.first_step_entries.get_ref(),
                 )),
                 admitted_horizon: horizon_span(longest_admission.unwrap_or(0)),
+                scoped_rules,
                 // The loader keeps the one its pin directory holds.
                 source_seed: 0,
                 conceal: match config.conceal {

@@ -8,7 +8,7 @@ use std::{
 use super::{
     file::{Conceal, FlowTimeouts, Limits, PenaltyConfig},
     fleet, one_time, rotating, spa,
-    values::{PortSpec, Prefix},
+    values::{GrantScope, PortSpec, Prefix},
 };
 
 /// Where the filter is pinned unless `pin_dir` says otherwise.
@@ -47,6 +47,8 @@ pub struct Rule {
     pub sequence_timeout: Duration,
     pub open_for: Duration,
     pub protect: Vec<PortSpec>,
+    /// What of the knocking (or named) address its grants admit.
+    pub grant_scope: GrantScope,
 }
 
 /// What opens a rule's ports.

@@ -154,3 +154,37 @@ impl Prefix {
         }
     }
 }
+
+/// `grant_scope`: the prefix of the knocking (or named) address a grant
+/// admits, per family. The defaults admit the address alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrantScope {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl Default for GrantScope {
+    fn default() -> Self {
+        GrantScope {
+            ipv4: 32,
+            ipv6: 128,
+        }
+    }
+}
+
+impl GrantScope {
+    /// The host bits its grants leave out: IPv4, IPv6 (what the kernel
+    /// keeps; lengths are checked before).
+    pub fn host_bits(&self) -> (u32, u32) {
+        (
+            32u32.saturating_sub(u32::from(self.ipv4)),
+            128u32.saturating_sub(u32::from(self.ipv6)),
+        )
+    }
+
+    /// Whether it admits more than the address, in either family.
+    pub fn is_wider(&self) -> bool {
+        self.host_bits() != (0, 0)
+    }
+}

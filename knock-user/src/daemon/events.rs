@@ -2,13 +2,14 @@
 
 use std::{fmt, net::IpAddr, time::SystemTime};
 
+use ipnet::IpNet;
 use knock_common::{Addr, Event, EventKind, Knock, ResetCause};
 use serde::{Serialize, Serializer};
 
 use crate::{
     config::{Config, PortSpec},
     daemon::spa::Verdict,
-    loader::{ExpiredGrant, display_addr, monotonic_ns},
+    loader::{ExpiredGrant, display_addr, grant_prefix, monotonic_ns, scope_prefix},
 };
 
 /// The rules of the running configuration by rule index, which is what the
@@ -17,6 +18,8 @@ use crate::{
 pub struct RuleBook {
     /// Name and number of steps at each index.
     by_index: Vec<Option<(String, usize)>>,
+    /// The host bits each index's grants leave out: IPv4, IPv6.
+    scopes: Vec<(u32, u32)>,
 }
 
 impl RuleBook {
@@ -25,13 +28,23 @@ impl RuleBook {
     pub fn new(config: &Config, slots: &[Vec<u32>]) -> RuleBook {
         let used = slots.iter().flatten().max().map_or(0, |&m| m as usize + 1);
         let mut by_index = vec![None; used];
+        let mut scopes = vec![(0, 0); used];
         for (rule, parts) in config.rules.iter().zip(slots) {
             let steps = rule.steps();
             for &slot in parts {
                 by_index[slot as usize] = Some((rule.name.clone(), steps));
+                scopes[slot as usize] = rule.grant_scope.host_bits();
             }
         }
-        RuleBook { by_index }
+        RuleBook { by_index, scopes }
+    }
+
+    /// The prefix of `source` that rule `index` grants, when its scope is
+    /// wider than the address.
+    pub fn granted(&self, index: u32, source: IpAddr) -> Option<IpNet> {
+        let (ipv4, ipv6) = self.scopes.get(index as usize).copied()?;
+        let host_bits = if source.is_ipv4() { ipv4 } else { ipv6 };
+        (host_bits > 0).then(|| scope_prefix(source, host_bits))
     }
 
     /// `config`'s rules at indexes in file order.
@@ -166,6 +179,13 @@ pub struct Record {
     /// Who an SPA request admitted, when not its source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admitted: Option<IpAddr>,
+    /// The prefix a grant admits, when its rule's scope is wider than the
+    /// address (`grant_scope`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "prefix_string"
+    )]
+    pub granted: Option<IpNet>,
     /// The ports an SPA request opened.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<String>,
@@ -182,6 +202,14 @@ pub struct Record {
     /// The fleet's revision from which it is followed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<i64>,
+}
+
+/// A prefix as JSON: its text, `198.51.100.0/24`.
+fn prefix_string<S: Serializer>(prefix: &Option<IpNet>, serializer: S) -> Result<S::Ok, S::Error> {
+    match prefix {
+        Some(prefix) => serializer.collect_str(prefix),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Why a kernel event could not be decoded.
@@ -220,6 +248,7 @@ impl Record {
             expires_in_secs: None,
             ignored_for_secs: None,
             admitted: None,
+            granted: None,
             ports: None,
             detail: None,
             node: None,
@@ -282,6 +311,9 @@ impl Record {
             }
             EventKind::Grant | EventKind::Held => {
                 record.expires_in_secs = Some(seconds_until(event.expires_ns));
+                record.granted = record
+                    .source
+                    .and_then(|source| rules.granted(u32::from(event.rule), source));
             }
             EventKind::Denied => {
                 record.steps = None;
@@ -294,11 +326,13 @@ impl Record {
         Ok(record)
     }
 
-    /// A grant the sweeper removed.
+    /// A grant the sweeper removed: its address, or its prefix.
     pub fn expired(grant: &ExpiredGrant, rules: &RuleBook) -> Record {
+        let key = &grant.key;
         Record {
-            rule: rules.get(grant.rule).map(|(name, _)| name.to_owned()),
-            ..Record::new(RecordKind::Expired, Some(display_addr(&grant.source)))
+            rule: rules.get(key.rule_index()).map(|(name, _)| name.to_owned()),
+            granted: (key.host_bits() > 0).then(|| grant_prefix(key)),
+            ..Record::new(RecordKind::Expired, Some(display_addr(&key.addr)))
         }
     }
 
@@ -330,6 +364,9 @@ impl Record {
                 }
                 if let Some(admitted) = self.admitted {
                     line += &format!(" admitted={admitted}");
+                }
+                if let Some(granted) = self.granted {
+                    line += &format!(" granted={granted}");
                 }
                 if let Some(ports) = &self.ports {
                     line += &format!(" ports={ports}");

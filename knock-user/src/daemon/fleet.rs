@@ -6,10 +6,10 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
+use ipnet::IpNet;
 use knock_common::{Addr, Event, Grant};
 
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
     },
     fwknop::unix_seconds,
     loader::{
-        grant_from_now, key_addr,
+        grant_from_now, grant_prefix, key_addr,
         maps::{Maps, MapsError, display_addr},
         monotonic_ns,
     },
@@ -280,11 +280,13 @@ impl Following {
         self.link.from_fleet.recv().await
     }
 
-    /// A grant this host just made (kernel clock).
-    pub fn granted(&self, addr: IpAddr, rule: &str, grant: Grant, via: Via) {
+    /// A grant this host just made (kernel clock), of an address or a
+    /// prefix.
+    pub fn granted(&self, granted: IpNet, rule: &str, grant: Grant, via: Via) {
         let clocks = Clocks::now();
         let grant = LocalGrant {
-            addr,
+            addr: granted.network(),
+            prefix_len: prefix_len(granted),
             rule: rule.to_owned(),
             expires_ms: clocks.wall(grant.expires_ns),
             granted_ms: clocks.wall(grant.granted_ns),
@@ -301,9 +303,10 @@ impl Following {
             .into_iter()
             .filter(|(_, grant)| grant.expires_ns > clocks.kernel_ns)
             .filter_map(|(key, grant)| {
-                let (name, _) = rules.get(key.rule)?;
+                let (name, _) = rules.get(key.rule_index())?;
                 Some(LocalGrant {
                     addr: display_addr(&key.addr),
+                    prefix_len: prefix_len(grant_prefix(&key)),
                     rule: name.to_owned(),
                     expires_ms: clocks.wall(grant.expires_ns),
                     granted_ms: clocks.wall(grant.granted_ns),
@@ -355,9 +358,9 @@ impl Following {
                 // Said now, when it is decided.
                 record.time = now_rfc3339();
                 if opens {
-                    target.maps.grant(&addr, rule, grant)?;
-                    if let (Some(source), Some(name)) = (record.source, &name) {
-                        self.granted(source, name, grant, Via::Knock);
+                    let key = target.maps.grant(&addr, rule, grant)?;
+                    if let Some(name) = &name {
+                        self.granted(grant_prefix(&key), name, grant, Via::Knock);
                     }
                     record.event = RecordKind::Grant;
                     record.expires_in_secs = Some(seconds_until(grant.expires_ns));
@@ -398,11 +401,13 @@ impl Following {
                 port,
                 granted,
             } => {
+                let mut admitted = None;
                 let verdict = if opens {
-                    target
+                    let key = target
                         .maps
                         .grant(&key_addr(grant.addr), grant.index, granted)?;
-                    self.granted(grant.addr, &grant.rule, granted, Via::Spa);
+                    self.granted(grant_prefix(&key), &grant.rule, granted, Via::Spa);
+                    admitted = Some(key);
                     Verdict::Grant(grant)
                 } else {
                     let (reason, detail) = match outcome {
@@ -421,7 +426,11 @@ impl Following {
                         detail,
                     }
                 };
-                Ok(Applied::record(Record::spa(&verdict, &source, port)))
+                let mut record = Record::spa(&verdict, &source, port);
+                record.granted = admitted
+                    .filter(|key| key.host_bits() > 0)
+                    .map(|key| grant_prefix(&key));
+                Ok(Applied::record(record))
             }
         }
     }
@@ -473,11 +482,12 @@ impl Following {
                     expires_ns,
                     granted_ns: clocks.kernel(grant.granted_ms),
                 };
-                target.maps.grant(&addr, index, planted)?;
+                let key = target.maps.grant(&addr, index, planted)?;
                 if grant.node == self.node {
                     return Ok(None);
                 }
                 let mut record = Record::new(RecordKind::FleetGrant, Some(grant.addr));
+                record.granted = (key.host_bits() > 0).then(|| grant_prefix(&key));
                 record.rule = Some(grant.rule);
                 record.node = Some(grant.node);
                 record.expires_in_secs =
@@ -508,8 +518,10 @@ impl Following {
             },
             None => None,
         };
+        let net = revoke.net();
         let (grants, flows) = target.maps.revoke_granted_by(
-            &key_addr(revoke.addr),
+            &key_addr(net.network()),
+            u32::from(net.max_prefix_len() - net.prefix_len()),
             rules,
             revoke.flows,
             granted_by,
@@ -518,6 +530,7 @@ impl Following {
             return Ok(None);
         }
         let mut record = Record::new(RecordKind::FleetRevoke, Some(revoke.addr));
+        record.granted = revoke.prefix_len.map(|_| net);
         record.rule = revoke.rule;
         record.node = Some(revoke.node);
         record.detail = Some(format!("{grants} grant(s), {flows} flow(s) removed"));
@@ -569,6 +582,12 @@ fn spent_elsewhere(spend: &SpendRecord, target: Target<'_>) -> Result<Applied, M
             })
         }
     }
+}
+
+/// A prefix's length as the fleet's records carry it: none for an
+/// address alone.
+fn prefix_len(net: IpNet) -> Option<u8> {
+    (net.prefix_len() < net.max_prefix_len()).then_some(net.prefix_len())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
+use ipnet::IpNet;
 use knock_common::{Event, EventBudget, SpaDatagram};
 use tokio::{
     io::unix::AsyncFd,
@@ -30,11 +31,14 @@ use crate::{
     daemon::listeners,
     daemon::metrics::{self, Reloads},
     daemon::spa::{self, Judge, Verdict},
-    loader::maps::{display_addr, key_addr},
     loader::pins::{Lock, PinDir},
     loader::{
         AttachMode, Filter, FilterError, Installed, check_interface, embedded_program,
         grant_from_now, monotonic_ns, read_instance,
+    },
+    loader::{
+        grant_prefix,
+        maps::{display_addr, key_addr},
     },
 };
 
@@ -347,7 +351,10 @@ async fn serve(
                                         expires_ns: event.expires_ns,
                                         granted_ns: monotonic_ns(),
                                     };
-                                    following.granted(source, rule, grant, Via::Knock);
+                                    let granted = record
+                                        .granted
+                                        .unwrap_or_else(|| IpNet::from(source));
+                                    following.granted(granted, rule, grant, Via::Knock);
                                 }
                             }
                             print(record)?;
@@ -521,14 +528,18 @@ fn admit_spa(
             Ok(None)
         }
         (verdict, _) => {
+            let mut granted = None;
             if let Verdict::Grant(grant) = &verdict {
-                maps.grant(
+                let key = maps.grant(
                     &key_addr(grant.addr),
                     grant.index,
                     grant_from_now(grant.open_for),
                 )?;
+                granted = (key.host_bits() > 0).then(|| grant_prefix(&key));
             }
-            Ok(Some(Record::spa(&verdict, source, port)))
+            let mut record = Record::spa(&verdict, source, port);
+            record.granted = granted;
+            Ok(Some(record))
         }
     }
 }

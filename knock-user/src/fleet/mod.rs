@@ -131,9 +131,16 @@ pub fn fingerprint(config: &Config) -> String {
                 spa.require_source_address
             ),
         };
+        // Said only when wider than the address: fingerprints of rules
+        // without a scope stay what hosts before scopes compute.
+        let scope = if rule.grant_scope.is_wider() {
+            format!("|scope {} {}", rule.grant_scope.ipv4, rule.grant_scope.ipv6)
+        } else {
+            String::new()
+        };
         _ = writeln!(
             canonical,
-            "{}|{}|{}ms|{}ms|{opens}",
+            "{}|{}|{}ms|{}ms|{opens}{scope}",
             rule.name,
             protect.join(","),
             rule.open_for.as_millis(),

@@ -4,6 +4,7 @@
 
 use std::{net::IpAddr, time::SystemTime};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// A grant made on some host: `grants/ADDR/RULE`, under a lease that ends
@@ -23,6 +24,17 @@ pub struct GrantRecord {
     pub node: String,
     /// What made it: `knock`, `spa` or `grant` (the command).
     pub via: String,
+    /// The prefix's length when the grant admits a prefix of `addr` (its
+    /// rule's `grant_scope`); none: `addr` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
+}
+
+impl GrantRecord {
+    /// The addresses it admits.
+    pub fn net(&self) -> IpNet {
+        net(self.addr, self.prefix_len)
+    }
 }
 
 /// A revoke made on some host: `revokes/ADDR` (every rule) or
@@ -38,17 +50,50 @@ pub struct RevokeRecord {
     /// When it was made, Unix milliseconds.
     pub at_ms: u64,
     pub node: String,
+    /// The prefix's length when it revokes a prefix of `addr`: every grant
+    /// inside it or holding it. None: the grants that admit `addr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
 }
 
 impl RevokeRecord {
-    /// Whether it undoes `rule`'s grant of `addr` made at `granted_ms`.
+    /// The addresses whose grants it ends.
+    pub fn net(&self) -> IpNet {
+        net(self.addr, self.prefix_len)
+    }
+
+    /// Whether it undoes `rule`'s grant of `granted` (an address or a
+    /// prefix) made at `granted_ms`: one that shares an address with it.
     /// The two times may come from two hosts' clocks: a grant made within
     /// their skew of the revoke may go either way (a revoke heard live
     /// removes every grant it names, whenever made).
-    pub fn covers(&self, addr: IpAddr, rule: &str, granted_ms: u64) -> bool {
-        self.addr == addr
+    pub fn covers(&self, granted: IpNet, rule: &str, granted_ms: u64) -> bool {
+        meet(self.net(), granted)
             && self.rule.as_deref().is_none_or(|r| r == rule)
             && granted_ms <= self.at_ms
+    }
+}
+
+/// `addr`'s prefix of `len` bits (the address alone without one).
+pub fn net(addr: IpAddr, len: Option<u8>) -> IpNet {
+    let full = if addr.is_ipv4() { 32 } else { 128 };
+    IpNet::new(addr, len.unwrap_or(full).min(full))
+        .expect("a length within the family")
+        .trunc()
+}
+
+/// Whether two prefixes share an address (one holds the other).
+pub fn meet(a: IpNet, b: IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// How a prefix names its key: the address alone, or `ADDR_LEN` (a key's
+/// `/` separates its parts).
+fn key_part(net: IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        format!("{}_{}", net.network(), net.prefix_len())
     }
 }
 
@@ -145,15 +190,22 @@ impl Keys {
         format!("{}grants/{addr}/{rule}", self.root)
     }
 
+    /// Every grant is under it.
+    pub fn grants(&self) -> String {
+        format!("{}grants/", self.root)
+    }
+
     /// Every grant of `addr` is under it.
     pub fn grants_of(&self, addr: IpAddr) -> String {
         format!("{}grants/{addr}/", self.root)
     }
 
-    pub fn revoke(&self, addr: IpAddr, rule: Option<&str>) -> String {
+    /// The key of a revoke of `net` (an address alone, or a prefix).
+    pub fn revoke(&self, net: IpNet, rule: Option<&str>) -> String {
+        let target = key_part(net);
         match rule {
-            Some(rule) => format!("{}revokes/{addr}/{rule}", self.root),
-            None => format!("{}revokes/{addr}", self.root),
+            Some(rule) => format!("{}revokes/{target}/{rule}", self.root),
+            None => format!("{}revokes/{target}", self.root),
         }
     }
 
@@ -219,6 +271,7 @@ mod tests {
             granted_ms: 1_000,
             node: "a".into(),
             via: "knock".into(),
+            prefix_len: None,
         };
         let key = keys.grant(addr, "ssh");
         assert_eq!(key, "/xknock/prod/grants/fd19::7/ssh");
@@ -233,11 +286,35 @@ mod tests {
             flows: true,
             at_ms: 1_500,
             node: "b".into(),
+            prefix_len: None,
         };
         assert_eq!(
-            keys.decode(keys.revoke(addr, None).as_bytes(), &encode(&revoke)),
+            keys.decode(keys.revoke(revoke.net(), None).as_bytes(), &encode(&revoke)),
             Some(Entry::Revoke(revoke))
         );
+        // A prefix's revoke keys apart from its network address's.
+        let prefix = RevokeRecord {
+            addr: "fd19::".parse().expect("address"),
+            rule: Some("ssh".into()),
+            flows: true,
+            at_ms: 1_500,
+            node: "b".into(),
+            prefix_len: Some(64),
+        };
+        assert_eq!(
+            keys.revoke(prefix.net(), prefix.rule.as_deref()),
+            "/xknock/prod/revokes/fd19::_64/ssh"
+        );
+        assert_eq!(
+            keys.revoke(net("fd19::".parse().expect("address"), None), None),
+            "/xknock/prod/revokes/fd19::"
+        );
+        // Records written before scopes read as the address alone.
+        let old = br#"{"addr":"198.19.0.9","rule":null,"flows":false,"at_ms":5,"node":"n"}"#;
+        let Some(Entry::Revoke(old)) = keys.decode(b"/xknock/prod/revokes/198.19.0.9", old) else {
+            panic!("an older revoke decodes");
+        };
+        assert_eq!(old.net(), "198.19.0.9/32".parse::<IpNet>().expect("net"));
         let spend = SpendRecord {
             spent: Spent::Sequence {
                 rule: "ssh-once".into(),
@@ -277,11 +354,26 @@ mod tests {
             flows: false,
             at_ms: 1_000,
             node: "b".into(),
+            prefix_len: None,
         };
-        assert!(revoke(None).covers(addr, "ssh", 1_000));
-        assert!(revoke(Some("ssh")).covers(addr, "ssh", 999));
-        assert!(!revoke(Some("web")).covers(addr, "ssh", 999));
-        assert!(!revoke(None).covers(addr, "ssh", 1_001), "granted after");
-        assert!(!revoke(None).covers([198, 19, 0, 8].into(), "ssh", 0));
+        let alone = net(addr, None);
+        assert!(revoke(None).covers(alone, "ssh", 1_000));
+        assert!(revoke(Some("ssh")).covers(alone, "ssh", 999));
+        assert!(!revoke(Some("web")).covers(alone, "ssh", 999));
+        assert!(!revoke(None).covers(alone, "ssh", 1_001), "granted after");
+        assert!(!revoke(None).covers(net([198, 19, 0, 8].into(), None), "ssh", 0));
+        // A prefix's grant is undone by a revoke of an address in it, and
+        // a prefix's revoke undoes the grants inside it.
+        let slash24 = net(addr, Some(24));
+        assert_eq!(slash24.to_string(), "198.19.0.0/24");
+        assert!(revoke(None).covers(slash24, "ssh", 0));
+        assert!(!revoke(None).covers(net([198, 19, 1, 9].into(), Some(24)), "ssh", 0));
+        let of_prefix = RevokeRecord {
+            addr: [198, 19, 0, 0].into(),
+            prefix_len: Some(24),
+            ..revoke(None)
+        };
+        assert!(of_prefix.covers(net([198, 19, 0, 200].into(), None), "ssh", 0));
+        assert!(!of_prefix.covers(net([198, 19, 1, 200].into(), None), "ssh", 0));
     }
 }

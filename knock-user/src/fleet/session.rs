@@ -349,7 +349,7 @@ impl Session<'_> {
                             }
                             Entry::Revoke(revoke) if put => Some(self.view.put_revoke(revoke)),
                             Entry::Revoke(revoke) => {
-                                self.view.delete_revoke(revoke.addr, revoke.rule.as_deref());
+                                self.view.delete_revoke(revoke.net(), revoke.rule.as_deref());
                                 None
                             }
                             Entry::Node(node) => {

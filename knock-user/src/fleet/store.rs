@@ -6,12 +6,12 @@
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 
 use super::record::{
-    Entry, GrantRecord, Keys, NodeRecord, RevokeRecord, SpendRecord, encode, unix_ms,
+    Entry, GrantRecord, Keys, NodeRecord, RevokeRecord, SpendRecord, encode, meet, unix_ms,
 };
 use crate::config::fleet::Fleet;
 
@@ -124,10 +124,11 @@ pub async fn record_spend(
     Ok(Some(holder.unwrap_or_else(|| "another host".into())))
 }
 
-/// Revokes on every host of the fleet: the grants of `addr` (of `rule`
-/// only, if given) made until now, and with `flows` their connections.
-/// The grants' keys go, and a revoke record stays as long as any of them
-/// could have lasted, so that a host away now undoes them when it is back.
+/// Revokes on every host of the fleet: the grants that meet the revoke's
+/// address or prefix (of its rule only, if it names one) made until now,
+/// and with `flows` their connections. The grants' keys go, and a revoke
+/// record stays as long as any of them could have lasted, so that a host
+/// away now undoes them when it is back.
 pub async fn revoke(
     fleet: &Fleet,
     revoke: &RevokeRecord,
@@ -136,25 +137,28 @@ pub async fn revoke(
     let keys = Keys::new(&fleet.prefix);
     let mut client = connect_any(fleet).await?;
     let failed = |what: &'static str| move |e: etcd_client::Error| format!("{what}: {e}");
-    let (grants, options) = match &revoke.rule {
-        Some(rule) => (keys.grant(revoke.addr, rule), None),
-        None => (
-            keys.grants_of(revoke.addr),
-            Some(GetOptions::new().with_prefix()),
-        ),
-    };
+    // Every grant, to find those of prefixes holding the address too.
     let listed = client
-        .get(grants.clone(), options)
+        .get(keys.grants(), Some(GetOptions::new().with_prefix()))
         .await
         .map_err(failed("reading the grants"))?;
     let now = unix_ms(SystemTime::now());
-    let longest_ms = listed
+    let revoked: Vec<(Vec<u8>, GrantRecord)> = listed
         .kvs()
         .iter()
         .filter_map(|kv| match keys.decode(kv.key(), kv.value()) {
-            Some(Entry::Grant(grant)) => Some(grant.expires_ms.saturating_sub(now)),
+            Some(Entry::Grant(grant))
+                if meet(revoke.net(), grant.net())
+                    && revoke.rule.as_deref().is_none_or(|r| r == grant.rule) =>
+            {
+                Some((kv.key().to_vec(), grant))
+            }
             _ => None,
         })
+        .collect();
+    let longest_ms = revoked
+        .iter()
+        .map(|(_, grant)| grant.expires_ms.saturating_sub(now))
         .max()
         .unwrap_or(0);
     let ttl = longest_ms.div_ceil(1000).max(memory.as_secs()) + GRANT_KEY_MARGIN_SECS;
@@ -162,19 +166,21 @@ pub async fn revoke(
         .lease_grant(i64::try_from(ttl).unwrap_or(i64::MAX), None)
         .await
         .map_err(failed("granting the revoke's lease"))?;
-    let delete = match &revoke.rule {
-        Some(_) => TxnOp::delete(grants, None),
-        None => TxnOp::delete(grants, Some(DeleteOptions::new().with_prefix())),
-    };
-    let put = TxnOp::put(
-        keys.revoke(revoke.addr, revoke.rule.as_deref()),
+    let mut ops: Vec<TxnOp> = revoked
+        .iter()
+        .map(|(key, _)| TxnOp::delete(key.clone(), None))
+        .collect();
+    ops.push(TxnOp::put(
+        keys.revoke(revoke.net(), revoke.rule.as_deref()),
         encode(revoke),
         Some(PutOptions::new().with_lease(lease.id())),
-    );
+    ));
     // One transaction: no host sees the grants gone without the revoke.
-    let txn = Txn::new().and_then(vec![delete, put]);
-    client.txn(txn).await.map_err(failed("revoking"))?;
-    Ok(listed.kvs().len())
+    client
+        .txn(Txn::new().and_then(ops))
+        .await
+        .map_err(failed("revoking"))?;
+    Ok(revoked.len())
 }
 
 /// The fleet's hosts, as their node keys say.

@@ -15,7 +15,9 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use super::record::{GrantRecord, RevokeRecord};
+use ipnet::IpNet;
+
+use super::record::{GrantRecord, RevokeRecord, net};
 
 /// A grant in this host's kernel, with its times on the wall clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct LocalGrant {
     pub granted_ms: u64,
     /// What made it (`GrantRecord::via`).
     pub via: &'static str,
+    /// `GrantRecord::prefix_len`.
+    pub prefix_len: Option<u8>,
 }
 
 /// How much later than the fleet's copy a local grant must end to be
@@ -55,7 +59,7 @@ pub enum Change {
 pub struct View {
     node: String,
     grants: HashMap<(IpAddr, String), GrantRecord>,
-    revokes: HashMap<(IpAddr, Option<String>), RevokeRecord>,
+    revokes: HashMap<(IpNet, Option<String>), RevokeRecord>,
 }
 
 impl View {
@@ -82,7 +86,7 @@ impl View {
         self.grants.clear();
         self.revokes = revokes
             .into_iter()
-            .map(|r| ((r.addr, r.rule.clone()), r))
+            .map(|r| ((r.net(), r.rule.clone()), r))
             .collect();
         let mut changes: Vec<Change> = self
             .revokes
@@ -101,7 +105,7 @@ impl View {
     /// A grant written to the fleet: planted if it is live and no revoke
     /// made after it is known.
     pub fn put_grant(&mut self, grant: GrantRecord, now_ms: u64) -> Option<Change> {
-        if self.revoked(grant.addr, &grant.rule, grant.granted_ms) {
+        if self.revoked(grant.net(), &grant.rule, grant.granted_ms) {
             return None;
         }
         let live = grant.expires_ms > now_ms;
@@ -119,15 +123,15 @@ impl View {
     /// A revoke written to the fleet: removed here at once.
     pub fn put_revoke(&mut self, revoke: RevokeRecord) -> Change {
         self.grants
-            .retain(|(addr, rule), grant| !revoke.covers(*addr, rule, grant.granted_ms));
+            .retain(|(_, rule), grant| !revoke.covers(grant.net(), rule, grant.granted_ms));
         self.revokes
-            .insert((revoke.addr, revoke.rule.clone()), revoke.clone());
+            .insert((revoke.net(), revoke.rule.clone()), revoke.clone());
         Change::Remove(revoke)
     }
 
     /// A revoke's key went away (its lease ended).
-    pub fn delete_revoke(&mut self, addr: IpAddr, rule: Option<&str>) {
-        self.revokes.remove(&(addr, rule.map(str::to_owned)));
+    pub fn delete_revoke(&mut self, net: IpNet, rule: Option<&str>) {
+        self.revokes.remove(&(net, rule.map(str::to_owned)));
     }
 
     /// This host's live grants beside the fleet's: those the fleet lacks
@@ -145,11 +149,13 @@ impl View {
             if known {
                 continue;
             }
-            if let Some(revoke) = self
-                .revokes
-                .values()
-                .find(|r| r.covers(local.addr, &local.rule, local.granted_ms))
-            {
+            if let Some(revoke) = self.revokes.values().find(|r| {
+                r.covers(
+                    net(local.addr, local.prefix_len),
+                    &local.rule,
+                    local.granted_ms,
+                )
+            }) {
                 remove.push(Change::Undo(RevokeRecord {
                     rule: Some(local.rule.clone()),
                     ..revoke.clone()
@@ -163,6 +169,7 @@ impl View {
                 granted_ms: local.granted_ms,
                 node: self.node.clone(),
                 via: local.via.to_owned(),
+                prefix_len: local.prefix_len,
             };
             self.grants.insert(key, record.clone());
             publish.push(record);
@@ -172,10 +179,10 @@ impl View {
 
     /// Whether a known revoke undoes `rule`'s grant of `addr` made at
     /// `granted_ms`.
-    fn revoked(&self, addr: IpAddr, rule: &str, granted_ms: u64) -> bool {
+    fn revoked(&self, granted: IpNet, rule: &str, granted_ms: u64) -> bool {
         self.revokes
             .values()
-            .any(|r| r.covers(addr, rule, granted_ms))
+            .any(|r| r.covers(granted, rule, granted_ms))
     }
 }
 
@@ -193,6 +200,7 @@ mod tests {
             granted_ms,
             node: node.into(),
             via: "knock".into(),
+            prefix_len: None,
         }
     }
 
@@ -203,6 +211,7 @@ mod tests {
             flows: true,
             at_ms,
             node: "b".into(),
+            prefix_len: None,
         }
     }
 
@@ -213,6 +222,7 @@ mod tests {
             expires_ms,
             granted_ms,
             via: "knock",
+            prefix_len: None,
         }
     }
 
@@ -245,7 +255,7 @@ mod tests {
         // One made after it is.
         assert!(view.put_grant(grant("c", 5_001, 60_000), 6_000).is_some());
         // The revoke's key going away forgets it.
-        view.delete_revoke(A, None);
+        view.delete_revoke(net(A, None), None);
         assert!(view.put_grant(grant("c", 4_000, 60_000), 6_000).is_some());
     }
 

@@ -38,7 +38,7 @@ use self::{
     table::{Kind, TABLE, name},
 };
 use crate::config::{Config, KernelConfig, KernelConfigError};
-pub use maps::{ExpiredGrant, display_addr, key_addr};
+pub use maps::{ExpiredGrant, display_addr, grant_prefix, key_addr, scope_prefix};
 
 /// The XDP program, built by build.rs from knock-ebpf.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/knock-ebpf"));
@@ -548,6 +548,12 @@ impl Filter {
         instance.generation = pending.generation;
         self.maps.set_instance(&instance)?;
         self.maps.clear_rules(&pending.placement.retired)?;
+        let rescoped = self.maps.drop_rescoped_grants(&self.maps.rules()?)?;
+        if rescoped > 0 {
+            log::warn!(
+                "{rescoped} grant(s) made under a grant_scope their rule no longer has were removed; those clients knock again"
+            );
+        }
         pending.unused.0 = None;
         pins.remove_generations_but(pending.generation)?;
         Ok(())

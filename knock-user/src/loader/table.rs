@@ -16,8 +16,8 @@ use aya::{
     maps::{Map, MapError, MapType as BpfMapType},
 };
 use knock_common::{
-    Addr, EventBudget, FirstStepBucket, Flow, FlowKey, Grant, Instance, Penalty, PortRoles,
-    Progress, RuleConfig, Settings, SourceHorizon, SourceRule, SpentKey, SteeredSlot,
+    Addr, EventBudget, FirstStepBucket, Flow, FlowKey, Grant, GrantKey, Instance, Penalty,
+    PortRoles, Progress, RuleConfig, Settings, SourceHorizon, SourceRule, SpentKey, SteeredSlot,
 };
 
 use self::kernel::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
@@ -44,7 +44,7 @@ macro_rules! maps_table {
             PROGRESS: LruHashMap<SourceRule, Progress>, Kind::State, sized(ProgressEntries)
                 => progress_map, progress_map_mut;
             /// Sources admitted to a rule, until when.
-            GRANTS: LruHashMap<SourceRule, Grant>, Kind::State, sized(GrantEntries)
+            GRANTS: LruHashMap<GrantKey, Grant>, Kind::State, sized(GrantEntries)
                 => grants_map, grants_map_mut;
             /// Connections admitted by a grant.
             FLOWS: LruHashMap<FlowKey, Flow>, Kind::State, sized(FlowEntries)
@@ -105,6 +105,8 @@ macro_rules! maps_table {
             KNOCK_HANDOVER: PerCpuArray<[u8; 80]>, Kind::Scratch, fixed;
             /// `xknock_knock`'s verdict, handed back.
             KNOCK_VERDICT: PerCpuArray<u32>, Kind::Scratch, fixed;
+            /// The grants `xknock_knock`'s rule loop owes a packet.
+            OWED_GRANTS: PerCpuArray<[u8; 32]>, Kind::Scratch, fixed;
             /// Where the traced filter hands every verdict to `xknock_trace`.
             TRACE_PROGRAM: ProgramArray, Kind::Trace, fixed;
             /// The verdict handed to `xknock_trace`.
@@ -477,7 +479,7 @@ mod tests {
             });
         assert_eq!(
             (LAYOUT_VERSION, pinned.len(), fingerprint),
-            (8, 24, 0x9555_aa1e_64de_79a3),
+            (9, 24, 0xe138_16dd_0e9f_c113),
             "the pinned layout changed: bump LAYOUT_VERSION and record the new fingerprint\n{}",
             pinned.join("\n")
         );

@@ -16,6 +16,7 @@ mod fleet;
 mod kernel;
 mod one_time;
 mod rotating;
+mod scope;
 mod spa;
 
 const EXAMPLE: &str = r#"# xknock.toml

@@ -53,7 +53,7 @@ pub(super) fn validate(text: &str, file: File) -> Result<Config, ConfigError> {
         let spa = spa::keys(file_spa, &report)?;
         cross::spa_listen(&rules, file_spa, &spa, &report)?;
         spa::max_age(file_spa, &spa, &report)?;
-        rules.push(spa::rule(file_spa, spa));
+        rules.push(spa::rule(file_spa, spa, &mut report)?);
         spans.push(file_spa.name.span());
     }
     cross::all(&rules, &spans, &report)?;

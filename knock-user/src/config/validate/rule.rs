@@ -3,7 +3,7 @@
 
 use std::{ops::Range, path::PathBuf, time::Duration};
 
-use knock_common::{MAX_FIRST_STEP_TIMEOUT_NS, MAX_STEPS};
+use knock_common::{MAX_FIRST_STEP_TIMEOUT_NS, MAX_IPV4_HOST_BITS, MAX_IPV6_HOST_BITS, MAX_STEPS};
 use toml::Spanned;
 
 use super::report::Report;
@@ -14,7 +14,7 @@ use crate::config::{
     model::RuleKind,
     one_time::{self, OneTime},
     rotating::{self, Rotating},
-    values::PortSpec,
+    values::{GrantScope, PortSpec},
 };
 
 /// Shortest sequence accepted, and the length below which a warning is given.
@@ -69,6 +69,58 @@ pub(super) fn check_protect(
         }
     }
     Ok(())
+}
+
+/// Narrowest scopes that pass without a warning: a knock opening a /24
+/// or a /48 already opens it to everyone there.
+const QUIET_IPV4_SCOPE: u8 = 24;
+const QUIET_IPV6_SCOPE: u8 = 48;
+
+/// A rule's or SPA entry's `grant_scope`: no wider than an IPv4 /16 or an
+/// IPv6 /32 (refused), with a warning past a /24 or a /48.
+pub(super) fn check_scope(
+    owner: &str,
+    scope: Option<&Spanned<GrantScope>>,
+    report: &mut Report<'_>,
+) -> Result<GrantScope, ConfigError> {
+    let Some(scope) = scope else {
+        return Ok(GrantScope::default());
+    };
+    let key = format!("{owner}: grant_scope");
+    let value = *scope.get_ref();
+    let widest_ipv4 = 32 - MAX_IPV4_HOST_BITS as u8;
+    let widest_ipv6 = 128 - MAX_IPV6_HOST_BITS as u8;
+    for (family, len, full, widest, quiet) in [
+        ("ipv4", value.ipv4, 32, widest_ipv4, QUIET_IPV4_SCOPE),
+        ("ipv6", value.ipv6, 128, widest_ipv6, QUIET_IPV6_SCOPE),
+    ] {
+        if len > full {
+            return Err(report.invalid(
+                scope.span(),
+                &key,
+                format!("{family} = {len} is no prefix length (at most {full})"),
+            ));
+        }
+        if len < widest {
+            return Err(report.invalid(
+                scope.span(),
+                &key,
+                format!(
+                    "{family} = {len} would let one knock open a /{len}; the widest scope is /{widest}"
+                ),
+            ));
+        }
+        if len < quiet {
+            report.warn(
+                scope.span(),
+                &key,
+                format!(
+                    "{family} = {len}: a grant opens the protected ports to every address of a /{len}, anyone sharing it included"
+                ),
+            );
+        }
+    }
+    Ok(value)
 }
 
 /// The rule, checked on its own, and where its sequence comes from (its
@@ -140,6 +192,7 @@ pub(super) fn check(
         sequence_timeout: rule.sequence_timeout.0,
         open_for: rule.open_for.0,
         protect: rule.protect.get_ref().clone(),
+        grant_scope: check_scope(&format!("rule `{name}`"), rule.grant_scope.as_ref(), report)?,
     };
     Ok((rule, span))
 }

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use super::{report::Report, rule::check_protect};
+use super::{
+    report::Report,
+    rule::{check_protect, check_scope},
+};
 use crate::{
     config::{
         file::FileSpa,
@@ -75,12 +78,14 @@ pub(super) fn max_age(file: &FileSpa, spa: &Spa, report: &Report<'_>) -> Result<
 }
 
 /// The entry as a rule: one without a sequence, which takes a rule index.
-pub(super) fn rule(file: &FileSpa, spa: Spa) -> Rule {
-    Rule {
-        name: file.name.get_ref().clone(),
+pub(super) fn rule(file: &FileSpa, spa: Spa, report: &mut Report<'_>) -> Result<Rule, ConfigError> {
+    let name = file.name.get_ref();
+    Ok(Rule {
+        name: name.clone(),
         kind: RuleKind::Spa(spa),
         sequence_timeout: Duration::ZERO,
         open_for: file.open_for.0,
         protect: file.protect.get_ref().clone(),
-    }
+        grant_scope: check_scope(&format!("spa `{name}`"), file.grant_scope.as_ref(), report)?,
+    })
 }

@@ -1,11 +1,11 @@
 //! One typed accessor per map that `Maps` holds, made from the map table:
-//! `grants_map()` reads `GRANTS` as the `LruHashMap<SourceRule, Grant>` its
+//! `grants_map()` reads `GRANTS` as the `LruHashMap<GrantKey, Grant>` its
 //! row (and its kernel static) declares, `grants_map_mut()` writes it.
 
 use aya::maps::MapData;
 use knock_common::{
-    Addr, Flow, FlowKey, Grant, Instance, Penalty, PortRoles, Progress, RuleConfig, Settings,
-    SourceHorizon, SourceRule, SpentKey, SteeredSlot,
+    Addr, Flow, FlowKey, Grant, GrantKey, Instance, Penalty, PortRoles, Progress, RuleConfig,
+    Settings, SourceHorizon, SourceRule, SpentKey, SteeredSlot,
 };
 
 use super::base::{Maps, MapsError};

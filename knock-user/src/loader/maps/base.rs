@@ -7,7 +7,8 @@ use aya::{
     Ebpf, Pod,
     maps::{HashMap, Map, MapData, MapError, RingBuf},
 };
-use knock_common::Addr;
+use ipnet::IpNet;
+use knock_common::{Addr, GrantKey};
 
 use super::mapped::Mapped;
 use crate::loader::{
@@ -190,6 +191,24 @@ pub fn key_addr(ip: IpAddr) -> Addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// The prefix a grant's key admits, as the operator writes it: IPv4 when
+/// it is IPv4-mapped (a grant of the address alone is its /32 or /128).
+pub fn grant_prefix(key: &GrantKey) -> IpNet {
+    scope_prefix(display_addr(&key.addr), key.host_bits())
+}
+
+/// The prefix of `addr` that leaves out `host_bits`.
+pub fn scope_prefix(addr: IpAddr, host_bits: u32) -> IpNet {
+    let full = match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    };
+    let len = u8::try_from(full - host_bits.min(full)).unwrap_or(0);
+    IpNet::new(addr, len)
+        .expect("a length within the family")
+        .trunc()
 }
 
 /// Shows a key address as IPv4 when it is IPv4-mapped.

@@ -25,7 +25,7 @@ mod state;
 mod testing;
 
 pub use self::{
-    base::{Maps, MapsError, display_addr, key_addr, map_data},
+    base::{Maps, MapsError, display_addr, grant_prefix, key_addr, map_data, scope_prefix},
     counters::Occupancy,
     replay::Remembered,
     state::ExpiredGrant,

@@ -6,29 +6,41 @@
 use std::sync::atomic::Ordering;
 
 use knock_common::{
-    Addr, Flow, FlowKey, Grant, IPPROTO_UDP, Penalty, Progress, SourceHorizon, SourceRule,
-    SpentKey, horizon_units,
+    Addr, Flow, FlowKey, Grant, GrantKey, IPPROTO_UDP, Penalty, Progress, RuleConfig,
+    SourceHorizon, SourceRule, SpentKey, addr_words, horizon_units, is_ipv4_mapped,
 };
 
 use super::base::{Maps, MapsError, entries, map_error, remove_where};
 use crate::loader::table::name;
 
-/// A grant the sweeper found expired and removed.
+/// A grant the sweeper found expired and removed: its prefix and rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExpiredGrant {
-    pub source: Addr,
-    pub rule: u32,
+    pub key: GrantKey,
 }
 
 impl Maps {
     /// Every grant, live or expired but not yet swept.
-    pub fn grants(&self) -> Result<Vec<(SourceRule, Grant)>, MapsError> {
+    pub fn grants(&self) -> Result<Vec<(GrantKey, Grant)>, MapsError> {
         Ok(entries(&self.grants_map()?))
     }
 
-    /// `addr`'s grant of rule `rule`, if it has one.
+    /// The key of a grant of rule `rule` to `addr`: the prefix of `addr`
+    /// the rule's scope admits, as the kernel keys it.
+    pub fn grant_key(&self, addr: &Addr, rule: u32) -> Result<GrantKey, MapsError> {
+        let config = self
+            .rules_map()?
+            .get(&rule, 0)
+            .map_err(map_error(name::RULES))?;
+        let words = addr_words(addr);
+        Ok(config.grant_key(&words, !is_ipv4_mapped(&words), rule))
+    }
+
+    /// The grant of rule `rule` that admits `addr` (of its prefix, for a
+    /// scoped rule), if there is one.
     pub fn grant_of(&self, addr: &Addr, rule: u32) -> Result<Option<Grant>, MapsError> {
-        match self.grants_map()?.get(&SourceRule { addr: *addr, rule }, 0) {
+        let key = self.grant_key(addr, rule)?;
+        match self.grants_map()?.get(&key, 0) {
             Ok(grant) => Ok(Some(grant)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(map_error(name::GRANTS)(error)),
@@ -94,12 +106,14 @@ impl Maps {
     }
 
     /// Grants `addr` rule `rule` as `grant` says (kernel clock), as the
-    /// kernel does when a sequence completes: the source's admitted horizon
-    /// first (else the filter could skip the lookup that finds the grant),
-    /// then the grant.
-    pub fn grant(&mut self, addr: &Addr, rule: u32, grant: Grant) -> Result<(), MapsError> {
+    /// kernel does when a sequence completes: the prefix of `addr` the
+    /// rule's scope admits (the address alone without a scope); its
+    /// admitted horizon first (else the filter could skip the lookup that
+    /// finds the grant), then the grant. Returns the key granted.
+    pub fn grant(&mut self, addr: &Addr, rule: u32, grant: Grant) -> Result<GrantKey, MapsError> {
+        let key = self.grant_key(addr, rule)?;
         let expires_ns = grant.expires_ns;
-        let (slot, horizon) = self.source_horizon(addr)?;
+        let (slot, horizon) = self.source_horizon(&key.addr)?;
         // Past the grant's end, as `horizon_span` would raise it from now.
         let until = horizon_units(expires_ns).saturating_add(2);
         if horizon.admitted_until < until {
@@ -113,19 +127,24 @@ impl Maps {
                 .fetch_max(until, Ordering::SeqCst);
         }
         self.grants_map_mut()?
-            .insert(&SourceRule { addr: *addr, rule }, &grant, 0)
-            .map_err(map_error(name::GRANTS))
+            .insert(&key, &grant, 0)
+            .map_err(map_error(name::GRANTS))?;
+        Ok(key)
     }
 
-    /// Removes `addr`'s grants (of the rule indexes `rules` only, if given) and, with
-    /// `flows`, the connections they admitted; returns how many of each.
+    /// Removes the grants that meet `prefix` (the addresses of the
+    /// `host_bits` below `addr`: grants of prefixes holding it, and grants
+    /// inside it), of the rule indexes `rules` only, if given, and, with
+    /// `flows`, the connections from those prefixes they admitted; returns
+    /// how many of each.
     pub fn revoke(
         &mut self,
         addr: &Addr,
+        host_bits: u32,
         rules: Option<&[u32]>,
         flows: bool,
     ) -> Result<(usize, usize), MapsError> {
-        self.revoke_granted_by(addr, rules, flows, u64::MAX)
+        self.revoke_granted_by(addr, host_bits, rules, flows, u64::MAX)
     }
 
     /// `revoke`, of the grants made at `granted_by` (kernel clock) or
@@ -133,17 +152,24 @@ impl Maps {
     pub fn revoke_granted_by(
         &mut self,
         addr: &Addr,
+        host_bits: u32,
         rules: Option<&[u32]>,
         flows: bool,
         granted_by: u64,
     ) -> Result<(usize, usize), MapsError> {
         let of_rule = |r: u32| rules.is_none_or(|wanted| wanted.contains(&r));
+        let asked = GrantKey::new(&addr_words(addr), 0, host_bits);
         let grants = remove_where(self.grants_map_mut()?, |k, g| {
-            k.addr == *addr && of_rule(k.rule) && g.granted_ns <= granted_by
+            meet(k, &asked) && of_rule(k.rule_index()) && g.granted_ns <= granted_by
         });
         let flows = if flows {
             remove_where(self.flows_map_mut()?, |k, f| {
-                k.addr == *addr && of_rule(f.rule)
+                let words = addr_words(&k.addr);
+                of_rule(f.rule)
+                    && (asked.admits(&words)
+                        || grants
+                            .iter()
+                            .any(|(g, _)| g.rule_index() == f.rule && g.admits(&words)))
             })
             .len()
         } else {
@@ -159,7 +185,9 @@ impl Maps {
         }
         self.clear_first_steps(rules)?;
         remove_where(self.progress_map_mut()?, |k, _| rules.contains(&k.rule));
-        remove_where(self.grants_map_mut()?, |k, _| rules.contains(&k.rule));
+        remove_where(self.grants_map_mut()?, |k, _| {
+            rules.contains(&k.rule_index())
+        });
         remove_where(self.flows_map_mut()?, |_, f| rules.contains(&f.rule));
         Ok(())
     }
@@ -180,10 +208,34 @@ impl Maps {
         });
         Ok(expired
             .into_iter()
-            .map(|(key, _)| ExpiredGrant {
-                source: key.addr,
-                rule: key.rule,
-            })
+            .map(|(key, _)| ExpiredGrant { key })
             .collect())
     }
+
+    /// Removes the grants made under another scope than their rule has in
+    /// `rules` (the configuration in place, by index): a reload changed
+    /// the rule's `grant_scope`, and no lookup finds their keys any more.
+    /// Returns how many.
+    pub fn drop_rescoped_grants(&mut self, rules: &[RuleConfig]) -> Result<usize, MapsError> {
+        Ok(remove_where(self.grants_map_mut()?, |k, _| {
+            let Some(rule) = rules.get(k.rule_index() as usize) else {
+                return false;
+            };
+            let words = addr_words(&k.addr);
+            let now = if is_ipv4_mapped(&words) {
+                rule.ipv4_host_bits
+            } else {
+                rule.ipv6_host_bits
+            };
+            k.host_bits() != u32::from(now)
+        })
+        .len())
+    }
+}
+
+/// Whether two grant prefixes share an address: one holds the other.
+fn meet(a: &GrantKey, b: &GrantKey) -> bool {
+    let wider = a.host_bits().max(b.host_bits());
+    GrantKey::new(&addr_words(&a.addr), 0, wider).addr
+        == GrantKey::new(&addr_words(&b.addr), 0, wider).addr
 }

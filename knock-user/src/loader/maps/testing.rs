@@ -11,7 +11,7 @@ use aya::{
     maps::{HashMap, MapData},
 };
 use knock_common::{
-    Addr, Grant, HORIZON_UNIT_SHIFT, Progress, SourceHorizon, SourceRule, record_aged,
+    Addr, Grant, GrantKey, HORIZON_UNIT_SHIFT, Progress, SourceHorizon, SourceRule, record_aged,
 };
 
 use super::base::{Maps, MapsError, entries, map_data, map_error, remove_where};
@@ -103,7 +103,7 @@ impl Maps {
     }
 
     /// Stores a grant without raising its source's horizon.
-    pub fn plant_grant(&mut self, key: &SourceRule, grant: &Grant) -> Result<(), MapsError> {
+    pub fn plant_grant(&mut self, key: &GrantKey, grant: &Grant) -> Result<(), MapsError> {
         self.grants_map_mut()?
             .insert(key, grant, 0)
             .map_err(map_error(name::GRANTS))
