@@ -429,7 +429,15 @@ impl Sshd {
 
     /// The ssh client command for running `remote` as root on `server`.
     pub fn ssh(&self, lab: &Lab, server: &str, remote: &str) -> Command {
+        self.ssh_from(lab, None, server, remote)
+    }
+
+    /// `ssh`, from the client's address `bind` (`ssh -b`) if given.
+    pub fn ssh_from(&self, lab: &Lab, bind: Option<&str>, server: &str, remote: &str) -> Command {
         let mut command = lab.client.command("ssh");
+        if let Some(bind) = bind {
+            command.args(["-b", bind]);
+        }
         command
             .arg("-i")
             .arg(self.key())

@@ -2,6 +2,7 @@
 //! exposition format at `/metrics`, read from the pins at each scrape.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     sync::Arc,
     sync::atomic::{AtomicU64, Ordering},
@@ -82,6 +83,13 @@ pub fn render(status: &Status, reloads: &Reloads, fleet: Option<&FleetStatus>) -
         "gauge",
         "Live grants.",
         &[(String::new(), status.grants.len() as f64)],
+    );
+    family(
+        &mut out,
+        "xknock_prefix_grants",
+        "gauge",
+        "Live grants that admit a prefix of the knocking address (grant_scope), by its length.",
+        &prefix_grants(status),
     );
     family(
         &mut out,
@@ -298,4 +306,28 @@ fn unavailable(error: &StatusError) -> (&'static str, &'static str, String) {
         "text/plain",
         format!("cannot read the filter: {error}\n"),
     )
+}
+
+/// Live grants of prefixes, by family and length (none: no sample).
+fn prefix_grants(status: &Status) -> Vec<(String, f64)> {
+    let mut by_len: BTreeMap<(&str, u8), usize> = BTreeMap::new();
+    for grant in &status.grants {
+        if let Some(len) = grant.prefix_len {
+            let family = if grant.source.is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            };
+            *by_len.entry((family, len)).or_default() += 1;
+        }
+    }
+    by_len
+        .into_iter()
+        .map(|((family, len), n)| {
+            (
+                format!("{{family=\"{family}\",prefix_len=\"{len}\"}}"),
+                n as f64,
+            )
+        })
+        .collect()
 }
