@@ -1,12 +1,14 @@
 //! Grant scopes with real clients: a client behind carrier NAT knocks from
 //! one address and opens SSH (OpenSSH) from another of the same prefix,
 //! IPv4 and IPv6 alike, when the rule has a `grant_scope`, and is refused
-//! without one; `xknock grant`, `status`, `revoke` and the events speak in
+//! without one; the real fwknop client's request grants its `[[spa]]`
+//! entry's scope; `xknock grant`, `status`, `revoke` and the events speak in
 //! prefixes.
 
 use lab::{
     CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, Sshd, Xknock, article_config, article_knock,
-    ssh_refused,
+    fwknop::{FwknopKeys, client_send},
+    require_program, ssh_refused,
 };
 
 /// The client's second addresses: the same /24 and /64 as its first.
@@ -162,4 +164,26 @@ fn grant_status_and_revoke_take_prefixes() {
         said.contains("revoked 1 grant(s) of 198.18.0.0/24"),
         "{said}"
     );
+}
+
+#[test]
+fn an_spa_request_grants_the_prefix_of_its_entry_scope() {
+    require_program("fwknop", "fwknop-client");
+    let lab = lab();
+    let sshd = Sshd::start(&lab);
+    let keys = FwknopKeys::generate();
+    let config = format!(
+        "[[spa]]\nname = \"fwknop\"\nkey_base64 = \"{}\"\nhmac_key_base64 = \"{}\"\nopen_for = \"60s\"\nprotect = [\"tcp:22\"]\n{SCOPE}",
+        keys.key_base64, keys.hmac_key_base64
+    );
+    let xknock = Xknock::start(&lab, &config, &[], false);
+    assert!(!ssh_in(&sshd, &lab, OTHER_V4, SERVER_V4));
+    // The real fwknop client, asking for its source address (-s).
+    client_send(&lab.client, &keys, &["-A", "tcp/22", "-D", SERVER_V4, "-s"]);
+    xknock.expect_event(&[
+        ("event", "spa_grant"),
+        ("source", CLIENT_V4),
+        ("granted", "198.18.0.0/24"),
+    ]);
+    assert!(ssh_in(&sshd, &lab, OTHER_V4, SERVER_V4));
 }
