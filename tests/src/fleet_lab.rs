@@ -662,6 +662,22 @@ impl FleetLab {
         &self.switch
     }
 
+    /// Gives the client another IPv4 address of the fleet's /24 (its last
+    /// byte `byte`, beside the hosts' and members'); returns it.
+    pub fn add_client_addr(&self, byte: u8) -> String {
+        let addr = format!("{V4_NET}{byte}");
+        let out = self.client.ip(&["-o", "link", "show"]);
+        let iface = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.split(':').nth(1))
+            .map(|name| name.trim().split('@').next().unwrap_or_default().to_owned())
+            .find(|name| name != "lo")
+            .expect("the client's interface");
+        self.client
+            .ip(&["addr", "add", &format!("{addr}/24"), "dev", &iface]);
+        addr
+    }
+
     /// The client's IPv4 address.
     pub fn client_addr(&self) -> &str {
         &self.client_addr

@@ -14,7 +14,7 @@ use std::{
     env,
     fs::{self, File},
     io::ErrorKind,
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
@@ -165,12 +165,30 @@ impl Netns {
     /// What a TCP connection from this namespace to `addr` meets within
     /// `timeout`.
     pub fn tcp_connect(&self, addr: SocketAddr, timeout: Duration) -> Reach {
-        self.within(move || match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(_) => Reach::Open,
-            Err(e) if e.kind() == ErrorKind::TimedOut => Reach::Silent,
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reach::Refused,
-            Err(e) => panic!("connect {addr}: {e}"),
+        self.within(move || reach(TcpStream::connect_timeout(&addr, timeout), addr))
+    }
+
+    /// `tcp_connect` from this namespace's address `from` (one of several).
+    pub fn tcp_connect_from(&self, from: IpAddr, addr: SocketAddr, timeout: Duration) -> Reach {
+        self.within(move || {
+            let domain = socket2::Domain::for_address(addr);
+            let socket =
+                socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("a TCP socket");
+            socket
+                .bind(&SocketAddr::new(from, 0).into())
+                .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+            reach(socket.connect_timeout(&addr.into(), timeout), addr)
         })
+    }
+}
+
+/// What a connection attempt to `addr` met.
+fn reach<T>(result: std::io::Result<T>, addr: SocketAddr) -> Reach {
+    match result {
+        Ok(_) => Reach::Open,
+        Err(e) if e.kind() == ErrorKind::TimedOut => Reach::Silent,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Reach::Refused,
+        Err(e) => panic!("connect {addr}: {e}"),
     }
 }
 

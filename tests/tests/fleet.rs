@@ -3,7 +3,8 @@
 //! closes all; `status` lists the hosts and tells a differing one; a lost
 //! member, the whole cluster gone, a restarted host and a host cut off
 //! while the history it needs is compacted away never open anything, and
-//! each host learns what it missed once it can.
+//! each host learns what it missed once it can. A grant of a prefix
+//! (`grant_scope`) is shared and revoked like any other.
 //!
 //! Spends are in fleet_spends.rs (SPA packets, `offline_spend`) and
 //! fleet_sequences.rs (one-time and rotating sequences); revokes beyond
@@ -16,13 +17,14 @@
 )]
 
 use std::{
+    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
 
 use lab::{
     Reach,
-    fleet_run::{Fleet, ONLINE, ssh_rule, wait_until},
+    fleet_run::{Fleet, ONLINE, PORT, ssh_rule, wait_until},
 };
 
 #[test]
@@ -575,4 +577,57 @@ fn a_grant_extended_on_one_host_is_extended_on_every_host() {
     thread::sleep(Duration::from_millis(300));
     fleet.assert_all(Reach::Refused, "after the extended grant ended");
     eprintln!("took {} ms", start.elapsed().as_millis());
+}
+
+#[test]
+fn a_prefix_grant_opens_its_prefix_on_every_host_and_a_revoke_of_one_address_closes_it() {
+    let rules = ssh_rule("60s") + "grant_scope = { ipv4 = 24, ipv6 = 64 }\n";
+    let fleet = Fleet::start(&[(&rules, ""), (&rules, "")]);
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let client = fleet.lab.client_addr().to_owned();
+    // The client's second address, in the same /24: carrier NAT's.
+    let other = fleet.lab.add_client_addr(77);
+    let from_other = |i: usize| {
+        let host = SocketAddr::new(fleet.lab.host_addr(i).parse().expect("address"), PORT);
+        let from = other.parse().expect("address");
+        fleet
+            .lab
+            .client
+            .tcp_connect_from(from, host, Duration::from_secs(1))
+    };
+    assert_eq!(from_other(1), Reach::Refused, "before any knock");
+
+    a.knock(&fleet.lab, &["--rule", "ssh"]);
+    a.expect(&[
+        ("event", "grant"),
+        ("source", &client),
+        ("granted", "198.19.0.0/24"),
+    ]);
+    b.expect(&[
+        ("event", "fleet_grant"),
+        ("node", "a"),
+        ("granted", "198.19.0.0/24"),
+    ]);
+    assert_eq!(from_other(1), Reach::Open, "{}", fleet.dump());
+    assert_eq!(from_other(0), Reach::Open, "{}", fleet.dump());
+    let keys = fleet.keys("grants/");
+    assert!(
+        keys.len() == 1 && keys[0].ends_with("/grants/198.19.0.0/ssh"),
+        "one key, the prefix's: {keys:?}"
+    );
+    let status = b.status(&fleet.lab);
+    assert_eq!(status["grants"][0]["prefix_len"], 24, "{status}");
+
+    // A revoke of one address of the prefix, on a, ends the prefix's
+    // grant on every host.
+    let revoke = a.xknock(&fleet.lab, &["revoke", &other]);
+    assert!(revoke.status.success(), "revoke on a: {revoke:?}");
+    b.expect(&[("event", "fleet_revoke"), ("node", "a")]);
+    assert_eq!(from_other(1), Reach::Refused, "{}", fleet.dump());
+    fleet.assert_all(Reach::Refused, "after the revoke");
+    assert!(
+        fleet.keys("grants/").is_empty(),
+        "grant keys after the revoke: {:?}",
+        fleet.keys("grants/")
+    );
 }
