@@ -16,6 +16,7 @@ mod kernel;
 mod open;
 mod report;
 mod rotating;
+mod scopes;
 mod spa;
 mod survival;
 mod trace;
@@ -90,7 +91,7 @@ const ANSWERING_FLOOD: [Receiver; 5] = [
 
 /// Knobs for a quicker run (`XKNOCK_BENCH_QUICK=1`) while developing;
 /// `XKNOCK_BENCH_ONLY=paths`, `=first-steps`, `=knock-flood`, `=conceal`,
-/// `=first-step-survival`, `=fleet` or `=memory` runs only that section.
+/// `=first-step-survival`, `=fleet`, `=scopes` or `=memory` runs only that section.
 pub struct Effort {
     pub repeat: u32,
     pub trials: usize,
@@ -214,6 +215,13 @@ fn main() -> anyhow::Result<()> {
             println!("XDP_PASS {:.1} ns\n{md}", pass.median);
             return Ok(());
         }
+        Ok("scopes") => {
+            let (pass, costs) = on_cpu_1(|| scopes::scope_costs(&effort))?;
+            let mut md = String::new();
+            scopes::render(&mut md, pass, &costs);
+            println!("{md}");
+            return Ok(());
+        }
         Ok("first-steps") => {
             let mut md = String::new();
             first_steps::render(
@@ -262,6 +270,8 @@ fn main() -> anyhow::Result<()> {
         eprintln!("bench: scale");
         Ok((pass, paths, scale(&effort)?))
     })?;
+    eprintln!("bench: grant scopes");
+    let (scope_pass, scopes) = on_cpu_1(|| scopes::scope_costs(&effort))?;
     eprintln!("bench: first steps from new sources");
     let first_steps = on_cpu_1(|| first_steps::first_step_costs(&effort))?;
     eprintln!("bench: steering to the closed port");
@@ -295,6 +305,7 @@ fn main() -> anyhow::Result<()> {
     eprintln!("bench: junk flood at the SPA port, against XDP_DROP");
     let spa_flood = self::flood(&effort, &[Receiver::XknockSpa, Receiver::XdpDrop])?;
     let mut report = render(&effort, pass, &paths, &scale, &memory, &open, &flood);
+    scopes::render(&mut report, scope_pass, &scopes);
     first_steps::render(&mut report, &first_steps);
     knock_flood_section(&mut report, &knock_flood);
     survival::render(&mut report, &survival);

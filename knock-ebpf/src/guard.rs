@@ -149,6 +149,12 @@ fn live_grant(
     if scoped == 0 {
         return None;
     }
+    // One scoped rule at the port (the usual case): no loop.
+    if scoped.is_power_of_two() {
+        let index = scoped.trailing_zeros();
+        return prefix_grant(settings, &packet.src_words, packet.l4.is_ipv6(), index)
+            .map(|now| (index, now));
+    }
     scoped_grant(packet, scoped)
 }
 
@@ -179,9 +185,11 @@ fn scoped_grant(packet: &Packet, rules: u32) -> Option<(u32, u64)> {
     };
     // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
     // expects, and `search` outlives the call.
+    // Up to the highest scoped rule: most configurations have one or two.
+    let iterations = u32::BITS - rules.leading_zeros();
     unsafe {
         bpf_loop(
-            MAX_RULES as u32,
+            iterations,
             scoped_grant_step as *mut c_void,
             (&raw mut search).cast(),
             0,
@@ -199,21 +207,37 @@ extern "C" fn scoped_grant_step(rule_index: u64, search: *mut c_void) -> i64 {
     if rule_index >= MAX_RULES as u32 || search.rules & (1 << rule_index) == 0 {
         return 0;
     }
-    let (Some(settings), Some(rule)) = (settings::settings(), settings::rule(rule_index)) else {
+    let Some(settings) = settings::settings() else {
         return 0;
     };
-    let key = rule.grant_key(&search.words, search.ipv6, rule_index);
-    let slot = horizon::slot_of(settings, &addr_words(&key.addr), search.ipv6);
-    let Some(now) = horizon::covered_now(horizon::at(slot).admitted_until) else {
-        return 0;
-    };
-    // SAFETY: read-only copy out of a value the lookup just returned.
-    if unsafe { GRANTS.get(&key) }.is_some_and(|grant| now < grant.expires_ns) {
-        search.found = rule_index;
-        search.now = now;
-        return 1;
+    match prefix_grant(settings, &search.words, search.ipv6, rule_index) {
+        Some(now) => {
+            search.found = rule_index;
+            search.now = now;
+            1
+        }
+        None => 0,
     }
-    0
+}
+
+/// Now, if rule `rule_index` (a scoped one) holds a live grant of the
+/// prefix of `words` (IPv6 if `ipv6`) that its scope admits: one read of
+/// the prefix's horizon slot, and a lookup only when it is live.
+#[inline(always)]
+fn prefix_grant(
+    settings: &Settings,
+    words: &AddrWords,
+    ipv6: bool,
+    rule_index: u32,
+) -> Option<u64> {
+    let rule = settings::rule(rule_index)?;
+    let key = rule.grant_key(words, ipv6, rule_index);
+    let slot = horizon::slot_of(settings, &addr_words(&key.addr), ipv6);
+    let now = horizon::covered_now(horizon::at(slot).admitted_until)?;
+    // SAFETY: read-only copy out of a value the lookup just returned.
+    unsafe { GRANTS.get(&key) }
+        .is_some_and(|grant| now < grant.expires_ns)
+        .then_some(now)
 }
 
 /// Whether `addr` is in the denylist: never admitted, its knocks ignored.
