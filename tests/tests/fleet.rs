@@ -631,3 +631,34 @@ fn a_prefix_grant_opens_its_prefix_on_every_host_and_a_revoke_of_one_address_clo
         fleet.keys("grants/")
     );
 }
+
+#[test]
+fn a_host_whose_rule_scopes_grants_otherwise_plants_nothing_of_a_prefix_grant() {
+    let scoped = ssh_rule("60s") + "grant_scope = { ipv4 = 24 }\n";
+    let plain = ssh_rule("60s");
+    let fleet = Fleet::start(&[(&scoped, ""), (&plain, "")]);
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let client = fleet.lab.client_addr().to_owned();
+    a.knock(&fleet.lab, &["--rule", "ssh"]);
+    a.expect(&[("event", "grant"), ("granted", "198.19.0.0/24")]);
+    fleet.assert_reach(0, false, Reach::Open, "on the host knocked");
+    // b's rule admits addresses alone: the /24 would widen its policy, an
+    // address of it would miss the client. It plants nothing, says why,
+    // and stays closed.
+    let said = wait_until(Duration::from_secs(15), || {
+        b.run()
+            .log()
+            .iter()
+            .any(|line| line.contains("grant_scope differs"))
+    });
+    assert!(said, "{}", fleet.dump());
+    assert_eq!(b.count(&[("event", "fleet_grant")]), 0, "{}", fleet.dump());
+    fleet.assert_reach(1, false, Reach::Refused, "on the host that differs");
+    assert!(
+        b.status(&fleet.lab)["grants"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{client} at b: {}",
+        fleet.dump()
+    );
+}

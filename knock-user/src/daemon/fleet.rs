@@ -362,6 +362,7 @@ impl Following {
                     if let Some(name) = &name {
                         self.granted(grant_prefix(&key), name, grant, Via::Knock);
                     }
+                    record.granted = (key.host_bits() > 0).then(|| grant_prefix(&key));
                     record.event = RecordKind::Grant;
                     record.expires_in_secs = Some(seconds_until(grant.expires_ns));
                 } else {
@@ -468,6 +469,19 @@ impl Following {
                 }
                 let expires_ns = clocks.kernel(grant.expires_ms);
                 let addr = key_addr(grant.addr);
+                // Planted only as this host's rule scopes it: a grant of
+                // another prefix length (the hosts' rules differ, which
+                // `status` flags) would widen or miss what was granted.
+                let ours = grant_prefix(&target.maps.grant_key(&addr, index)?);
+                if ours != grant.net() {
+                    log::warn!(
+                        "fleet: {} granted {} rule `{}`, which this host's rule grants as {ours} (grant_scope differs): not planted here",
+                        grant.node,
+                        grant.net(),
+                        grant.rule
+                    );
+                    return Ok(None);
+                }
                 let held = target.maps.grant_of(&addr, index)?;
                 // A grant the kernel holds longer stays as it is. One of this
                 // host's own that its kernel no longer holds was revoked or
