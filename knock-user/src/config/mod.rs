@@ -57,7 +57,27 @@ pub fn read_config(path: &Path) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    Config::parse_in(&text, dir).with_context(|| format!("{} is not valid", path.display()))
+    let mut config =
+        Config::parse_in(&text, dir).with_context(|| format!("{} is not valid", path.display()))?;
+    config.warnings.extend(keys_readable_by_others(path, &config));
+    Ok(config)
+}
+
+/// A warning when the file holds SPA keys (`[[spa]]`) and other users can
+/// read it: with the keys, anyone on the host can open the ports (fwknopd
+/// warns the same of its access.conf).
+fn keys_readable_by_others(path: &Path, config: &Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !config.rules.iter().any(|rule| rule.spa().is_some()) {
+        return None;
+    }
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "holds SPA keys and can be read by other users (mode {:o}); `chmod 600` it",
+            mode & 0o777
+        )
+    })
 }
 
 #[cfg(test)]

@@ -106,3 +106,32 @@ fn spa_entries_are_checked() {
     ));
     assert!(open_nothing.contains("protects nothing"), "{open_nothing}");
 }
+
+#[test]
+fn a_file_holding_spa_keys_that_others_can_read_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("xknock.toml");
+    let with_keys = with_spa(&format!(
+        "{SPA_KEYS}open_for = \"30s\"\nprotect = [\"tcp:22\"]\n"
+    ));
+    let warned = |text: &str, mode: u32| {
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        crate::config::read_config(&path)
+            .expect("valid")
+            .warnings
+            .into_iter()
+            .filter(|w| w.contains("holds SPA keys"))
+            .collect::<Vec<_>>()
+    };
+    let said = warned(&with_keys, 0o644);
+    assert!(
+        said.len() == 1 && said[0].contains("mode 644") && said[0].contains("chmod 600"),
+        "{said:?}"
+    );
+    assert_eq!(warned(&with_keys, 0o640).len(), 1, "the group reads it too");
+    assert!(warned(&with_keys, 0o600).is_empty());
+    let without_keys = with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n"));
+    assert!(warned(&without_keys, 0o644).is_empty());
+}
