@@ -81,6 +81,10 @@ pub enum Command {
         /// Print JSON, for scripts.
         #[arg(long)]
         json: bool,
+        /// Exit non-zero when the filter runs on no interface, or an
+        /// interface it was attached to is gone (for monitoring).
+        #[arg(long)]
+        check: bool,
     },
     /// Admit ADDR to a rule's protected ports, as a completed knock would.
     Grant {

@@ -74,7 +74,11 @@ fn main() -> ExitCode {
             (Some(config), Some(spa)) => send_spa(&host, &config, &spa, allow_ip),
             (config, _) => send_knock(&host, steps, config, rule, delay),
         },
-        Command::Status { config, json } => read_config(&config).and_then(|config| {
+        Command::Status {
+            config,
+            json,
+            check,
+        } => read_config(&config).and_then(|config| {
             let status = Status::read(&PinDir::new(&config.pin_dir))?;
             let fleet = config
                 .fleet
@@ -91,6 +95,9 @@ fn main() -> ExitCode {
                 if let Some(fleet) = &fleet {
                     print!("{}", fleet.render_text());
                 }
+            }
+            if check {
+                status.check()?;
             }
             Ok(())
         }),

@@ -734,3 +734,29 @@ fn a_reload_resets_progress_through_a_changed_sequence_and_keeps_it_through_an_u
     );
     assert_eq!(lab.tcp_connect(SERVER_V4, 2222), Reach::Refused);
 }
+
+#[test]
+fn status_says_when_the_filters_interface_is_gone_and_check_fails_then() {
+    let lab = Lab::new();
+    let xknock = Xknock::start(&lab, &article_config("30s", "\"tcp:22\""), &[], false);
+    let filter = Arc::clone(xknock.filter());
+    let (exit, log) = xknock.stop();
+    assert!(exit.success(), "{log:?}");
+    let check = |lab: &Lab| filter.xknock(lab, &["status", "--config", filter.arg(), "--check"]);
+    let healthy = check(&lab);
+    assert!(healthy.status.success(), "{healthy:?}");
+    assert_eq!(status(&lab, &filter)["interfaces"][0]["gone"], false);
+
+    // The interface goes (a veth's peer goes with it), the pin stays.
+    lab.server.ip(&["link", "del", &lab.server_if]);
+    let text = xknock_ok(&lab, &filter, &["status", "--config", filter.arg()]);
+    assert!(
+        text.contains(&format!("interface {}: GONE", lab.server_if)),
+        "{text}"
+    );
+    assert_eq!(status(&lab, &filter)["interfaces"][0]["gone"], true);
+    let failed = check(&lab);
+    assert!(!failed.status.success(), "{failed:?}");
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(said.contains("are gone"), "{said}");
+}

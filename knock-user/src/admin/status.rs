@@ -10,11 +10,12 @@ use serde::Serialize;
 
 use crate::{
     config::PortSpec,
-    loader::pins::{PinDir, PinError},
-    loader::{FilterError, monotonic_ns, read_instance},
     loader::{
-        grant_prefix,
+        FilterError, grant_prefix,
         maps::{Maps, Occupancy, display_addr},
+        monotonic_ns,
+        pins::{PinDir, PinError, interface_index},
+        read_instance,
     },
 };
 
@@ -34,6 +35,9 @@ pub enum StatusError {
     /// A prefix asked of a rule that grants prefixes of another length.
     #[error("{0}")]
     Scope(String),
+    /// What `status --check` found wrong.
+    #[error("{0}")]
+    Unhealthy(String),
 }
 
 /// An interface the filter is on.
@@ -46,6 +50,10 @@ pub struct InterfaceStatus {
     /// The egress program that gives the host's answers to steered packets
     /// their ports back, if its pinned link is there.
     pub egress_program_id: Option<u32>,
+    /// Whether the interface the link was made on is gone (deleted, or
+    /// replaced by another of the same name): the filter then runs nowhere
+    /// there, though its pin stays.
+    pub gone: bool,
 }
 
 /// A rule as the running filter holds it.
@@ -213,12 +221,16 @@ impl Status {
                 }
                 Err(_) => None,
             };
+            // The link's interface, and the one of its name here now.
+            let held = link.ifindex().unwrap_or(0);
+            let gone = held == 0 || held != interface_index(&link.iface);
             interfaces.push(InterfaceStatus {
                 name: link.iface,
                 mode: link.mode,
                 link_id: info.id(),
                 program_id: info.program_id(),
                 egress_program_id,
+                gone,
             });
         }
         let ports = ports_of_rules(&pinned.maps)?;
@@ -291,6 +303,29 @@ impl Status {
         })
     }
 
+    /// What `status --check` fails on: the filter attached nowhere, or on
+    /// an interface that is gone.
+    pub fn check(&self) -> Result<(), StatusError> {
+        let gone: Vec<&str> = self
+            .interfaces
+            .iter()
+            .filter(|iface| iface.gone)
+            .map(|iface| iface.name.as_str())
+            .collect();
+        if !gone.is_empty() {
+            return Err(StatusError::Unhealthy(format!(
+                "the filter's interface(s) {} are gone",
+                gone.join(", ")
+            )));
+        }
+        if self.interfaces.is_empty() {
+            return Err(StatusError::Unhealthy(
+                "the filter is attached to no interface".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The report for a person.
     pub fn render_text(&self) -> String {
         let mut out = String::new();
@@ -306,6 +341,14 @@ impl Status {
             );
         }
         for iface in &self.interfaces {
+            if iface.gone {
+                let _ = writeln!(
+                    out,
+                    "interface {}: GONE (the filter runs nowhere there; its pinned link {} is left): run `xknock run` again once it is back, or `xknock detach`",
+                    iface.name, iface.link_id
+                );
+                continue;
+            }
             let egress = iface.egress_program_id.map_or_else(
                 || "no egress program (answers to concealed ports are not restored)".to_owned(),
                 |id| format!("egress program {id}"),

@@ -59,7 +59,9 @@ pub fn read_config(path: &Path) -> anyhow::Result<Config> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let mut config =
         Config::parse_in(&text, dir).with_context(|| format!("{} is not valid", path.display()))?;
-    config.warnings.extend(keys_readable_by_others(path, &config));
+    config
+        .warnings
+        .extend(keys_readable_by_others(path, &config));
     Ok(config)
 }
 

@@ -24,9 +24,13 @@
 //! [`PinDir::pin`] places it.
 
 use std::{
+    ffi::CString,
     fs::{self, File},
     io,
-    os::fd::AsRawFd as _,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -96,6 +100,52 @@ pub struct PinnedLinkPath {
     /// The attach mode the link was made with: "native" or "generic".
     pub mode: String,
     pub path: PathBuf,
+}
+
+impl PinnedLinkPath {
+    /// The index of the interface the link holds the program on, as the
+    /// kernel reports it (`ifindex` in the link's fdinfo): 0 once that
+    /// interface is gone (its links are detached with it).
+    pub fn ifindex(&self) -> io::Result<u32> {
+        let path = CString::new(self.path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("a pin path with a NUL byte"))?;
+        // `union bpf_attr` for BPF_OBJ_GET: the path's address, then
+        // bpf_fd and file_flags (zero), padded as the kernel reads it.
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64;
+        const BPF_OBJ_GET: libc::c_long = 7;
+        // SAFETY: `attr` outlives the call and is as large as the size we
+        // pass; the kernel only reads the NUL-terminated path it names.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                attr.as_ptr(),
+                size_of_val(&attr),
+            )
+        };
+        let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor the kernel just returned, owned from here on.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+        info.lines()
+            .find_map(|line| line.strip_prefix("ifindex:"))
+            .and_then(|index| index.trim().parse().ok())
+            .ok_or_else(|| io::Error::other("no ifindex in the link's fdinfo"))
+    }
+}
+
+/// The index of the interface named `iface` in this network namespace, or
+/// 0 when there is none.
+pub fn interface_index(iface: &str) -> u32 {
+    let Ok(name) = CString::new(iface) else {
+        return 0;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
 }
 
 impl PinDir {
@@ -342,8 +392,7 @@ fn flock(path: &Path) -> Result<Lock, PinError> {
 )]
 fn check_bpffs(path: &Path, root: &Path) -> Result<(), PinError> {
     let not_bpffs = || PinError::NotBpffs(root.to_owned());
-    let c_path =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| not_bpffs())?;
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| not_bpffs())?;
     // SAFETY: an all-zero statfs is a valid value for the call to overwrite.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and a writable struct.

@@ -118,7 +118,7 @@ fn a_file_holding_spa_keys_that_others_can_read_is_warned_of() {
     let warned = |text: &str, mode: u32| {
         std::fs::write(&path, text).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-        crate::config::read_config(&path)
+        read_config(&path)
             .expect("valid")
             .warnings
             .into_iter()
