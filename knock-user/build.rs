@@ -54,6 +54,13 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    // The nested cargo's progress ("Compiling ...", "Finished ...") would
+    // reach every build as dozens of `cargo::warning` lines that drown a
+    // real one: quiet, it says only what its compilers say (warnings and
+    // errors, still shown) and why it failed.
+    // SAFETY: the build script is single-threaded here; nothing reads the
+    // environment concurrently.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: EBPF_PACKAGE,
