@@ -127,6 +127,8 @@ pub(super) struct FileSpa {
     #[serde(default)]
     pub require_source_address: bool,
     #[serde(default)]
+    pub source: Option<Spanned<Vec<Prefix>>>,
+    #[serde(default)]
     pub grant_scope: Option<Spanned<GrantScope>>,
 }
 

@@ -2,6 +2,7 @@
 
 use std::{fmt, time::Duration};
 
+use super::values::Prefix;
 use crate::fwknop::Keys;
 
 /// fwknop's `MAX_SPA_PACKET_AGE` default.
@@ -25,6 +26,9 @@ pub struct Spa {
     /// Refuse requests for `0.0.0.0` (fwknop's `-s`: "the address this
     /// packet comes from") and take only an explicit address.
     pub require_source_address: bool,
+    /// fwknop's `SOURCE`: the prefixes packets may come from to use this
+    /// entry; empty: any.
+    pub sources: Vec<Prefix>,
 }
 
 impl fmt::Debug for Spa {
@@ -35,6 +39,7 @@ impl fmt::Debug for Spa {
             .field("hmac_key", &"<secret>")
             .field("max_age", &self.max_age)
             .field("require_source_address", &self.require_source_address)
+            .field("sources", &self.sources)
             .finish()
     }
 }
@@ -47,6 +52,7 @@ impl Spa {
         hmac_key_base64: &str,
         max_age: Duration,
         require_source_address: bool,
+        sources: Vec<Prefix>,
     ) -> Spa {
         Spa {
             listen,
@@ -54,6 +60,7 @@ impl Spa {
             hmac_key_base64: hmac_key_base64.trim().to_owned(),
             max_age,
             require_source_address,
+            sources,
         }
     }
 

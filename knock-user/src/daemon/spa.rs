@@ -122,6 +122,15 @@ struct Entry {
     open_for: Duration,
     max_age: Duration,
     require_source_address: bool,
+    /// `source`: the prefixes its packets may come from; empty: any.
+    sources: Vec<Prefix>,
+}
+
+impl Entry {
+    /// Whether a packet from `sender` may use it (fwknop's `SOURCE`).
+    fn admits(&self, sender: IpAddr) -> bool {
+        self.sources.is_empty() || self.sources.iter().any(|prefix| prefix.contains(sender))
+    }
 }
 
 /// Judges datagrams by the running configuration's `[[spa]]` entries.
@@ -155,6 +164,7 @@ impl Judge {
                     open_for: rule.open_for,
                     max_age: spa.max_age,
                     require_source_address: spa.require_source_address,
+                    sources: spa.sources.clone(),
                 })
             })
             .collect();
@@ -197,8 +207,15 @@ impl Judge {
             return Ok(refuse(only, SpaRefusal::Replay, "accepted before".into()));
         }
         let mut opened = None;
+        // An entry whose keys authenticate the packet but whose `source`
+        // leaves its sender out (fwknopd would not try that stanza).
+        let mut elsewhere = None;
+        let sender = crate::loader::maps::display_addr(source);
         for entry in listening {
             match fwknop::open(payload, &entry.keys) {
+                Ok(_) if !entry.admits(sender) => {
+                    elsewhere.get_or_insert(entry);
+                }
                 Ok(request) => {
                     opened = Some((entry, request));
                     break;
@@ -214,6 +231,13 @@ impl Judge {
             }
         }
         let Some((entry, request)) = opened else {
+            if let Some(entry) = elsewhere {
+                return Ok(refuse(
+                    Some(entry),
+                    SpaRefusal::NotAllowed,
+                    format!("sent from {sender}, which is not among the entry's sources"),
+                ));
+            }
             return Ok(refuse(
                 only,
                 SpaRefusal::BadHmac,
@@ -417,6 +441,55 @@ mod tests {
             Verdict::Grant(_) => None,
             Verdict::Refuse { reason, .. } => Some(*reason),
         }
+    }
+
+    #[test]
+    fn an_entry_with_a_source_takes_packets_from_it_only() {
+        // SOURCE (198.18.0.2) is in the first prefix, not the second.
+        let (now, secs) = now();
+        let fresh = || packet(KEY, "198.18.0.7", &[(Proto::Tcp, 22)], secs, None);
+        let inside = config("source = [\"198.18.0.0/24\", \"2001:db8::/32\"]\n");
+        let judge = Judge::new(&inside, &inside.slots_in_order());
+        let mut cache = Remembers(HashMap::new(), 10);
+        let verdict = judged_at(&judge, &mut cache, &fresh(), now);
+        assert!(matches!(verdict, Verdict::Grant(_)), "{verdict:?}");
+
+        let outside = config("source = [\"203.0.113.0/24\"]\n");
+        let judge = Judge::new(&outside, &outside.slots_in_order());
+        let mut cache = Remembers(HashMap::new(), 10);
+        let verdict = judged_at(&judge, &mut cache, &fresh(), now);
+        let Verdict::Refuse {
+            reason,
+            detail,
+            rule,
+        } = &verdict
+        else {
+            panic!("granted: {verdict:?}")
+        };
+        assert_eq!(*reason, SpaRefusal::NotAllowed);
+        assert_eq!(rule.as_deref(), Some("fwknop"));
+        assert!(
+            detail.contains("198.18.0.2") && detail.contains("sources"),
+            "{detail}"
+        );
+        assert!(
+            cache.0.is_empty(),
+            "not remembered: the entry never took it"
+        );
+
+        // The same keys in a second entry whose source holds the sender.
+        let both = Config::parse(&format!(
+            "[[spa]]\nname = \"far\"\nkey_base64 = \"{KEY}\"\nhmac_key_base64 = \"{HMAC_KEY}\"\nopen_for = \"30s\"\nprotect = [\"tcp:22\"]\nsource = [\"203.0.113.0/24\"]\n\
+             [[spa]]\nname = \"near\"\nlisten = \"udp:62201\"\nkey_base64 = \"{KEY}\"\nhmac_key_base64 = \"{HMAC_KEY}\"\nopen_for = \"30s\"\nprotect = [\"tcp:22\"]\nsource = [\"198.18.0.2\"]\n"
+        ))
+        .expect("valid");
+        let judge = Judge::new(&both, &both.slots_in_order());
+        let mut cache = Remembers(HashMap::new(), 10);
+        let verdict = judged_at(&judge, &mut cache, &fresh(), now);
+        let Verdict::Grant(grant) = verdict else {
+            panic!("refused: {verdict:?}")
+        };
+        assert_eq!(grant.rule, "near");
     }
 
     #[test]

@@ -124,12 +124,22 @@ pub fn fingerprint(config: &Config) -> String {
                     first.join(",")
                 )
             }
-            RuleKind::Spa(spa) => format!(
-                "spa udp:{} {}s {}",
-                spa.listen,
-                spa.max_age.as_secs(),
-                spa.require_source_address
-            ),
+            RuleKind::Spa(spa) => {
+                // Said only when given: fingerprints of entries without it
+                // stay what hosts before `source` compute.
+                let sources: Vec<String> = spa.sources.iter().map(|p| p.0.to_string()).collect();
+                let sources = if sources.is_empty() {
+                    String::new()
+                } else {
+                    format!(" source {}", sources.join(","))
+                };
+                format!(
+                    "spa udp:{} {}s {}{sources}",
+                    spa.listen,
+                    spa.max_age.as_secs(),
+                    spa.require_source_address
+                )
+            }
         };
         // Said only when wider than the address: fingerprints of rules
         // without a scope stay what hosts before scopes compute.

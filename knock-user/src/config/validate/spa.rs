@@ -12,6 +12,7 @@ use crate::{
         file::FileSpa,
         model::{ConfigError, Rule, RuleKind},
         spa::{DEFAULT_LISTEN, DEFAULT_MAX_AGE, Spa},
+        values::Prefix,
     },
     fwknop::{KeyError, Keys},
 };
@@ -62,7 +63,23 @@ pub(super) fn keys(spa: &FileSpa, report: &Report<'_>) -> Result<Spa, ConfigErro
             .as_ref()
             .map_or(DEFAULT_MAX_AGE, |a| a.get_ref().0),
         spa.require_source_address,
+        sources(spa, report)?,
     ))
+}
+
+/// The entry's `source`: fwknop's SOURCE, at least one prefix when given.
+fn sources(spa: &FileSpa, report: &Report<'_>) -> Result<Vec<Prefix>, ConfigError> {
+    let Some(source) = &spa.source else {
+        return Ok(Vec::new());
+    };
+    if source.get_ref().is_empty() {
+        return Err(report.invalid(
+            source.span(),
+            &format!("spa `{}`: source", spa.name.get_ref()),
+            "lists no prefix; leave it out to take packets from anywhere".into(),
+        ));
+    }
+    Ok(source.get_ref().clone())
 }
 
 /// The entry's `max_age`: fwknop's timestamps count seconds.
