@@ -137,6 +137,18 @@ pub enum Command {
         /// knockd's configuration file, such as /etc/knockd.conf.
         knockd_conf: PathBuf,
     },
+    /// Convert fwknopd's access.conf into `[[spa]]` entries on stdout, with
+    /// the SPA port and packet age of fwknopd.conf (by default the one
+    /// beside access.conf); what cannot be carried over is a warning on
+    /// stderr, naming its line.
+    ImportFwknop {
+        /// fwknopd's access stanzas, such as /etc/fwknop/access.conf.
+        access_conf: PathBuf,
+        /// fwknopd's own configuration (default: fwknopd.conf beside
+        /// ACCESS_CONF, if there is one).
+        #[arg(long)]
+        fwknopd_conf: Option<PathBuf>,
+    },
     /// Print a new secret for a rotating rule (256 random bits, base64):
     /// `xknock keygen > ssh.key`, then `chmod 600 ssh.key` and copy it to
     /// the clients with the configuration.

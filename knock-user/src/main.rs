@@ -162,6 +162,32 @@ fn main() -> ExitCode {
             print!("{}", imported.toml);
             Ok(())
         })(),
+        Command::ImportFwknop {
+            access_conf,
+            fwknopd_conf,
+        } => (|| {
+            let read = |path: &std::path::Path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            };
+            let access = read(&access_conf)?;
+            let beside = access_conf.with_file_name("fwknopd.conf");
+            let fwknopd_conf = fwknopd_conf.or_else(|| beside.exists().then_some(beside));
+            let fwknopd = match &fwknopd_conf {
+                Some(path) => {
+                    eprintln!("xknock: SPA port and packet age from {}", path.display());
+                    Some(read(path)?)
+                }
+                None => None,
+            };
+            let imported = xknock::import::import_fwknop(&access, fwknopd.as_deref())
+                .with_context(|| format!("converting {}", access_conf.display()))?;
+            for warning in &imported.warnings {
+                eprintln!("xknock: warning: {}: {warning}", access_conf.display());
+            }
+            print!("{}", imported.toml);
+            Ok(())
+        })(),
         Command::Keygen => xknock::config::rotating::keygen()
             .map(|secret| println!("{secret}"))
             .map_err(|e| anyhow!("no random bytes from the kernel: {e}")),

@@ -2,7 +2,8 @@
 //! opens ssh through xknock; replays, forgeries, other keys, old packets and
 //! requests beyond the entry are refused with their reasons; the real
 //! fwknopd and xknock agree on the same packets; `xknock knock --spa` is
-//! accepted by both, over IPv4 and IPv6.
+//! accepted by both, over IPv4 and IPv6; fwknopd's own files, imported with
+//! `xknock import-fwknop`, open for the real client.
 
 #![allow(
     clippy::print_stdout,
@@ -388,4 +389,54 @@ fn fwknopd_and_xknock_agree_on_the_same_packets() {
         "spa: fwknopd and xknock agreed on {} packets ({accepted} accepted)",
         packets.len()
     );
+}
+
+#[test]
+fn an_imported_fwknopd_configuration_opens_for_the_real_client() {
+    tools();
+    let lab = Lab::new();
+    let keys = FwknopKeys::generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let access = dir.path().join("access.conf");
+    std::fs::write(
+        &access,
+        format!(
+            "# as fwknopd reads it\nSOURCE              ANY\nKEY_BASE64          {}\nHMAC_KEY_BASE64     {}\n\
+             OPEN_PORTS          tcp/2222\nFW_ACCESS_TIMEOUT   40\nREQUIRE_USERNAME    alice\n",
+            keys.key_base64, keys.hmac_key_base64
+        ),
+    )
+    .expect("access.conf");
+    // Found beside access.conf: its SPA port moves to udp:62299.
+    std::fs::write(
+        dir.path().join("fwknopd.conf"),
+        "PCAP_FILTER                 udp port 62299;\n",
+    )
+    .expect("fwknopd.conf");
+    let out = std::process::Command::new(lab::xknock_bin())
+        .arg("import-fwknop")
+        .arg(&access)
+        .output()
+        .expect("run xknock import-fwknop");
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("line 7: REQUIRE_USERNAME: not carried over"),
+        "{said}"
+    );
+    let config = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(config.contains("listen = \"udp:62299\""), "{config}");
+    let xknock = Xknock::start(&lab, &config, &[], false);
+    lab.tcp_listener(2222);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 2222), Reach::Refused);
+    client_send(
+        &lab.client,
+        &keys,
+        &["-A", "tcp/2222", "-D", SERVER_V4, "-s", "-p", "62299"],
+    );
+    let mut seen = 0;
+    let granted = next_spa_event(&xknock, &mut seen);
+    assert_granted(&granted, CLIENT_V4);
+    assert_eq!(granted["rule"], "fwknop");
+    assert_eq!(lab.tcp_connect(SERVER_V4, 2222), Reach::Open);
 }

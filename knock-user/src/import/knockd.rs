@@ -1,6 +1,6 @@
 //! `xknock import-knockd knockd.conf`: knockd's configuration carried over
 //! into xknock's, with a warning (naming the option and its line) for all
-//! that cannot be.
+//! that cannot be. `Imported` is what every import gives.
 
 use std::fmt::Write as _;
 
