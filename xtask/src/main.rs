@@ -48,6 +48,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     // The metrics test scrapes with a real HTTP client.
     "curl",
+    // A real Prometheus scrapes `xknock run --metrics`; promtool checks the
+    // exposition and the shipped alerting rules.
+    "prometheus",
     // `ping -s SIZE` knocks on ICMP steps.
     "iputils-ping",
     // `systemd-analyze verify` checks the unit.

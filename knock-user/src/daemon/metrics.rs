@@ -4,8 +4,11 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    sync::Arc,
-    sync::atomic::{AtomicU64, Ordering},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tokio::{
@@ -15,21 +18,50 @@ use tokio::{
 
 use crate::{
     admin::status::{Status, StatusError},
+    config::Config,
     fleet::FleetStatus,
     loader::pins::PinDir,
 };
 
-/// Reloads by result, since this process started.
+/// Reloads by result, since this process started, and the one-time files
+/// of the configuration in place, which each scrape reads.
 #[derive(Debug, Default)]
 pub struct Reloads {
     succeeded: AtomicU64,
     failed: AtomicU64,
+    /// The one-time rules of the configuration in place, and their files.
+    one_time: Mutex<Vec<(String, PathBuf)>>,
 }
 
 impl Reloads {
     pub fn record(&self, ok: bool) {
         let counter = if ok { &self.succeeded } else { &self.failed };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Follows `config`, the configuration in place: its one-time rules'
+    /// files, whose lines left each scrape counts.
+    pub fn follow(&self, config: &Config) {
+        let files = config
+            .rules
+            .iter()
+            .filter_map(|rule| Some((rule.name.clone(), rule.one_time()?.path.clone())))
+            .collect();
+        if let Ok(mut one_time) = self.one_time.lock() {
+            *one_time = files;
+        }
+    }
+
+    /// Unused lines of each one-time rule's file, as read now.
+    fn one_time_lines_left(&self) -> Vec<(String, f64)> {
+        let files = self.one_time.lock().map(|f| f.clone()).unwrap_or_default();
+        files
+            .into_iter()
+            .filter_map(|(rule, path)| {
+                let left = crate::config::one_time::unused_lines(&path).ok()?;
+                Some((label("rule", &rule), left.len() as f64))
+            })
+            .collect()
     }
 }
 
@@ -152,12 +184,27 @@ pub fn render(status: &Status, reloads: &Reloads, fleet: Option<&FleetStatus>) -
         "How many configurations the pinned filter has loaded.",
         &[(String::new(), status.generation as f64)],
     );
+    let (gone, attached): (Vec<_>, Vec<_>) = status.interfaces.iter().partition(|i| i.gone);
     family(
         &mut out,
         "xknock_interfaces",
         "gauge",
-        "Interfaces the filter is attached to.",
-        &[(String::new(), status.interfaces.len() as f64)],
+        "Interfaces the filter runs on.",
+        &[(String::new(), attached.len() as f64)],
+    );
+    family(
+        &mut out,
+        "xknock_interfaces_gone",
+        "gauge",
+        "Interfaces the filter was attached to that are gone (their pinned link holds nothing).",
+        &[(String::new(), gone.len() as f64)],
+    );
+    family(
+        &mut out,
+        "xknock_one_time_lines_left",
+        "gauge",
+        "Unused lines of each one-time rule's sequences_file (0: the rule opens nothing).",
+        &reloads.one_time_lines_left(),
     );
     if let Some(fleet) = fleet {
         render_fleet(&mut out, fleet);

@@ -285,6 +285,7 @@ async fn serve(
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut following = Following::start(&running.config);
     let reloads = Arc::new(Reloads::default());
+    reloads.follow(&running.config);
     if let Some(addr) = options.metrics {
         let listener =
             std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}"))?;
@@ -324,155 +325,156 @@ async fn serve(
             }
         };
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                let ring = guard.get_inner_mut();
-                // Bounded, so a ring that never empties under a flood still
-                // lets signals and the sweeper take their turn.
-                let mut drained = 0;
-                while drained < EVENTS_PER_TURN {
-                    let Some(item) = ring.next() else { break };
-                    match Record::from_kernel(&item, &running.rules) {
-                        Ok(record) if record.event == RecordKind::Held => {
-                            // A sequence the fleet spends: it opens (a `grant`
-                            // line) once the fleet has recorded it.
-                            if let (Some(following), Some(event)) = (&mut following, Event::decode(&item)) {
-                                following.hold_sequence(record, &event, running.filter.maps(), &running.config)?;
-                            }
-                        }
-                        Ok(record) => {
-                            if record.event == RecordKind::Grant {
-                                spent.extend(one_time_source(&running.config, record.rule.as_deref()));
-                                if let (Some(following), Some(event), Some(source), Some(rule)) =
-                                    (&following, Event::decode(&item), record.source, &record.rule)
-                                {
-                                    // Made moments ago, when the last step came.
-                                    let grant = knock_common::Grant {
-                                        expires_ns: event.expires_ns,
-                                        granted_ns: monotonic_ns(),
-                                    };
-                                    let granted = record
-                                        .granted
-                                        .unwrap_or_else(|| IpNet::from(source));
-                                    following.granted(granted, rule, grant, Via::Knock);
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("waiting for events")?;
+                    let ring = guard.get_inner_mut();
+                    // Bounded, so a ring that never empties under a flood still
+                    // lets signals and the sweeper take their turn.
+                    let mut drained = 0;
+                    while drained < EVENTS_PER_TURN {
+                        let Some(item) = ring.next() else { break };
+                        match Record::from_kernel(&item, &running.rules) {
+                            Ok(record) if record.event == RecordKind::Held => {
+                                // A sequence the fleet spends: it opens (a `grant`
+                                // line) once the fleet has recorded it.
+                                if let (Some(following), Some(event)) = (&mut following, Event::decode(&item)) {
+                                    following.hold_sequence(record, &event, running.filter.maps(), &running.config)?;
                                 }
                             }
+                            Ok(record) => {
+                                if record.event == RecordKind::Grant {
+                                    spent.extend(one_time_source(&running.config, record.rule.as_deref()));
+                                    if let (Some(following), Some(event), Some(source), Some(rule)) =
+                                        (&following, Event::decode(&item), record.source, &record.rule)
+                                    {
+                                        // Made moments ago, when the last step came.
+                                        let grant = knock_common::Grant {
+                                            expires_ns: event.expires_ns,
+                                            granted_ns: monotonic_ns(),
+                                        };
+                                        let granted = record
+                                            .granted
+                                            .unwrap_or_else(|| IpNet::from(source));
+                                        following.granted(granted, rule, grant, Via::Knock);
+                                    }
+                                }
+                                print(record)?;
+                            }
+                            Err(error) => log::info!("skipping an event: {error}"),
+                        }
+                        drained += 1;
+                    }
+                    if drained < EVENTS_PER_TURN {
+                        guard.clear_ready();
+                    }
+                    // A one-time sequence that opened is marked used, and the
+                    // next one put in place (the kernel already refuses it again).
+                    if !spent.is_empty() {
+                        put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
+                    }
+                }
+                guard = datagrams.readable_mut() => {
+                    let mut guard = guard.context("waiting for SPA datagrams")?;
+                    let ring = guard.get_inner_mut();
+                    let mut drained = 0;
+                    while drained < DATAGRAMS_PER_TURN {
+                        let Some(item) = ring.next() else { break };
+                        drained += 1;
+                        let Some((source, port, payload)) = SpaDatagram::decode(&item) else {
+                            log::info!("skipping an SPA record of {} bytes", item.len());
+                            continue;
+                        };
+                        let record = match admit_spa(running, following.as_mut(), &source, port, payload) {
+                            Ok(Some(record)) => record,
+                            // Waits for the fleet to record it spent.
+                            Ok(None) => continue,
+                            Err(error) => {
+                                log::error!("an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
+                                continue;
+                            }
+                        };
+                        if record.event == RecordKind::SpaGrant || refusals.admit() {
                             print(record)?;
                         }
-                        Err(error) => log::info!("skipping an event: {error}"),
                     }
-                    drained += 1;
+                    if drained < DATAGRAMS_PER_TURN {
+                        guard.clear_ready();
+                    }
                 }
-                if drained < EVENTS_PER_TURN {
-                    guard.clear_ready();
+                _ = sweep.tick() => {
+                    for grant in running.filter.maps_mut().sweep(monotonic_ns())? {
+                        print(Record::expired(&grant, &running.rules))?;
+                    }
+                    if let Some(following) = &following {
+                        following.sweep(running.filter.maps(), &running.rules)?;
+                    }
+                    if let Some(hidden) = refusals.hidden_in_last_window() {
+                        log::info!("{hidden} more SPA packet(s) refused in the last second, not shown one by one");
+                    }
+                    if last_prune.elapsed() >= REPLAY_PRUNE_INTERVAL {
+                        last_prune = Instant::now();
+                        spa::forget_aged(running.filter.maps_mut(), SystemTime::now())?;
+                    }
+                    // The wall clock may have jumped.
+                    if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
+                        rotate(running, options, pins);
+                    }
                 }
-                // A one-time sequence that opened is marked used, and the
-                // next one put in place (the kernel already refuses it again).
-                if !spent.is_empty() {
-                    put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
-                }
-            }
-            guard = datagrams.readable_mut() => {
-                let mut guard = guard.context("waiting for SPA datagrams")?;
-                let ring = guard.get_inner_mut();
-                let mut drained = 0;
-                while drained < DATAGRAMS_PER_TURN {
-                    let Some(item) = ring.next() else { break };
-                    drained += 1;
-                    let Some((source, port, payload)) = SpaDatagram::decode(&item) else {
-                        log::info!("skipping an SPA record of {} bytes", item.len());
-                        continue;
-                    };
-                    let record = match admit_spa(running, following.as_mut(), &source, port, payload) {
-                        Ok(Some(record)) => record,
-                        // Waits for the fleet to record it spent.
-                        Ok(None) => continue,
-                        Err(error) => {
-                            log::error!("an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
-                            continue;
+                Some(message) = next_from_fleet(&mut following) => {
+                    if let Some(following) = &mut following {
+                        let slots = running.filter.slots().to_vec();
+                        let target = Target {
+                            maps: running.filter.maps_mut(),
+                            config: &running.config,
+                            slots: &slots,
+                        };
+                        let applied = following.apply(message, target)?;
+                        for record in applied.records {
+                            print(record)?;
                         }
-                    };
-                    if record.event == RecordKind::SpaGrant || refusals.admit() {
-                        print(record)?;
-                    }
-                }
-                if drained < DATAGRAMS_PER_TURN {
-                    guard.clear_ready();
-                }
-            }
-            _ = sweep.tick() => {
-                for grant in running.filter.maps_mut().sweep(monotonic_ns())? {
-                    print(Record::expired(&grant, &running.rules))?;
-                }
-                if let Some(following) = &following {
-                    following.sweep(running.filter.maps(), &running.rules)?;
-                }
-                if let Some(hidden) = refusals.hidden_in_last_window() {
-                    log::info!("{hidden} more SPA packet(s) refused in the last second, not shown one by one");
-                }
-                if last_prune.elapsed() >= REPLAY_PRUNE_INTERVAL {
-                    last_prune = Instant::now();
-                    spa::forget_aged(running.filter.maps_mut(), SystemTime::now())?;
-                }
-                // The wall clock may have jumped.
-                if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
-                    rotate(running, options, pins);
-                }
-            }
-            Some(message) = next_from_fleet(&mut following) => {
-                if let Some(following) = &mut following {
-                    let slots = running.filter.slots().to_vec();
-                    let target = Target {
-                        maps: running.filter.maps_mut(),
-                        config: &running.config,
-                        slots: &slots,
-                    };
-                    let applied = following.apply(message, target)?;
-                    for record in applied.records {
-                        print(record)?;
-                    }
-                    spent.extend(one_time_source(&running.config, applied.one_time.as_deref()));
-                    if !spent.is_empty() && lines_due.is_none() {
-                        lines_due = Some(tokio::time::Instant::now() + FLEET_LINES_SETTLE);
-                    }
-                }
-            }
-            () = until(lines_due) => {
-                lines_due = None;
-                // The fleet may have spent the next line too (its records
-                // arrive in key order, not line order): on until a line
-                // in place is unspent, a bounded number of times.
-                for _ in 0..MAX_LINES_SKIPPED {
-                    if spent.is_empty() {
-                        break;
-                    }
-                    put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
-                    spent = spent_one_time(running)?;
-                }
-            }
-            () = rotation => rotate(running, options, pins),
-            _ = signals.hangup.recv() => {
-                let result = reload(running, options, ifaces, pins);
-                reloads.record(result.is_ok());
-                match result {
-                    Ok(()) => {
-                        log::info!(
-                            "reloaded {}: {} rule(s)",
-                            options.config.display(),
-                            running.config.rules.len()
-                        );
-                        if let Some(following) = &following {
-                            following.reconfigured(&running.config);
+                        spent.extend(one_time_source(&running.config, applied.one_time.as_deref()));
+                        if !spent.is_empty() && lines_due.is_none() {
+                            lines_due = Some(tokio::time::Instant::now() + FLEET_LINES_SETTLE);
                         }
                     }
-                    Err(error) => log::error!(
-                        "reload refused, the filter is unchanged: {error:#}"
-                    ),
                 }
+                () = until(lines_due) => {
+                    lines_due = None;
+                    // The fleet may have spent the next line too (its records
+                    // arrive in key order, not line order): on until a line
+                    // in place is unspent, a bounded number of times.
+                    for _ in 0..MAX_LINES_SKIPPED {
+                        if spent.is_empty() {
+                            break;
+                        }
+                        put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
+                        spent = spent_one_time(running)?;
+                    }
+                }
+                () = rotation => rotate(running, options, pins),
+                _ = signals.hangup.recv() => {
+                    let result = reload(running, options, ifaces, pins);
+                    reloads.record(result.is_ok());
+        reloads.follow(&running.config);
+                    match result {
+                        Ok(()) => {
+                            log::info!(
+                                "reloaded {}: {} rule(s)",
+                                options.config.display(),
+                                running.config.rules.len()
+                            );
+                            if let Some(following) = &following {
+                                following.reconfigured(&running.config);
+                            }
+                        }
+                        Err(error) => log::error!(
+                            "reload refused, the filter is unchanged: {error:#}"
+                        ),
+                    }
+                }
+                _ = signals.interrupt.recv() => return Ok(()),
+                _ = signals.terminate.recv() => return Ok(()),
             }
-            _ = signals.interrupt.recv() => return Ok(()),
-            _ = signals.terminate.recv() => return Ok(()),
-        }
     }
 }
 
@@ -592,6 +594,7 @@ fn put_next_one_time(
     }
     let result = reload(running, options, ifaces, pins);
     reloads.record(result.is_ok());
+    reloads.follow(&running.config);
     match result {
         Ok(()) => log::info!("next one-time sequence in place"),
         Err(error) => log::error!(
