@@ -8,7 +8,7 @@ use xknock::{
     admin::{self, status::Status},
     cli::{Cli, Command},
     client::{send_knock, send_spa},
-    config::{KernelConfig, load_config, read_config},
+    config::{KernelConfig, load_config, pin_dir_of, read_config},
     daemon::run::{RunOptions, run, warn_of_served_ports},
     loader::embedded_program,
     loader::pins::PinDir,
@@ -191,7 +191,7 @@ fn main() -> ExitCode {
         Command::Keygen => xknock::config::rotating::keygen()
             .map(|secret| println!("{secret}"))
             .map_err(|e| anyhow!("no random bytes from the kernel: {e}")),
-        Command::Detach { config } => pins_of(&config).and_then(|pins| {
+        Command::Detach { config } => pin_dir_of(&config).map(PinDir::new).and_then(|pins| {
             if admin::detach(&pins)? {
                 eprintln!("xknock: detached; removed {}", pins.root().display());
             } else {

@@ -27,6 +27,8 @@ use clap::{Parser, Subcommand};
 const BPF_TOOLCHAIN: &str = "nightly-2026-07-01";
 /// bpf-linker 0.10.3 uses the nightly's own LLVM 22; newer ones want LLVM 23.
 const BPF_LINKER_VERSION: &str = "0.10.3";
+/// cargo-deb, which makes the Debian package (`cargo xtask deb`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian packages the tests and the demo drive, and those xknock's build needs.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
@@ -85,6 +87,8 @@ enum Task {
     /// Set up, then build what an installation needs in target/dist: the
     /// release binary, its man pages, shell completions and systemd unit.
     Dist,
+    /// Set up, then build the Debian package: target/debian/xknock_*.deb.
+    Deb,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,7 +119,39 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             dist()
         }
+        Task::Deb => {
+            setup()?;
+            deb().map(|_| ())
+        }
     }
+}
+
+/// target/debian/xknock_VERSION_ARCH.deb, made by cargo-deb from `dist`'s
+/// release binary, man pages and completions (knock-user's
+/// `[package.metadata.deb]`); returns its path.
+fn deb() -> anyhow::Result<PathBuf> {
+    dist()?;
+    let out = workspace_root().join("target").join("debian");
+    // Only this build's package is left there for the tests to install.
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("emptying {}", out.display()))?;
+    }
+    let out_arg = out.to_str().context("a UTF-8 target path")?;
+    cargo(&[
+        "deb",
+        "--package",
+        "knock-user",
+        "--no-build",
+        "--output",
+        out_arg,
+    ])?;
+    let package = std::fs::read_dir(&out)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|e| e == "deb"))
+        .context("cargo deb left no .deb")?;
+    eprintln!("xtask: {} is ready (README: Install)", package.display());
+    Ok(package)
 }
 
 /// target/dist: xknock (release), man/, completions/, xknock.service.
@@ -189,6 +225,7 @@ fn run_built(name: &str) -> anyhow::Result<()> {
     let program = debug_dir(&workspace_root().join("target")).join(name);
     let status = Command::new(&program)
         .env("XKNOCK_BIN", &xknock)
+        .env("XKNOCK_DEB", &package)
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("cannot run {}", program.display()))?;
@@ -263,6 +300,17 @@ fn setup() -> anyhow::Result<()> {
             "bpf-linker",
             "--version",
             BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ])?;
+    }
+    let deb = output_of("cargo", &["deb", "--version"]).unwrap_or_default();
+    if !deb.contains(CARGO_DEB_VERSION) {
+        cargo(&[
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
             "--locked",
             "--force",
         ])?;
@@ -352,6 +400,8 @@ fn test() -> anyhow::Result<()> {
     cargo(&["build", "--package", "knock-user"])?;
     let xknock = xknock_bin();
     ensure_carries_program(&xknock)?;
+    // The package test installs the real package: built here, release.
+    let package = deb()?;
     fresh::check_order_of_events()?;
     // The integration tests mostly wait on timers: run more at once than
     // there are cores.
@@ -360,6 +410,7 @@ fn test() -> anyhow::Result<()> {
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace", "--", "--nocapture"])
         .env("XKNOCK_BIN", &xknock)
+        .env("XKNOCK_DEB", &package)
         .env("RUST_TEST_THREADS", "6")
         .current_dir(workspace_root())
         .status()

@@ -65,6 +65,28 @@ pub fn read_config(path: &Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Where the filter of the configuration file at `path` is pinned, even
+/// when the file is not valid as a whole (nothing to protect yet, a rule
+/// gone wrong): `detach` must work when nothing else does. A file that is
+/// not TOML at all, or an unreadable one, is an error.
+pub fn pin_dir_of(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let invalid = match read_config(path) {
+        Ok(config) => return Ok(config.pin_dir),
+        Err(error) => error,
+    };
+    let text = std::fs::read_to_string(path)?;
+    let Ok(table) = toml::from_str::<toml::Table>(&text) else {
+        return Err(invalid);
+    };
+    let dir = match table.get("pin_dir") {
+        None => DEFAULT_PIN_DIR,
+        Some(toml::Value::String(dir)) => dir.as_str(),
+        Some(_) => return Err(invalid),
+    };
+    log::warn!("{invalid:#}; its pin_dir is {dir}");
+    Ok(dir.into())
+}
+
 /// A warning when the file holds SPA keys (`[[spa]]`) and other users can
 /// read it: with the keys, anyone on the host can open the ports (fwknopd
 /// warns the same of its access.conf).
