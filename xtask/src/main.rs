@@ -225,7 +225,6 @@ fn run_built(name: &str) -> anyhow::Result<()> {
     let program = debug_dir(&workspace_root().join("target")).join(name);
     let status = Command::new(&program)
         .env("XKNOCK_BIN", &xknock)
-        .env("XKNOCK_DEB", &package)
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("cannot run {}", program.display()))?;
