@@ -206,20 +206,14 @@ fn detach_finds_the_pin_dir_of_a_file_that_is_not_valid() {
     };
     // Nothing to protect yet: not valid, and its pin_dir still found.
     let found = at("pin_dir = \"/sys/fs/bpf/elsewhere\"\ninterfaces = [\"eth0\"]\n");
-    assert_eq!(
-        found.expect("found"),
-        Path::new("/sys/fs/bpf/elsewhere")
-    );
+    assert_eq!(found.expect("found"), Path::new("/sys/fs/bpf/elsewhere"));
     let found = at("interfaces = [\"eth0\"]\n");
     assert_eq!(found.expect("found"), Path::new(DEFAULT_PIN_DIR));
     let valid = format!(
         "pin_dir = \"/sys/fs/bpf/valid\"\n{}",
         with_rule(&format!("{SEQUENCE}{TIMES}protect = [\"tcp:22\"]\n"))
     );
-    assert_eq!(
-        at(&valid).expect("found"),
-        Path::new("/sys/fs/bpf/valid")
-    );
+    assert_eq!(at(&valid).expect("found"), Path::new("/sys/fs/bpf/valid"));
     assert!(at("not toml [").is_err());
     assert!(at("pin_dir = 7\n").is_err());
 }
