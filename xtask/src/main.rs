@@ -29,6 +29,19 @@ const BPF_TOOLCHAIN: &str = "nightly-2026-07-01";
 const BPF_LINKER_VERSION: &str = "0.10.3";
 /// cargo-deb, which makes the Debian package (`cargo xtask deb`).
 const CARGO_DEB_VERSION: &str = "3.8.0";
+/// cargo-fuzz, which builds and runs the fuzz targets (`cargo xtask fuzz`).
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+/// The fuzz targets (fuzz/fuzz_targets), and which take the SPA dictionary.
+const FUZZ_TARGETS: [(&str, bool); 6] = [
+    ("spa_datagram", true),
+    ("spa_plaintext", true),
+    ("config", false),
+    ("import_knockd", false),
+    ("import_fwknop", false),
+    ("one_time", false),
+];
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const TEST_FUZZ_SECONDS: u64 = 10;
 /// Debian packages the tests and the demo drive, and those xknock's build needs.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
@@ -89,6 +102,14 @@ enum Task {
     Dist,
     /// Set up, then build the Debian package: target/debian/xknock_*.deb.
     Deb,
+    /// Set up, then run every fuzz target (cargo-fuzz, libFuzzer) for
+    /// SECONDS each; fails on a crash, a panic, a timeout or running out of
+    /// memory, leaving the input in target/fuzz/artifacts/TARGET.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = TEST_FUZZ_SECONDS)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,7 +144,67 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             deb().map(|_| ())
         }
+        Task::Fuzz { seconds } => {
+            setup()?;
+            fuzz(seconds)
+        }
     }
+}
+
+/// Runs every fuzz target for `seconds`, each from its corpus so far
+/// (target/fuzz/corpus/TARGET) and its seeds (fuzz/seeds/TARGET), on the
+/// BPF nightly with the fuzz crate's parsers built without the XDP program.
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let fuzz_dir = root.join("fuzz");
+    let out = root.join("target").join("fuzz");
+    let path = |p: &Path| p.to_str().map(str::to_owned).context("a UTF-8 path");
+    for (target, spa) in FUZZ_TARGETS {
+        let corpus = out.join("corpus").join(target);
+        let artifacts = out.join("artifacts").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        std::fs::create_dir_all(&artifacts)?;
+        let mut args = vec![
+            "run".to_owned(),
+            BPF_TOOLCHAIN.to_owned(),
+            "cargo".to_owned(),
+            "fuzz".to_owned(),
+            "run".to_owned(),
+            target.to_owned(),
+            path(&corpus)?,
+        ];
+        let seeds = fuzz_dir.join("seeds").join(target);
+        if seeds.is_dir() {
+            args.push(path(&seeds)?);
+        }
+        args.extend([
+            "--".to_owned(),
+            format!("-max_total_time={seconds}"),
+            "-timeout=10".to_owned(),
+            "-rss_limit_mb=2048".to_owned(),
+            "-print_final_stats=1".to_owned(),
+            format!("-artifact_prefix={}/", path(&artifacts)?),
+        ]);
+        if spa {
+            args.push(format!(
+                "-dict={}",
+                path(&fuzz_dir.join("dict").join("spa.dict"))?
+            ));
+        }
+        eprintln!("xtask: fuzzing {target} for {seconds} s");
+        let status = Command::new("rustup")
+            .args(&args)
+            .env("XKNOCK_WITHOUT_EBPF", "1")
+            .current_dir(&fuzz_dir)
+            .status()
+            .context("cannot run cargo fuzz")?;
+        ensure!(
+            status.success(),
+            "fuzz target {target} failed ({status}): its input is in {}",
+            artifacts.display()
+        );
+    }
+    Ok(())
 }
 
 /// target/debian/xknock_VERSION_ARCH.deb, made by cargo-deb from `dist`'s
@@ -314,6 +395,17 @@ fn setup() -> anyhow::Result<()> {
             "--force",
         ])?;
     }
+    let fuzz = output_of("cargo", &["fuzz", "--version"]).unwrap_or_default();
+    if !fuzz.contains(CARGO_FUZZ_VERSION) {
+        cargo(&[
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "--force",
+        ])?;
+    }
     mount_bpffs()?;
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
@@ -415,5 +507,6 @@ fn test() -> anyhow::Result<()> {
         .status()
         .context("cannot run cargo test")?;
     ensure!(status.success(), "cargo test --workspace failed: {status}");
-    Ok(())
+    // A short run of every fuzz target (their corpora grow from run to run).
+    fuzz(TEST_FUZZ_SECONDS)
 }

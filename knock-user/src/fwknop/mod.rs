@@ -197,6 +197,16 @@ pub(crate) fn seal_with(
     Ok(packet)
 }
 
+/// An authentic packet (the right HMAC) around any `plaintext`, as if a
+/// client holding `keys` had sent it: what the fuzz targets feed the
+/// decoder past its HMAC and decryption.
+#[cfg(feature = "testing")]
+pub fn forge(keys: &Keys, plaintext: &[u8]) -> Vec<u8> {
+    let body = cipher::encrypt(&keys.encryption, &[7; cipher::SALT_BYTES], plaintext);
+    let tag = cipher::tag(&keys.mac, &body);
+    format!("{body}{tag}").into_bytes()
+}
+
 /// The key of `payload` in a replay cache: the SHA-256 of the payload as
 /// received, as fwknopd keys its cache (it stores the base64 of the same
 /// hash).
