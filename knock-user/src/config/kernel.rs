@@ -155,6 +155,10 @@ impl KernelConfig {
                 },
                 ..Default::default()
             };
+            #[expect(
+                clippy::expect_used,
+                reason = "an invariant: a validated configuration holds tcp, udp and icmp only"
+            )]
             let index_of = |spec: &PortSpec| {
                 port_roles_index(spec.0.proto, spec.0.port)
                     .expect("config only holds tcp, udp and icmp")

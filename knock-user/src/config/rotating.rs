@@ -230,6 +230,7 @@ impl Rotating {
     pub fn sequence(&self, window: u64) -> Result<Vec<PortSpec>, String> {
         let mut sequence: Vec<PortSpec> = Vec::with_capacity(self.steps);
         for block in 0..MAX_BLOCKS {
+            #[expect(clippy::expect_used, reason = "HMAC takes keys of any length")]
             let mut mac =
                 Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
             mac.update(&window.to_be_bytes());

@@ -65,6 +65,10 @@ impl Spa {
     }
 
     /// The entry's keys, as the fwknop format uses them.
+    #[expect(
+        clippy::expect_used,
+        reason = "an invariant: the keys were checked when the configuration was read"
+    )]
     pub fn keys(&self) -> Keys {
         Keys::from_base64(&self.key_base64, &self.hmac_key_base64)
             .expect("checked when the configuration was read")

@@ -122,6 +122,10 @@ impl<'de> Deserialize<'de> for Prefix {
 
 impl Prefix {
     /// An IPv6 prefix wide enough to hold ::ffff:0:0/96, where IPv4 lives.
+    #[expect(
+        clippy::expect_used,
+        reason = "an invariant: ::ffff:0:0/96 is a valid prefix"
+    )]
     pub fn covers_all_ipv4(&self) -> bool {
         let IpNet::V6(net) = self.0 else {
             return false;

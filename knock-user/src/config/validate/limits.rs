@@ -8,6 +8,10 @@ use crate::config::{file::Limits, kernel::MapLimit, model::ConfigError};
 const MAX_MAP_ENTRIES: u32 = 1 << 24;
 
 /// Every configuration-sized map's size is within 1..=MAX_MAP_ENTRIES.
+#[expect(
+    clippy::expect_used,
+    reason = "an invariant: every limit checked here has a [limits] key"
+)]
 pub(super) fn check(limits: &Limits, report: &Report<'_>) -> Result<(), ConfigError> {
     for (limit, value) in [
         (MapLimit::FirstStepEntries, &limits.first_step_entries),

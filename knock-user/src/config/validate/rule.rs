@@ -171,6 +171,10 @@ pub(super) fn check(
             ));
         }
     }
+    #[expect(
+        clippy::unreachable,
+        reason = "an invariant: exactly one source was checked above"
+    )]
     let (kind, span) = match (&rule.sequence, &rule.sequences_file, &rule.secret_file) {
         (_, _, Some(file)) => (
             RuleKind::Rotating(rotating_rule(rule, file, reserved, report)?),
@@ -236,6 +240,10 @@ fn one_time_rule(
     report: &mut Report<'_>,
 ) -> Result<RuleKind, ConfigError> {
     let name = rule.name.get_ref();
+    #[expect(
+        clippy::expect_used,
+        reason = "an invariant: File::load reads every sequences_file"
+    )]
     let loaded = rule
         .sequences
         .as_ref()
@@ -291,6 +299,10 @@ fn rotating_rule(
     report: &mut Report<'_>,
 ) -> Result<Rotating, ConfigError> {
     let name = rule.name.get_ref();
+    #[expect(
+        clippy::expect_used,
+        reason = "an invariant: File::load reads every secret_file"
+    )]
     let (loaded, mode) = rule
         .secret
         .as_ref()
