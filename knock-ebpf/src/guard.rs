@@ -120,10 +120,11 @@ fn admitted_flow(settings: &Settings, packet: &Packet, flow_key: &FlowKey, now: 
 
 /// A rule protecting the packet's port that holds a live grant for its
 /// source (or, for a rule with a scope, for the source's prefix), and now:
-/// the first rule without a scope that does, else the first scoped one. `own` is now if the source's own admitted horizon covers it. A
-/// rule without a scope is looked up only then; a scoped rule only when
-/// the horizon of the source's prefix covers now (`scoped_grant`): a
-/// source outside every live grant reads no map but `SOURCE_HORIZONS`.
+/// the first rule without a scope that does, else the first scoped one.
+/// `own` is now if the source's own admitted horizon covers it. A rule
+/// without a scope is looked up only then; a scoped rule only when the
+/// horizon of the source's prefix covers now (`prefix_grant`): a source
+/// outside every live grant reads no map but `SOURCE_HORIZONS`.
 #[inline(always)]
 fn live_grant(
     settings: &Settings,
@@ -183,10 +184,10 @@ fn scoped_grant(packet: &Packet, rules: u32) -> Option<(u32, u64)> {
         found: u32::MAX,
         now: 0,
     };
-    // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
-    // expects, and `search` outlives the call.
     // Up to the highest scoped rule: most configurations have one or two.
     let iterations = u32::BITS - rules.leading_zeros();
+    // SAFETY: the callback is a BPF subprogram with the signature bpf_loop
+    // expects, and `search` outlives the call.
     unsafe {
         bpf_loop(
             iterations,
