@@ -151,10 +151,23 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Installs the cargo subcommand `tool` (cargo-deb, cargo-fuzz) at
+/// `version` unless `cargo SUBCOMMAND --version` says it is there: only the
+/// tasks that use one install it, so the demo's first run does not wait.
+fn ensure_cargo_tool(tool: &str, version: &str) -> anyhow::Result<()> {
+    let subcommand = tool.trim_start_matches("cargo-");
+    let found = output_of("cargo", &[subcommand, "--version"]).unwrap_or_default();
+    if found.contains(version) {
+        return Ok(());
+    }
+    cargo(&["install", tool, "--version", version, "--locked", "--force"])
+}
+
 /// Runs every fuzz target for `seconds`, each from its corpus so far
 /// (target/fuzz/corpus/TARGET) and its seeds (fuzz/seeds/TARGET), on the
 /// BPF nightly with the fuzz crate's parsers built without the XDP program.
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    ensure_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION)?;
     let root = workspace_root();
     let fuzz_dir = root.join("fuzz");
     let out = root.join("target").join("fuzz");
@@ -211,6 +224,7 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
 /// release binary, man pages and completions (knock-user's
 /// `[package.metadata.deb]`); returns its path.
 fn deb() -> anyhow::Result<PathBuf> {
+    ensure_cargo_tool("cargo-deb", CARGO_DEB_VERSION)?;
     dist()?;
     let out = workspace_root().join("target").join("debian");
     // Only this build's package is left there for the tests to install.
@@ -380,28 +394,6 @@ fn setup() -> anyhow::Result<()> {
             "bpf-linker",
             "--version",
             BPF_LINKER_VERSION,
-            "--locked",
-            "--force",
-        ])?;
-    }
-    let deb = output_of("cargo", &["deb", "--version"]).unwrap_or_default();
-    if !deb.contains(CARGO_DEB_VERSION) {
-        cargo(&[
-            "install",
-            "cargo-deb",
-            "--version",
-            CARGO_DEB_VERSION,
-            "--locked",
-            "--force",
-        ])?;
-    }
-    let fuzz = output_of("cargo", &["fuzz", "--version"]).unwrap_or_default();
-    if !fuzz.contains(CARGO_FUZZ_VERSION) {
-        cargo(&[
-            "install",
-            "cargo-fuzz",
-            "--version",
-            CARGO_FUZZ_VERSION,
             "--locked",
             "--force",
         ])?;
