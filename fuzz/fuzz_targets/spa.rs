@@ -1,9 +1,8 @@
 // Shared by the SPA targets (included, not a module of its own crate): an
 // `[[spa]]` entry with the real fwknop client's keys of the seed corpus
-// (knock-user's testdata), its judge, and an in-memory replay cache.
+// (knock-user's testdata), and its judge.
 
 use std::{
-    collections::HashMap,
     sync::LazyLock,
     time::{Duration, SystemTime},
 };
@@ -11,9 +10,8 @@ use std::{
 use knock_common::Addr;
 use xknock::{
     config::Config,
-    daemon::spa::{Judge, ReplayCache},
+    daemon::spa::{Judge, MemoryReplays},
     fwknop::Keys,
-    loader::maps::{MapsError, Remembered},
 };
 
 const KEY: &str = "ZS7QgadyXtQiQFfLiVxTEELO2/EOUpQR8tUmMFPF5Jk=";
@@ -37,38 +35,11 @@ pub static SPA: LazyLock<Spa> = LazyLock::new(|| {
     }
 });
 
-/// The replay cache as a bounded map.
-#[derive(Default)]
-pub struct Remembers(HashMap<[u8; 32], u64>);
-
-impl ReplayCache for Remembers {
-    fn seen(&self, key: &[u8; 32]) -> Result<bool, MapsError> {
-        Ok(self.0.contains_key(key))
-    }
-
-    fn remember(&mut self, key: &[u8; 32], until: u64) -> Result<Remembered, MapsError> {
-        if self.0.contains_key(key) {
-            return Ok(Remembered::Already);
-        }
-        if self.0.len() >= 4 {
-            return Ok(Remembered::Full);
-        }
-        self.0.insert(*key, until);
-        Ok(Remembered::Now)
-    }
-
-    fn prune(&mut self, now: u64) -> Result<usize, MapsError> {
-        let before = self.0.len();
-        self.0.retain(|_, until| *until >= now);
-        Ok(before - self.0.len())
-    }
-}
-
 /// Judges `payload` from `source` at the seed corpus' time (the real
 /// client's packets were made on 2026-11-19) and, twice, as a replay.
 pub fn judge(source: &Addr, payload: &[u8]) {
     let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_601_950);
-    let mut cache = Remembers::default();
+    let mut cache = MemoryReplays::new(4);
     for _ in 0..2 {
         let _ = SPA.judge.judge(source, 62201, payload, when, &mut cache);
     }

@@ -151,6 +151,44 @@ pub struct Judge {
     deny: Vec<Prefix>,
 }
 
+/// A replay cache in memory, of at most `.1` packets: the judge's tests
+/// and the fuzz targets (the loader's is the pinned `REPLAY` map).
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Default)]
+pub struct MemoryReplays(pub std::collections::HashMap<[u8; 32], u64>, pub usize);
+
+#[cfg(any(test, feature = "testing"))]
+impl MemoryReplays {
+    /// An empty cache that holds `limit` packets.
+    pub fn new(limit: usize) -> MemoryReplays {
+        MemoryReplays(std::collections::HashMap::new(), limit)
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl ReplayCache for MemoryReplays {
+    fn seen(&self, key: &[u8; 32]) -> Result<bool, MapsError> {
+        Ok(self.0.contains_key(key))
+    }
+
+    fn remember(&mut self, key: &[u8; 32], until: u64) -> Result<Remembered, MapsError> {
+        if self.0.contains_key(key) {
+            return Ok(Remembered::Already);
+        }
+        if self.0.len() >= self.1 {
+            return Ok(Remembered::Full);
+        }
+        self.0.insert(*key, until);
+        Ok(Remembered::Now)
+    }
+
+    fn prune(&mut self, now: u64) -> Result<usize, MapsError> {
+        let before = self.0.len();
+        self.0.retain(|_, until| *until >= now);
+        Ok(before - self.0.len())
+    }
+}
+
 /// Forgets the accepted packets whose `max_age` is over at `now` (a packet
 /// that old is refused as too old anyway).
 pub fn forget_aged(replays: &mut impl ReplayCache, now: SystemTime) -> Result<usize, MapsError> {
@@ -356,38 +394,9 @@ impl Judge {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use knock_common::ipv4_mapped;
 
     use super::*;
-
-    /// The replay cache as a plain map.
-    #[derive(Default)]
-    struct Remembers(HashMap<[u8; 32], u64>, usize);
-
-    impl ReplayCache for Remembers {
-        fn seen(&self, key: &[u8; 32]) -> Result<bool, MapsError> {
-            Ok(self.0.contains_key(key))
-        }
-
-        fn remember(&mut self, key: &[u8; 32], until: u64) -> Result<Remembered, MapsError> {
-            if self.0.contains_key(key) {
-                return Ok(Remembered::Already);
-            }
-            if self.0.len() >= self.1 {
-                return Ok(Remembered::Full);
-            }
-            self.0.insert(*key, until);
-            Ok(Remembered::Now)
-        }
-
-        fn prune(&mut self, now: u64) -> Result<usize, MapsError> {
-            let before = self.0.len();
-            self.0.retain(|_, until| *until >= now);
-            Ok(before - self.0.len())
-        }
-    }
 
     const KEY: &str = "wqpO0bCb8v0WXmVOiK2LDsWbx84d7V5NzC4dgQlcCRM=";
     const HMAC_KEY: &str =
@@ -442,7 +451,12 @@ mod tests {
     }
 
     /// What `judge` says at `now` of `payload` from `SOURCE` to udp:62201.
-    fn judged_at(judge: &Judge, cache: &mut Remembers, payload: &[u8], now: SystemTime) -> Verdict {
+    fn judged_at(
+        judge: &Judge,
+        cache: &mut MemoryReplays,
+        payload: &[u8],
+        now: SystemTime,
+    ) -> Verdict {
         judge
             .judge(&SOURCE, 62201, payload, now, cache)
             .expect("judged")
@@ -462,13 +476,13 @@ mod tests {
         let fresh = || packet(KEY, "198.18.0.7", &[(Proto::Tcp, 22)], secs, None);
         let inside = config("source = [\"198.18.0.0/24\", \"2001:db8::/32\"]\n");
         let judge = Judge::new(&inside, &inside.slots_in_order());
-        let mut cache = Remembers(HashMap::new(), 10);
+        let mut cache = MemoryReplays::new(10);
         let verdict = judged_at(&judge, &mut cache, &fresh(), now);
         assert!(matches!(verdict, Verdict::Grant(_)), "{verdict:?}");
 
         let outside = config("source = [\"203.0.113.0/24\"]\n");
         let judge = Judge::new(&outside, &outside.slots_in_order());
-        let mut cache = Remembers(HashMap::new(), 10);
+        let mut cache = MemoryReplays::new(10);
         let verdict = judged_at(&judge, &mut cache, &fresh(), now);
         let Verdict::Refuse {
             reason,
@@ -496,7 +510,7 @@ mod tests {
         ))
         .expect("valid");
         let judge = Judge::new(&both, &both.slots_in_order());
-        let mut cache = Remembers(HashMap::new(), 10);
+        let mut cache = MemoryReplays::new(10);
         let verdict = judged_at(&judge, &mut cache, &fresh(), now);
         let Verdict::Grant(grant) = verdict else {
             panic!("refused: {verdict:?}")
@@ -508,7 +522,7 @@ mod tests {
     fn a_fresh_request_is_granted_once() {
         let config = config("");
         let judge = Judge::new(&config, &config.slots_in_order());
-        let mut cache = Remembers(HashMap::new(), 10);
+        let mut cache = MemoryReplays::new(10);
         let (now, secs) = now();
         let fresh = packet(KEY, "198.18.0.7", &[(Proto::Tcp, 22)], secs, None);
         let verdict = judged_at(&judge, &mut cache, &fresh, now);
@@ -532,7 +546,7 @@ mod tests {
     fn requests_are_judged_in_fwknopds_order() {
         let config = config("require_source_address = true");
         let judge = Judge::new(&config, &config.slots_in_order());
-        let mut cache = Remembers(HashMap::new(), 100);
+        let mut cache = MemoryReplays::new(100);
         let (now, secs) = now();
         let mut judged = |payload: &[u8], port| {
             reason(
@@ -612,7 +626,7 @@ mod tests {
     fn the_source_stands_in_for_0_0_0_0_and_a_client_timeout_only_shortens() {
         let config = config("");
         let judge = Judge::new(&config, &config.slots_in_order());
-        let mut cache = Remembers(HashMap::new(), 10);
+        let mut cache = MemoryReplays::new(10);
         let (now, secs) = now();
         let both = [(Proto::Tcp, 22), (Proto::Udp, 51820)];
         let mut grant = |payload: Vec<u8>, source: &Addr| match judge
@@ -643,7 +657,7 @@ mod tests {
     fn a_full_cache_is_pruned_then_refuses_rather_than_forgets() {
         let config = config("");
         let judge = Judge::new(&config, &config.slots_in_order());
-        let mut cache = Remembers(HashMap::new(), 1);
+        let mut cache = MemoryReplays::new(1);
         let (now, secs) = now();
         let tcp22 = [(Proto::Tcp, 22)];
         cache.0.insert([7; 32], 0); // long expired: pruned to make room
@@ -671,7 +685,7 @@ mod tests {
         ))
         .expect("valid");
         let judge = Judge::new(&config, &config.slots_in_order());
-        let mut cache = Remembers(HashMap::new(), 10);
+        let mut cache = MemoryReplays::new(10);
         let (now, secs) = now();
         let verdict = judged_at(
             &judge,
