@@ -338,6 +338,13 @@ impl Model {
         self.rules[rule].sequence = sequence.iter().map(|s| (s.0.proto, s.0.port)).collect();
     }
 
+    /// Drops `src`'s progress through rule `rule` without a word: the
+    /// kernel's first steps' table gave its record up to a newer first step
+    /// (a bounded table's eviction; no failure is counted).
+    pub fn displace(&mut self, src: Source, rule: usize) {
+        self.progress.remove(&(src, rule));
+    }
+
     /// Sources mid-sequence, through the sequence their rule has now:
     /// (source, rule) -> steps accepted.
     pub fn progress(&self) -> BTreeMap<(Source, usize), usize> {

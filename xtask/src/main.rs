@@ -32,13 +32,14 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 /// cargo-fuzz, which builds and runs the fuzz targets (`cargo xtask fuzz`).
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 /// The fuzz targets (fuzz/fuzz_targets), and which take the SPA dictionary.
-const FUZZ_TARGETS: [(&str, bool); 6] = [
+const FUZZ_TARGETS: [(&str, bool); 7] = [
     ("spa_datagram", true),
     ("spa_plaintext", true),
     ("config", false),
     ("import_knockd", false),
     ("import_fwknop", false),
     ("one_time", false),
+    ("machine", false),
 ];
 /// Seconds each fuzz target runs in `cargo xtask test`.
 const TEST_FUZZ_SECONDS: u64 = 10;
