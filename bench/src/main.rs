@@ -34,7 +34,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use aya::{
     Ebpf,
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use flood::*;
 use kernel::*;
@@ -43,6 +43,7 @@ use knock_common::{
 };
 use lab::{
     Lab, Netns,
+    flood::{pin_to_cpu, with_generator},
     frames::{Frame, TCP_ACK, TCP_SYN},
 };
 use open::*;
@@ -181,21 +182,6 @@ pub(crate) fn run_in(ns: &Netns, command: &str, args: &[&str]) -> anyhow::Result
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Pins the calling thread to `cpu`.
-pub(crate) fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        ensure!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {

@@ -26,6 +26,7 @@ use std::{
 pub mod answers;
 pub mod fleet_lab;
 pub mod fleet_run;
+pub mod flood;
 pub mod frames;
 pub mod fwknop;
 mod lines;
