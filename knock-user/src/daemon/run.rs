@@ -163,8 +163,14 @@ fn put_in_place(
     })
 }
 
-/// Loads `config` (rotating sequences as they are now) and puts it in
-/// place, holding the change lock `change` throughout.
+/// Loads `config` and puts it in place, holding the change lock `change`
+/// throughout. Its rotating sequences are those of a rotation's lead from
+/// now: a generation holds a window's sequence and the one before, and a
+/// load (a start, a reload, a one-time sequence used) that begins just
+/// before a window and ends in it would otherwise put in place the
+/// sequences of the window that just ended, and the new window's would
+/// wait for the next rotation step (found by the soak: a client knocking
+/// early in the window was refused).
 fn apply(
     config: Config,
     ifaces: &[String],
@@ -172,7 +178,8 @@ fn apply(
     pins: &PinDir,
     change: Lock,
 ) -> anyhow::Result<Running> {
-    let prepared = prepare(config, ifaces, pins, change, SystemTime::now())?;
+    let at = SystemTime::now() + rotation_lead(&config).unwrap_or_default();
+    let prepared = prepare(config, ifaces, pins, change, at)?;
     put_in_place(prepared, mode, pins, false)
 }
 
@@ -640,20 +647,25 @@ const ROTATION_RETRY: Duration = Duration::from_secs(5);
 /// anew, about a second of CPU.
 const ROTATION_LEAD: Duration = Duration::from_secs(3);
 
+/// How long before a window its generation is loaded: `ROTATION_LEAD`, at
+/// most half the shortest `rotate`; none without a rotating rule.
+fn rotation_lead(config: &Config) -> Option<Duration> {
+    let shortest = config
+        .rules
+        .iter()
+        .filter_map(|rule| Some(rule.rotating()?.rotate))
+        .min()?;
+    Some(ROTATION_LEAD.min(shortest / 2))
+}
+
 /// When `rotate` has its next step to take: loading the next window's
 /// generation, or putting it in place.
 fn rotation_step_at(running: &Running) -> Option<SystemTime> {
     if let Some(prepared) = &running.next_generation {
         return Some(prepared.at);
     }
-    let shortest = running
-        .config
-        .rules
-        .iter()
-        .filter_map(|rule| Some(rule.rotating()?.rotate))
-        .min()?;
-    let at = running.next_rotation?;
-    Some(at - ROTATION_LEAD.min(shortest / 2))
+    let lead = rotation_lead(&running.config)?;
+    Some(running.next_rotation? - lead)
 }
 
 /// Rotating sequences change: ahead of a window, its generation is loaded
