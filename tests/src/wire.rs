@@ -114,26 +114,38 @@ impl Wire {
     }
 
     pub fn send(&self, frame: &[u8]) {
+        if let Err(e) = self.try_send(frame) {
+            panic!("sendto: {e}");
+        }
+    }
+
+    /// Sends `frame`, or says why not (ENOBUFS while a flood fills the
+    /// interface's queue).
+    pub fn try_send(&self, frame: &[u8]) -> std::io::Result<()> {
         // SAFETY: a sockaddr_ll on the stack and a buffer the call only reads.
-        unsafe {
+        let sent = unsafe {
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = self.index;
             addr.sll_halen = 6;
-            let sent = libc::sendto(
+            libc::sendto(
                 self.fd.as_raw_fd(),
                 frame.as_ptr().cast(),
                 frame.len(),
                 0,
                 (&raw const addr).cast(),
                 size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(
-                sent,
-                frame.len() as isize,
-                "sendto: {}",
-                std::io::Error::last_os_error()
-            );
+            )
+        };
+        if sent == frame.len() as isize {
+            Ok(())
+        } else if sent < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Err(std::io::Error::other(format!(
+                "sent {sent} of {} bytes",
+                frame.len()
+            )))
         }
     }
 

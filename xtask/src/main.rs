@@ -111,6 +111,14 @@ enum Task {
         #[arg(long, default_value_t = TEST_FUZZ_SECONDS)]
         seconds: u64,
     },
+    /// Set up, then run the soak (tests/tests/soak.rs) for MINUTES: the
+    /// filter under mixed traffic, floods, reloads and kill -9; its report
+    /// goes to target/soak/report.md. `./x test` runs it for 3 minutes.
+    Soak {
+        /// How long it runs.
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,6 +156,10 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz { seconds } => {
             setup()?;
             fuzz(seconds)
+        }
+        Task::Soak { minutes } => {
+            setup()?;
+            soak(minutes)
         }
     }
 }
@@ -218,6 +230,35 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
             artifacts.display()
         );
     }
+    Ok(())
+}
+
+/// Runs the soak test alone for `minutes`, with what it prints shown.
+fn soak(minutes: f64) -> anyhow::Result<()> {
+    ensure!(minutes > 0.0, "--minutes must be more than 0");
+    cargo(&["build", "--package", "knock-user"])?;
+    let xknock = xknock_bin();
+    ensure_carries_program(&xknock)?;
+    eprintln!("xtask: soaking for {minutes} min");
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "--package",
+            "tests",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ])
+        .env("XKNOCK_BIN", &xknock)
+        .env("XKNOCK_SOAK_MINUTES", minutes.to_string())
+        .current_dir(workspace_root())
+        .status()
+        .context("cannot run cargo test")?;
+    ensure!(
+        status.success(),
+        "the soak failed ({status}); target/soak has its report, the last loader's log and the events"
+    );
     Ok(())
 }
 
