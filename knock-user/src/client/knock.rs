@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket},
     thread,
     time::Duration,
 };
@@ -48,10 +48,11 @@ pub fn send_sequence(target: IpAddr, knocks: &[PortSpec], delay: Duration) -> io
 
 /// Sends one UDP datagram to `port` of `target`.
 pub fn send_datagram(target: IpAddr, port: u16, payload: &[u8]) -> io::Result<()> {
-    let bind: SocketAddr = match target {
-        IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
-        IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
+    let any: IpAddr = match target {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     };
+    let bind = SocketAddr::new(any, 0);
     UdpSocket::bind(bind)?.send_to(payload, SocketAddr::new(target, port))?;
     Ok(())
 }

@@ -336,6 +336,10 @@ impl Record {
         }
     }
 
+    #[expect(
+        clippy::expect_used,
+        reason = "records are plain structs that always serialize"
+    )]
     pub fn render(&self, format: EventFormat) -> String {
         match format {
             EventFormat::Json => serde_json::to_string(self).expect("records always serialize"),

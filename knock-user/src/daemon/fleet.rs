@@ -334,6 +334,10 @@ impl Following {
     }
 
     /// What a recorded, taken or unrecorded spend does.
+    #[expect(
+        clippy::unreachable,
+        reason = "a recorded spend is the opening branch, matched first"
+    )]
     fn spent(
         &self,
         pending: Pending,

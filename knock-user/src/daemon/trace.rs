@@ -90,6 +90,7 @@ pub fn trace(pins: &PinDir, addr: IpAddr, duration: Option<Duration>) -> anyhow:
     streamed
 }
 
+#[expect(clippy::expect_used, reason = "every map `Maps` holds has a pin path")]
 fn swap_in(pins: &PinDir, addr: IpAddr) -> anyhow::Result<Traced> {
     let instance = read_instance(pins)?.ok_or_else(|| PinError::NoFilter(pins.root().into()))?;
     let mut loader = EbpfLoader::new();

@@ -80,6 +80,10 @@ pub enum FilterError {
     /// The kernel refused the BPF object or one of its maps.
     #[error("loading the BPF object failed")]
     Load(#[source] aya::EbpfError),
+    /// The BPF object lacks a program this xknock needs (a build of
+    /// mismatched parts).
+    #[error("the BPF object has no program `{0}`; rebuild xknock")]
+    MissingProgram(String),
     /// A pinned map's size or type differs from what the configuration asks.
     #[error(
         "{key}: the running filter's {map} map has {property} {pinned}, the configuration asks for {wanted}; a map cannot change while the filter runs: keep the old value, or take the filter off (`xknock detach`, which forgets every grant, flow and knock in progress) and run again"
@@ -371,7 +375,7 @@ impl Filter {
     fn restore_program(&mut self) -> Result<&mut SchedClassifier, FilterError> {
         self.ebpf
             .program_mut(RESTORE_PROGRAM_NAME)
-            .expect("the object defines the restore program")
+            .ok_or_else(|| FilterError::MissingProgram(RESTORE_PROGRAM_NAME.to_owned()))?
             .try_into()
             .map_err(FilterError::Program)
     }
@@ -430,7 +434,7 @@ impl Filter {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(name)
-            .unwrap_or_else(|| panic!("the object defines {name}"))
+            .ok_or_else(|| FilterError::MissingProgram(name.to_owned()))?
             .try_into()
             .map_err(FilterError::Program)?;
         program.load().map_err(FilterError::Program)?;
@@ -440,7 +444,7 @@ impl Filter {
     fn program_mut(&mut self) -> Result<&mut Xdp, FilterError> {
         self.ebpf
             .program_mut(knock_common::PROGRAM_NAME)
-            .expect("the object defines the xknock program")
+            .ok_or_else(|| FilterError::MissingProgram(knock_common::PROGRAM_NAME.to_owned()))?
             .try_into()
             .map_err(FilterError::Program)
     }
@@ -568,7 +572,7 @@ impl Filter {
     fn filter_program(&self) -> Result<&Xdp, FilterError> {
         self.ebpf
             .program(knock_common::PROGRAM_NAME)
-            .expect("the object defines the xknock program")
+            .ok_or_else(|| FilterError::MissingProgram(knock_common::PROGRAM_NAME.to_owned()))?
             .try_into()
             .map_err(FilterError::Program)
     }
@@ -724,7 +728,7 @@ pub fn set_trace_program(ebpf: &mut Ebpf) -> Result<(), FilterError> {
 fn set_tail_call(ebpf: &mut Ebpf, program: &str, slot: &'static str) -> Result<(), FilterError> {
     let loaded: &mut Xdp = ebpf
         .program_mut(program)
-        .unwrap_or_else(|| panic!("the object defines {program}"))
+        .ok_or_else(|| FilterError::MissingProgram(program.to_owned()))?
         .try_into()
         .map_err(FilterError::Program)?;
     loaded.load().map_err(FilterError::Program)?;

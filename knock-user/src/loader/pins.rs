@@ -204,7 +204,7 @@ impl PinDir {
 
     /// Refuses a directory where another layout version is pinned.
     fn check_layout(&self) -> Result<(), PinError> {
-        let ours = self.layout.file_name().expect("a file name");
+        let ours = self.layout.file_name().unwrap_or_default();
         for entry in fs::read_dir(&self.root).map_err(io_error(&self.root))? {
             let name = entry.map_err(io_error(&self.root))?.file_name();
             if name != ours && name.to_string_lossy().starts_with("layout-") {
@@ -310,7 +310,9 @@ impl PinDir {
         let mut links = Vec::new();
         for entry in entries {
             let path = entry.map_err(io_error(&dir))?.path();
-            let name = path.file_name().expect("a file name").to_string_lossy();
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else {
+                continue;
+            };
             // Interface names cannot hold a colon.
             if let Some((mode, iface)) = name.split_once(':') {
                 links.push(PinnedLinkPath {

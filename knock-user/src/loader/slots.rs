@@ -31,6 +31,10 @@ pub struct NoFreeSlot(pub String);
 /// windows). A rule keeps the indexes it already has, lowest first, as its
 /// parts in order; what it needs more takes the lowest free index, never
 /// one retired by this same change.
+#[expect(
+    clippy::expect_used,
+    reason = "rule names were validated to fit a RuleName"
+)]
 pub fn place(
     current: &[RuleName; MAX_RULES],
     rules: &[(&str, usize)],

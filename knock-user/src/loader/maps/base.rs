@@ -83,6 +83,7 @@ impl Maps {
 
     /// Opens the maps of a pinned filter: its state, and the configuration
     /// of `generation`.
+    #[expect(clippy::expect_used, reason = "every map `Maps` holds has a pin path")]
     pub fn open(pins: &PinDir, generation: u64) -> Result<Maps, MapsError> {
         let mut maps = BTreeMap::new();
         for row in table::in_maps() {
@@ -172,6 +173,7 @@ pub(super) fn open_pinned(name: &'static str, path: &Path) -> Result<Map, MapsEr
 }
 
 /// The data behind any kind of map this filter uses.
+#[expect(clippy::unreachable, reason = "the map table holds only these kinds")]
 pub fn map_data(map: &Map) -> &MapData {
     match map {
         Map::Array(data)
@@ -207,7 +209,7 @@ pub fn scope_prefix(addr: IpAddr, host_bits: u32) -> IpNet {
     };
     let len = u8::try_from(full - host_bits.min(full)).unwrap_or(0);
     IpNet::new(addr, len)
-        .expect("a length within the family")
+        .unwrap_or_else(|_| IpNet::from(addr))
         .trunc()
 }
 

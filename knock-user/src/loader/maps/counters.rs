@@ -42,6 +42,7 @@ impl Maps {
     }
 
     /// How full each bounded state map (those the configuration sizes) is.
+    #[expect(clippy::expect_used, reason = "the map table sizes hash maps only")]
     pub fn occupancy(&self) -> Result<BTreeMap<&'static str, Occupancy>, MapsError> {
         let mut all = BTreeMap::new();
         let bounded = table::TABLE
