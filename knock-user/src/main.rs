@@ -1,16 +1,12 @@
 //! `xknock`: a port-knocking firewall that filters at XDP.
 
-// Nothing xknock reads from the network, a file or a peer panics it: every
-// such path returns an error the operator reads (#25; the fuzz targets
-// hold it too), and an invariant that cannot fail says why where it is.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::unreachable
-    )
+// As in the library (lib.rs): what the command line or a file gives never
+// panics the binary. It has no unit tests.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::unreachable
 )]
 
 use std::process::ExitCode;
