@@ -448,9 +448,7 @@ fn attempt(lab: &Lab, soak: &Soak, setup: &ClientSetup, kind: Kind) -> Result<()
         }
         Kind::Rotating => {
             let verdicts = |ops: &str| -> BTreeMap<String, u64> {
-                let out = xknock_in(&lab.server, &["status", "--json", "--config", ops]);
-                let status: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                status["verdicts"]
+                status(lab, ops).unwrap_or_default()["verdicts"]
                     .as_object()
                     .into_iter()
                     .flatten()
@@ -482,9 +480,7 @@ fn attempt(lab: &Lab, soak: &Soak, setup: &ClientSetup, kind: Kind) -> Result<()
             let result = session(&lab.client, source, to, Duration::from_secs(6));
             return result.map_err(|e| {
                 // What the kernel holds beside what the client sent.
-                let status = xknock_in(&lab.server, &["status", "--json", "--config", ops]);
-                let status: Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-                let installed: Vec<String> = status["rules"]
+                let installed: Vec<String> = status(lab, ops).unwrap_or_default()["rules"]
                     .as_array()
                     .into_iter()
                     .flatten()
@@ -818,14 +814,13 @@ fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
-fn status(lab: &Lab, filter: &TestFilter) -> Value {
-    let out = xknock_in(&lab.server, &["status", "--json", "--config", filter.arg()]);
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status JSON")
+/// `xknock status --json` of the filter `config` names.
+fn status(lab: &Lab, config: &str) -> Result<Value, String> {
+    let out = xknock_in(&lab.server, &["status", "--json", "--config", config]);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
 /// A sample of the loader and the maps.
@@ -836,7 +831,7 @@ struct Sample {
 }
 
 fn sample(lab: &Lab, filter: &TestFilter, soak: &Soak, pid: i32) -> Sample {
-    let status = status(lab, filter);
+    let status = status(lab, filter.arg()).expect("status");
     let maps = status["maps"]
         .as_object()
         .map(|maps| {
@@ -990,7 +985,7 @@ fn soak_nothing_opens_that_should_not_and_nothing_grows() {
     // Grants made in the last seconds reach the event stream first.
     thread::sleep(Duration::from_secs(1));
     events.extend(xknock.events());
-    let final_status = status(&lab, &filter);
+    let final_status = status(&lab, filter.arg()).expect("status");
     let (_, log) = xknock.stop();
 
     let report = report(
