@@ -252,59 +252,37 @@ fn one_time_lines() -> String {
     text
 }
 
+/// `addr` as a prefix of itself alone.
+fn host(addr: &str) -> String {
+    let len = if addr.contains(':') { 128 } else { 32 };
+    format!("{addr}/{len}")
+}
+
+/// Adds `addr` to `iface` of `ns`.
+fn add_address(ns: &Netns, iface: &str, addr: &str) {
+    ns.ip(&["addr", "add", &host(addr), "dev", iface, "nodad"]);
+}
+
 /// Addresses, routes and the echo service: every kind's source on the
 /// client, every kind's target on the server, a host route that makes the
 /// one the source of the other.
 fn set_up(lab: &Lab) {
     for kind in Kind::ALL {
         let (source, target) = kind.addresses();
-        let (len, family) = if source.contains(':') {
-            ("128", "-6")
-        } else {
-            ("32", "-4")
-        };
-        lab.client.ip(&[
-            family,
-            "addr",
-            "add",
-            &format!("{source}/{len}"),
-            "dev",
-            &lab.client_if,
-            "nodad",
-        ]);
-        lab.server.ip(&[
-            family,
-            "addr",
-            "add",
-            &format!("{target}/{len}"),
-            "dev",
-            &lab.server_if,
-            "nodad",
-        ]);
-    }
-    for prober in PROBERS {
-        let len = if prober.contains(':') { "128" } else { "32" };
-        lab.client.ip(&[
-            "addr",
-            "add",
-            &format!("{prober}/{len}"),
-            "dev",
-            &lab.client_if,
-            "nodad",
-        ]);
-    }
-    for kind in Kind::ALL {
-        let (source, target) = kind.addresses();
-        let len = if source.contains(':') { "128" } else { "32" };
+        add_address(&lab.client, &lab.client_if, source);
+        add_address(&lab.server, &lab.server_if, target);
         lab.client.ip(&[
             "route",
             "add",
-            &format!("{target}/{len}"),
+            &host(target),
             "dev",
             &lab.client_if,
             "src",
             source,
         ]);
+    }
+    for prober in PROBERS {
+        add_address(&lab.client, &lab.client_if, prober);
     }
     for port in [22, 2222] {
         let listener = lab
