@@ -524,6 +524,7 @@ fn client(lab: Arc<Lab>, soak: Arc<Soak>, setup: Arc<ClientSetup>, kind: Kind) -
     thread::spawn(move || {
         let mut last_window = None;
         while soak.running() {
+            let mut into_window = None;
             if kind == Kind::Rotating {
                 let now = SystemTime::now();
                 let window = setup.rotating.window(now);
@@ -537,9 +538,15 @@ fn client(lab: Arc<Lab>, soak: Arc<Soak>, setup: Arc<ClientSetup>, kind: Kind) -
                     continue;
                 }
                 last_window = Some(window);
+                into_window = Some((window, into));
             }
             let started = soak.now();
-            let result = attempt(&lab, &soak, &setup, kind);
+            let result = attempt(&lab, &soak, &setup, kind).map_err(|e| match into_window {
+                Some((window, into)) => {
+                    format!("window {window}, {:.1}s into it: {e}", into.as_secs_f64())
+                }
+                None => e,
+            });
             soak.attempts.lock().expect("lock").push(Attempt {
                 kind,
                 started,
@@ -915,7 +922,20 @@ fn soak_nothing_opens_that_should_not_and_nothing_grows() {
     let mut next_reload = 4.0;
     let mut next_sample = 0.0;
     let mut variant = 0;
+    // Every run's log, each line with the second it was seen (to 0.1 s,
+    // or a reload's wait): a refused knock's post-mortem lines it up with
+    // the loads and rotations around it.
+    let mut full_log = vec![format!("{:8.1} --- the loader starts", soak.now())];
+    let mut logged = 0;
+    let keep_log = |xknock: &Xknock, full_log: &mut Vec<String>, logged: &mut usize| {
+        let lines = xknock.log();
+        for line in lines.iter().skip(*logged) {
+            full_log.push(format!("{:8.1} {line}", soak.now()));
+        }
+        *logged = lines.len();
+    };
     while soak.now() < end {
+        keep_log(&xknock, &mut full_log, &mut logged);
         let now = soak.now();
         if now >= next_sample {
             samples.push(sample(&lab, &filter, &soak, xknock.pid()));
@@ -944,7 +964,10 @@ fn soak_nothing_opens_that_should_not_and_nothing_grows() {
             events.extend(xknock.events());
             // A random moment within the next second.
             thread::sleep(Duration::from_millis(next(1000)));
+            keep_log(&xknock, &mut full_log, &mut logged);
             let filter_back = xknock.kill9();
+            full_log.push(format!("{:8.1} --- kill -9, a new run", soak.now()));
+            logged = 0;
             xknock = Xknock::start_on(&lab, filter_back, &[], false);
             soak.down.lock().expect("lock")[index].1 = soak.now() + 2.0;
             restarts += 1;
@@ -964,7 +987,13 @@ fn soak_nothing_opens_that_should_not_and_nothing_grows() {
     thread::sleep(Duration::from_secs(1));
     events.extend(xknock.events());
     let final_status = status(&lab, filter.arg()).expect("status");
+    keep_log(&xknock, &mut full_log, &mut logged);
     let (_, log) = xknock.stop();
+    full_log.extend(
+        log.iter()
+            .skip(logged)
+            .map(|line| format!("{:8.1} {line}", soak.now())),
+    );
 
     let report = report(
         minutes,
@@ -981,8 +1010,8 @@ fn soak_nothing_opens_that_should_not_and_nothing_grows() {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/soak");
     fs::create_dir_all(&out).expect("target/soak");
     fs::write(out.join("report.md"), &report).expect("write the report");
-    // For a failure's post-mortem: the last run's log, every event read.
-    fs::write(out.join("loader.log"), log.join("\n")).expect("write the log");
+    // For a failure's post-mortem: every run's log, every event read.
+    fs::write(out.join("loader.log"), full_log.join("\n")).expect("write the log");
     let lines: Vec<String> = events.iter().map(Value::to_string).collect();
     fs::write(out.join("events.jsonl"), lines.join("\n")).expect("write the events");
 

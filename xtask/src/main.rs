@@ -257,7 +257,7 @@ fn soak(minutes: f64) -> anyhow::Result<()> {
         .context("cannot run cargo test")?;
     ensure!(
         status.success(),
-        "the soak failed ({status}); target/soak has its report, the last loader's log and the events"
+        "the soak failed ({status}); target/soak has its report, every loader run's log and the events"
     );
     Ok(())
 }

@@ -78,6 +78,9 @@ struct Running {
     next_generation: Option<Prepared>,
     /// Judges the datagrams the filter hands over from SPA ports.
     judge: Judge,
+    /// How long loading this generation took (mostly the verifier's
+    /// work): sets how far ahead of a window the next loads begin.
+    took: Duration,
 }
 
 /// A generation loaded but not yet in place, holding the change lock.
@@ -88,6 +91,8 @@ struct Prepared {
     ifaces: Vec<String>,
     /// What its rotating sequences were made for.
     at: SystemTime,
+    /// How long its load took.
+    took: Duration,
     _change: Lock,
 }
 
@@ -101,6 +106,7 @@ fn prepare(
     change: Lock,
     at: SystemTime,
 ) -> anyhow::Result<Prepared> {
+    let started = Instant::now();
     for iface in ifaces {
         check_interface(iface)?;
     }
@@ -120,6 +126,7 @@ fn prepare(
         config,
         ifaces: all,
         at,
+        took: started.elapsed(),
         _change: change,
     })
 }
@@ -138,6 +145,7 @@ fn put_in_place(
         config,
         ifaces,
         at,
+        took,
         _change,
     } = prepared;
     for iface in &ifaces {
@@ -160,25 +168,28 @@ fn put_in_place(
         config,
         rules,
         ifaces,
+        took,
     })
 }
 
 /// Loads `config` and puts it in place, holding the change lock `change`
-/// throughout. Its rotating sequences are those of a rotation's lead from
-/// now: a generation holds a window's sequence and the one before, and a
-/// load (a start, a reload, a one-time sequence used) that begins just
-/// before a window and ends in it would otherwise put in place the
-/// sequences of the window that just ended, and the new window's would
-/// wait for the next rotation step (found by the soak: a client knocking
-/// early in the window was refused).
+/// throughout; `took` is how long the last load took (none at a start).
+/// Its rotating sequences are those of a rotation's lead from now: a
+/// generation holds a window's sequence and the one before, and a load (a
+/// start, a reload, a one-time sequence used) that begins just before a
+/// window and ends in it would otherwise put in place the sequences of the
+/// window that just ended, and the new window's would wait for the next
+/// rotation step (found by the soak: a client knocking early in the window
+/// was refused).
 fn apply(
     config: Config,
     ifaces: &[String],
     mode: AttachMode,
     pins: &PinDir,
     change: Lock,
+    took: Duration,
 ) -> anyhow::Result<Running> {
-    let at = SystemTime::now() + rotation_lead(&config).unwrap_or_default();
+    let at = SystemTime::now() + rotation_lead(&config, took).unwrap_or_default();
     let prepared = prepare(config, ifaces, pins, change, at)?;
     put_in_place(prepared, mode, pins, false)
 }
@@ -217,7 +228,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let _owner = pins.own()?;
     warn_of_served_ports(&config);
     let change = pins.change(CHANGE_PATIENCE)?;
-    let applied = apply(config, &ifaces, options.mode, &pins, change);
+    let applied = apply(config, &ifaces, options.mode, &pins, change, Duration::ZERO);
     let mut running = match applied {
         Ok(running) => running,
         Err(error) => {
@@ -332,156 +343,156 @@ async fn serve(
             }
         };
         tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = guard.context("waiting for events")?;
-                    let ring = guard.get_inner_mut();
-                    // Bounded, so a ring that never empties under a flood still
-                    // lets signals and the sweeper take their turn.
-                    let mut drained = 0;
-                    while drained < EVENTS_PER_TURN {
-                        let Some(item) = ring.next() else { break };
-                        match Record::from_kernel(&item, &running.rules) {
-                            Ok(record) if record.event == RecordKind::Held => {
-                                // A sequence the fleet spends: it opens (a `grant`
-                                // line) once the fleet has recorded it.
-                                if let (Some(following), Some(event)) = (&mut following, Event::decode(&item)) {
-                                    following.hold_sequence(record, &event, running.filter.maps(), &running.config)?;
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                let ring = guard.get_inner_mut();
+                // Bounded, so a ring that never empties under a flood still
+                // lets signals and the sweeper take their turn.
+                let mut drained = 0;
+                while drained < EVENTS_PER_TURN {
+                    let Some(item) = ring.next() else { break };
+                    match Record::from_kernel(&item, &running.rules) {
+                        Ok(record) if record.event == RecordKind::Held => {
+                            // A sequence the fleet spends: it opens (a `grant`
+                            // line) once the fleet has recorded it.
+                            if let (Some(following), Some(event)) = (&mut following, Event::decode(&item)) {
+                                following.hold_sequence(record, &event, running.filter.maps(), &running.config)?;
+                            }
+                        }
+                        Ok(record) => {
+                            if record.event == RecordKind::Grant {
+                                spent.extend(one_time_source(&running.config, record.rule.as_deref()));
+                                if let (Some(following), Some(event), Some(source), Some(rule)) =
+                                    (&following, Event::decode(&item), record.source, &record.rule)
+                                {
+                                    // Made moments ago, when the last step came.
+                                    let grant = knock_common::Grant {
+                                        expires_ns: event.expires_ns,
+                                        granted_ns: monotonic_ns(),
+                                    };
+                                    let granted = record
+                                        .granted
+                                        .unwrap_or_else(|| IpNet::from(source));
+                                    following.granted(granted, rule, grant, Via::Knock);
                                 }
                             }
-                            Ok(record) => {
-                                if record.event == RecordKind::Grant {
-                                    spent.extend(one_time_source(&running.config, record.rule.as_deref()));
-                                    if let (Some(following), Some(event), Some(source), Some(rule)) =
-                                        (&following, Event::decode(&item), record.source, &record.rule)
-                                    {
-                                        // Made moments ago, when the last step came.
-                                        let grant = knock_common::Grant {
-                                            expires_ns: event.expires_ns,
-                                            granted_ns: monotonic_ns(),
-                                        };
-                                        let granted = record
-                                            .granted
-                                            .unwrap_or_else(|| IpNet::from(source));
-                                        following.granted(granted, rule, grant, Via::Knock);
-                                    }
-                                }
-                                print(record)?;
-                            }
-                            Err(error) => log::info!("skipping an event: {error}"),
-                        }
-                        drained += 1;
-                    }
-                    if drained < EVENTS_PER_TURN {
-                        guard.clear_ready();
-                    }
-                    // A one-time sequence that opened is marked used, and the
-                    // next one put in place (the kernel already refuses it again).
-                    if !spent.is_empty() {
-                        put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
-                    }
-                }
-                guard = datagrams.readable_mut() => {
-                    let mut guard = guard.context("waiting for SPA datagrams")?;
-                    let ring = guard.get_inner_mut();
-                    let mut drained = 0;
-                    while drained < DATAGRAMS_PER_TURN {
-                        let Some(item) = ring.next() else { break };
-                        drained += 1;
-                        let Some((source, port, payload)) = SpaDatagram::decode(&item) else {
-                            log::info!("skipping an SPA record of {} bytes", item.len());
-                            continue;
-                        };
-                        let record = match admit_spa(running, following.as_mut(), &source, port, payload) {
-                            Ok(Some(record)) => record,
-                            // Waits for the fleet to record it spent.
-                            Ok(None) => continue,
-                            Err(error) => {
-                                log::error!("an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
-                                continue;
-                            }
-                        };
-                        if record.event == RecordKind::SpaGrant || refusals.admit() {
                             print(record)?;
                         }
+                        Err(error) => log::info!("skipping an event: {error}"),
                     }
-                    if drained < DATAGRAMS_PER_TURN {
-                        guard.clear_ready();
-                    }
+                    drained += 1;
                 }
-                _ = sweep.tick() => {
-                    for grant in running.filter.maps_mut().sweep(monotonic_ns())? {
-                        print(Record::expired(&grant, &running.rules))?;
-                    }
-                    if let Some(following) = &following {
-                        following.sweep(running.filter.maps(), &running.rules)?;
-                    }
-                    if let Some(hidden) = refusals.hidden_in_last_window() {
-                        log::info!("{hidden} more SPA packet(s) refused in the last second, not shown one by one");
-                    }
-                    if last_prune.elapsed() >= REPLAY_PRUNE_INTERVAL {
-                        last_prune = Instant::now();
-                        spa::forget_aged(running.filter.maps_mut(), SystemTime::now())?;
-                    }
-                    // The wall clock may have jumped.
-                    if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
-                        rotate(running, options, pins);
-                    }
+                if drained < EVENTS_PER_TURN {
+                    guard.clear_ready();
                 }
-                Some(message) = next_from_fleet(&mut following) => {
-                    if let Some(following) = &mut following {
-                        let slots = running.filter.slots().to_vec();
-                        let target = Target {
-                            maps: running.filter.maps_mut(),
-                            config: &running.config,
-                            slots: &slots,
-                        };
-                        let applied = following.apply(message, target)?;
-                        for record in applied.records {
-                            print(record)?;
-                        }
-                        spent.extend(one_time_source(&running.config, applied.one_time.as_deref()));
-                        if !spent.is_empty() && lines_due.is_none() {
-                            lines_due = Some(tokio::time::Instant::now() + FLEET_LINES_SETTLE);
-                        }
-                    }
+                // A one-time sequence that opened is marked used, and the
+                // next one put in place (the kernel already refuses it again).
+                if !spent.is_empty() {
+                    put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
                 }
-                () = until(lines_due) => {
-                    lines_due = None;
-                    // The fleet may have spent the next line too (its records
-                    // arrive in key order, not line order): on until a line
-                    // in place is unspent, a bounded number of times.
-                    for _ in 0..MAX_LINES_SKIPPED {
-                        if spent.is_empty() {
-                            break;
-                        }
-                        put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
-                        spent = spent_one_time(running)?;
-                    }
-                }
-                () = rotation => rotate(running, options, pins),
-                _ = signals.hangup.recv() => {
-                    let result = reload(running, options, ifaces, pins);
-                    reloads.record(result.is_ok());
-        reloads.follow(&running.config);
-                    match result {
-                        Ok(()) => {
-                            log::info!(
-                                "reloaded {}: {} rule(s)",
-                                options.config.display(),
-                                running.config.rules.len()
-                            );
-                            if let Some(following) = &following {
-                                following.reconfigured(&running.config);
-                            }
-                        }
-                        Err(error) => log::error!(
-                            "reload refused, the filter is unchanged: {error:#}"
-                        ),
-                    }
-                }
-                _ = signals.interrupt.recv() => return Ok(()),
-                _ = signals.terminate.recv() => return Ok(()),
             }
+            guard = datagrams.readable_mut() => {
+                let mut guard = guard.context("waiting for SPA datagrams")?;
+                let ring = guard.get_inner_mut();
+                let mut drained = 0;
+                while drained < DATAGRAMS_PER_TURN {
+                    let Some(item) = ring.next() else { break };
+                    drained += 1;
+                    let Some((source, port, payload)) = SpaDatagram::decode(&item) else {
+                        log::info!("skipping an SPA record of {} bytes", item.len());
+                        continue;
+                    };
+                    let record = match admit_spa(running, following.as_mut(), &source, port, payload) {
+                        Ok(Some(record)) => record,
+                        // Waits for the fleet to record it spent.
+                        Ok(None) => continue,
+                        Err(error) => {
+                            log::error!("an SPA packet from {} could not be handled, nothing was granted: {error:#}", display_addr(&source));
+                            continue;
+                        }
+                    };
+                    if record.event == RecordKind::SpaGrant || refusals.admit() {
+                        print(record)?;
+                    }
+                }
+                if drained < DATAGRAMS_PER_TURN {
+                    guard.clear_ready();
+                }
+            }
+            _ = sweep.tick() => {
+                for grant in running.filter.maps_mut().sweep(monotonic_ns())? {
+                    print(Record::expired(&grant, &running.rules))?;
+                }
+                if let Some(following) = &following {
+                    following.sweep(running.filter.maps(), &running.rules)?;
+                }
+                if let Some(hidden) = refusals.hidden_in_last_window() {
+                    log::info!("{hidden} more SPA packet(s) refused in the last second, not shown one by one");
+                }
+                if last_prune.elapsed() >= REPLAY_PRUNE_INTERVAL {
+                    last_prune = Instant::now();
+                    spa::forget_aged(running.filter.maps_mut(), SystemTime::now())?;
+                }
+                // The wall clock may have jumped.
+                if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
+                    rotate(running, options, pins);
+                }
+            }
+            Some(message) = next_from_fleet(&mut following) => {
+                if let Some(following) = &mut following {
+                    let slots = running.filter.slots().to_vec();
+                    let target = Target {
+                        maps: running.filter.maps_mut(),
+                        config: &running.config,
+                        slots: &slots,
+                    };
+                    let applied = following.apply(message, target)?;
+                    for record in applied.records {
+                        print(record)?;
+                    }
+                    spent.extend(one_time_source(&running.config, applied.one_time.as_deref()));
+                    if !spent.is_empty() && lines_due.is_none() {
+                        lines_due = Some(tokio::time::Instant::now() + FLEET_LINES_SETTLE);
+                    }
+                }
+            }
+            () = until(lines_due) => {
+                lines_due = None;
+                // The fleet may have spent the next line too (its records
+                // arrive in key order, not line order): on until a line
+                // in place is unspent, a bounded number of times.
+                for _ in 0..MAX_LINES_SKIPPED {
+                    if spent.is_empty() {
+                        break;
+                    }
+                    put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
+                    spent = spent_one_time(running)?;
+                }
+            }
+            () = rotation => rotate(running, options, pins),
+            _ = signals.hangup.recv() => {
+                let result = reload(running, options, ifaces, pins);
+                reloads.record(result.is_ok());
+                reloads.follow(&running.config);
+                match result {
+                    Ok(()) => {
+                        log::info!(
+                            "reloaded {}: {} rule(s)",
+                            options.config.display(),
+                            running.config.rules.len()
+                        );
+                        if let Some(following) = &following {
+                            following.reconfigured(&running.config);
+                        }
+                    }
+                    Err(error) => log::error!(
+                        "reload refused, the filter is unchanged: {error:#}"
+                    ),
+                }
+            }
+            _ = signals.interrupt.recv() => return Ok(()),
+            _ = signals.terminate.recv() => return Ok(()),
+        }
     }
 }
 
@@ -639,23 +650,41 @@ fn one_time_source(config: &Config, name: Option<&str>) -> Option<OneTime> {
     rule.one_time().filter(|once| once.line > 0).cloned()
 }
 
+/// How late a window's sequences may come before it is said.
+const LATE_WINDOW: Duration = Duration::from_secs(1);
+
 /// How long a rotation that failed waits before it is tried again.
 const ROTATION_RETRY: Duration = Duration::from_secs(5);
 
-/// How long before a window begins its sequences are loaded (at most half
-/// the shortest `rotate`): loading has the verifier check the programs
-/// anew, about a second of CPU.
+/// How long before a window begins its sequences are loaded, at least
+/// (at most half the shortest `rotate`): loading has the verifier check
+/// the programs anew, about a second of CPU.
 const ROTATION_LEAD: Duration = Duration::from_secs(3);
 
-/// How long before a window its generation is loaded: `ROTATION_LEAD`, at
-/// most half the shortest `rotate`; none without a rotating rule.
-fn rotation_lead(config: &Config) -> Option<Duration> {
+/// How many of the last load's durations the lead is, at least: the
+/// window's own load may have to wait for another one (a reload, a
+/// one-time sequence used) that began just before it.
+const LEAD_PER_LOAD: u32 = 3;
+
+/// How long before a window its generation is loaded, when the last load
+/// took `took`: `ROTATION_LEAD`, or three such loads if that is longer
+/// (a loaded machine, loads in a row), at most half the shortest `rotate`;
+/// none without a rotating rule. The soak found that, with a load every
+/// few seconds and the CPUs busy, a fixed 3 s put windows in place late.
+fn rotation_lead(config: &Config, took: Duration) -> Option<Duration> {
     let shortest = config
         .rules
         .iter()
         .filter_map(|rule| Some(rule.rotating()?.rotate))
         .min()?;
-    Some(ROTATION_LEAD.min(shortest / 2))
+    Some(lead(shortest, took))
+}
+
+/// The lead before windows of `rotate` when a load takes `took`.
+fn lead(rotate: Duration, took: Duration) -> Duration {
+    ROTATION_LEAD
+        .max(took.saturating_mul(LEAD_PER_LOAD))
+        .min(rotate / 2)
 }
 
 /// When `rotate` has its next step to take: loading the next window's
@@ -664,7 +693,7 @@ fn rotation_step_at(running: &Running) -> Option<SystemTime> {
     if let Some(prepared) = &running.next_generation {
         return Some(prepared.at);
     }
-    let lead = rotation_lead(&running.config)?;
+    let lead = rotation_lead(&running.config, running.took)?;
     Some(running.next_rotation? - lead)
 }
 
@@ -676,7 +705,17 @@ fn rotate(running: &mut Running, options: &RunOptions, pins: &PinDir) {
     let now = SystemTime::now();
     let result = match running.next_generation.take() {
         Some(prepared) if prepared.at <= now => {
-            put_in_place(prepared, options.mode, pins, true).map(|next| *running = next)
+            let late = now.duration_since(prepared.at).unwrap_or_default();
+            put_in_place(prepared, options.mode, pins, true).map(|next| {
+                if late >= LATE_WINDOW {
+                    log::warn!(
+                        "a rotating window's sequences came {:.1}s after it began (the last load took {:.1}s): a knock of it in those seconds opened nothing",
+                        late.as_secs_f64(),
+                        next.took.as_secs_f64()
+                    );
+                }
+                *running = next;
+            })
         }
         Some(early) => {
             running.next_generation = Some(early);
@@ -740,9 +779,27 @@ fn reload(
     // and the configuration being replaced: it goes.
     running.next_generation = None;
     let change = pins.change(CHANGE_PATIENCE)?;
-    let next = apply(config, &ifaces, options.mode, pins, change)?;
+    let next = apply(config, &ifaces, options.mode, pins, change, running.took)?;
     // The old generation's programs are unloaded as it drops; the links
     // already run the new one.
     *running = next;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lead_grows_with_slow_loads_up_to_half_a_window() {
+        let secs = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(lead(secs(30), Duration::ZERO), secs(3));
+        assert_eq!(lead(secs(30), ms(800)), secs(3));
+        assert_eq!(lead(secs(30), ms(2500)), ms(7500));
+        assert_eq!(lead(secs(20), secs(9)), secs(10));
+        // A window shorter than twice the floor keeps half of it.
+        assert_eq!(lead(secs(4), Duration::ZERO), secs(2));
+        assert_eq!(lead(secs(30), Duration::MAX), secs(15));
+    }
 }
