@@ -286,10 +286,17 @@ impl Xknock {
     /// after it (`reloaded`); fails the test with the log when none comes.
     pub fn hup(&self, expect: &str) -> String {
         let from = self.log_len();
-        // SAFETY: plain signal delivery to our own child.
-        unsafe { libc::kill(self.pid(), libc::SIGHUP) };
+        self.send_hup();
         self.wait_log_after(from, expect, Duration::from_secs(30))
             .unwrap_or_else(|| panic!("no `{expect}` after SIGHUP: {:?}", self.log()))
+    }
+}
+
+impl Xknock {
+    /// Sends SIGHUP and returns at once.
+    pub fn send_hup(&self) {
+        // SAFETY: plain signal delivery to our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGHUP) };
     }
 }
 

@@ -273,6 +273,49 @@ fn xknock_knock_spa_opens_over_ipv4_and_ipv6() {
     }
 }
 
+/// A load of the filter (a reload's, a rotation's, a one-time line's) is a
+/// second or more of the verifier's work, or a wait for the pin
+/// directory's change lock: SPA packets are judged meanwhile, not after
+/// it. A client that sends one and connects right away would otherwise be
+/// refused (or, with `conceal = "closed"`, reset).
+#[test]
+fn an_spa_packet_is_judged_while_a_reload_waits_to_load() {
+    tools();
+    let lab = Lab::new();
+    let keys = FwknopKeys::generate();
+    let xknock = Xknock::start(&lab, &spa_config(&keys, "30s", ""), &[], false);
+    let mut seen = 0;
+    // What a trace does while it swaps programs: the reload must wait.
+    let pins = xknock::loader::pins::PinDir::new(&xknock.filter().pin_dir);
+    let change = pins
+        .change(Duration::from_secs(5))
+        .expect("the change lock");
+    let from = xknock.log_len();
+    xknock.send_hup();
+    std::thread::sleep(Duration::from_millis(300));
+    send(
+        &lab,
+        SERVER_V4,
+        fwknop_packet(&keys, "tcp/22", None, &[]).as_bytes(),
+    );
+    assert_granted(&next_spa_event(&xknock, &mut seen), CLIENT_V4);
+    lab.tcp_listener(22);
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
+    assert!(
+        xknock
+            .wait_log_after(from, "reloaded", Duration::ZERO)
+            .is_none(),
+        "the reload did not wait for the lock: {:?}",
+        xknock.log()
+    );
+    drop(change);
+    xknock
+        .wait_log_after(from, "reloaded", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no reload once the lock was free: {:?}", xknock.log()));
+    // The grant made while the reload waited stays.
+    assert_eq!(lab.tcp_connect(SERVER_V4, 22), Reach::Open);
+}
+
 /// What xknock said about a packet, in fwknopd's terms.
 fn as_fwknopd(event: &Value) -> FwknopdVerdict {
     match (event["event"].as_str(), event["reason"].as_str()) {

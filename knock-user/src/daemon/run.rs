@@ -315,10 +315,9 @@ async fn serve(
     // killed between the grant and the mark) is marked now, as its grant
     // would have had it: else the spent line stays in place, refused, and
     // the next one, which clients send, opens nothing.
+    let mut loads = Loads::default();
     let mut spent = spent_one_time(running)?;
-    if !spent.is_empty() {
-        put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
-    }
+    loads.one_time_used(&mut spent, false);
     let mut last_prune = Instant::now();
     // When lines the fleet spent are put behind us (`FLEET_LINES_SETTLE`).
     let mut lines_due: Option<tokio::time::Instant> = None;
@@ -332,7 +331,24 @@ async fn serve(
         .context("writing events to stdout")
     };
     loop {
-        let rotation_step = rotation_step_at(running);
+        // What was asked while a load ran is loaded next, as one reload.
+        if let Some(Err((asked, error))) = loads.start_asked(running, options, ifaces, pins) {
+            report_reload(
+                asked,
+                Err(&error),
+                running,
+                options,
+                &reloads,
+                following.as_ref(),
+            );
+        }
+        // Rotation waits for a load that runs (a reload takes the lead
+        // into account itself).
+        let rotation_step = if loads.busy() {
+            None
+        } else {
+            rotation_step_at(running)
+        };
         let rotation = async move {
             match rotation_step {
                 Some(at) => {
@@ -387,9 +403,7 @@ async fn serve(
                 }
                 // A one-time sequence that opened is marked used, and the
                 // next one put in place (the kernel already refuses it again).
-                if !spent.is_empty() {
-                    put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
-                }
+                loads.one_time_used(&mut spent, false);
             }
             guard = datagrams.readable_mut() => {
                 let mut guard = guard.context("waiting for SPA datagrams")?;
@@ -434,8 +448,8 @@ async fn serve(
                     spa::forget_aged(running.filter.maps_mut(), SystemTime::now())?;
                 }
                 // The wall clock may have jumped.
-                if rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
-                    rotate(running, options, pins);
+                if !loads.busy() && rotation_step_at(running).is_some_and(|at| at <= SystemTime::now()) {
+                    loads.loading = rotate(running, options, pins);
                 }
             }
             Some(message) = next_from_fleet(&mut following) => {
@@ -459,35 +473,30 @@ async fn serve(
             () = until(lines_due) => {
                 lines_due = None;
                 // The fleet may have spent the next line too (its records
-                // arrive in key order, not line order): on until a line
-                // in place is unspent, a bounded number of times.
-                for _ in 0..MAX_LINES_SKIPPED {
-                    if spent.is_empty() {
-                        break;
-                    }
-                    put_next_one_time(&mut spent, running, options, ifaces, pins, &reloads);
-                    spent = spent_one_time(running)?;
-                }
+                // arrive in key order, not line order): after the reload,
+                // on until a line in place is unspent, a bounded number
+                // of times.
+                loads.lines_left = MAX_LINES_SKIPPED;
+                loads.one_time_used(&mut spent, true);
             }
-            () = rotation => rotate(running, options, pins),
-            _ = signals.hangup.recv() => {
-                let result = reload(running, options, ifaces, pins);
-                reloads.record(result.is_ok());
-                reloads.follow(&running.config);
-                match result {
-                    Ok(()) => {
-                        log::info!(
-                            "reloaded {}: {} rule(s)",
-                            options.config.display(),
-                            running.config.rules.len()
-                        );
-                        if let Some(following) = &following {
-                            following.reconfigured(&running.config);
+            () = rotation => loads.loading = rotate(running, options, pins),
+            _ = signals.hangup.recv() => loads.asked.hangup = true,
+            (purpose, result) = loaded(&mut loads.loading) => {
+                loads.loading = None;
+                match purpose {
+                    Purpose::Rotation => rotation_loaded(running, result),
+                    Purpose::Reload(asked) => {
+                        let result = result.and_then(|prepared| {
+                            *running = put_in_place(prepared, options.mode, pins, false)?;
+                            Ok(())
+                        });
+                        report_reload(asked, result.as_ref().map(|_| ()), running, options, &reloads, following.as_ref());
+                        if result.is_ok() && asked.fleet_lines && loads.lines_left > 0 {
+                            loads.lines_left -= 1;
+                            spent.extend(spent_one_time(running)?);
+                            loads.one_time_used(&mut spent, true);
                         }
                     }
-                    Err(error) => log::error!(
-                        "reload refused, the filter is unchanged: {error:#}"
-                    ),
                 }
             }
             _ = signals.interrupt.recv() => return Ok(()),
@@ -591,33 +600,174 @@ impl RefusalBudget {
     }
 }
 
-/// Marks the one-time lines in `spent` used and puts the next ones in
-/// place (the kernel already refuses the used ones).
-fn put_next_one_time(
-    spent: &mut Vec<OneTime>,
-    running: &mut Running,
-    options: &RunOptions,
-    ifaces: &[String],
-    pins: &PinDir,
-    reloads: &Reloads,
-) {
-    for used in spent.drain(..) {
-        if let Err(error) = one_time::mark_used(&used.path, used.line) {
-            log::error!(
-                "marking line {} of {} used: {error}",
-                used.line,
-                used.path.display()
-            );
+/// What asked for a reload; asks that come while a load runs are loaded
+/// after it, as one reload of the file as it is then.
+#[derive(Clone, Copy, Debug, Default)]
+struct Asked {
+    /// A SIGHUP.
+    hangup: bool,
+    /// A one-time sequence used (its line is marked already).
+    one_time: bool,
+    /// One-time lines the fleet spent: the lines in place are looked at
+    /// again after the reload, as the fleet may have spent them too.
+    fleet_lines: bool,
+}
+
+impl Asked {
+    fn any(self) -> bool {
+        self.hangup || self.one_time || self.fleet_lines
+    }
+}
+
+/// What a load of the filter is for.
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    /// The configuration file read anew.
+    Reload(Asked),
+    /// The next rotating window's generation, put in place when it begins.
+    Rotation,
+}
+
+/// A load of the filter on a thread of its own: the verifier's second of
+/// work does not hold up SPA packets (a client that sends one and connects
+/// right away would be refused), events or the sweeper.
+struct Loading {
+    purpose: Purpose,
+    task: tokio::task::JoinHandle<anyhow::Result<Prepared>>,
+}
+
+/// `serve`'s loads: at most one at a time, and what was asked meanwhile.
+#[derive(Default)]
+struct Loads {
+    loading: Option<Loading>,
+    asked: Asked,
+    /// How many more times in a row the fleet's spent lines may be skipped.
+    lines_left: usize,
+}
+
+impl Loads {
+    fn busy(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    /// Marks the one-time lines in `spent` used and asks for a reload to
+    /// put the next ones in place (the kernel already refuses the used
+    /// ones); `fleet` when the fleet spent them.
+    fn one_time_used(&mut self, spent: &mut Vec<OneTime>, fleet: bool) {
+        if spent.is_empty() {
+            return;
+        }
+        for used in spent.drain(..) {
+            if let Err(error) = one_time::mark_used(&used.path, used.line) {
+                log::error!(
+                    "marking line {} of {} used: {error}",
+                    used.line,
+                    used.path.display()
+                );
+            }
+        }
+        if fleet {
+            self.asked.fleet_lines = true;
+        } else {
+            self.asked.one_time = true;
         }
     }
-    let result = reload(running, options, ifaces, pins);
+
+    /// Starts the reload asked for, unless a load runs or nothing was
+    /// asked; an error is what was asked and why the file was refused
+    /// before any load.
+    fn start_asked(
+        &mut self,
+        running: &mut Running,
+        options: &RunOptions,
+        ifaces: &[String],
+        pins: &PinDir,
+    ) -> Option<Result<(), (Asked, anyhow::Error)>> {
+        if self.busy() || !self.asked.any() {
+            return None;
+        }
+        let asked = std::mem::take(&mut self.asked);
+        Some(match start_reload(running, options, ifaces, pins, asked) {
+            Ok(loading) => {
+                self.loading = Some(loading);
+                Ok(())
+            }
+            Err(error) => Err((asked, error)),
+        })
+    }
+}
+
+/// The purpose and result of the load in flight, once it ends; never,
+/// with none.
+async fn loaded(loading: &mut Option<Loading>) -> (Purpose, anyhow::Result<Prepared>) {
+    match loading {
+        Some(loading) => {
+            let result = match (&mut loading.task).await {
+                Ok(result) => result,
+                Err(error) => Err(anyhow::anyhow!("the load stopped: {error}")),
+            };
+            (loading.purpose, result)
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Loads `config` for `ifaces` on a blocking thread, with the change lock
+/// taken there, and its rotating sequences as they are at `at(config)`.
+fn spawn_load(
+    purpose: Purpose,
+    config: Config,
+    ifaces: Vec<String>,
+    pins: &PinDir,
+    at: impl FnOnce(&Config) -> SystemTime + Send + 'static,
+) -> Loading {
+    let pins = pins.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let change = pins.change(CHANGE_PATIENCE)?;
+        let at = at(&config);
+        prepare(config, &ifaces, &pins, change, at)
+    });
+    Loading { purpose, task }
+}
+
+/// Says how a reload ended, in the log and the metrics, for each of what
+/// asked for it.
+fn report_reload(
+    asked: Asked,
+    result: Result<(), &anyhow::Error>,
+    running: &Running,
+    options: &RunOptions,
+    reloads: &Reloads,
+    following: Option<&Following>,
+) {
     reloads.record(result.is_ok());
     reloads.follow(&running.config);
     match result {
-        Ok(()) => log::info!("next one-time sequence in place"),
-        Err(error) => log::error!(
-            "putting the next one-time sequence in place failed, the used one stays refused: {error:#}"
-        ),
+        Ok(()) => {
+            if asked.hangup {
+                log::info!(
+                    "reloaded {}: {} rule(s)",
+                    options.config.display(),
+                    running.config.rules.len()
+                );
+                if let Some(following) = following {
+                    following.reconfigured(&running.config);
+                }
+            }
+            if asked.one_time || asked.fleet_lines {
+                log::info!("next one-time sequence in place");
+            }
+        }
+        Err(error) => {
+            if asked.hangup {
+                log::error!("reload refused, the filter is unchanged: {error:#}");
+            }
+            if asked.one_time || asked.fleet_lines {
+                log::error!(
+                    "putting the next one-time sequence in place failed, the used one stays refused: {error:#}"
+                );
+            }
+        }
     }
 }
 
@@ -698,46 +848,62 @@ fn rotation_step_at(running: &Running) -> Option<SystemTime> {
 }
 
 /// Rotating sequences change: ahead of a window, its generation is loaded
-/// with the configuration the filter runs (not a file edited since); when
-/// the window begins, it is put in place. On an error the filter keeps
-/// the sequences it has, which only grow older: each still opens once.
-fn rotate(running: &mut Running, options: &RunOptions, pins: &PinDir) {
+/// (the load returned) with the configuration the filter runs (not a file
+/// edited since); when the window begins, it is put in place. On an error
+/// the filter keeps the sequences it has, which only grow older: each
+/// still opens once.
+fn rotate(running: &mut Running, options: &RunOptions, pins: &PinDir) -> Option<Loading> {
     let now = SystemTime::now();
-    let result = match running.next_generation.take() {
+    match running.next_generation.take() {
         Some(prepared) if prepared.at <= now => {
             let late = now.duration_since(prepared.at).unwrap_or_default();
-            put_in_place(prepared, options.mode, pins, true).map(|next| {
-                if late >= LATE_WINDOW {
-                    log::warn!(
-                        "a rotating window's sequences came {:.1}s after it began (the last load took {:.1}s): a knock of it in those seconds opened nothing",
-                        late.as_secs_f64(),
-                        next.took.as_secs_f64()
-                    );
+            match put_in_place(prepared, options.mode, pins, true) {
+                Ok(next) => {
+                    if late >= LATE_WINDOW {
+                        log::warn!(
+                            "a rotating window's sequences came {:.1}s after it began (the last load took {:.1}s): a knock of it in those seconds opened nothing",
+                            late.as_secs_f64(),
+                            next.took.as_secs_f64()
+                        );
+                    }
+                    *running = next;
                 }
-                *running = next;
-            })
+                Err(error) => rotation_failed(running, &error),
+            }
+            None
         }
         Some(early) => {
             running.next_generation = Some(early);
-            return;
+            None
         }
         None => {
             let at = running.next_rotation.unwrap_or(now).max(now);
-            pins.change(CHANGE_PATIENCE)
-                .map_err(anyhow::Error::from)
-                .and_then(|change| {
-                    prepare(running.config.clone(), &running.ifaces, pins, change, at)
-                })
-                .map(|prepared| running.next_generation = Some(prepared))
+            Some(spawn_load(
+                Purpose::Rotation,
+                running.config.clone(),
+                running.ifaces.clone(),
+                pins,
+                move |_| at,
+            ))
         }
-    };
-    if let Err(error) = result {
-        log::error!(
-            "putting the next rotating sequences in place failed, trying again in {}s: {error:#}",
-            ROTATION_RETRY.as_secs()
-        );
-        running.next_rotation = Some(now + ROTATION_RETRY);
     }
+}
+
+/// The next window's generation, loaded ahead (or not).
+fn rotation_loaded(running: &mut Running, result: anyhow::Result<Prepared>) {
+    match result {
+        Ok(prepared) => running.next_generation = Some(prepared),
+        Err(error) => rotation_failed(running, &error),
+    }
+}
+
+/// The filter keeps its sequences; the rotation is tried again.
+fn rotation_failed(running: &mut Running, error: &anyhow::Error) {
+    log::error!(
+        "putting the next rotating sequences in place failed, trying again in {}s: {error:#}",
+        ROTATION_RETRY.as_secs()
+    );
+    running.next_rotation = Some(SystemTime::now() + ROTATION_RETRY);
 }
 
 /// The interfaces a configuration goes on: the command line's, else its own.
@@ -750,13 +916,15 @@ fn ifaces_for(config: &Config, options: &RunOptions, ifaces: &[String]) -> Vec<S
 }
 
 /// Re-reads the configuration and, if it is valid and fits the running
-/// filter, puts it in place; otherwise nothing changes.
-fn reload(
+/// filter, starts loading it (the load returned, put in place when it
+/// ends); otherwise nothing changes.
+fn start_reload(
     running: &mut Running,
     options: &RunOptions,
     ifaces: &[String],
     pins: &PinDir,
-) -> anyhow::Result<()> {
+    asked: Asked,
+) -> anyhow::Result<Loading> {
     let config = load_config(&options.config)?;
     warn_of_served_ports(&config);
     let ifaces = ifaces_for(&config, options, ifaces);
@@ -778,12 +946,14 @@ fn reload(
     // A generation loaded ahead for the next window holds the change lock
     // and the configuration being replaced: it goes.
     running.next_generation = None;
-    let change = pins.change(CHANGE_PATIENCE)?;
-    let next = apply(config, &ifaces, options.mode, pins, change, running.took)?;
-    // The old generation's programs are unloaded as it drops; the links
-    // already run the new one.
-    *running = next;
-    Ok(())
+    let took = running.took;
+    Ok(spawn_load(
+        Purpose::Reload(asked),
+        config,
+        ifaces,
+        pins,
+        move |config| SystemTime::now() + rotation_lead(config, took).unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
