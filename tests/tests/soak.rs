@@ -12,7 +12,7 @@
 //! - spoofed floods from random IPv4 sources at a first knock port, a
 //!   protected port and the SPA port, and malformed frames (VLAN stacks,
 //!   IPv4 options, IPv6 extension chains, fragments, truncation);
-//! - SIGHUP every 6-12 s, one in three with an invalid file; the
+//! - SIGHUP every 4-8 s, one in three with an invalid file; the
 //!   rotating rule's rotations; `kill -9` of the loader at random moments
 //!   and a new `xknock run`.
 //!
@@ -137,7 +137,7 @@ impl Kind {
         match self {
             Kind::Rotating => Duration::from_secs(1),
             // Each one-time sequence used is a new program load.
-            Kind::OneTime => Duration::from_secs(12),
+            Kind::OneTime => Duration::from_secs(9),
             Kind::Grant => Duration::from_secs(4),
             _ => Duration::from_secs(3),
         }
@@ -905,7 +905,7 @@ fn soak_nothing_opens_that_should_not_and_nothing_grows() {
         ));
     }
 
-    // The loader's life: reloads every 6-12 s (one in three invalid),
+    // The loader's life: reloads every 4-8 s (one in three invalid),
     // a kill -9 and a new run every 40-80 s, samples every 10 s.
     let end = minutes * 60.0;
     let mut rng = 0x2545_f491_u64;
@@ -953,7 +953,7 @@ fn soak_nothing_opens_that_should_not_and_nothing_grows() {
                 filter.rewrite(&config(&dir_path, &keys, variant));
                 xknock.hup("reloaded");
             }
-            next_reload = soak.now() + 6.0 + next(7) as f64;
+            next_reload = soak.now() + 4.0 + next(5) as f64;
         }
         if now >= next_kill {
             let index = {
