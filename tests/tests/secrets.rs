@@ -137,11 +137,24 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
 const ROTATE_SECS: u64 = 6;
 
 fn rotating_rule(secret_file: &Path) -> String {
+    rotating_rule_every(secret_file, ROTATE_SECS)
+}
+
+fn rotating_rule_every(secret_file: &Path, rotate_secs: u64) -> String {
     format!(
-        "[[rule]]\nname = \"ssh\"\nsecret_file = \"{}\"\nrotate = \"{ROTATE_SECS}s\"\nsteps = 4\n\
+        "[[rule]]\nname = \"ssh\"\nsecret_file = \"{}\"\nrotate = \"{rotate_secs}s\"\nsteps = 4\n\
          sequence_timeout = \"5s\"\nopen_for = \"60s\"\nprotect = [\"tcp:2222\"]\n",
         secret_file.display()
     )
+}
+
+/// A new secret in `dir`, as an operator makes it.
+fn keygen_in(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("ssh.key");
+    let secret = run(xknock_bin().to_str().expect("utf-8"), &["keygen"]);
+    fs::write(&key, &secret.stdout).expect("write secret");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    key
 }
 
 /// `xknock knock` from the client namespace with its own state directory
@@ -185,11 +198,7 @@ fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart(
     lab.udp_echo(5353);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = tempfile::tempdir().expect("client state");
-    // The secret as an operator makes it.
-    let key = dir.path().join("ssh.key");
-    let secret = run(xknock_bin().to_str().expect("utf-8"), &["keygen"]);
-    fs::write(&key, &secret.stdout).expect("write secret");
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let key = keygen_in(dir.path());
     let rule = rotating_rule(&key);
     let config = Config::parse(&rule).expect("valid");
     let rotating = config.rules[0].rotating().cloned().expect("rotating");
@@ -310,6 +319,82 @@ fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart(
         thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Open);
+}
+
+/// A load that begins a little before a window (a reload here; the start
+/// and a one-time line used load alike) holds the sequences of a rotation's
+/// lead (3 s) ahead: the window about to begin is in place before it
+/// begins. Found by the soak: such a load held the window that was ending,
+/// and the next one waited for the next rotation, so clients knocking
+/// early in it were refused.
+#[test]
+fn a_reload_just_before_a_window_holds_the_window_about_to_begin() {
+    const ROTATE: u64 = 8;
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rule = rotating_rule_every(&keygen_in(dir.path()), ROTATE);
+    let rotating = Config::parse(&rule).expect("valid").rules[0]
+        .rotating()
+        .cloned()
+        .expect("rotating");
+    let sequence = |window: u64| -> Vec<String> {
+        rotating
+            .sequence(window)
+            .expect("derives")
+            .iter()
+            .map(PortSpec::to_string)
+            .collect()
+    };
+    let xknock = Xknock::start(&lab, &rule, &[], false);
+    let filter = xknock.filter();
+    // The generation in place, and the rule's sequences it holds.
+    let status = || -> (u64, Vec<Vec<String>>) {
+        let out = filter.xknock(&lab, &["status", "--json", "--config", filter.arg()]);
+        assert!(out.status.success(), "status: {out:?}");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let held = status["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["name"] == "ssh")
+            .map(|r| serde_json::from_value(r["sequence"].clone()).expect("steps"))
+            .collect();
+        (status["generation"].as_u64().expect("generation"), held)
+    };
+    // The reload's own generation is read, whatever the time then: tried
+    // again only when a rotation replaced it first.
+    const TRIES: usize = 4;
+    let mut window = 0;
+    for _ in 0..TRIES {
+        // 2.95-2.8 s before a window begins: within the lead.
+        let ending = early_in_a_window(
+            &rotating,
+            window,
+            Duration::from_millis(ROTATE * 1000 - 2950),
+            Duration::from_millis(ROTATE * 1000 - 2800),
+        );
+        let (before, _) = status();
+        xknock.hup("reloaded");
+        let (generation, held) = status();
+        window = rotating.window(SystemTime::now());
+        if generation != before + 1 {
+            continue;
+        }
+        assert!(
+            held.contains(&sequence(ending + 1)),
+            "the reload did not hold the window about to begin ({:?}), only {held:?}",
+            sequence(ending + 1)
+        );
+        assert!(
+            held.contains(&sequence(ending)),
+            "the window still running went: {held:?}"
+        );
+        return;
+    }
+    panic!(
+        "a rotation came between each reload and its status in {TRIES} tries: {:?}",
+        xknock.log()
+    );
 }
 
 fn filter_revoke(xknock: &Xknock, lab: &Lab, source: &str) {
