@@ -18,7 +18,10 @@ use xknock::{
     cli::{Cli, Command},
     client::{send_knock, send_spa},
     config::{KernelConfig, load_config, pin_dir_of, read_config},
-    daemon::run::{RunOptions, run, warn_of_served_ports},
+    daemon::{
+        listeners::warn_of_served_ports,
+        run::{RunOptions, run},
+    },
     loader::embedded_program,
     loader::pins::PinDir,
 };

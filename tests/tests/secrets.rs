@@ -148,6 +148,24 @@ fn rotating_rule_every(secret_file: &Path, rotate_secs: u64) -> String {
     )
 }
 
+/// The rotating rule of a configuration of one rule.
+fn rotating_of(rule: &str) -> Rotating {
+    Config::parse(rule).expect("valid").rules[0]
+        .rotating()
+        .cloned()
+        .expect("rotating")
+}
+
+/// The steps of `window`'s sequence, as the client and `status` write them.
+fn window_sequence(rotating: &Rotating, window: u64) -> Vec<String> {
+    rotating
+        .sequence(window)
+        .expect("derives")
+        .iter()
+        .map(PortSpec::to_string)
+        .collect()
+}
+
 /// A new secret in `dir`, as an operator makes it.
 fn keygen_in(dir: &Path) -> std::path::PathBuf {
     let key = dir.join("ssh.key");
@@ -200,16 +218,8 @@ fn rotating_sequences_open_once_and_only_in_their_windows_even_across_a_restart(
     let state = tempfile::tempdir().expect("client state");
     let key = keygen_in(dir.path());
     let rule = rotating_rule(&key);
-    let config = Config::parse(&rule).expect("valid");
-    let rotating = config.rules[0].rotating().cloned().expect("rotating");
-    let sequence = |window: u64| -> Vec<String> {
-        rotating
-            .sequence(window)
-            .expect("derives")
-            .iter()
-            .map(PortSpec::to_string)
-            .collect()
-    };
+    let rotating = rotating_of(&rule);
+    let sequence = |window: u64| window_sequence(&rotating, window);
     let filter = Arc::new(TestFilter::new(&rule));
     let client_config = filter.arg().to_owned();
     let xknock = Xknock::start_on(&lab, filter, &[], false);
@@ -333,18 +343,8 @@ fn a_reload_just_before_a_window_holds_the_window_about_to_begin() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let rule = rotating_rule_every(&keygen_in(dir.path()), ROTATE);
-    let rotating = Config::parse(&rule).expect("valid").rules[0]
-        .rotating()
-        .cloned()
-        .expect("rotating");
-    let sequence = |window: u64| -> Vec<String> {
-        rotating
-            .sequence(window)
-            .expect("derives")
-            .iter()
-            .map(PortSpec::to_string)
-            .collect()
-    };
+    let rotating = rotating_of(&rule);
+    let sequence = |window: u64| window_sequence(&rotating, window);
     let xknock = Xknock::start(&lab, &rule, &[], false);
     let filter = xknock.filter();
     // The generation in place, and the rule's sequences it holds.

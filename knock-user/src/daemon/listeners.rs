@@ -13,6 +13,18 @@ use crate::config::{Config, PortSpec, rotating::PortRange};
 /// Listed per warning before "and N more".
 const LISTED: usize = 8;
 
+/// Warns of ports this host uses that a rotating rule may draw as steps
+/// (for the commands that run on the server: `run`, a reload,
+/// `check-config`).
+pub fn warn_of_served_ports(config: &Config) {
+    for warning in rotating_port_warnings(config)
+        .into_iter()
+        .chain(fleet_port_warnings(config))
+    {
+        log::warn!("{warning}");
+    }
+}
+
 /// What this host (this network namespace) uses that the rotating rules'
 /// port ranges cover.
 pub fn rotating_port_warnings(config: &Config) -> Vec<String> {

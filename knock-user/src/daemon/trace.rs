@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use crate::{
-    daemon::run::CHANGE_PATIENCE,
+    daemon::generations::CHANGE_PATIENCE,
     loader::maps::key_addr,
     loader::pins::{PinDir, PinError},
     loader::{
