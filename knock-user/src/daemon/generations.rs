@@ -155,8 +155,6 @@ pub fn apply(
 /// How long a load waits for another change (a trace swapping programs) to end.
 pub const CHANGE_PATIENCE: Duration = Duration::from_secs(10);
 
-/// One-time lines marked used in a row because the fleet spent them.
-pub const MAX_LINES_SKIPPED: usize = 64;
 /// What asked for a reload; asks that come while a load runs are loaded
 /// after it, as one reload of the file as it is then.
 #[derive(Clone, Copy, Debug, Default)]

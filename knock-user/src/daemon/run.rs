@@ -26,8 +26,8 @@ use crate::{
     daemon::events::{EventFormat, Record, RecordKind},
     daemon::fleet::{Following, Target, Via},
     daemon::generations::{
-        Asked, CHANGE_PATIENCE, Loads, MAX_LINES_SKIPPED, Purpose, Running, apply, loaded,
-        put_in_place, rotate, rotation_loaded, rotation_step_at,
+        Asked, CHANGE_PATIENCE, Loads, Purpose, Running, apply, loaded, put_in_place, rotate,
+        rotation_loaded, rotation_step_at,
     },
     daemon::listeners::warn_of_served_ports,
     daemon::metrics::{self, Reloads},
@@ -113,6 +113,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
 
 /// Events printed before the loop looks at signals and the sweeper again.
 const EVENTS_PER_TURN: usize = 1024;
+
+/// One-time lines marked used in a row because the fleet spent them.
+const MAX_LINES_SKIPPED: usize = 64;
 
 /// How long a one-time line the fleet spent waits before the next one is
 /// put in place (a reload, with the verifier): the grant the winner
