@@ -3,6 +3,7 @@
 //! xknock steering a flood to the host's closed port against the host's
 //! own closed port, both counted by the RSTs the kernel sent.
 
+use aya::sys::{Stats, enable_stats};
 use lab::wire::mac_of;
 
 use super::*;
@@ -135,7 +136,8 @@ pub(crate) fn row_for(rows: &[FloodRow], receiver: Receiver) -> Option<&FloodRow
 /// A receiver in place: whatever must stay alive while it drops.
 pub(crate) enum Installed {
     Filter(Filter),
-    Program(#[expect(dead_code, reason = "held so the program stays attached")] Ebpf),
+    /// A baseline program, attached while this is held.
+    Program(Ebpf),
     Netfilter,
     /// Nothing but the host's stack.
     Stack,
@@ -153,6 +155,66 @@ pub(crate) struct FloodRow {
     /// xknock's concealment counters after its rounds (`ANSWERS`); empty
     /// for the other receivers.
     pub answers: BTreeMap<&'static str, u64>,
+    /// For a receiver the host answers through, each BPF program's ns per
+    /// run in one more round (`program_costs`); empty for the others.
+    pub programs: Vec<(&'static str, f64)>,
+}
+
+/// Total run time and runs of each BPF program a receiver put on the
+/// server, by the kernel's run-time statistics.
+fn program_stats(installed: &Installed) -> anyhow::Result<Vec<(&'static str, (Duration, u64))>> {
+    Ok(match installed {
+        Installed::Filter(filter) => vec![
+            (
+                "xknock's filter, with the programs it tail-calls (per SYN)",
+                filter.run_stats()?,
+            ),
+            (
+                "xknock's egress program (per packet the host sent)",
+                filter.restore_run_stats()?,
+            ),
+        ],
+        Installed::Program(ebpf) => ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                let label: &'static str = match name {
+                    "xdp_pass" => "XDP_PASS (per SYN)",
+                    "xdp_drop" => "XDP_DROP (per SYN)",
+                    _ => return None,
+                };
+                Some((label, (info.run_time(), info.run_count())))
+            })
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// Each of the receiver's BPF programs' ns per run over one more round of
+/// `frames` (`generate`), with the kernel's run-time statistics on for it
+/// alone, so they cost the timed rounds nothing. Each figure carries the
+/// statistics' own two clock reads.
+fn program_costs(
+    lab: &Lab,
+    installed: &Installed,
+    generator: &'static str,
+    template: Vec<u8>,
+    frames: u32,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let _stats = enable_stats(Stats::RunTime)?;
+    let before = program_stats(installed)?;
+    generate(lab, generator, template, frames)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let after = program_stats(installed)?;
+    Ok(before
+        .into_iter()
+        .zip(after)
+        .filter_map(|((label, (time, runs)), (_, (time_after, runs_after)))| {
+            let runs = runs_after.checked_sub(runs).filter(|&runs| runs > 0)?;
+            let ns = (time_after.saturating_sub(time)).as_secs_f64() * 1e9 / runs as f64;
+            Some((label, ns))
+        })
+        .collect())
 }
 
 /// A TCP SYN to the server's `port` addressed to its veth MAC, with valid
@@ -489,6 +551,17 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
     benches
         .into_iter()
         .map(|bench| {
+            let programs = if bench.receiver.answers() {
+                program_costs(
+                    &bench.lab,
+                    &bench.installed,
+                    "xdp_flood_restoring",
+                    bench.template.clone(),
+                    effort.flood_frames,
+                )?
+            } else {
+                Vec::new()
+            };
             let answers = match &bench.installed {
                 Installed::Filter(filter) => filter.maps().answers()?,
                 _ => BTreeMap::new(),
@@ -500,6 +573,7 @@ pub(crate) fn flood(effort: &Effort, receivers: &[Receiver]) -> anyhow::Result<V
                 rounds: bench.rates,
                 delivered: bench.counted as f64 / generated,
                 answers,
+                programs,
             })
         })
         .collect()

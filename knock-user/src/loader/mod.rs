@@ -22,8 +22,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapError, ProgramArray},
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType, TestRun as _,
-        TestRunOptions, TestRunResult, Xdp, XdpMode,
+        LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttach, TcAttachType,
+        TestRun as _, TestRunOptions, TestRunResult, Xdp, XdpMode,
         links::FdLink,
         tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::{XdpLink, XdpLinkId},
@@ -577,14 +577,15 @@ impl Filter {
             .map_err(FilterError::Program)
     }
 
+    /// The kernel's record of the loaded filter program.
+    fn filter_info(&self) -> Result<ProgramInfo, FilterError> {
+        self.filter_program()?.info().map_err(FilterError::Program)
+    }
+
     /// How many instructions the kernel runs the filter program as
     /// (after the verifier's rewrites).
     pub fn instructions(&self) -> Result<u32, FilterError> {
-        let info = self
-            .filter_program()?
-            .info()
-            .map_err(FilterError::Program)?;
-        Ok(info.size_translated().unwrap_or(0) / 8)
+        Ok(self.filter_info()?.size_translated().unwrap_or(0) / 8)
     }
 
     /// Each loaded program of the object by name, with how many
@@ -610,20 +611,26 @@ impl Filter {
     /// them while its run-time statistics are on (`aya::sys::enable_stats`);
     /// the time includes the programs it tail-calls.
     pub fn run_stats(&self) -> Result<(Duration, u64), FilterError> {
-        let info = self
-            .filter_program()?
-            .info()
+        let info = self.filter_info()?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
+    /// The egress program's, as `run_stats` counts the filter's: every
+    /// packet the host sent through an interface it is attached to.
+    pub fn restore_run_stats(&self) -> Result<(Duration, u64), FilterError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(RESTORE_PROGRAM_NAME)
+            .ok_or_else(|| FilterError::MissingProgram(RESTORE_PROGRAM_NAME.to_owned()))?
+            .try_into()
             .map_err(FilterError::Program)?;
+        let info = program.info().map_err(FilterError::Program)?;
         Ok((info.run_time(), info.run_count()))
     }
 
     /// The kernel's id of the filter program.
     pub fn program_id(&self) -> Result<u32, FilterError> {
-        let info = self
-            .filter_program()?
-            .info()
-            .map_err(FilterError::Program)?;
-        Ok(info.id())
+        Ok(self.filter_info()?.id())
     }
 
     /// Runs the program on `frame` through BPF_PROG_TEST_RUN, `repeat` times,
