@@ -36,7 +36,8 @@ fn next_line_in_place(xknock: &Xknock, from: usize) {
         xknock
             .wait_log_after(
                 from,
-                "next one-time sequence in place",
+                // Not "putting the next one-time sequence in place failed".
+                "xknock: next one-time sequence in place",
                 Duration::from_secs(30)
             )
             .is_some(),
@@ -131,6 +132,54 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
     knock(&lab, &[&v4, "--config", client_config, "--rule", "ssh"]);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
     assert_eq!(used_lines(&client_file), [true, true, true]);
+}
+
+/// A one-time line used while the configuration file cannot be loaded (an
+/// edit half done) still moves on: the loader reads the text it last
+/// loaded anew, with the sequences file as it is then, so the next line
+/// opens, and the SIGHUP of the broken file is refused as before.
+#[test]
+fn a_one_time_line_used_while_the_file_is_broken_moves_on() {
+    let lab = Lab::new();
+    lab.tcp_listener(2222);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server_file, client_file) = (dir.path().join("server.otp"), dir.path().join("client.otp"));
+    fs::write(&server_file, SEQUENCES).expect("write");
+    fs::write(&client_file, SEQUENCES).expect("write");
+    let client_config = dir.path().join("client.toml");
+    fs::write(&client_config, rule(&client_file)).expect("write");
+    let client_config = client_config.to_str().expect("utf-8");
+    let filter = Arc::new(TestFilter::new(&rule(&server_file)));
+    let xknock = Xknock::start_on(&lab, Arc::clone(&filter), &[], false);
+    let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
+
+    filter.rewrite("[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:1\"]\n");
+    let logged = xknock.log_len();
+    xknock.send_hup();
+    assert!(
+        xknock
+            .wait_log_after(logged, "reload refused", Duration::from_secs(30))
+            .is_some(),
+        "{:?}",
+        xknock.log()
+    );
+    knock(&lab, &[&v4, "--config", client_config, "--rule", "ssh"]);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
+    next_line_in_place(&xknock, logged);
+    assert_eq!(used_lines(&server_file), [true, false, false]);
+    assert!(
+        xknock
+            .wait_log_after(logged, "configuration last loaded", Duration::from_secs(5))
+            .is_some(),
+        "the broken file is not said: {:?}",
+        xknock.log()
+    );
+    let logged = xknock.log_len();
+    knock(&lab, &[&v6, "--config", client_config, "--rule", "ssh"]);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Open);
+    next_line_in_place(&xknock, logged);
+    assert_eq!(used_lines(&server_file), [true, true, false]);
 }
 
 /// How often the rotating rule under test changes.

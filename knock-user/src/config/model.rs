@@ -174,6 +174,10 @@ pub struct Config {
     pub fleet: Option<fleet::Fleet>,
     /// Legal but unwise choices, each naming its line.
     pub warnings: Vec<String>,
+    /// The text it was read from. A one-time line used while the file
+    /// cannot be loaded moves on by reading this anew, with the sequences
+    /// file as it is then.
+    pub source: String,
 }
 
 impl Config {

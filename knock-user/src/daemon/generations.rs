@@ -243,9 +243,23 @@ impl Loads {
         }
         let asked = std::mem::take(&mut self.asked);
         Some(match start_reload(running, path, cli_ifaces, pins, asked) {
-            Ok(loading) => {
+            Ok((loading, None)) => {
                 self.loading = Some(loading);
                 Ok(())
+            }
+            // The file was refused, the one-time lines move on anyway: the
+            // SIGHUP, if one asked, is refused.
+            Ok((loading, Some(error))) => {
+                self.loading = Some(loading);
+                let hangup = Asked {
+                    hangup: asked.hangup,
+                    ..Asked::default()
+                };
+                if asked.hangup {
+                    Err((hangup, error))
+                } else {
+                    Ok(())
+                }
             }
             Err(error) => Err((asked, error)),
         })
@@ -408,9 +422,13 @@ fn start_reload(
     path: &Path,
     cli_ifaces: &[String],
     pins: &PinDir,
-    asked: Asked,
-) -> anyhow::Result<Loading> {
-    let config = load_config(path)?;
+    mut asked: Asked,
+) -> anyhow::Result<(Loading, Option<anyhow::Error>)> {
+    let (config, refused) = config_to_reload(&running.config, path, asked)?;
+    if refused.is_some() {
+        // This load does not read the file: it is no reload of it.
+        asked.hangup = false;
+    }
     warn_of_served_ports(&config);
     let ifaces = ifaces_for(&config, cli_ifaces);
     if ifaces.is_empty() {
@@ -432,13 +450,43 @@ fn start_reload(
     // and the configuration being replaced: it goes.
     running.next_generation = None;
     let took = running.took;
-    Ok(spawn_load(
+    let loading = spawn_load(
         Purpose::Reload(asked),
         config,
         ifaces,
         pins,
         move |config| SystemTime::now() + rotation_lead(config, took).unwrap_or_default(),
-    ))
+    );
+    Ok((loading, refused))
+}
+
+/// What a reload for `asked` loads: the file at `path` as it is now. When
+/// that is refused (an edit half done) while one-time lines were used (here
+/// or by the fleet), the text `running` was read from, read anew with the
+/// sequences files as they are now, so the next lines go in place; the
+/// file's error comes beside it then.
+fn config_to_reload(
+    running: &Config,
+    path: &Path,
+    asked: Asked,
+) -> anyhow::Result<(Config, Option<anyhow::Error>)> {
+    let error = match load_config(path) {
+        Ok(config) => return Ok((config, None)),
+        Err(error) if asked.one_time || asked.fleet_lines => error,
+        Err(error) => return Err(error),
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    match Config::parse_in(&running.source, dir) {
+        Ok(config) => {
+            log::warn!(
+                "{error:#}: the next one-time sequence goes in place under the configuration last loaded, with its sequences file read anew"
+            );
+            Ok((config, Some(error)))
+        }
+        Err(again) => Err(anyhow::anyhow!(
+            "{error:#}; nor is the configuration last loaded, read anew: {again}"
+        )),
+    }
 }
 
 #[cfg(test)]

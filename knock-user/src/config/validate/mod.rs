@@ -90,5 +90,6 @@ pub(super) fn validate(text: &str, file: File) -> Result<Config, ConfigError> {
         rules,
         fleet,
         warnings: report.warnings,
+        source: text.to_owned(),
     })
 }
