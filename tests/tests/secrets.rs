@@ -5,7 +5,7 @@
 use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::Output,
     sync::Arc,
     thread,
@@ -29,37 +29,92 @@ fn rule(sequences_file: &Path) -> String {
     )
 }
 
+/// Knocks the client's next unused line over IPv6 (`v6`: the server as
+/// `xknock knock` takes it): it opens, and the run puts the line after it
+/// in place (a message printed before this knock does not count).
+fn next_line_opens_over_ipv6(lab: &Lab, xknock: &Xknock, v6: &str, client_config: &str) {
+    let logged = xknock.log_len();
+    knock(lab, &[v6, "--config", client_config, "--rule", "ssh"]);
+    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
+    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Open);
+    next_line_in_place(xknock, logged);
+}
+
+/// A run with one one-time rule: the server's and the client's copies of
+/// `SEQUENCES`, the client's configuration naming its copy, and a listener
+/// behind the protected port.
+struct OneTimeRun {
+    lab: Lab,
+    xknock: Xknock,
+    filter: Arc<TestFilter>,
+    server_file: PathBuf,
+    client_file: PathBuf,
+    client_config: String,
+    /// The server's addresses, as `xknock knock` takes them.
+    v4: String,
+    v6: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OneTimeRun {
+    fn start() -> OneTimeRun {
+        let lab = Lab::new();
+        lab.tcp_listener(2222);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (server_file, client_file) =
+            (dir.path().join("server.otp"), dir.path().join("client.otp"));
+        fs::write(&server_file, SEQUENCES).expect("write");
+        fs::write(&client_file, SEQUENCES).expect("write");
+        let client_config = dir.path().join("client.toml");
+        fs::write(&client_config, rule(&client_file)).expect("write");
+        let filter = Arc::new(TestFilter::new(&rule(&server_file)));
+        OneTimeRun {
+            xknock: Xknock::start_on(&lab, Arc::clone(&filter), &[], false),
+            v4: lab::knock_host(SERVER_V4),
+            v6: lab::knock_host(SERVER_V6),
+            lab,
+            filter,
+            server_file,
+            client_file,
+            client_config: client_config.to_str().expect("utf-8").to_owned(),
+            _dir: dir,
+        }
+    }
+}
+
 /// Waits for the run to log, after its first `from` lines, that it put
 /// the next one-time line in place.
 fn next_line_in_place(xknock: &Xknock, from: usize) {
+    // Not "putting the next one-time sequence in place failed".
+    expect_log_after(xknock, from, "xknock: next one-time sequence in place");
+}
+
+/// Waits (up to 30 s) for the run to log `needle` after its first `from`
+/// lines; fails the test with the log when it does not.
+fn expect_log_after(xknock: &Xknock, from: usize, needle: &str) {
     assert!(
         xknock
-            .wait_log_after(
-                from,
-                // Not "putting the next one-time sequence in place failed".
-                "xknock: next one-time sequence in place",
-                Duration::from_secs(30)
-            )
+            .wait_log_after(from, needle, Duration::from_secs(30))
             .is_some(),
-        "{:?}",
+        "no `{needle}`: {:?}",
         xknock.log()
     );
 }
 
 #[test]
 fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
-    let lab = Lab::new();
-    lab.tcp_listener(2222);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (server_file, client_file) = (dir.path().join("server.otp"), dir.path().join("client.otp"));
-    fs::write(&server_file, SEQUENCES).expect("write");
-    fs::write(&client_file, SEQUENCES).expect("write");
-    let client_config = dir.path().join("client.toml");
-    fs::write(&client_config, rule(&client_file)).expect("write");
-    let client_config = client_config.to_str().expect("utf-8");
-    let filter = Arc::new(TestFilter::new(&rule(&server_file)));
-    let xknock = Xknock::start_on(&lab, filter, &[], false);
-    let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
+    let OneTimeRun {
+        lab,
+        xknock,
+        filter: _,
+        server_file,
+        client_file,
+        client_config,
+        v4,
+        v6,
+        _dir,
+    } = OneTimeRun::start();
+    let client_config = client_config.as_str();
 
     // The client sends the first unused line of its copy, and marks it.
     knock(&lab, &[&v4, "--config", client_config, "--rule", "ssh"]);
@@ -86,14 +141,8 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
         "a used sequence opened: {:#?}",
         xknock.events()
     );
-    // The next line opens.
-    let logged = xknock.log_len();
-    knock(&lab, &[&v6, "--config", client_config, "--rule", "ssh"]);
-    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
-    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Open);
-    // This grant's line marked and the next one in place (the message the
-    // first grant's reload printed does not count).
-    next_line_in_place(&xknock, logged);
+    // The next line opens, and the one after it goes in place.
+    next_line_opens_over_ipv6(&lab, &xknock, &v6, client_config);
 
     // Across a kill -9 and a new run, used lines stay used; one the killed
     // run had not marked yet (the kernel spent it, the file does not say
@@ -140,46 +189,22 @@ fn one_time_sequences_open_once_even_replayed_at_once_and_across_a_restart() {
 /// opens, and the SIGHUP of the broken file is refused as before.
 #[test]
 fn a_one_time_line_used_while_the_file_is_broken_moves_on() {
-    let lab = Lab::new();
-    lab.tcp_listener(2222);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (server_file, client_file) = (dir.path().join("server.otp"), dir.path().join("client.otp"));
-    fs::write(&server_file, SEQUENCES).expect("write");
-    fs::write(&client_file, SEQUENCES).expect("write");
-    let client_config = dir.path().join("client.toml");
-    fs::write(&client_config, rule(&client_file)).expect("write");
-    let client_config = client_config.to_str().expect("utf-8");
-    let filter = Arc::new(TestFilter::new(&rule(&server_file)));
-    let xknock = Xknock::start_on(&lab, Arc::clone(&filter), &[], false);
-    let (v4, v6) = (lab::knock_host(SERVER_V4), lab::knock_host(SERVER_V6));
+    let run = OneTimeRun::start();
+    let (lab, xknock) = (&run.lab, &run.xknock);
+    let client_config = run.client_config.as_str();
 
-    filter.rewrite("[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:1\"]\n");
+    run.filter
+        .rewrite("[[rule]]\nname = \"ssh\"\nsequence = [\"tcp:1\"]\n");
     let logged = xknock.log_len();
     xknock.send_hup();
-    assert!(
-        xknock
-            .wait_log_after(logged, "reload refused", Duration::from_secs(30))
-            .is_some(),
-        "{:?}",
-        xknock.log()
-    );
-    knock(&lab, &[&v4, "--config", client_config, "--rule", "ssh"]);
+    expect_log_after(xknock, logged, "reload refused");
+    knock(lab, &[&run.v4, "--config", client_config, "--rule", "ssh"]);
     xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V4)]);
-    next_line_in_place(&xknock, logged);
-    assert_eq!(used_lines(&server_file), [true, false, false]);
-    assert!(
-        xknock
-            .wait_log_after(logged, "configuration last loaded", Duration::from_secs(5))
-            .is_some(),
-        "the broken file is not said: {:?}",
-        xknock.log()
-    );
-    let logged = xknock.log_len();
-    knock(&lab, &[&v6, "--config", client_config, "--rule", "ssh"]);
-    xknock.expect_event(&[("event", "grant"), ("source", CLIENT_V6)]);
-    assert_eq!(lab.tcp_connect(SERVER_V6, 2222), Reach::Open);
-    next_line_in_place(&xknock, logged);
-    assert_eq!(used_lines(&server_file), [true, true, false]);
+    next_line_in_place(xknock, logged);
+    assert_eq!(used_lines(&run.server_file), [true, false, false]);
+    expect_log_after(xknock, logged, "configuration last loaded");
+    next_line_opens_over_ipv6(lab, xknock, &run.v6, client_config);
+    assert_eq!(used_lines(&run.server_file), [true, true, false]);
 }
 
 /// How often the rotating rule under test changes.
@@ -242,7 +267,7 @@ fn alone_with_the_windows() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A new secret in `dir`, as an operator makes it.
-fn keygen_in(dir: &Path) -> std::path::PathBuf {
+fn keygen_in(dir: &Path) -> PathBuf {
     let key = dir.join("ssh.key");
     let secret = run(xknock_bin().to_str().expect("utf-8"), &["keygen"]);
     fs::write(&key, &secret.stdout).expect("write secret");
