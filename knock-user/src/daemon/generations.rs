@@ -251,11 +251,11 @@ impl Loads {
             // SIGHUP, if one asked, is refused.
             Ok((loading, Some(error))) => {
                 self.loading = Some(loading);
-                let hangup = Asked {
-                    hangup: asked.hangup,
-                    ..Asked::default()
-                };
                 if asked.hangup {
+                    let hangup = Asked {
+                        hangup: true,
+                        ..Asked::default()
+                    };
                     Err((hangup, error))
                 } else {
                     Ok(())
