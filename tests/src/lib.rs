@@ -35,7 +35,7 @@ pub mod probing;
 pub mod wire;
 mod xknock_run;
 
-pub use xknock_run::{TestFilter, Xknock, event_matches, xknock_in};
+pub use xknock_run::{TestFilter, Xknock, event_matches, held_sequences, xknock_in};
 
 pub const SERVER_V4: &str = "198.18.0.1";
 pub const CLIENT_V4: &str = "198.18.0.2";

@@ -14,6 +14,18 @@ use serde_json::Value;
 
 use crate::{Lab, Netns, lines::Lines, unique_name, xknock_bin};
 
+/// The sequences `xknock status --json` (`status`) reports the rule `rule`
+/// holds: one for a fixed rule, the windows in place for a rotating one.
+pub fn held_sequences(status: &Value, rule: &str) -> Vec<Vec<String>> {
+    status["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["name"] == rule)
+        .map(|r| serde_json::from_value(r["sequence"].clone()).expect("steps"))
+        .collect()
+}
+
 /// Whether an event has every (key, value) in `fields`; a value that is not
 /// a string is compared as the JSON it spells (`"1"` matches the number 1).
 pub fn event_matches(event: &Value, fields: &[(&str, &str)]) -> bool {

@@ -22,7 +22,7 @@ use lab::{
     Reach,
     fleet_lab::FleetLab,
     fleet_run::{Fleet, FleetHost, ONLINE, PORT},
-    knock_host, knock_in, run, used_lines, xknock_bin,
+    held_sequences, knock_host, knock_in, run, used_lines, xknock_bin,
 };
 use xknock::config::{Config, PortSpec};
 
@@ -351,13 +351,10 @@ fn until_held(lab: &FleetLab, host: &FleetHost, sequence: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let status = host.status(lab);
-        let held = status["rules"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|rule| rule["name"] == "ssh")
-            .any(|rule| rule["sequence"] == serde_json::json!(sequence));
-        if held {
+        if held_sequences(&status, "ssh")
+            .iter()
+            .any(|held| held == sequence)
+        {
             return;
         }
         assert!(

@@ -13,8 +13,8 @@ use std::{
 };
 
 use lab::{
-    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, TestFilter, Xknock, knock,
-    knock_with_state, run, used_lines, xknock_bin,
+    CLIENT_V4, CLIENT_V6, Lab, Reach, SERVER_V4, SERVER_V6, TestFilter, Xknock, held_sequences,
+    knock, knock_with_state, run, used_lines, xknock_bin,
 };
 use xknock::config::{Config, PortSpec, rotating::Rotating};
 
@@ -245,14 +245,8 @@ fn held(lab: &Lab, filter: &TestFilter) -> (u64, Vec<Vec<String>>) {
     let out = filter.xknock(lab, &["status", "--json", "--config", filter.arg()]);
     assert!(out.status.success(), "status: {out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let held = status["rules"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["name"] == "ssh")
-        .map(|r| serde_json::from_value(r["sequence"].clone()).expect("steps"))
-        .collect();
-    (status["generation"].as_u64().expect("generation"), held)
+    let generation = status["generation"].as_u64().expect("generation");
+    (generation, held_sequences(&status, "ssh"))
 }
 
 /// The rotating tests time their steps against the windows, and a test
